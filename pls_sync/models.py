@@ -1,0 +1,131 @@
+"""Values that flow between the parts of a sync. Standard library only.
+
+The core takes these values and returns these values; adapters build them from the outside
+world (warehouse rows, CRM records) and turn them back into API calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ProductAccount:
+    """One unit to score: a company (registrable domain) or a workspace.
+
+    ``key`` identifies the account across runs: the registrable domain at the company level,
+    ``workspace:<id>`` at the workspace level. ``domain`` is what matching uses.
+    ``metrics`` holds numeric usage metrics by name (the warehouse model's columns).
+    """
+
+    key: str
+    domain: str
+    metrics: Mapping[str, float]
+    first_seen: datetime | None = None
+    workspace_id: str | None = None
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class UsageReadStats:
+    """What reading the warehouse saw: rows read, accounts formed, and what was skipped and why."""
+
+    rows_read: int = 0
+    accounts: int = 0
+    users: int = 0
+    skipped_users: int = 0
+    skipped_rows: int = 0
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str, users: int = 1, rows: int = 1) -> None:
+        """Count ``rows`` skipped rows covering ``users`` users for ``reason``."""
+        self.skipped_rows += rows
+        self.skipped_users += users
+        self.skipped_reasons[reason] = self.skipped_reasons.get(reason, 0) + users
+
+
+class FieldType(StrEnum):
+    """Destination-independent field types, enough to format and compare values."""
+
+    NUMBER = "number"
+    INTEGER = "integer"
+    STRING = "string"
+    TEXTAREA = "textarea"
+    PICKLIST = "picklist"
+    MULTIPICKLIST = "multipicklist"
+    DATE = "date"
+    DATETIME = "datetime"
+    BOOLEAN = "boolean"
+    ID = "id"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """A CRM field as the destination's schema describes it."""
+
+    name: str
+    type: FieldType
+    length: int | None = None
+    updateable: bool = True
+    label: str | None = None
+    scale: int | None = None
+    picklist_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CrmRecord:
+    """A CRM account (Salesforce Account, HubSpot company) as read for matching and diffing.
+
+    ``domain_values`` are the raw values of the mapping's domain fields (Website, Domain__c,
+    domain, hs_additional_domains split on ';'), not yet normalised.
+    ``fields`` holds the current values of the mapped fields, as the API returned them.
+    """
+
+    id: str
+    domain_values: tuple[str, ...]
+    fields: Mapping[str, Any]
+    name: str | None = None
+    last_modified: datetime | None = None
+    parent_id: str | None = None
+    owner_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChange:
+    """The changed fields of one CRM record, as canonical Python values.
+
+    ``None`` means "clear this field"; each connector turns values into its wire format
+    (Salesforce REST null, Bulk ``#N/A``, HubSpot ``""``).
+    """
+
+    record_id: str
+    fields: Mapping[str, Any]
+    account_key: str
+    priority: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRejection:
+    """A record the CRM refused, with its reason; kept and retried on the next run."""
+
+    record_id: str
+    code: str
+    message: str
+    fields: tuple[str, ...] = ()
+    retriable: bool = False
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a write did: records written, records rejected, calls made, records not attempted."""
+
+    written: list[str] = field(default_factory=list)
+    rejected: list[RecordRejection] = field(default_factory=list)
+    not_attempted: list[str] = field(default_factory=list)
+    calls: int = 0
+    method: str = "collections"

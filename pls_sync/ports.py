@@ -1,0 +1,159 @@
+"""Ports: what the run service needs from the outside world, as ``typing.Protocol`` s.
+
+Real adapters live in ``connectors/``; tests pass hand-written fakes. The bootstrap
+(``pls_sync.bootstrap``) is the one place that builds real adapters from config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from pls_sync.mapping import DestinationMapping
+from pls_sync.models import (
+    CrmRecord,
+    FieldSpec,
+    ProductAccount,
+    RecordChange,
+    RecordRejection,
+    UsageReadStats,
+    WriteResult,
+)
+
+
+class UsageSource(Protocol):
+    """Reads usage aggregates from the warehouse, one ``ProductAccount`` per account."""
+
+    def read_accounts(self, as_of: datetime, stats: UsageReadStats) -> Iterator[ProductAccount]:
+        """Yield accounts aggregated as of ``as_of`` (UTC); count rows and skips into ``stats``."""
+        ...
+
+
+class CrmDestination(Protocol):
+    """A CRM that holds accounts: Salesforce or HubSpot."""
+
+    name: str
+
+    def describe(self, object_name: str) -> dict[str, FieldSpec]:
+        """Return the object's fields by name, with type, length and writability."""
+        ...
+
+    def read_records(self, mapping: DestinationMapping) -> Iterator[CrmRecord]:
+        """Yield every record of the mapping's object with domain fields and mapped fields."""
+        ...
+
+    def write(
+        self,
+        object_name: str,
+        changes: Sequence[RecordChange],
+        specs: Mapping[str, FieldSpec],
+    ) -> WriteResult:
+        """Write changed fields; per-record failures come back as rejections, not exceptions."""
+        ...
+
+    def api_calls(self) -> dict[str, int]:
+        """Calls made so far by kind (``read``, ``write``, ``describe``, ``auth``, ...)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """What the state store remembers of an account between runs."""
+
+    key: str
+    score: int
+    tier: str
+    tier_since: datetime | None = None
+    qualified_since: datetime | None = None
+    scored_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TierTransition:
+    """An account moved from one tier to another at ``at``."""
+
+    key: str
+    from_tier: str | None
+    to_tier: str
+    score: int
+    at: datetime
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One run as the state store keeps it."""
+
+    run_id: str
+    command: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str = "running"  # running | succeeded | failed | partial
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRejection:
+    """A rejected record write kept for the next run."""
+
+    destination: str
+    record_id: str
+    code: str
+    message: str
+    fields: tuple[str, ...]
+    first_seen_at: datetime
+    last_seen_at: datetime
+    attempts: int
+    run_id: str
+
+
+class StateStore(Protocol):
+    """Runs, account states, score history, tier transitions and rejected records."""
+
+    def begin_run(self, run_id: str, command: str, started_at: datetime) -> None:
+        """Record that a run started."""
+        ...
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        finished_at: datetime,
+        summary: Mapping[str, Any],
+        error: str | None = None,
+    ) -> None:
+        """Record a run's outcome and summary."""
+        ...
+
+    def recent_runs(self, limit: int = 10) -> list[RunRecord]:
+        """The latest runs, newest first."""
+        ...
+
+    def load_account_states(self) -> dict[str, AccountState]:
+        """Every account's last known state, by key."""
+        ...
+
+    def save_account_states(
+        self,
+        run_id: str,
+        states: Iterable[AccountState],
+        transitions: Iterable[TierTransition],
+    ) -> None:
+        """Upsert states, append score history and transitions, in one transaction."""
+        ...
+
+    def record_rejections(
+        self, run_id: str, destination: str, rejections: Iterable[RecordRejection], at: datetime
+    ) -> None:
+        """Keep rejections (attempts counted) so they are retried and reported."""
+        ...
+
+    def resolve_rejections(self, destination: str, record_ids: Iterable[str]) -> None:
+        """Forget rejections of records that have now been written."""
+        ...
+
+    def open_rejections(self, destination: str | None = None) -> list[StoredRejection]:
+        """Rejections not yet resolved."""
+        ...
