@@ -68,6 +68,9 @@ class AccountState:
     tier_since: datetime | None = None
     qualified_since: datetime | None = None
     scored_at: datetime | None = None
+    # The score move at the last run that moved it: a rerun over unchanged data keeps it,
+    # so the field written from it does not flap to 0.
+    score_change: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,930 @@
+"""Salesforce as a ``CrmDestination``, through simple-salesforce.
+
+Reads with SOQL (paged through ``nextRecordsUrl``), writes with sObject Collections
+(``PATCH composite/sobjects``, at most 200 records a request, ``allOrNone`` false) and turns every
+vendor error into the project's error tree. simple-salesforce has no collections helper, so the
+endpoint is called through ``Salesforce.restful``.
+
+References:
+https://developer.salesforce.com/docs/platform/api-rest/guide/resources-query.md
+https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-sobjects-collections-update.html
+https://developer.salesforce.com/docs/platform/api-rest/guide/errorcodes.md
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import requests
+import structlog
+from simple_salesforce import Salesforce, SalesforceLogin
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
+)
+
+from connectors.credentials import get_secret
+from connectors.retrying import call_with_retries
+from pls_sync.errors import (
+    AuthError,
+    FatalError,
+    PlsSyncError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RetriableError,
+    redact,
+)
+from pls_sync.logs import register_secret
+from pls_sync.mapping import DestinationMapping
+from pls_sync.models import (
+    CrmRecord,
+    FieldSpec,
+    FieldType,
+    RecordChange,
+    RecordRejection,
+    WriteResult,
+)
+from pls_sync.planning import truncate
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 60.0
+MAX_BATCH_SIZE = 200  # the sObject Collections maximum
+LOCK_CODES = frozenset({"UNABLE_TO_LOCK_ROW"})
+# Request-level error codes that a later attempt may not meet again.
+_RETRIABLE_REQUEST_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"})
+# Read with every record: identity, recency and hierarchy for matching (dropped when the
+# object has no such field).
+BASE_FIELDS = ("Id", "Name", "LastModifiedDate", "ParentId", "OwnerId")
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_FIELD_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
+_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+
+_TYPES: dict[str, FieldType] = {
+    "double": FieldType.NUMBER,
+    "currency": FieldType.NUMBER,
+    "percent": FieldType.NUMBER,
+    "int": FieldType.INTEGER,
+    "long": FieldType.INTEGER,
+    "string": FieldType.STRING,
+    "email": FieldType.STRING,
+    "url": FieldType.STRING,
+    "phone": FieldType.STRING,
+    "encryptedstring": FieldType.STRING,
+    "combobox": FieldType.STRING,
+    "textarea": FieldType.TEXTAREA,
+    "picklist": FieldType.PICKLIST,
+    "multipicklist": FieldType.MULTIPICKLIST,
+    "date": FieldType.DATE,
+    "datetime": FieldType.DATETIME,
+    "boolean": FieldType.BOOLEAN,
+    "id": FieldType.ID,
+    "reference": FieldType.ID,
+}
+_NUMBER_TYPES = (FieldType.NUMBER, FieldType.INTEGER)
+
+_VARIABLE_SETS = (
+    ("SALESFORCE_INSTANCE_URL", "SALESFORCE_SESSION_ID"),
+    ("SALESFORCE_USERNAME", "SALESFORCE_PASSWORD", "SALESFORCE_SECURITY_TOKEN"),
+    ("SALESFORCE_USERNAME", "SALESFORCE_CONSUMER_KEY", "SALESFORCE_PRIVATE_KEY_FILE"),
+)
+
+
+# --- names and SOQL literals -------------------------------------------------------------
+
+
+def check_object_name(name: str) -> str:
+    """Return ``name`` when it is a plain sObject API name; raise ``FatalError`` otherwise."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise FatalError(f"invalid Salesforce object name {name!r}", code="INVALID_NAME")
+    return name
+
+
+def check_field_name(name: str, *, allow_path: bool = True) -> str:
+    """Return ``name`` when it is a field API name (``a.b`` relationship paths allowed)."""
+    pattern = _FIELD_PATH if allow_path else _NAME
+    if not isinstance(name, str) or not pattern.match(name):
+        raise FatalError(f"invalid Salesforce field name {name!r}", code="INVALID_NAME")
+    return name
+
+
+_SOQL_ESCAPES = {
+    "\\": "\\\\",
+    "'": "\\'",
+    '"': '\\"',
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+}
+
+
+def soql_quote(value: str, *, like: bool = False) -> str:
+    """``value`` as a quoted SOQL string literal, every reserved character escaped.
+
+    Backslash, both quotes, newline, carriage return, tab, backspace and form feed use their
+    SOQL escapes; any other control character becomes ``\\uXXXX``. With ``like`` the LIKE
+    wildcards ``%`` and ``_`` are escaped too, so they match themselves.
+    https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/sforce_api_calls_soql_select_quotedstringescapes.htm
+    """
+    out: list[str] = []
+    for char in str(value):
+        if char in _SOQL_ESCAPES:
+            out.append(_SOQL_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        elif like and char in "%_":
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "'" + "".join(out) + "'"
+
+
+def soql_datetime(value: datetime) -> str:
+    """A SOQL dateTime literal (unquoted, UTC), e.g. ``2026-11-22T10:00:00Z``; naive means UTC."""
+    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def parse_sf_datetime(value: Any) -> datetime | None:
+    """An aware UTC datetime from Salesforce's ``2026-11-22T10:00:00.000+0000`` (or ``Z``)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    if len(text) > 5 and text[-5] in "+-" and text[-4:].isdigit():
+        text = f"{text[:-2]}:{text[-2:]}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _wire_datetime(value: datetime) -> str:
+    utc = _utc(value)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _fit(text: str, spec: FieldSpec | None) -> str:
+    if spec is not None and spec.length and len(text) > spec.length:
+        return truncate(text, spec.length)
+    return text
+
+
+def format_value(value: Any, spec: FieldSpec | None) -> Any:
+    """A canonical Python value in the JSON form sObject REST expects for the field ``spec``.
+
+    ``None`` clears the field (REST wants null). Numbers are rounded to the field's scale,
+    datetimes are ISO 8601 UTC with milliseconds (or a date for DATE fields), lists are joined
+    with ``"; "`` (``";"`` for multi-select picklists) and text is cut to the field's length.
+    """
+    kind = spec.type if spec is not None else None
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float, Decimal)):
+        if isinstance(value, (float, Decimal)) and not math.isfinite(value):
+            return None
+        if kind is FieldType.INTEGER:
+            return int(round(value))
+        if kind is FieldType.NUMBER:
+            scale = spec.scale if spec is not None else None
+            if scale is not None:
+                rounded = round(float(value), scale)
+                return int(rounded) if scale <= 0 else rounded
+            return float(value) if isinstance(value, Decimal) else value
+        if kind is None or kind in _NUMBER_TYPES:
+            return float(value) if isinstance(value, Decimal) else value
+        number = float(value)
+        return _fit(str(int(number)) if number.is_integer() else str(value), spec)
+    if isinstance(value, datetime):
+        if kind is FieldType.DATE:
+            return _utc(value).date().isoformat()
+        return _wire_datetime(value)
+    if isinstance(value, date):
+        if kind is FieldType.DATETIME:
+            return _wire_datetime(datetime(value.year, value.month, value.day, tzinfo=UTC))
+        return value.isoformat()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        separator = ";" if kind is FieldType.MULTIPICKLIST else "; "
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        text = separator.join(str(item) for item in items if item is not None and str(item) != "")
+        return _fit(text, spec)
+    return _fit(str(value), spec)
+
+
+def field_spec(field: Mapping[str, Any]) -> FieldSpec:
+    """A ``FieldSpec`` from one entry of an sObject describe's ``fields``."""
+    kind = _TYPES.get(str(field.get("type", "")).lower(), FieldType.OTHER)
+    length = field.get("length") or None
+    scale = field.get("scale") if kind is FieldType.NUMBER else None
+    picklist = tuple(
+        str(entry["value"])
+        for entry in field.get("picklistValues") or ()
+        if isinstance(entry, Mapping)
+        and entry.get("value") is not None
+        and entry.get("active", True)
+    )
+    return FieldSpec(
+        name=str(field["name"]),
+        type=kind,
+        length=int(length) if length else None,
+        updateable=bool(field.get("updateable", False)),
+        label=field.get("label"),
+        scale=int(scale) if scale is not None else None,
+        picklist_values=picklist,
+    )
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def _error_details(content: Any) -> tuple[str | None, str, tuple[str, ...]]:
+    """(errorCode, message, fields) from a Salesforce error body in any of its shapes."""
+    if isinstance(content, (bytes, bytearray)):
+        content = content.decode("utf-8", "replace")
+    if isinstance(content, list) and content and isinstance(content[0], Mapping):
+        first = content[0]
+        code = first.get("errorCode") or first.get("statusCode")
+        messages = [str(item.get("message", "")) for item in content if isinstance(item, Mapping)]
+        fields = tuple(
+            str(name)
+            for item in content
+            if isinstance(item, Mapping)
+            for name in item.get("fields") or ()
+        )
+        return (str(code) if code else None), "; ".join(m for m in messages if m), fields
+    if isinstance(content, Mapping):
+        code = content.get("errorCode") or content.get("error")
+        message = content.get("message") or content.get("error_description") or ""
+        return (str(code) if code else None), str(message), ()
+    return None, str(content or "")[:500], ()
+
+
+def translate(
+    exc: BaseException,
+    *,
+    secrets: Sequence[str] = (),
+    retry_after: float | None = None,
+) -> PlsSyncError:
+    """The project error for a simple-salesforce or requests exception; messages redacted.
+
+    401 / expired session -> ``AuthError`` (code ``INVALID_SESSION_ID``); 403
+    ``REQUEST_LIMIT_EXCEEDED`` -> ``QuotaExhaustedError`` for the daily total, else
+    ``RateLimitedError``; 429, 5xx, timeouts and connection errors -> ``RetriableError``;
+    other 4xx -> ``FatalError`` with Salesforce's message.
+    """
+    secrets = tuple(secrets)
+
+    def clean(text: str) -> str:
+        return redact(text, secrets)
+
+    if isinstance(exc, PlsSyncError):
+        return exc
+    if isinstance(exc, SalesforceAuthenticationFailed):
+        detail = getattr(exc, "auth_message", None) or getattr(exc, "message", "") or ""
+        auth_code = str(exc.code) if getattr(exc, "code", None) is not None else "AUTH_FAILED"
+        return AuthError(clean(f"Salesforce login failed ({auth_code}): {detail}"), code=auth_code)
+    if isinstance(exc, SalesforceError):
+        code, message, _fields = _error_details(exc.content)
+        status = exc.status
+        what = f"Salesforce {exc.resource_name or 'request'} failed ({status} {code or ''}".rstrip()
+        text = clean(f"{what}): {message}" if message else f"{what})")
+        if isinstance(exc, SalesforceExpiredSession) or status == 401:
+            return AuthError(text, code=code or "INVALID_SESSION_ID")
+        if isinstance(exc, SalesforceRefusedRequest) or status == 403:
+            if code == "REQUEST_LIMIT_EXCEEDED":
+                if "totalrequests" in message.lower().replace(" ", ""):
+                    return QuotaExhaustedError(text, code=code)
+                return RateLimitedError(text, retry_after=retry_after, code=code)
+            return FatalError(text, code=code or "FORBIDDEN")
+        if status == 429:
+            return RateLimitedError(text, retry_after=retry_after, code=code or "TOO_MANY_REQUESTS")
+        if status >= 500 or code in _RETRIABLE_REQUEST_CODES:
+            return RetriableError(text, retry_after=retry_after, code=code or f"HTTP_{status}")
+        if isinstance(exc, SalesforceResourceNotFound):
+            return FatalError(text, code=code or "NOT_FOUND")
+        if isinstance(exc, SalesforceMalformedRequest):
+            return FatalError(text, code=code or "MALFORMED_REQUEST")
+        return FatalError(text, code=code or f"HTTP_{status}")
+    if isinstance(exc, (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
+        return FatalError(clean(f"Salesforce URL is invalid: {exc}"), code="INVALID_URL")
+    if isinstance(exc, requests.exceptions.InvalidURL):
+        return FatalError(clean(f"Salesforce URL is invalid: {exc}"), code="INVALID_URL")
+    if isinstance(exc, requests.Timeout):
+        return RetriableError(clean(f"Salesforce request timed out: {exc}"), code="TIMEOUT")
+    if isinstance(exc, requests.ConnectionError):
+        return RetriableError(clean(f"cannot reach Salesforce: {exc}"), code="CONNECTION_ERROR")
+    if isinstance(exc, requests.RequestException):
+        return RetriableError(clean(f"Salesforce request failed: {exc}"), code="REQUEST_ERROR")
+    return FatalError(clean(f"Salesforce call failed: {type(exc).__name__}: {exc}"))
+
+
+def _is_expired_session(error: PlsSyncError) -> bool:
+    return isinstance(error, AuthError) and error.code == "INVALID_SESSION_ID"
+
+
+def _retry_after_seconds(header: str | None) -> float | None:
+    if not header:
+        return None
+    header = header.strip()
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# --- HTTP plumbing ---------------------------------------------------------------------------
+
+
+class TimeoutSession(requests.Session):
+    """A ``requests.Session`` that applies a default timeout to every request, logins included."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        """Send the request with ``timeout`` defaulting to this session's."""
+        if len(args) < 7:  # positionally, timeout comes seventh after method and url
+            kwargs.setdefault("timeout", self.default_timeout)
+        return super().request(method, url, *args, **kwargs)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _session_salesforce(
+    instance_url: str, session_id: str, api_version: str, http: requests.Session
+) -> Salesforce:
+    """A Salesforce client for a ready session; plain http only for a local sandbox."""
+    parsed = urlparse(instance_url)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise FatalError(
+            "SALESFORCE_INSTANCE_URL must be a URL such as https://acme.my.salesforce.com",
+            code="INVALID_URL",
+        )
+    if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+        raise FatalError(
+            "SALESFORCE_INSTANCE_URL must use https (plain http only for a local sandbox)",
+            code="INVALID_URL",
+        )
+    sf = Salesforce(
+        instance_url=instance_url, session_id=session_id, version=api_version, session=http
+    )
+    if parsed.scheme == "http":
+        # simple-salesforce always builds https URLs; the local sandbox speaks plain http.
+        for attr in (
+            "base_url",
+            "apex_url",
+            "bulk_url",
+            "bulk2_url",
+            "metadata_url",
+            "tooling_url",
+            "oauth2_url",
+        ):
+            value = getattr(sf, attr, None)
+            if isinstance(value, str) and value.startswith("https://"):
+                setattr(sf, attr, "http://" + value[len("https://") :])
+    return sf
+
+
+def _missing_credentials_message(env: Mapping[str, str]) -> str:
+    present = {name for names in _VARIABLE_SETS for name in names if get_secret(name, env)}
+    options = "; or ".join(", ".join(names) for names in _VARIABLE_SETS)
+    message = (
+        f"Salesforce credentials are missing: set {options} "
+        "(SALESFORCE_DOMAIN login|test is optional for the last two)"
+    )
+    closest = max(_VARIABLE_SETS, key=lambda names: sum(name in present for name in names))
+    if any(name in present for name in closest):
+        missing = [name for name in closest if name not in present]
+        message += f"; missing: {', '.join(missing)}"
+    return message
+
+
+# --- the destination -----------------------------------------------------------------------
+
+
+class SalesforceDestination:
+    """Salesforce accounts read with SOQL and written with sObject Collections."""
+
+    name = "salesforce"
+
+    def __init__(
+        self,
+        sf: Salesforce,
+        *,
+        reauthenticate: Callable[[], Salesforce] | None = None,
+        batch_size: int = MAX_BATCH_SIZE,
+        sleep: Callable[[float], None] = time.sleep,
+        secrets: Sequence[str] = (),
+        timeout: float = DEFAULT_TIMEOUT,
+        attempts: int = 5,
+        lock_retry_delay: float = 1.0,
+    ) -> None:
+        """Wrap a ready ``simple_salesforce.Salesforce``.
+
+        ``reauthenticate`` returns a fresh client when the session expires (once per call).
+        ``secrets`` are masked in every message and log event, with each session id.
+        """
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise FatalError(f"Salesforce batch_size must be between 1 and {MAX_BATCH_SIZE}")
+        self._reauthenticate = reauthenticate
+        self._batch_size = batch_size
+        self._sleep = sleep
+        self._timeout = timeout
+        self._attempts = attempts
+        self._lock_retry_delay = lock_retry_delay
+        self._secrets: list[str] = []
+        for secret in secrets:
+            self._add_secret(secret)
+        self._calls = {"read": 0, "write": 0, "describe": 0, "auth": 0, "limits": 0}
+        self._describe_cache: dict[str, dict[str, FieldSpec]] = {}
+        self._usage: tuple[int, int] | None = None
+        self._retry_after: float | None = None
+        self._sf = sf
+        self._adopt(sf)
+
+    # construction from the environment
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        api_version: str = "59.0",
+        batch_size: int = MAX_BATCH_SIZE,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> SalesforceDestination:
+        """Build from environment variables (or ``/run/secrets`` files).
+
+        Session: ``SALESFORCE_INSTANCE_URL`` + ``SALESFORCE_SESSION_ID``. Password:
+        ``SALESFORCE_USERNAME`` + ``SALESFORCE_PASSWORD`` + ``SALESFORCE_SECURITY_TOKEN``.
+        JWT bearer: ``SALESFORCE_USERNAME`` + ``SALESFORCE_CONSUMER_KEY`` +
+        ``SALESFORCE_PRIVATE_KEY_FILE``. ``SALESFORCE_DOMAIN`` (login | test | My Domain)
+        applies to the last two. Missing credentials raise ``AuthError`` naming the variables.
+        """
+        env = os.environ if env is None else env
+
+        def secret(name: str) -> str | None:
+            return get_secret(name, env)
+
+        http = session if session is not None else TimeoutSession(DEFAULT_TIMEOUT)
+        instance_url = secret("SALESFORCE_INSTANCE_URL")
+        session_id = secret("SALESFORCE_SESSION_ID")
+        username = secret("SALESFORCE_USERNAME")
+        password = secret("SALESFORCE_PASSWORD")
+        token = secret("SALESFORCE_SECURITY_TOKEN")
+        consumer_key = secret("SALESFORCE_CONSUMER_KEY")
+        key_file = secret("SALESFORCE_PRIVATE_KEY_FILE")
+        domain = secret("SALESFORCE_DOMAIN") or "login"
+        secrets = [value for value in (session_id, password, token) if value]
+        for value in secrets:
+            register_secret(value)
+
+        if instance_url and session_id:
+            sf = _session_salesforce(instance_url, session_id, api_version, http)
+            return cls(sf, batch_size=batch_size, sleep=sleep, secrets=secrets)
+
+        if not _DOMAIN.match(domain):
+            raise AuthError("SALESFORCE_DOMAIN must be login, test or a My Domain prefix")
+        login: Callable[[], Salesforce]
+        if username and password and token:
+
+            def login() -> Salesforce:
+                new_id, instance = SalesforceLogin(
+                    username=username,
+                    password=password,
+                    security_token=token,
+                    sf_version=api_version,
+                    session=http,
+                    domain=domain,
+                )
+                return Salesforce(
+                    session_id=new_id, instance=instance, version=api_version, session=http
+                )
+
+        elif username and consumer_key and key_file:
+            if not Path(key_file).is_file():
+                raise AuthError("SALESFORCE_PRIVATE_KEY_FILE does not name a readable file")
+
+            def login() -> Salesforce:
+                new_id, instance = SalesforceLogin(
+                    username=username,
+                    consumer_key=consumer_key,
+                    privatekey_file=key_file,
+                    sf_version=api_version,
+                    session=http,
+                    domain=domain,
+                )
+                return Salesforce(
+                    session_id=new_id, instance=instance, version=api_version, session=http
+                )
+
+        else:
+            raise AuthError(_missing_credentials_message(env))
+
+        def first_login() -> Salesforce:
+            try:
+                return login()
+            except (SalesforceError, requests.RequestException) as exc:
+                raise translate(exc, secrets=secrets) from None
+
+        sf = call_with_retries(first_login, sleep=sleep)
+        destination = cls(
+            sf, reauthenticate=login, batch_size=batch_size, sleep=sleep, secrets=secrets
+        )
+        destination._calls["auth"] += 1
+        return destination
+
+    # the session and its secrets
+
+    def _add_secret(self, value: str | None) -> None:
+        if value and len(value) >= 4 and value not in self._secrets:
+            self._secrets.append(value)
+            register_secret(value)
+
+    def _adopt(self, sf: Salesforce) -> None:
+        self._sf = sf
+        self._add_secret(getattr(sf, "session_id", None))
+        hooks = sf.session.hooks.setdefault("response", [])
+        if self._remember_retry_after not in hooks:
+            hooks.append(self._remember_retry_after)
+
+    def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if response.status_code >= 400:
+            self._retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def translate(self, exc: BaseException) -> PlsSyncError:
+        """``translate`` with this client's secrets and the last Retry-After hint."""
+        return translate(exc, secrets=self._secrets, retry_after=self._retry_after)
+
+    def _reauth(self) -> None:
+        if self._reauthenticate is None:
+            raise AuthError("Salesforce session expired or invalid", code="INVALID_SESSION_ID")
+        self._calls["auth"] += 1
+        try:
+            sf = self._reauthenticate()
+        except (SalesforceError, requests.RequestException) as exc:
+            error = self.translate(exc)
+            if isinstance(error, RetriableError):
+                raise error from None
+            raise AuthError(
+                self._redact(f"Salesforce re-authentication failed: {error}"), code="AUTH_FAILED"
+            ) from None
+        except RetriableError:
+            raise
+        except PlsSyncError as exc:
+            raise AuthError(
+                self._redact(f"Salesforce re-authentication failed: {exc}"), code="AUTH_FAILED"
+            ) from None
+        self._adopt(sf)
+        log.info("salesforce_reauthenticated")
+
+    def _on_retry(self, error: RetriableError, attempt: int, wait: float) -> None:
+        log.warning(
+            "salesforce_retry",
+            error=self._redact(str(error)),
+            code=error.code,
+            attempt=attempt,
+            wait_seconds=round(wait, 3),
+        )
+
+    def _call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
+        """Run ``fn(sf)``: count it, translate errors, re-authenticate once, retry transients."""
+        reauthenticated = False
+
+        def attempt() -> T:
+            nonlocal reauthenticated
+            while True:
+                self._calls[kind] += 1
+                self._retry_after = None
+                try:
+                    result = fn(self._sf)
+                except (SalesforceError, requests.RequestException) as exc:
+                    error = self.translate(exc)
+                    if _is_expired_session(error):
+                        if not reauthenticated and self._reauthenticate is not None:
+                            self._reauth()
+                            reauthenticated = True
+                            continue
+                        suffix = " after re-authenticating" if reauthenticated else ""
+                        raise AuthError(
+                            self._redact(f"Salesforce session expired or invalid{suffix}: {error}"),
+                            code="INVALID_SESSION_ID",
+                        ) from None
+                    raise error from None
+                self._note_usage()
+                return result
+
+        return call_with_retries(
+            attempt, attempts=self._attempts, sleep=self._sleep, on_retry=self._on_retry
+        )
+
+    def _note_usage(self) -> None:
+        usage = getattr(self._sf, "api_usage", {}).get("api-usage")
+        if usage is not None:
+            self._usage = (max(usage.total - usage.used, 0), usage.total)
+
+    # CrmDestination
+
+    def api_calls(self) -> dict[str, int]:
+        """Calls made so far: ``read`` (query pages), ``write``, ``describe``, ``auth``, ``limits``."""
+        return dict(self._calls)
+
+    def describe(self, object_name: str) -> dict[str, FieldSpec]:
+        """The object's fields by API name (sObject Describe, cached per client)."""
+        name = check_object_name(object_name)
+        cached = self._describe_cache.get(name.lower())
+        if cached is not None:
+            return dict(cached)
+        path = f"sobjects/{name}/describe/"
+        payload = self._call("describe", lambda sf: sf.restful(path, timeout=self._timeout))
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("fields"), list):
+            raise FatalError(f"Salesforce describe of {name} returned no fields")
+        specs = {
+            spec.name: spec
+            for spec in (field_spec(f) for f in payload["fields"] if isinstance(f, Mapping))
+        }
+        self._describe_cache[name.lower()] = specs
+        return dict(specs)
+
+    def soql_for(self, mapping: DestinationMapping, where: str | None = None) -> str:
+        """The SOQL reading ``mapping``'s object: base, domain and mapped fields, deduplicated."""
+        name = check_object_name(mapping.object)
+        # Names come from config: refuse anything but API names before any call is made.
+        configured = [check_field_name(field) for field in mapping.match.domain_fields]
+        configured += [check_field_name(field) for field in mapping.targets]
+        known = {field.lower() for field in self.describe(name)}
+        wanted = [field for field in BASE_FIELDS if field.lower() in known or field == "Id"]
+        wanted += configured
+        fields: list[str] = []
+        seen: set[str] = set()
+        for field in wanted:
+            if field.lower() not in seen:
+                seen.add(field.lower())
+                fields.append(field)
+        soql = f"SELECT {', '.join(fields)} FROM {name}"
+        return f"{soql} WHERE {where}" if where else soql
+
+    def read_records(self, mapping: DestinationMapping) -> Iterator[CrmRecord]:
+        """Every record of the mapping's object, page by page (the server picks the page size)."""
+        return self._read(mapping, self.soql_for(mapping))
+
+    def read_records_modified_since(
+        self, mapping: DestinationMapping, since: datetime
+    ) -> Iterator[CrmRecord]:
+        """Records of the mapping's object modified after ``since``."""
+        return self._read(
+            mapping, self.soql_for(mapping, f"LastModifiedDate > {soql_datetime(since)}")
+        )
+
+    def _read(self, mapping: DestinationMapping, soql: str) -> Iterator[CrmRecord]:
+        page = self._call("read", lambda sf: sf.query(soql, timeout=self._timeout))
+        while True:
+            for record in page.get("records") or ():
+                yield _record(record, mapping)
+            next_url = page.get("nextRecordsUrl")
+            if page.get("done", True) or not next_url:
+                return
+            page = self._call("read", functools.partial(self._query_more, next_url=next_url))
+
+    def _query_more(self, sf: Salesforce, next_url: str) -> Any:
+        if sf.base_url.startswith("https://"):
+            return sf.query_more(next_url, identifier_is_url=True, timeout=self._timeout)
+        # simple-salesforce makes nextRecordsUrl https; over the sandbox's http use the locator.
+        return sf.query_more(next_url.rstrip("/").rsplit("/", 1)[-1], timeout=self._timeout)
+
+    def write(
+        self,
+        object_name: str,
+        changes: Sequence[RecordChange],
+        specs: Mapping[str, FieldSpec],
+    ) -> WriteResult:
+        """PATCH the changed fields in batches; per-record failures come back as rejections.
+
+        Records refused with ``UNABLE_TO_LOCK_ROW`` are sent once more, in half-size batches,
+        before being reported. A batch that still fails after retries (or hits the daily
+        quota) leaves it and every later record ``not_attempted``. Auth and other fatal
+        request errors raise.
+        """
+        name = check_object_name(object_name)
+        result = WriteResult(method="collections")
+        if not changes:
+            return result
+        for change in changes:
+            for field in change.fields:
+                check_field_name(field, allow_path=False)
+        locked: list[tuple[RecordChange, RecordRejection]] = []
+        unsent = self._write_round(name, list(changes), self._batch_size, specs, result, locked)
+        result.not_attempted.extend(change.record_id for change in unsent)
+        if not locked:
+            return result
+        if unsent:
+            result.rejected.extend(rejection for _, rejection in locked)
+            return result
+        first = {change.record_id: rejection for change, rejection in locked}
+        log.info("salesforce_lock_retry", records=len(locked))
+        self._sleep(self._lock_retry_delay)
+        still_locked: list[tuple[RecordChange, RecordRejection]] = []
+        retry = [change for change, _ in locked]
+        unsent = self._write_round(
+            name, retry, max(1, self._batch_size // 2), specs, result, still_locked
+        )
+        result.rejected.extend(rejection for _, rejection in still_locked)
+        result.rejected.extend(first[change.record_id] for change in unsent)
+        return result
+
+    def _write_round(
+        self,
+        object_name: str,
+        changes: list[RecordChange],
+        size: int,
+        specs: Mapping[str, FieldSpec],
+        result: WriteResult,
+        locked: list[tuple[RecordChange, RecordRejection]],
+    ) -> list[RecordChange]:
+        """Send ``changes`` in batches of ``size``; return the changes left unsent."""
+        for start in range(0, len(changes), size):
+            batch = changes[start : start + size]
+            body = {
+                "allOrNone": False,
+                "records": [
+                    {
+                        "attributes": {"type": object_name},
+                        "id": change.record_id,
+                        **{
+                            field: format_value(value, specs.get(field))
+                            for field, value in change.fields.items()
+                        },
+                    }
+                    for change in batch
+                ],
+            }
+            before = self._calls["write"]
+            try:
+                saves = self._call("write", functools.partial(self._patch, body=body))
+            except (RetriableError, QuotaExhaustedError) as exc:
+                result.calls += self._calls["write"] - before
+                log.warning(
+                    "salesforce_write_stopped",
+                    error=self._redact(str(exc)),
+                    code=exc.code,
+                    unsent=len(changes) - start,
+                )
+                return changes[start:]
+            result.calls += self._calls["write"] - before
+            _apply_save_results(batch, saves, result, locked, self._secrets)
+        return []
+
+    def _patch(self, sf: Salesforce, body: dict[str, Any]) -> Any:
+        return sf.restful("composite/sobjects", method="PATCH", json=body, timeout=self._timeout)
+
+    def daily_api_remaining(self) -> tuple[int, int] | None:
+        """(remaining, max) daily API requests: from the last Sforce-Limit-Info header seen,
+        else from the ``limits/`` resource; ``None`` when the user may not read limits."""
+        if self._usage is not None:
+            return self._usage
+        try:
+            payload = self._call("limits", lambda sf: sf.limits(timeout=self._timeout))
+        except (AuthError, QuotaExhaustedError):
+            raise
+        except FatalError:
+            return None
+        daily = payload.get("DailyApiRequests") if isinstance(payload, Mapping) else None
+        if not isinstance(daily, Mapping):
+            return None
+        try:
+            return int(daily["Remaining"]), int(daily["Max"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _lookup(record: Mapping[str, Any], path: str) -> Any:
+    """A value by field path; API names are case-insensitive, the config's case may differ."""
+    current: Any = record
+    for part in path.split("."):
+        if not isinstance(current, Mapping):
+            return None
+        if part in current:
+            current = current[part]
+            continue
+        lowered = part.lower()
+        current = next((v for k, v in current.items() if k.lower() == lowered), None)
+    return current
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _record(raw: Mapping[str, Any], mapping: DestinationMapping) -> CrmRecord:
+    domains: list[str] = []
+    for field in mapping.match.domain_fields:
+        value = _lookup(raw, field)
+        if value is None:
+            continue
+        text = str(value).strip()
+        if text:
+            domains.append(text)
+    return CrmRecord(
+        id=str(_lookup(raw, "Id")),
+        domain_values=tuple(domains),
+        fields={target: _lookup(raw, target) for target in mapping.targets},
+        name=_text(_lookup(raw, "Name")),
+        last_modified=parse_sf_datetime(_lookup(raw, "LastModifiedDate")),
+        parent_id=_text(_lookup(raw, "ParentId")),
+        owner_id=_text(_lookup(raw, "OwnerId")),
+    )
+
+
+def _rejection(record_id: str, errors: Any, secrets: Sequence[str]) -> RecordRejection:
+    items = [e for e in errors if isinstance(e, Mapping)] if isinstance(errors, list) else []
+    code = next((str(e["statusCode"]) for e in items if e.get("statusCode")), "UNKNOWN_ERROR")
+    message = "; ".join(str(e.get("message")) for e in items if e.get("message"))
+    fields: list[str] = []
+    for item in items:
+        for name in item.get("fields") or ():
+            if str(name) not in fields:
+                fields.append(str(name))
+    return RecordRejection(
+        record_id=record_id,
+        code=code,
+        message=redact(message or code, list(secrets)),
+        fields=tuple(fields),
+        retriable=code in LOCK_CODES,
+    )
+
+
+def _apply_save_results(
+    batch: Sequence[RecordChange],
+    saves: Any,
+    result: WriteResult,
+    locked: list[tuple[RecordChange, RecordRejection]],
+    secrets: Sequence[str],
+) -> None:
+    """Match SaveResults to the batch by position (the documented order)."""
+    saves = saves if isinstance(saves, list) else []
+    if len(saves) != len(batch):
+        log.warning("salesforce_save_results_mismatch", sent=len(batch), results=len(saves))
+    for index, change in enumerate(batch):
+        save = saves[index] if index < len(saves) else None
+        if not isinstance(save, Mapping):
+            result.not_attempted.append(change.record_id)
+            continue
+        if save.get("success"):
+            result.written.append(change.record_id)
+            continue
+        rejection = _rejection(change.record_id, save.get("errors"), secrets)
+        if rejection.retriable:
+            locked.append((change, rejection))
+        else:
+            result.rejected.append(rejection)

@@ -1,0 +1,88 @@
+"""The one place that builds real adapters from settings. Tests build ``Adapters`` with fakes instead."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pls_sync.config import Settings
+from pls_sync.errors import PlsSyncError
+from pls_sync.ports import CrmDestination
+from pls_sync.service import Adapters
+
+
+def build_usage_source(settings: Settings):  # type: ignore[no-untyped-def]
+    """The warehouse reader for the configured URL and model."""
+    from connectors.warehouse import SqlUsageSource
+
+    wh = settings.warehouse
+    return SqlUsageSource(
+        wh.url,
+        taxonomy=wh.taxonomy,
+        account_level=settings.account_level,
+        model=wh.model,
+        schema=wh.schema,
+        users_table=wh.users_table,
+        events_table=wh.events_table,
+        chunk_size=wh.chunk_size,
+    )
+
+
+def build_state_store(settings: Settings):  # type: ignore[no-untyped-def]
+    """The state store at the configured URL, tables created if missing."""
+    from connectors.state import SqlStateStore
+
+    return SqlStateStore.open(settings.state_url)
+
+
+def build_destination(
+    name: str, settings: Settings, env: Mapping[str, str] | None = None
+) -> CrmDestination:
+    """A destination client with credentials from the environment (or /run/secrets)."""
+    dest = settings.destinations[name]
+    if name == "salesforce":
+        from connectors.salesforce import SalesforceDestination
+
+        return SalesforceDestination.from_env(
+            env, api_version=dest.api_version, batch_size=dest.batch_size
+        )
+    if name == "hubspot":
+        from connectors.hubspot import HubSpotDestination
+
+        return HubSpotDestination.from_env(
+            env, batch_size=dest.batch_size, requests_per_10s=dest.requests_per_10s
+        )
+    raise PlsSyncError(f"unknown destination {name!r}")
+
+
+def enabled_destinations(settings: Settings, only: tuple[str, ...] | None = None) -> list[str]:
+    """Names of the destinations this run writes: enabled in config, filtered by ``only``."""
+    names = [name for name, dest in settings.destinations.items() if dest.enabled]
+    if only:
+        names = [name for name in names if name in only]
+    return names
+
+
+def build_adapters(
+    settings: Settings,
+    *,
+    env: Mapping[str, str] | None = None,
+    only: tuple[str, ...] | None = None,
+    with_destinations: bool = True,
+) -> Adapters:
+    """Warehouse, state store and every enabled destination.
+
+    A destination that cannot be built (missing credentials) is reported in
+    ``destination_errors`` and the run goes on with the others.
+    """
+    env = os.environ if env is None else env
+    adapters = Adapters(usage=build_usage_source(settings), state=build_state_store(settings))
+    if not with_destinations:
+        return adapters
+    for name in enabled_destinations(settings, only):
+        try:
+            adapters.destinations[name] = build_destination(name, settings, env)
+            adapters.mappings[name] = settings.destinations[name].mapping
+        except PlsSyncError as exc:
+            adapters.destination_errors[name] = str(exc)
+    return adapters

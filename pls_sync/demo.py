@@ -1,0 +1,185 @@
+"""``pls-sync demo``: the whole product on the embedded default, with nothing to set up.
+
+Generates the DuckDB demo warehouse (once), starts the CRM sandbox on loopback, runs a full
+sync to every destination the sandbox serves, then a second run that must write nothing, and
+shows the top accounts as a rep sees them on the CRM record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pls_sync.errors import ConfigError, PlsSyncError
+
+DEMO_DIR = Path(".pls-sync")
+DEMO_WAREHOUSE = DEMO_DIR / "demo.duckdb"
+DEMO_STATE = DEMO_DIR / "state.sqlite"  # the default state store, so explain/status see the demo
+
+
+@contextmanager
+def patched_env(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the demo and restore them afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def ensure_warehouse(
+    console: Console, path: Path, *, companies: int, users: int | None, events: int | None,
+    seed: int, fresh: bool,
+) -> datetime:
+    """Create the demo warehouse unless it exists; return the as-of time its data was made for."""
+    from connectors.demo_warehouse import generate_demo_warehouse, read_demo_as_of
+
+    if path.exists() and not fresh:
+        as_of = read_demo_as_of(path)
+        console.print(f"Using the demo warehouse {path} (data as of {as_of.date()}).")
+        return as_of
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("Generating the demo warehouse", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=f"Generating the demo warehouse: {stage}", completed=done, total=total)
+
+        stats = generate_demo_warehouse(
+            path, seed=seed, companies=companies, users=users, events=events, progress=progress
+        )
+    console.print(
+        f"Generated {path}: {stats.companies} companies, {stats.users} users "
+        f"({stats.free_mail_users} on free mail), {stats.events} events, as of {stats.as_of.date()}."
+    )
+    return stats.as_of
+
+
+def render_crm_accounts(console: Console, destination: object, mapping: object, limit: int = 12) -> None:
+    """The top accounts as the rep sees them on the CRM record, read back from the CRM."""
+    from pls_sync.mapping import DestinationMapping
+
+    assert isinstance(mapping, DestinationMapping)
+    records = list(destination.read_records(mapping))  # type: ignore[attr-defined]
+    by_source = {f.source: f.target for f in mapping.fields}
+    score_f, tier_f = by_source.get("score"), by_source.get("tier")
+    signals_f, channel_f = by_source.get("signals"), by_source.get("lead_channel")
+
+    def score_of(record: object) -> float:
+        value = record.fields.get(score_f) if score_f else None  # type: ignore[attr-defined]
+        try:
+            return float(value) if value not in (None, "") else -1.0
+        except (TypeError, ValueError):
+            return -1.0
+
+    ranked = sorted(records, key=lambda r: (-score_of(r), r.id))[:limit]
+    table = Table(title=f"{mapping.destination}: top {mapping.object} records as a rep sees them")
+    for column in ("record", "name", "score", "tier", "channel", "signals"):
+        table.add_column(column, overflow="fold")
+    for record in ranked:
+        f = record.fields
+        table.add_row(
+            record.id, record.name or "",
+            f"{score_of(record):.0f}" if score_of(record) >= 0 else "",
+            str(f.get(tier_f) or "") if tier_f else "",
+            str(f.get(channel_f) or "") if channel_f else "",
+            str(f.get(signals_f) or "") if signals_f else "",
+        )
+    console.print(table)
+
+
+def run_demo(
+    console: Console, config: Path, *, companies: int = 400, users: int | None = None,
+    events: int | None = None, fresh: bool = False, seed: int = 7,
+) -> int:
+    """Run the demo end to end; return the exit code (0 when both runs did what they should)."""
+    from pls_sync.bootstrap import build_adapters
+    from pls_sync.config import load_settings
+    from pls_sync.logs import configure_logging
+    from pls_sync.report import render_accounts, render_summary
+    from pls_sync.sandbox.server import Sandbox
+    from pls_sync.service import RunOptions, run_sync
+
+    started = time.perf_counter()
+    DEMO_DIR.mkdir(exist_ok=True)
+    if fresh and DEMO_STATE.exists():
+        DEMO_STATE.unlink()
+    as_of = ensure_warehouse(
+        console, DEMO_WAREHOUSE, companies=companies, users=users, events=events, seed=seed, fresh=fresh
+    )
+    with Sandbox(seed=seed) as box:
+        console.print(f"CRM sandbox serving Salesforce and HubSpot on {box.url}")
+        env = {
+            "PLS_SYNC_WAREHOUSE_URL": f"duckdb:///{DEMO_WAREHOUSE}",
+            "PLS_SYNC_STATE_URL": f"sqlite:///{DEMO_STATE}",
+            "PLS_SYNC_SALESFORCE_ENABLED": "true",
+            "PLS_SYNC_HUBSPOT_ENABLED": "true" if box.hubspot is not None else "false",
+            "SALESFORCE_INSTANCE_URL": box.url,
+            "SALESFORCE_SESSION_ID": box.session_id,
+            "HUBSPOT_BASE_URL": box.url,
+            "HUBSPOT_ACCESS_TOKEN": box.hubspot_token,
+        }
+        with patched_env(env):
+            try:
+                settings = load_settings(config)
+            except ConfigError as exc:
+                console.print("[bold red]Configuration error[/bold red]")
+                for issue in exc.issues:
+                    console.print(f"  {issue}", markup=False, highlight=False)
+                return 2
+            configure_logging(settings.logging.level, settings.logging.format)
+            batch_sizes = {n: d.batch_size for n, d in settings.destinations.items()}
+            try:
+                adapters = build_adapters(settings)
+                first = run_sync(
+                    adapters, settings.scoring,
+                    RunOptions(as_of=as_of, command="demo", plans_dir=settings.plans_dir),
+                    batch_sizes=batch_sizes,
+                )
+                render_summary(console, first.summary)
+                first_counts = box.counts()
+                box.reset_counts()
+                second = run_sync(
+                    adapters, settings.scoring,
+                    RunOptions(as_of=as_of, command="demo-rerun", plans_dir=settings.plans_dir),
+                    batch_sizes=batch_sizes,
+                )
+            except PlsSyncError as exc:
+                console.print(f"[bold red]Demo run failed:[/bold red] {exc}", highlight=False)
+                return 1
+            second_counts = box.counts()
+            writes_2 = {
+                name: dest.get("write_calls", 0)
+                for name, dest in second.summary["destinations"].items()
+            }
+            console.print(
+                "Second run over unchanged data: "
+                + ", ".join(f"{name} {calls} write calls" for name, calls in writes_2.items())
+            )
+            render_accounts(console, first.scored.results, "Top product accounts")
+            for name, destination in adapters.destinations.items():
+                render_crm_accounts(console, destination, adapters.mappings[name])
+            console.print("Sandbox requests, first run: " + ", ".join(f"{k} {v}" for k, v in sorted(first_counts.items())))
+            console.print("Sandbox requests, second run: " + ", ".join(f"{k} {v}" for k, v in sorted(second_counts.items())))
+    took = time.perf_counter() - started
+    console.print(
+        f"Demo finished in {took:.1f} s at {datetime.now(UTC):%H:%M:%S} UTC. State store: {DEMO_STATE}; "
+        f"plans: {settings.plans_dir}/latest.json; try `pls-sync explain <domain>` or `pls-sync export accounts.csv`."
+    )
+    ok = first.status == "succeeded" and second.status == "succeeded" and not any(writes_2.values())
+    return 0 if ok else 1

@@ -1,0 +1,339 @@
+"""From scored accounts to the smallest set of CRM field changes. Standard library only.
+
+The mapping turns each matched account into desired field values; values are brought to one
+canonical form per field type (numbers, text, dates, datetimes, booleans) both on the desired
+side and on the CRM side, and only fields whose canonical values differ are planned. A rerun
+over unchanged data therefore plans nothing, and a run cut short is repaired by the next diff.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pls_sync.mapping import DestinationMapping, FieldMapping
+from pls_sync.matching import MatchReport
+from pls_sync.models import CrmRecord, FieldSpec, FieldType, ProductAccount, RecordChange
+from pls_sync.ports import AccountState
+from pls_sync.scoring import AccountScore
+
+NUMERIC_TYPES = (FieldType.NUMBER, FieldType.INTEGER)
+TEXT_TYPES = (FieldType.STRING, FieldType.TEXTAREA, FieldType.PICKLIST, FieldType.MULTIPICKLIST)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountResult:
+    """Everything known about one account after scoring: the input to mapping and planning."""
+
+    account: ProductAccount
+    score: AccountScore
+    state: AccountState
+    previous: AccountState | None = None
+    score_change: int | None = None
+    lead_channel: str | None = None
+    motion: str | None = None
+    buyers: tuple[str, ...] = ()
+
+    @property
+    def newly_qualified(self) -> bool:
+        """True when the account entered a qualified tier in this run."""
+        return self.state.qualified_since is not None and (
+            self.previous is None or self.previous.qualified_since is None
+        )
+
+
+def source_value(source: str, result: AccountResult) -> Any:
+    """The value of a mapping source (``score``, ``signals``, ``metrics.active_users_28d``...)."""
+    score = result.score
+    if source.startswith("metrics."):
+        return score.metrics.get(source[len("metrics.") :])
+    if source.startswith("components."):
+        name = source[len("components.") :]
+        for component in score.components:
+            if component.name == name:
+                return component.points
+        return None
+    simple: dict[str, Any] = {
+        "score": score.score,
+        "tier": score.tier,
+        "raw_tier": score.raw_tier,
+        "signals": [signal.description for signal in score.signals],
+        "lead_channel": result.lead_channel,
+        "motion": result.motion,
+        "qualified_since": result.state.qualified_since,
+        "tier_since": result.state.tier_since,
+        "score_change": result.score_change,
+        "previous_score": result.previous.score if result.previous else None,
+        "scored_at": score.scored_at,
+        "first_seen": result.account.first_seen,
+        "domain": result.account.domain,
+        "account_key": result.account.key,
+        "buyers": list(result.buyers),
+    }
+    if source not in simple:
+        raise KeyError(f"unknown mapping source {source!r}")
+    return simple[source]
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _parse_datetime(text: str) -> datetime | None:
+    text = text.strip()
+    if not text:
+        return None
+    if text.isdigit():  # HubSpot may answer epoch milliseconds
+        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+    cleaned = text.replace("Z", "+00:00")
+    # Salesforce writes offsets without a colon: 2026-11-22T10:00:00.000+0000
+    if len(cleaned) > 5 and cleaned[-5] in "+-" and cleaned[-4:].isdigit():
+        cleaned = f"{cleaned[:-2]}:{cleaned[-2:]}"
+    try:
+        return _as_utc(datetime.fromisoformat(cleaned))
+    except ValueError:
+        return None
+
+
+def canonical(value: Any, spec: FieldSpec, *, join: str = "; ", max_length: int | None = None) -> Any:
+    """Bring a value (desired or read from the CRM) to the canonical form of its field type.
+
+    Empty text and ``None`` are both "no value". Numbers are rounded to the field's scale,
+    datetimes are UTC to the second, dates are ``date``, text is joined and truncated to the
+    shorter of the field length and ``max_length``. Values that cannot be read as the field's
+    type are kept as text so they compare unequal and get rewritten.
+    """
+    if value is None:
+        return None
+    kind = spec.type
+    if isinstance(value, (list, tuple)):
+        value = join.join(str(v) for v in value if v is not None and str(v) != "")
+    if isinstance(value, str) and value.strip() == "" and kind not in TEXT_TYPES:
+        return None
+    if kind in NUMERIC_TYPES:
+        if isinstance(value, bool):
+            return float(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        if math.isnan(number) or math.isinf(number):
+            return None
+        scale = 0 if kind is FieldType.INTEGER else spec.scale
+        if scale is not None:
+            number = round(number, scale)
+        return number + 0.0
+    if kind is FieldType.DATETIME:
+        if isinstance(value, datetime):
+            return _as_utc(value).replace(microsecond=0)
+        if isinstance(value, date):
+            return datetime(value.year, value.month, value.day, tzinfo=UTC)
+        parsed = _parse_datetime(str(value))
+        return parsed.replace(microsecond=0) if parsed else str(value)
+    if kind is FieldType.DATE:
+        if isinstance(value, datetime):
+            return _as_utc(value).date()
+        if isinstance(value, date):
+            return value
+        parsed = _parse_datetime(str(value))
+        return parsed.date() if parsed else str(value)
+    if kind is FieldType.BOOLEAN:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            return value
+        return bool(value)
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    elif isinstance(value, datetime):
+        text = _as_utc(value).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    else:
+        text = str(value)
+    if text == "":
+        return None
+    limits = [limit for limit in (spec.length, max_length) if limit]
+    if limits and len(text) > min(limits):
+        text = truncate(text, min(limits))
+    return text
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` characters, marking the cut with an ellipsis when there is room."""
+    if len(text) <= limit:
+        return text
+    if limit <= 1:
+        return text[:limit]
+    return text[: limit - 1].rstrip() + "…"
+
+
+def desired_fields(
+    result: AccountResult,
+    mapping: DestinationMapping,
+    specs: Mapping[str, FieldSpec],
+) -> dict[str, Any]:
+    """The canonical value each mapped field should hold for this account.
+
+    A source without a value leaves the field alone (null policy ``skip``) or clears it
+    (``clear``, canonical ``None``).
+    """
+    desired: dict[str, Any] = {}
+    for fm in mapping.fields:
+        value = canonical(
+            source_value(fm.source, result),
+            specs[fm.target],
+            join=fm.join,
+            max_length=fm.max_length,
+        )
+        if value is None and fm.null == "skip":
+            continue
+        desired[fm.target] = value
+    return desired
+
+
+def values_equal(current: Any, desired: Any, spec: FieldSpec) -> bool:
+    """True when the CRM's canonical value already equals the desired one."""
+    if current is None or desired is None:
+        return current is None and desired is None
+    if spec.type in NUMERIC_TYPES and isinstance(current, float) and isinstance(desired, float):
+        tolerance = 0.5 * 10 ** -(spec.scale if spec.scale is not None else 6)
+        return abs(current - desired) < tolerance
+    return bool(current == desired)
+
+
+def diff_record(
+    record: CrmRecord,
+    desired: Mapping[str, Any],
+    specs: Mapping[str, FieldSpec],
+    mappings: Mapping[str, FieldMapping],
+) -> dict[str, Any]:
+    """The fields of ``record`` whose current value differs from ``desired``."""
+    changes: dict[str, Any] = {}
+    for target, want in desired.items():
+        fm = mappings[target]
+        have = canonical(
+            record.fields.get(target), specs[target], join=fm.join, max_length=fm.max_length
+        )
+        if not values_equal(have, want, specs[target]):
+            changes[target] = want
+    return changes
+
+
+@dataclass(slots=True)
+class Plan:
+    """The changes one destination needs, with the counts a run summary reports."""
+
+    destination: str
+    object: str
+    changes: list[RecordChange] = field(default_factory=list)
+    records_considered: int = 0
+    records_unchanged: int = 0
+    field_changes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def fields_changed(self) -> int:
+        """How many field values the plan changes, over all records."""
+        return sum(self.field_changes.values())
+
+    def to_dict(self, limit: int | None = None) -> dict[str, Any]:
+        """A JSON-ready form of the plan (``limit`` caps the records listed)."""
+        listed = self.changes if limit is None else self.changes[:limit]
+        return {
+            "destination": self.destination,
+            "object": self.object,
+            "records_considered": self.records_considered,
+            "records_changed": len(self.changes),
+            "records_unchanged": self.records_unchanged,
+            "fields_changed": self.fields_changed,
+            "field_changes": dict(sorted(self.field_changes.items())),
+            "changes": [
+                {
+                    "record_id": change.record_id,
+                    "account": change.account_key,
+                    "priority": change.priority,
+                    "fields": {k: _jsonable(v) for k, v in change.fields.items()},
+                }
+                for change in listed
+            ],
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _as_utc(value).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def change_priority(result: AccountResult) -> float:
+    """Writes that matter most go first when a budget cuts a run short.
+
+    Newly qualified accounts first, then the biggest score moves, then the highest scores.
+    """
+    moved = abs(result.score_change or 0) if result.previous is not None else result.score.score
+    return (1_000_000.0 if result.newly_qualified else 0.0) + moved * 1_000.0 + result.score.score
+
+
+def plan_changes(
+    results: Iterable[AccountResult],
+    report: MatchReport,
+    records: Mapping[str, CrmRecord],
+    mapping: DestinationMapping,
+    specs: Mapping[str, FieldSpec],
+) -> Plan:
+    """Diff every matched account's desired values against its CRM record.
+
+    Only changed fields of changed records are planned, highest priority first.
+    """
+    plan = Plan(destination=mapping.destination, object=mapping.object)
+    by_target = {fm.target: fm for fm in mapping.fields}
+    for result in results:
+        record_id = report.record_for(result.account.key)
+        if record_id is None:
+            continue
+        record = records[record_id]
+        plan.records_considered += 1
+        changes = diff_record(record, desired_fields(result, mapping, specs), specs, by_target)
+        if not changes:
+            plan.records_unchanged += 1
+            continue
+        plan.field_changes.update(changes.keys())
+        plan.changes.append(
+            RecordChange(
+                record_id=record_id,
+                fields=changes,
+                account_key=result.account.key,
+                priority=change_priority(result),
+            )
+        )
+    plan.changes.sort(key=lambda change: (-change.priority, change.record_id))
+    return plan
+
+
+def missing_targets(mapping: DestinationMapping, specs: Mapping[str, FieldSpec]) -> list[str]:
+    """Problems with the mapping's targets against the live schema: missing or read-only."""
+    problems = []
+    for fm in mapping.fields:
+        spec = specs.get(fm.target)
+        if spec is None:
+            problems.append(f"{fm.target}: no such field on {mapping.object}")
+        elif not spec.updateable:
+            problems.append(f"{fm.target}: field on {mapping.object} is not writable")
+    return problems
+
+
+def apply_changes(
+    current: Mapping[str, Any], changes: Sequence[RecordChange]
+) -> dict[str, dict[str, Any]]:
+    """Apply planned changes to a {record id: fields} picture (used to check plans in tests)."""
+    result = {rid: dict(fields) for rid, fields in current.items()}
+    for change in changes:
+        result.setdefault(change.record_id, {}).update(change.fields)
+    return result

@@ -1,0 +1,407 @@
+"""The run service: one ``run_sync`` that the CLI, the demo and the scheduler all call.
+
+Order of work, chosen for crash safety: read and score, commit the new account states,
+then diff and write each destination. A run killed after the state commit leaves the CRM
+behind the state, and the next run's diff sends exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pls_sync.errors import PlsSyncError, QuotaExhaustedError, redact
+from pls_sync.mapping import DestinationMapping
+from pls_sync.matching import MatchReport, build_index, match_accounts
+from pls_sync.models import CrmRecord, FieldSpec, UsageReadStats, WriteResult
+from pls_sync.planning import AccountResult, Plan, missing_targets, plan_changes
+from pls_sync.ports import AccountState, CrmDestination, StateStore, TierTransition, UsageSource
+from pls_sync.scoring import ScoringModel, score_account, tier_counts
+from pls_sync.transitions import advance
+
+log = structlog.get_logger("pls_sync")
+
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """What one run should do."""
+
+    as_of: datetime
+    command: str = "run"
+    dry_run: bool = False
+    plans_dir: Path | None = None
+    destinations: tuple[str, ...] | None = None  # None: every enabled destination
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+@dataclass(slots=True)
+class Adapters:
+    """The ports a run needs, built by ``pls_sync.bootstrap`` or by tests with fakes."""
+
+    usage: UsageSource
+    state: StateStore
+    destinations: dict[str, CrmDestination] = field(default_factory=dict)
+    mappings: dict[str, DestinationMapping] = field(default_factory=dict)
+    destination_errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ScoredAccounts:
+    """Every account scored, with the transitions and counts of this pass."""
+
+    results: list[AccountResult]
+    stats: UsageReadStats
+    transitions: list[TierTransition]
+
+    def by_key(self) -> dict[str, AccountResult]:
+        """Results by account key."""
+        return {result.account.key: result for result in self.results}
+
+
+@dataclass(slots=True)
+class DestinationOutcome:
+    """What happened at one destination."""
+
+    name: str
+    status: str = "skipped"  # succeeded | failed | partial | skipped | planned
+    records: dict[str, CrmRecord] = field(default_factory=dict)
+    report: MatchReport | None = None
+    plan: Plan | None = None
+    write: WriteResult | None = None
+    error: str | None = None
+    specs: dict[str, FieldSpec] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """A finished run: its JSON-ready summary and the objects behind it, for tables and tests."""
+
+    summary: dict[str, Any]
+    outcomes: dict[str, DestinationOutcome]
+    scored: ScoredAccounts
+
+    @property
+    def status(self) -> str:
+        """succeeded, partial or failed."""
+        return str(self.summary["status"])
+
+
+class StageTimer:
+    """Wall time per stage, in seconds, in the order the stages ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block under ``name`` and log the stage's end."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def score_all(
+    usage: UsageSource,
+    model: ScoringModel,
+    previous_states: Mapping[str, AccountState],
+    as_of: datetime,
+    progress: Progress | None = None,
+) -> ScoredAccounts:
+    """Read every account from the warehouse and score it against its previous state."""
+    stats = UsageReadStats()
+    results: list[AccountResult] = []
+    transitions: list[TierTransition] = []
+    for count, account in enumerate(usage.read_accounts(as_of, stats), start=1):
+        previous = previous_states.get(account.key)
+        score = score_account(account, model, as_of, previous.tier if previous else None)
+        state, transition = advance(previous, score, as_of, model.qualified_tiers)
+        if transition is not None:
+            transitions.append(transition)
+        results.append(AccountResult(account, score, state, previous, state.score_change))
+        if progress is not None and count % 5000 == 0:
+            progress("score", count, None)
+    return ScoredAccounts(results, stats, transitions)
+
+
+def match_destination(
+    destination: CrmDestination,
+    mapping: DestinationMapping,
+    results: list[AccountResult],
+) -> DestinationOutcome:
+    """Read the destination's records, index them by domain and match every account."""
+    outcome = DestinationOutcome(name=destination.name)
+    outcome.records = {record.id: record for record in destination.read_records(mapping)}
+    index = build_index(outcome.records.values())
+    outcome.report = match_accounts(
+        ((r.account.key, r.account.domain, float(r.score.score)) for r in results),
+        index,
+        mapping.match.on_multiple,
+    )
+    return outcome
+
+
+def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, Any]:
+    report = outcome.report
+    plan = outcome.plan
+    write = outcome.write
+    summary: dict[str, Any] = {"status": outcome.status}
+    if outcome.error:
+        summary["error"] = outcome.error
+    if report is not None:
+        summary["crm_records"] = len(outcome.records)
+        summary["match"] = report.counts()
+    if plan is not None:
+        summary["records_changed"] = len(plan.changes)
+        summary["records_unchanged"] = plan.records_unchanged
+        summary["fields_changed"] = plan.fields_changed
+        summary["field_changes"] = dict(sorted(plan.field_changes.items()))
+        summary["min_write_calls"] = math.ceil(len(plan.changes) / batch_size) if batch_size else 0
+    if write is not None:
+        reasons = Counter(rejection.code for rejection in write.rejected)
+        summary.update(
+            records_written=len(write.written),
+            write_calls=write.calls,
+            write_method=write.method,
+            rejected=len(write.rejected),
+            rejection_reasons=dict(reasons.most_common()),
+            rejections=[
+                {"record_id": r.record_id, "code": r.code, "message": r.message, "fields": list(r.fields)}
+                for r in write.rejected[:20]
+            ],
+            not_attempted=len(write.not_attempted),
+        )
+    return summary
+
+
+def sync_destination(
+    name: str,
+    destination: CrmDestination,
+    mapping: DestinationMapping,
+    scored: ScoredAccounts,
+    state: StateStore,
+    options: RunOptions,
+    timer: StageTimer,
+) -> DestinationOutcome:
+    """Match, plan and (unless dry-run) write one destination. Errors stay inside the outcome."""
+    outcome = DestinationOutcome(name=name)
+    try:
+        with timer.stage(f"{name}.describe"):
+            specs = destination.describe(mapping.object)
+        problems = missing_targets(mapping, specs)
+        if problems:
+            raise PlsSyncError(f"{mapping.source_file or name}: " + "; ".join(problems))
+        with timer.stage(f"{name}.read"):
+            outcome = match_destination(destination, mapping, scored.results)
+        outcome.name = name
+        outcome.specs = specs
+        assert outcome.report is not None
+        log.info("crm_read", destination=name, records=len(outcome.records), **outcome.report.counts())
+        with timer.stage(f"{name}.plan"):
+            outcome.plan = plan_changes(scored.results, outcome.report, outcome.records, mapping, specs)
+        log.info(
+            "planned",
+            destination=name,
+            records_changed=len(outcome.plan.changes),
+            fields_changed=outcome.plan.fields_changed,
+        )
+        if options.dry_run:
+            outcome.status = "planned"
+            return outcome
+        with timer.stage(f"{name}.write"):
+            outcome.write = destination.write(mapping.object, outcome.plan.changes, specs)
+        write = outcome.write
+        state.record_rejections(options.run_id, name, write.rejected, options.as_of)
+        state.resolve_rejections(name, write.written)
+        outcome.status = "succeeded" if not (write.rejected or write.not_attempted) else "partial"
+        log.info(
+            "written",
+            destination=name,
+            records_written=len(write.written),
+            rejected=len(write.rejected),
+            not_attempted=len(write.not_attempted),
+            write_calls=write.calls,
+        )
+    except QuotaExhaustedError as exc:
+        outcome.status = "partial"
+        outcome.error = str(exc)
+        log.warning("quota_exhausted", destination=name, error=str(exc))
+    except PlsSyncError as exc:
+        outcome.status = "failed"
+        outcome.error = str(exc)
+        log.error("destination_failed", destination=name, error=str(exc))
+    except Exception as exc:  # a bug in one destination must not stop the other
+        outcome.status = "failed"
+        outcome.error = redact(f"{type(exc).__name__}: {exc}")
+        log.exception("destination_crashed", destination=name)
+    return outcome
+
+
+def save_plan(plans_dir: Path, run_id: str, plans: list[Plan], as_of: datetime) -> Path:
+    """Write the plans as JSON (``plan-<run_id>.json`` and ``latest.json``); return the file."""
+    plans_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "destinations": [plan.to_dict() for plan in plans],
+    }
+    text = json.dumps(payload, indent=2, default=str)
+    path = plans_dir / f"plan-{run_id}.json"
+    path.write_text(text, encoding="utf-8")
+    (plans_dir / "latest.json").write_text(text, encoding="utf-8")
+    return path
+
+
+def build_summary(
+    options: RunOptions,
+    scored: ScoredAccounts,
+    outcomes: dict[str, DestinationOutcome],
+    timer: StageTimer,
+    adapters: Adapters,
+    batch_sizes: Mapping[str, int],
+    model: ScoringModel,
+) -> dict[str, Any]:
+    """The run summary of DESIGN.md §4, as a JSON-ready dict."""
+    stats = scored.stats
+    scores = [result.score for result in scored.results]
+    entered = sum(1 for r in scored.results if r.newly_qualified)
+    left = sum(
+        1
+        for r in scored.results
+        if r.previous is not None
+        and r.previous.qualified_since is not None
+        and r.state.qualified_since is None
+    )
+    priority = {r.account.key: float(r.score.score) for r in scored.results}
+    domains = {r.account.key: r.account.domain for r in scored.results}
+    destinations: dict[str, Any] = {}
+    for name, outcome in outcomes.items():
+        entry = _write_summary(outcome, batch_sizes.get(name, 200))
+        if outcome.report is not None:
+            entry["top_unmatched"] = [
+                {"domain": domains.get(key, key), "score": score}
+                for key, score in outcome.report.unmatched_top(10, priority)
+            ]
+        destination = adapters.destinations.get(name)
+        if destination is not None:
+            entry["api_calls"] = destination.api_calls()
+        destinations[name] = entry
+    for name, error in adapters.destination_errors.items():
+        destinations[name] = {"status": "failed", "error": error}
+    return {
+        "run_id": options.run_id,
+        "command": options.command,
+        "as_of": options.as_of.isoformat(),
+        "dry_run": options.dry_run,
+        "warehouse": {
+            "rows_read": stats.rows_read,
+            "users": stats.users,
+            "accounts": stats.accounts,
+            "skipped_users": stats.skipped_users,
+            "skipped_rows": stats.skipped_rows,
+            "skipped_reasons": dict(sorted(stats.skipped_reasons.items())),
+        },
+        "scoring": {
+            "scored": len(scores),
+            "tiers": tier_counts(scores, model.tiers),
+            "newly_qualified": entered,
+            "disqualified": left,
+            "guarded_by_age": sum(1 for s in scores if s.guard),
+            "transitions": len(scored.transitions),
+        },
+        "destinations": destinations,
+        "stages_seconds": timer.seconds,
+    }
+
+
+def run_status(outcomes: Mapping[str, DestinationOutcome], adapters: Adapters) -> str:
+    """succeeded when every destination did its part, failed when none did, else partial."""
+    statuses = [o.status for o in outcomes.values()] + ["failed"] * len(adapters.destination_errors)
+    if not statuses or all(s in ("succeeded", "planned") for s in statuses):
+        return "succeeded"
+    if all(s == "failed" for s in statuses):
+        return "failed"
+    return "partial"
+
+
+def run_sync(
+    adapters: Adapters,
+    model: ScoringModel,
+    options: RunOptions,
+    *,
+    batch_sizes: Mapping[str, int] | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """One sync: read, score, commit states, then plan and write each destination.
+
+    Returns the run summary with the outcomes behind it. Raises only for failures that stop the whole run (warehouse,
+    state store); a destination's failure is reported in the summary and the others go on.
+    """
+    structlog.contextvars.bind_contextvars(run_id=options.run_id)
+    started = datetime.now(UTC)
+    timer = StageTimer()
+    state = adapters.state
+    if not options.dry_run:
+        state.begin_run(options.run_id, options.command, started)
+    log.info("run_started", command=options.command, as_of=options.as_of.isoformat())
+    try:
+        with timer.stage("load_state"):
+            previous = state.load_account_states()
+        with timer.stage("read_and_score"):
+            scored = score_all(adapters.usage, model, previous, options.as_of, progress)
+        log.info(
+            "scored",
+            accounts=len(scored.results),
+            rows_read=scored.stats.rows_read,
+            skipped_users=scored.stats.skipped_users,
+            tiers=tier_counts((r.score for r in scored.results), model.tiers),
+        )
+        if not options.dry_run:
+            with timer.stage("save_state"):
+                state.save_account_states(
+                    options.run_id, (r.state for r in scored.results), scored.transitions
+                )
+        outcomes: dict[str, DestinationOutcome] = {}
+        wanted = options.destinations
+        for name, destination in adapters.destinations.items():
+            if wanted is not None and name not in wanted:
+                continue
+            outcomes[name] = sync_destination(
+                name, destination, adapters.mappings[name], scored, state, options, timer
+            )
+        summary = build_summary(options, scored, outcomes, timer, adapters, batch_sizes or {}, model)
+        if options.plans_dir is not None:
+            plans = [o.plan for o in outcomes.values() if o.plan is not None]
+            summary["plan_file"] = str(save_plan(options.plans_dir, options.run_id, plans, options.as_of))
+        status = run_status(outcomes, adapters)
+        summary["status"] = status
+        summary["duration_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 3)
+        if not options.dry_run:
+            state.finish_run(options.run_id, status, datetime.now(UTC), summary)
+        log.info("run_finished", status=status, duration_seconds=summary["duration_seconds"])
+        return RunResult(summary, outcomes, scored)
+    except Exception as exc:
+        if not options.dry_run:
+            message = redact(f"{type(exc).__name__}: {exc}")
+            try:
+                state.finish_run(options.run_id, "failed", datetime.now(UTC), {}, message)
+            except Exception:  # the state store itself may be what failed
+                log.exception("state_store_unavailable")
+        log.error("run_failed", error=redact(str(exc)))
+        raise
+    finally:
+        structlog.contextvars.unbind_contextvars("run_id")

@@ -1,0 +1,120 @@
+"""The shared retry policy: only RetriableError is retried, with jittered, capped backoff."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectors.retrying import backoff_delay, call_with_retries
+from pls_sync.errors import AuthError, FatalError, RateLimitedError, RetriableError
+
+
+class Flaky:
+    """Fails with the given errors in order, then returns ``value``."""
+
+    def __init__(self, errors: list[Exception], value: str = "ok") -> None:
+        self.errors = list(errors)
+        self.value = value
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.value
+
+
+def test_success_first_time_does_not_sleep() -> None:
+    sleeps: list[float] = []
+    fn = Flaky([])
+    assert call_with_retries(fn, sleep=sleeps.append) == "ok"
+    assert fn.calls == 1
+    assert sleeps == []
+
+
+def test_retriable_errors_are_retried_until_success() -> None:
+    sleeps: list[float] = []
+    fn = Flaky([RetriableError("503"), RateLimitedError("429")])
+    assert call_with_retries(fn, sleep=sleeps.append) == "ok"
+    assert fn.calls == 3
+    assert len(sleeps) == 2
+
+
+def test_the_last_retriable_error_is_raised_when_attempts_run_out() -> None:
+    errors: list[Exception] = [RetriableError(f"boom {i}") for i in range(3)]
+    last = errors[-1]
+    sleeps: list[float] = []
+    fn = Flaky(errors)
+    with pytest.raises(RetriableError) as info:
+        call_with_retries(fn, attempts=3, sleep=sleeps.append)
+    assert info.value is last
+    assert fn.calls == 3
+    assert len(sleeps) == 2  # no sleep after the final attempt
+
+
+@pytest.mark.parametrize("error", [FatalError("no"), AuthError("bad"), ValueError("bug")])
+def test_other_errors_pass_straight_through(error: Exception) -> None:
+    sleeps: list[float] = []
+    fn = Flaky([error])
+    with pytest.raises(type(error)) as info:
+        call_with_retries(fn, sleep=sleeps.append)
+    assert info.value is error
+    assert fn.calls == 1
+    assert sleeps == []
+
+
+def test_backoff_grows_exponentially_with_full_jitter_and_is_capped() -> None:
+    sleeps: list[float] = []
+    fn = Flaky([RetriableError("x") for _ in range(6)])
+    # uniform returning its upper bound shows the ceiling of each wait
+    call_with_retries(
+        fn, attempts=7, base=0.5, cap=4.0, sleep=sleeps.append, uniform=lambda a, b: b
+    )
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_retry_after_hint_sets_a_floor_within_the_cap() -> None:
+    sleeps: list[float] = []
+    fn = Flaky([RateLimitedError("429", retry_after=7.0), RateLimitedError("429", retry_after=90)])
+    call_with_retries(fn, cap=30.0, sleep=sleeps.append, uniform=lambda a, b: a)
+    assert sleeps == [7.0, 30.0]
+
+
+def test_on_retry_reports_error_attempt_and_wait() -> None:
+    seen: list[tuple[str, int, float]] = []
+    fn = Flaky([RetriableError("first"), RetriableError("second")])
+    call_with_retries(
+        fn,
+        sleep=lambda s: None,
+        uniform=lambda a, b: b,
+        on_retry=lambda err, n, wait: seen.append((str(err), n, wait)),
+    )
+    assert seen == [("first", 1, 0.5), ("second", 2, 1.0)]
+
+
+def test_attempts_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        call_with_retries(lambda: 1, attempts=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    attempt=st.integers(min_value=1, max_value=40),
+    base=st.floats(min_value=0.01, max_value=5),
+    cap=st.floats(min_value=0.1, max_value=120),
+    retry_after=st.one_of(st.none(), st.floats(min_value=0, max_value=600)),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_backoff_delay_bounds(
+    attempt: int, base: float, cap: float, retry_after: float | None, seed: int
+) -> None:
+    rng = random.Random(seed)
+    wait = backoff_delay(attempt, base=base, cap=cap, retry_after=retry_after, uniform=rng.uniform)
+    assert 0.0 <= wait <= cap
+    if retry_after is None:
+        assert wait <= min(cap, base * 2 ** (attempt - 1)) + 1e-9
+    else:
+        assert wait >= min(retry_after, cap) - 1e-9

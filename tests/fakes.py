@@ -1,0 +1,143 @@
+"""Hand-written fakes of the ports, for service tests that need no warehouse, CRM or database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from pls_sync.errors import FatalError
+from pls_sync.mapping import DestinationMapping
+from pls_sync.models import (
+    CrmRecord,
+    FieldSpec,
+    ProductAccount,
+    RecordChange,
+    RecordRejection,
+    UsageReadStats,
+    WriteResult,
+)
+from pls_sync.ports import AccountState, RunRecord, StoredRejection, TierTransition
+
+
+class FakeUsage:
+    """Yields the accounts it was given."""
+
+    def __init__(self, accounts: Iterable[ProductAccount]):
+        self.accounts = list(accounts)
+
+    def read_accounts(self, as_of: datetime, stats: UsageReadStats) -> Iterator[ProductAccount]:
+        for account in self.accounts:
+            stats.rows_read += 1
+            stats.accounts += 1
+            yield account
+
+
+class FakeCrm:
+    """An in-memory CRM: records by id, a schema, writes applied, calls counted.
+
+    ``reject`` maps record ids to an error code the CRM answers for them;
+    ``fail_with`` makes every call raise that error.
+    """
+
+    def __init__(self, name: str, specs: Mapping[str, FieldSpec], records: Iterable[CrmRecord], batch_size: int = 200):
+        self.name = name
+        self.specs = dict(specs)
+        self.records = {r.id: r for r in records}
+        self.batch_size = batch_size
+        self.calls: dict[str, int] = {"read": 0, "write": 0, "describe": 0}
+        self.reject: dict[str, str] = {}
+        self.fail_with: Exception | None = None
+
+    def describe(self, object_name: str) -> dict[str, FieldSpec]:
+        self._maybe_fail()
+        self.calls["describe"] += 1
+        return dict(self.specs)
+
+    def read_records(self, mapping: DestinationMapping) -> Iterator[CrmRecord]:
+        self._maybe_fail()
+        self.calls["read"] += 1
+        return iter(list(self.records.values()))
+
+    def write(
+        self, object_name: str, changes: Sequence[RecordChange], specs: Mapping[str, FieldSpec]
+    ) -> WriteResult:
+        self._maybe_fail()
+        result = WriteResult()
+        for start in range(0, len(changes), self.batch_size):
+            result.calls += 1
+            self.calls["write"] += 1
+            for change in changes[start : start + self.batch_size]:
+                code = self.reject.get(change.record_id)
+                if code:
+                    result.rejected.append(
+                        RecordRejection(change.record_id, code, f"{code} on {change.record_id}", tuple(change.fields))
+                    )
+                    continue
+                record = self.records[change.record_id]
+                fields: dict[str, Any] = dict(record.fields)
+                fields.update(change.fields)
+                self.records[change.record_id] = replace(record, fields=fields)
+                result.written.append(change.record_id)
+        return result
+
+    def api_calls(self) -> dict[str, int]:
+        return dict(self.calls)
+
+    def _maybe_fail(self) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+
+
+class FakeState:
+    """The state store in dictionaries."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RunRecord] = {}
+        self.states: dict[str, AccountState] = {}
+        self.history: list[tuple[str, str, int]] = []
+        self.transitions: list[TierTransition] = []
+        self.rejections: dict[tuple[str, str], StoredRejection] = {}
+        self.unavailable = False
+
+    def begin_run(self, run_id: str, command: str, started_at: datetime) -> None:
+        self._check()
+        self.runs[run_id] = RunRecord(run_id, command, started_at)
+
+    def finish_run(self, run_id: str, status: str, finished_at: datetime, summary: Mapping[str, Any], error: str | None = None) -> None:
+        self._check()
+        run = self.runs[run_id]
+        run.status, run.finished_at, run.summary, run.error = status, finished_at, dict(summary), error
+
+    def recent_runs(self, limit: int = 10) -> list[RunRecord]:
+        return sorted(self.runs.values(), key=lambda r: r.started_at, reverse=True)[:limit]
+
+    def load_account_states(self) -> dict[str, AccountState]:
+        self._check()
+        return dict(self.states)
+
+    def save_account_states(self, run_id: str, states: Iterable[AccountState], transitions: Iterable[TierTransition]) -> None:
+        for state in states:
+            self.states[state.key] = state
+            self.history.append((state.key, run_id, state.score))
+        self.transitions.extend(transitions)
+
+    def record_rejections(self, run_id: str, destination: str, rejections: Iterable[RecordRejection], at: datetime) -> None:
+        for r in rejections:
+            old = self.rejections.get((destination, r.record_id))
+            self.rejections[(destination, r.record_id)] = StoredRejection(
+                destination, r.record_id, r.code, r.message, r.fields,
+                old.first_seen_at if old else at, at, (old.attempts if old else 0) + 1, run_id,
+            )
+
+    def resolve_rejections(self, destination: str, record_ids: Iterable[str]) -> None:
+        for record_id in record_ids:
+            self.rejections.pop((destination, record_id), None)
+
+    def open_rejections(self, destination: str | None = None) -> list[StoredRejection]:
+        return [r for (d, _), r in self.rejections.items() if destination in (None, d)]
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise FatalError("state store unavailable")

@@ -1,0 +1,194 @@
+"""The run service with hand-written fakes: diffs, reruns, rejections, failures, dry runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pls_sync.errors import AuthError, WarehouseError
+from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
+from pls_sync.models import CrmRecord, FieldSpec, FieldType, ProductAccount
+from pls_sync.scoring import Component, ScoringModel, Tier
+from pls_sync.service import Adapters, RunOptions, run_sync
+from tests.fakes import FakeCrm, FakeState, FakeUsage
+
+AS_OF = datetime(2026, 11, 22, tzinfo=UTC)
+OLD = AS_OF - timedelta(days=200)
+
+MODEL = ScoringModel(
+    components=(
+        Component(
+            "team_size", 1.0, ("active_users_28d",), ((0, 0), (10, 100)), "{value:.0f} users"
+        ),
+    ),
+    tiers=(Tier("sales", 80), Tier("success", 60), Tier("self_serve", 0)),
+)
+SPECS = {
+    "PQA_Score__c": FieldSpec("PQA_Score__c", FieldType.NUMBER, scale=0),
+    "PQA_Tier__c": FieldSpec("PQA_Tier__c", FieldType.PICKLIST, length=40),
+    "PQA_Qualified_Since__c": FieldSpec("PQA_Qualified_Since__c", FieldType.DATETIME),
+    "PQA_Score_Change__c": FieldSpec("PQA_Score_Change__c", FieldType.NUMBER, scale=0),
+}
+MAPPING = DestinationMapping(
+    "salesforce",
+    "Account",
+    MatchRule(("Website",)),
+    (
+        FieldMapping("PQA_Score__c", "score"),
+        FieldMapping("PQA_Tier__c", "tier"),
+        FieldMapping("PQA_Qualified_Since__c", "qualified_since", null="clear"),
+        FieldMapping("PQA_Score_Change__c", "score_change"),
+    ),
+)
+
+
+def accounts(users: dict[str, float]) -> list[ProductAccount]:
+    return [ProductAccount(d, d, {"active_users_28d": n}, first_seen=OLD) for d, n in users.items()]
+
+
+def crm(n: int = 5, name: str = "salesforce", batch_size: int = 200) -> FakeCrm:
+    records = [
+        CrmRecord(f"001{i:03d}", (f"https://www.co{i}.com/",), {}, name=f"Co {i}") for i in range(n)
+    ]
+    return FakeCrm(name, SPECS, records, batch_size=batch_size)
+
+
+def adapters(usage: FakeUsage, state: FakeState, *crms: FakeCrm) -> Adapters:
+    return Adapters(
+        usage=usage,
+        state=state,
+        destinations={c.name: c for c in crms},
+        mappings={c.name: MAPPING for c in crms},
+    )
+
+
+def test_first_run_writes_and_an_unchanged_rerun_writes_nothing() -> None:
+    usage = FakeUsage(accounts({"co0.com": 9, "co1.com": 7, "co2.com": 1, "nocrm.io": 10}))
+    state, sf = FakeState(), crm()
+    first = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    dest = first.summary["destinations"]["salesforce"]
+    assert first.status == "succeeded"
+    assert dest["records_written"] == 3 and dest["write_calls"] == 1 == dest["min_write_calls"]
+    assert dest["match"]["matched"] == 3 and dest["match"]["unmatched"] == 1
+    assert dest["top_unmatched"] == [{"domain": "nocrm.io", "score": 100.0}]
+    assert sf.records["001000"].fields["PQA_Score__c"] == 90.0
+    assert sf.records["001000"].fields["PQA_Tier__c"] == "sales"
+    assert sf.records["001000"].fields["PQA_Qualified_Since__c"] == AS_OF
+    assert first.summary["scoring"]["newly_qualified"] == 2  # co0 (90) and nocrm.io (100)
+
+    second = run_sync(
+        adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1))
+    )
+    dest2 = second.summary["destinations"]["salesforce"]
+    assert dest2["records_changed"] == 0 and dest2["write_calls"] == 0
+    assert sf.calls["write"] == 1
+
+
+def test_only_changed_fields_of_changed_records_are_sent_in_minimum_batches() -> None:
+    usage = FakeUsage(accounts({f"co{i}.com": 3 for i in range(450)}))
+    state, sf = FakeState(), crm(450, batch_size=200)
+    run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    assert sf.calls["write"] == 3
+    usage.accounts = accounts({f"co{i}.com": (9 if i < 5 else 3) for i in range(450)})
+    result = run_sync(
+        adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(days=1))
+    )
+    plan = result.outcomes["salesforce"].plan
+    assert plan is not None and len(plan.changes) == 5
+    assert set(plan.changes[0].fields) == {
+        "PQA_Score__c",
+        "PQA_Tier__c",
+        "PQA_Qualified_Since__c",
+        "PQA_Score_Change__c",
+    }
+    assert plan.changes[0].fields["PQA_Score_Change__c"] == 60.0
+    assert sf.calls["write"] == 4
+
+
+def test_score_change_is_kept_on_an_unchanged_rerun() -> None:
+    usage = FakeUsage(accounts({"co0.com": 5}))
+    state, sf = FakeState(), crm(1)
+    run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    usage.accounts = accounts({"co0.com": 8})
+    run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(days=1)))
+    assert sf.records["001000"].fields["PQA_Score_Change__c"] == 30.0
+    rerun = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(days=2)))
+    assert rerun.summary["destinations"]["salesforce"]["write_calls"] == 0
+
+
+def test_rejections_are_recorded_retried_next_run_and_resolved() -> None:
+    usage = FakeUsage(accounts({"co0.com": 9, "co1.com": 7}))
+    state, sf = FakeState(), crm()
+    sf.reject["001001"] = "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    first = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    dest = first.summary["destinations"]["salesforce"]
+    assert first.status == "partial"
+    assert dest["rejected"] == 1 and dest["rejection_reasons"] == {
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION": 1
+    }
+    assert [r.record_id for r in state.open_rejections("salesforce")] == ["001001"]
+    sf.reject.clear()
+    second = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    assert second.summary["destinations"]["salesforce"]["records_written"] == 1
+    assert state.open_rejections("salesforce") == []
+
+
+def test_one_destination_failing_does_not_stop_the_other() -> None:
+    usage = FakeUsage(accounts({"co0.com": 9}))
+    state, sf, hs = FakeState(), crm(), crm(name="hubspot")
+    hs.fail_with = AuthError("HubSpot rejected the access token")
+    result = run_sync(adapters(usage, state, sf, hs), MODEL, RunOptions(as_of=AS_OF))
+    assert result.status == "partial"
+    assert result.summary["destinations"]["hubspot"] == {
+        "status": "failed",
+        "error": "HubSpot rejected the access token",
+        "api_calls": {"read": 0, "write": 0, "describe": 0},
+    }
+    assert result.summary["destinations"]["salesforce"]["records_written"] == 1
+    assert state.runs[result.summary["run_id"]].status == "partial"
+
+
+def test_dry_run_writes_nothing_and_saves_the_plan(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    usage = FakeUsage(accounts({"co0.com": 9}))
+    state, sf = FakeState(), crm()
+    result = run_sync(
+        adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF, dry_run=True, plans_dir=tmp_path)
+    )
+    assert sf.calls["write"] == 0 and state.states == {} and state.runs == {}
+    saved = (tmp_path / "latest.json").read_text()
+    assert '"PQA_Tier__c": "sales"' in saved and '"records_changed": 1' in saved
+    assert result.summary["destinations"]["salesforce"]["status"] == "planned"
+
+
+def test_a_crash_before_writing_is_repaired_by_the_next_run() -> None:
+    usage = FakeUsage(accounts({"co0.com": 9, "co1.com": 6}))
+    clean_state, clean = FakeState(), crm()
+    run_sync(adapters(usage, clean_state, clean), MODEL, RunOptions(as_of=AS_OF))
+
+    state, sf = FakeState(), crm()
+    sf_write = sf.write
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # the process dies after the state commit, before any write
+
+    sf.write = crash  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    sf.write = sf_write  # type: ignore[method-assign]
+    run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(minutes=5)))
+    assert {k: r.fields for k, r in sf.records.items()} == {
+        k: r.fields for k, r in clean.records.items()
+    }
+
+
+def test_a_warehouse_failure_fails_the_run_and_is_recorded() -> None:
+    class BrokenUsage:
+        def read_accounts(self, as_of, stats):  # type: ignore[no-untyped-def]
+            raise WarehouseError("warehouse unreachable: duckdb:///missing.duckdb")
+
+    state = FakeState()
+    with pytest.raises(WarehouseError):
+        run_sync(Adapters(usage=BrokenUsage(), state=state), MODEL, RunOptions(as_of=AS_OF))
+    (run,) = state.runs.values()
+    assert run.status == "failed" and "warehouse unreachable" in (run.error or "")
