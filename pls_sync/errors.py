@@ -54,6 +54,10 @@ class QuotaExhaustedError(FatalError):
     """The daily API allowance is used up: stop writing, leave the rest for the next run."""
 
 
+class RunLockedError(FatalError):
+    """Another run holds the run lock in the state store; this one does not start."""
+
+
 class WarehouseError(FatalError):
     """The warehouse cannot be reached or does not hold the expected tables and columns."""
 

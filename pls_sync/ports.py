@@ -160,3 +160,23 @@ class StateStore(Protocol):
     def open_rejections(self, destination: str | None = None) -> list[StoredRejection]:
         """Rejections not yet resolved."""
         ...
+
+    def acquire_lock(
+        self, name: str, owner: str, lease_seconds: float, now: datetime | None = None
+    ) -> bool:
+        """Take the named lock for ``lease_seconds`` unless another owner holds a live lease."""
+        ...
+
+    def renew_lock(
+        self, name: str, owner: str, lease_seconds: float, now: datetime | None = None
+    ) -> bool:
+        """Extend our lease; False when we no longer hold the lock."""
+        ...
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        """Give the lock back (only its owner can)."""
+        ...
+
+    def lock_holder(self, name: str, now: datetime | None = None) -> tuple[str, datetime] | None:
+        """Who holds the lock and until when, or None when it is free."""
+        ...

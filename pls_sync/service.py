@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 import uuid
 from collections import Counter
@@ -21,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from pls_sync.errors import PlsSyncError, QuotaExhaustedError, redact
+from pls_sync.errors import PlsSyncError, QuotaExhaustedError, RunLockedError, redact
 from pls_sync.mapping import DestinationMapping
 from pls_sync.matching import MatchReport, build_index, match_accounts
 from pls_sync.models import CrmRecord, FieldSpec, UsageReadStats, WriteResult
@@ -45,6 +47,8 @@ class RunOptions:
     plans_dir: Path | None = None
     destinations: tuple[str, ...] | None = None  # None: every enabled destination
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    lock_name: str = "pls-sync:run"
+    lock_lease_seconds: float = 900.0
 
 
 @dataclass(slots=True)
@@ -113,6 +117,36 @@ class StageTimer:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+class RunLock:
+    """The state-store lock that keeps two runs from writing at once, here or in another container.
+
+    The lease is renewed at every stage; a container that dies holding it frees it when the
+    lease runs out.
+    """
+
+    def __init__(self, state: StateStore, name: str, lease_seconds: float):
+        self.state = state
+        self.name = name
+        self.lease = lease_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``RunLockedError`` naming the holder."""
+        if not self.state.acquire_lock(self.name, self.owner, self.lease):
+            holder = self.state.lock_holder(self.name)
+            who = f"{holder[0]} until {holder[1].isoformat()}" if holder else "another run"
+            raise RunLockedError(f"another run holds the lock {self.name!r} ({who})", code="locked")
+
+    def renew(self) -> None:
+        """Extend the lease; raise when it was lost (another run took it over)."""
+        if not self.state.renew_lock(self.name, self.owner, self.lease):
+            raise RunLockedError(f"lost the lock {self.name!r}: the lease ran out", code="lock_lost")
+
+    def release(self) -> None:
+        """Give the lock back."""
+        self.state.release_lock(self.name, self.owner)
 
 
 def score_all(
@@ -355,7 +389,13 @@ def run_sync(
     started = datetime.now(UTC)
     timer = StageTimer()
     state = adapters.state
+    lock = RunLock(state, options.lock_name, options.lock_lease_seconds)
     if not options.dry_run:
+        try:
+            lock.acquire()
+        except RunLockedError:
+            structlog.contextvars.unbind_contextvars("run_id")
+            raise
         state.begin_run(options.run_id, options.command, started)
     log.info("run_started", command=options.command, as_of=options.as_of.isoformat())
     try:
@@ -380,6 +420,8 @@ def run_sync(
         for name, destination in adapters.destinations.items():
             if wanted is not None and name not in wanted:
                 continue
+            if not options.dry_run:
+                lock.renew()
             outcomes[name] = sync_destination(
                 name, destination, adapters.mappings[name], scored, state, options, timer
             )
@@ -404,4 +446,6 @@ def run_sync(
         log.error("run_failed", error=redact(str(exc)))
         raise
     finally:
+        if not options.dry_run:
+            lock.release()
         structlog.contextvars.unbind_contextvars("run_id")

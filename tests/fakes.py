@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pls_sync.errors import FatalError
@@ -100,6 +100,7 @@ class FakeState:
         self.transitions: list[TierTransition] = []
         self.rejections: dict[tuple[str, str], StoredRejection] = {}
         self.unavailable = False
+        self.locks: dict[str, tuple[str, datetime]] = {}
 
     def begin_run(self, run_id: str, command: str, started_at: datetime) -> None:
         self._check()
@@ -137,6 +138,33 @@ class FakeState:
 
     def open_rejections(self, destination: str | None = None) -> list[StoredRejection]:
         return [r for (d, _), r in self.rejections.items() if destination in (None, d)]
+
+    def acquire_lock(self, name: str, owner: str, lease_seconds: float, now: datetime | None = None) -> bool:
+        now = now or datetime.now(UTC)
+        holder = self.locks.get(name)
+        if holder and holder[0] != owner and holder[1] > now:
+            return False
+        self.locks[name] = (owner, now + timedelta(seconds=lease_seconds))
+        return True
+
+    def renew_lock(self, name: str, owner: str, lease_seconds: float, now: datetime | None = None) -> bool:
+        holder = self.locks.get(name)
+        if not holder or holder[0] != owner:
+            return False
+        self.locks[name] = (owner, (now or datetime.now(UTC)) + timedelta(seconds=lease_seconds))
+        return True
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        if self.locks.get(name, ("",))[0] == owner:
+            del self.locks[name]
+            return True
+        return False
+
+    def lock_holder(self, name: str, now: datetime | None = None) -> tuple[str, datetime] | None:
+        holder = self.locks.get(name)
+        if holder and holder[1] > (now or datetime.now(UTC)):
+            return holder
+        return None
 
     def _check(self) -> None:
         if self.unavailable:

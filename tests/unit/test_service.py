@@ -192,3 +192,18 @@ def test_a_warehouse_failure_fails_the_run_and_is_recorded() -> None:
         run_sync(Adapters(usage=BrokenUsage(), state=state), MODEL, RunOptions(as_of=AS_OF))
     (run,) = state.runs.values()
     assert run.status == "failed" and "warehouse unreachable" in (run.error or "")
+
+
+def test_a_second_run_is_refused_while_the_lock_is_held() -> None:
+    from pls_sync.errors import RunLockedError
+
+    usage = FakeUsage(accounts({"co0.com": 9}))
+    state, sf = FakeState(), crm()
+    assert state.acquire_lock("pls-sync:run", "other-container", 600)
+    with pytest.raises(RunLockedError, match="other-container"):
+        run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    assert sf.calls["write"] == 0 and state.runs == {}
+    # a container that died holding the lock frees it when its lease runs out
+    state.locks["pls-sync:run"] = ("other-container", AS_OF - timedelta(seconds=1))
+    result = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    assert result.status == "succeeded" and state.lock_holder("pls-sync:run") is None

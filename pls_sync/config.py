@@ -1,0 +1,1262 @@
+"""Configuration: ``config/*.yaml`` and ``mappings/*.yaml`` into typed, validated settings.
+
+:func:`load_settings` reads the main file, the scoring model, the event taxonomy and every
+enabled destination's mapping, validates all of them and returns a frozen :class:`Settings`.
+Every problem in every file is collected first and raised together as one ``ConfigError``,
+each issue naming its file, line and dotted key; nothing partially loaded escapes.
+
+Paths the main file names (scoring, event taxonomy, mappings, a custom SQL model) are relative
+to the file naming them; ``plans_dir`` and the database URLs are used as given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pls_sync.config_yaml import Document, Interpolator, KeyPath, load_document
+from pls_sync.errors import ConfigError, ConfigIssue, redact
+from pls_sync.mapping import (
+    FORBIDDEN_TARGETS,
+    NULL_POLICIES,
+    ON_MULTIPLE_RULES,
+    SOURCES,
+    DestinationMapping,
+    FieldMapping,
+    MatchRule,
+    is_known_source,
+)
+from pls_sync.scoring import (
+    OPERATORS,
+    Component,
+    Condition,
+    ConditionGroup,
+    Ratio,
+    Rule,
+    ScoringModel,
+    Signal,
+    Tier,
+    label_names,
+)
+
+__all__ = [
+    "BUILTIN_METRICS",
+    "DEFAULT_CONFIG_PATH",
+    "DESTINATIONS",
+    "TAXONOMY_CATEGORIES",
+    "DestinationSettings",
+    "JobSettings",
+    "LoggingSettings",
+    "ScheduleSettings",
+    "Settings",
+    "WarehouseSettings",
+    "builtin_metric_names",
+    "load_settings",
+]
+
+DEFAULT_CONFIG_PATH = Path("config/pls_sync.yaml")
+
+BUILTIN_METRICS: tuple[str, ...] = (
+    "total_users",
+    "active_users_7d",
+    "active_users_28d",
+    "new_users_7d",
+    "usual_weekly_new_users",
+    "events_7d",
+    "usual_weekly_events",
+    "events_28d",
+    "events_prev_28d",
+    "core_features_28d",
+    "enterprise_features_28d",
+    "admin_changes_28d",
+    "legal_page_views_14d",
+    "pricing_page_views_14d",
+    "admins",
+)
+"""The metrics the built-in warehouse model computes for every account."""
+
+TAXONOMY_CATEGORIES: tuple[str, ...] = (
+    "legal_page_view",
+    "pricing_page_view",
+    "admin_change",
+    "core_feature",
+    "enterprise_feature",
+    "ignored",
+)
+"""The event categories the built-in model knows; an event belongs to one at most."""
+
+DESTINATIONS: tuple[str, ...] = ("salesforce", "hubspot")
+
+_WEIGHT_TOLERANCE = 1e-6
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S*")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-$]*")
+
+
+def builtin_metric_names() -> tuple[str, ...]:
+    """The metric names the built-in warehouse model produces (``BUILTIN_METRICS``)."""
+    return BUILTIN_METRICS
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: what the rest of pls-sync reads
+
+
+@dataclass(frozen=True, slots=True)
+class WarehouseSettings:
+    """Where usage comes from. ``model`` is ``"builtin"`` or the path of a custom SQL file.
+
+    ``taxonomy`` maps every known category to its event names (empty when not configured).
+    """
+
+    url: str = field(repr=False)
+    model: Literal["builtin"] | Path
+    schema: str | None
+    users_table: str
+    events_table: str
+    chunk_size: int
+    taxonomy: dict[str, tuple[str, ...]]
+    taxonomy_path: Path | None = None
+
+    @property
+    def is_builtin(self) -> bool:
+        """Whether the built-in two-table model computes the metrics."""
+        return self.model == "builtin"
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationSettings:
+    """One CRM destination: on or off, its mapping and its API limits.
+
+    A disabled destination's mapping is not validated: it is loaded when it is valid and is an
+    empty mapping (writing nothing) when it is not.
+    """
+
+    name: str
+    enabled: bool
+    mapping: DestinationMapping
+    mapping_path: Path
+    api_version: str = "59.0"
+    batch_size: int = 200
+    bulk_threshold: int = 2000
+    requests_per_10s: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """A scheduled job: its name, its five-field cron expression and its misfire grace."""
+
+    name: str
+    cron: str
+    grace_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSettings:
+    """The cron jobs and the time zone their expressions are read in."""
+
+    timezone: str
+    jobs: tuple[JobSettings, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """Log level and format (auto: JSON when not on a TTY)."""
+
+    level: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a run needs, validated. Built by :func:`load_settings`."""
+
+    config_path: Path
+    warehouse: WarehouseSettings
+    account_level: str
+    scoring: ScoringModel
+    destinations: dict[str, DestinationSettings]
+    state_url: str = field(repr=False)
+    plans_dir: Path
+    api_budget_share: float
+    schedule: ScheduleSettings
+    logging: LoggingSettings
+    scoring_path: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# The shape of the files (pydantic), before cross-file rules
+
+
+class _Spec(BaseModel):
+    """Strict, closed models: unknown keys and loosely typed values are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Name = Annotated[str, Field(min_length=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+def _check_url(value: str) -> str:
+    if _URL.fullmatch(value) is None:
+        raise ValueError(f"not a database URL (expected scheme://...): {redact(value)}")
+    return value
+
+
+def _check_table(value: str) -> str:
+    if _NAME.fullmatch(value) is None:
+        raise ValueError("a table name is letters, digits, _ - and $, starting with a letter or _")
+    return value
+
+
+def _check_member(allowed: tuple[str, ...], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+class WarehouseSpec(_Spec):
+    """``warehouse:`` in the main file."""
+
+    url: Name
+    model: Name = "builtin"
+    schema_: str | None = Field(default=None, alias="schema")
+    users_table: Name = "users"
+    events_table: Name = "events"
+    event_taxonomy: Name | None = None
+    chunk_size: int = Field(default=5000, ge=1, le=1_000_000)
+
+    _url = field_validator("url")(_check_url)
+    _tables = field_validator("users_table", "events_table")(_check_table)
+
+
+def _version_text(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError('write the API version as a quoted string, e.g. "59.0"')
+    if isinstance(value, str) and re.fullmatch(r"\d{2,3}\.\d", value) is None:
+        raise ValueError('expected an API version such as "59.0"')
+    return value
+
+
+class SalesforceSpec(_Spec):
+    """``destinations.salesforce:``."""
+
+    enabled: bool = True
+    mapping: Name
+    api_version: Annotated[str, BeforeValidator(_version_text)] = "59.0"
+    batch_size: int = Field(default=200, ge=1, le=200)
+    bulk_threshold: int = Field(default=2000, ge=1)
+
+
+class HubSpotSpec(_Spec):
+    """``destinations.hubspot:``."""
+
+    enabled: bool = True
+    mapping: Name
+    batch_size: int = Field(default=100, ge=1, le=100)
+    requests_per_10s: int = Field(default=100, ge=1, le=1000)
+
+
+class DestinationsSpec(_Spec):
+    """``destinations:``: one optional section per supported CRM."""
+
+    salesforce: SalesforceSpec | None = None
+    hubspot: HubSpotSpec | None = None
+
+
+class StateSpec(_Spec):
+    """``state:``: the state store's database."""
+
+    url: Name = "sqlite:///.pls-sync/state.sqlite"
+
+    _url = field_validator("url")(_check_url)
+
+
+class ApiBudgetSpec(_Spec):
+    """``api_budget:``."""
+
+    max_share_of_daily: float = Field(default=0.5, gt=0, le=1)
+
+
+class JobSpec(_Spec):
+    """One ``schedule.jobs`` item."""
+
+    name: Name
+    cron: Name
+    grace_seconds: int = Field(default=3600, ge=0)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        # Whether an expression is valid does not depend on the zone it is read in.
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
+        return value
+
+
+class ScheduleSpec(_Spec):
+    """``schedule:``: the time zone and at least one job."""
+
+    timezone: Name = "UTC"
+    jobs: list[JobSpec]
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name, e.g. Europe/Paris)"
+            ) from None
+        return value
+
+    @field_validator("jobs")
+    @classmethod
+    def _some_jobs(cls, value: list[JobSpec]) -> list[JobSpec]:
+        if not value:
+            raise ValueError("a schedule needs at least one job")
+        return value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+class LoggingSpec(_Spec):
+    """``logging:``."""
+
+    level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+    ] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+def _default_schedule() -> ScheduleSpec:
+    return ScheduleSpec(jobs=[JobSpec(name="full_sync", cron="0 */4 * * *")])
+
+
+class MainSpec(_Spec):
+    """The main file, ``config/pls_sync.yaml``."""
+
+    warehouse: WarehouseSpec
+    account_level: Literal["company", "workspace"] = "company"
+    scoring: Name
+    destinations: DestinationsSpec
+    state: StateSpec = Field(default_factory=StateSpec)
+    plans_dir: Name = ".pls-sync/plans"
+    api_budget: ApiBudgetSpec = Field(default_factory=ApiBudgetSpec)
+    schedule: ScheduleSpec = Field(default_factory=_default_schedule)
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+
+
+class RatioSpec(_Spec):
+    """A ``ratios:`` entry."""
+
+    numerator: Name
+    denominator: Name
+    min_denominator: float = Field(default=1.0, gt=0)
+
+
+CurvePoint = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class ComponentSpec(_Spec):
+    """A ``components:`` entry: weight, metrics and the normalisation curve."""
+
+    weight: Fraction
+    metrics: list[Name] = Field(min_length=1)
+    curve: list[CurvePoint]
+    label: str = ""
+
+    @field_validator("curve")
+    @classmethod
+    def _valid_curve(cls, curve: list[list[float]]) -> list[list[float]]:
+        if len(curve) < 2:
+            raise ValueError("a curve needs at least 2 [x, points] pairs")
+        for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
+            if not x1 > x0:
+                raise ValueError(f"curve x values must be strictly ascending ({x0:g} then {x1:g})")
+            if y1 < y0:
+                raise ValueError(f"curve points must not decrease ({y0:g} then {y1:g})")
+        for x, y in curve:
+            if not (math.isfinite(x) and 0 <= y <= 100):
+                raise ValueError(f"curve points must lie in 0..100 with finite x ({x:g}, {y:g})")
+        return curve
+
+
+class RuleSpec(_Spec):
+    """A condition ``{metric, op, value}`` or a group ``{all: [...]}`` / ``{any: [...]}``."""
+
+    metric: Name | None = None
+    op: str | None = None
+    value: float | None = None
+    all: list[RuleSpec] | None = None
+    any: list[RuleSpec] | None = None
+
+    @field_validator("op")
+    @classmethod
+    def _known_op(cls, value: str | None) -> str | None:
+        if value is not None and value not in OPERATORS:
+            raise ValueError(f"unknown operator {value!r}; use one of {' '.join(OPERATORS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RuleSpec:
+        condition = (self.metric, self.op, self.value)
+        groups = [group for group in (self.all, self.any) if group is not None]
+        if groups:
+            if any(part is not None for part in condition) or len(groups) > 1:
+                raise ValueError("a rule is {metric, op, value}, {all: [...]} or {any: [...]}")
+            if not groups[0]:
+                raise ValueError("an all/any group needs at least one rule")
+        elif any(part is None for part in condition):
+            missing = [
+                n for n, v in zip(("metric", "op", "value"), condition, strict=True) if v is None
+            ]
+            raise ValueError(
+                f"a condition needs metric, op and value (missing {', '.join(missing)})"
+            )
+        return self
+
+
+class SignalSpec(_Spec):
+    """A ``signals:`` item."""
+
+    name: Name
+    when: RuleSpec
+    points: float
+    label: str = ""
+
+
+class GuardsSpec(_Spec):
+    """``guards:``: young accounts never enter the guarded tiers."""
+
+    min_account_age_days: int = Field(default=14, ge=0)
+    guarded_tiers: list[Name] | None = None
+
+
+class ScoringSpec(_Spec):
+    """The scoring file, ``config/scoring.yaml``."""
+
+    ratios: dict[Name, RatioSpec] = Field(default_factory=dict)
+    components: dict[Name, ComponentSpec]
+    signals: list[SignalSpec] = Field(default_factory=list)
+    tiers: dict[Name, Percent]
+    hysteresis: float = Field(default=5.0, ge=0)
+    qualified_tiers: list[Name] | None = None
+    guards: GuardsSpec = Field(default_factory=GuardsSpec)
+
+    @field_validator("components")
+    @classmethod
+    def _some_components(cls, value: dict[str, ComponentSpec]) -> dict[str, ComponentSpec]:
+        if not value:
+            raise ValueError("a scoring model needs at least one component")
+        return value
+
+    @field_validator("tiers")
+    @classmethod
+    def _some_tiers(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("a scoring model needs at least one tier")
+        return value
+
+
+Category = Literal[
+    "legal_page_view",
+    "pricing_page_view",
+    "admin_change",
+    "core_feature",
+    "enterprise_feature",
+    "ignored",
+]
+
+
+class TaxonomySpec(_Spec):
+    """The event taxonomy file, ``config/events.yaml``."""
+
+    categories: dict[Category, list[Name]]
+
+
+def _field_shorthand(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"source": value}
+    if not isinstance(value, dict):
+        raise ValueError("a field maps to a source name or to {source, null, join, max_length}")
+    return value
+
+
+class FieldSpec(_Spec):
+    """A ``fields:`` value in its long form."""
+
+    source: Name
+    null: str = "skip"
+    join: str = "; "
+    max_length: int | None = Field(default=None, ge=1)
+
+    _null = field_validator("null")(_check_member(NULL_POLICIES, "null policy"))
+
+
+class MatchSpec(_Spec):
+    """``match:`` in a mapping."""
+
+    domain_fields: list[Name] = Field(min_length=1)
+    on_multiple: str = "most_recently_modified"
+
+    _on_multiple = field_validator("on_multiple")(_check_member(ON_MULTIPLE_RULES, "rule"))
+
+
+class MappingSpec(_Spec):
+    """A mapping file, ``mappings/<destination>.yaml``."""
+
+    object: Name
+    match: MatchSpec
+    fields: dict[Name, Annotated[FieldSpec, BeforeValidator(_field_shorthand)]]
+
+    @field_validator("fields")
+    @classmethod
+    def _some_fields(cls, value: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        if not value:
+            raise ValueError("a mapping needs at least one field")
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# From pydantic errors to issues
+
+_SpecT = TypeVar("_SpecT", bound=_Spec)
+
+_MESSAGES = {
+    "missing": "required key is missing",
+    "model_type": "expected a mapping of keys",
+    "dict_type": "expected a mapping of keys",
+    "list_type": "expected a list",
+}
+_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X`` from ``Annotated[X, ...]`` and ``X | None``."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _keys_at(spec: type[_Spec], loc: Iterable[str | int]) -> list[str] | None:
+    """The keys the model allows at ``loc``, for suggestions on an unknown key."""
+    annotation: Any = spec
+    for part in loc:
+        annotation = _unwrap(annotation)
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found = next(
+                (
+                    info.annotation
+                    for name, info in annotation.model_fields.items()
+                    if (info.alias or name) == part
+                ),
+                None,
+            )
+            if found is None:
+                return None
+            annotation = found
+        elif origin is list and isinstance(part, int):
+            annotation = typing.get_args(annotation)[0]
+        elif origin is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            return None
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [info.alias or name for name, info in annotation.model_fields.items()]
+    return None
+
+
+def _data_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
+    """The path in the data that pydantic's ``loc`` points at.
+
+    A location may hold steps that are not in the data (``[key]`` markers, union member
+    names): they are skipped, except a last step that is missing (a missing key).
+    """
+    path: list[str | int] = []
+    node = data
+    for index, part in enumerate(loc):
+        if part == "[key]":
+            continue
+        present = (isinstance(node, dict) and isinstance(part, str) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        )
+        if present:
+            node = node[part]
+        elif index != len(loc) - 1:
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _message(spec: type[_Spec], error: Any, path: KeyPath) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _keys_at(spec, path[:-1]) or []
+        close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
+        if close:
+            return f"unknown key; did you mean {close[0]!r}?"
+        return f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    message = str(error["msg"])
+    for prefix in _PREFIXES:
+        message = message.removeprefix(prefix)
+    return message
+
+
+@dataclass(slots=True)
+class _Parts:
+    """The fields of a file that validated on their own, for the checks across keys.
+
+    A dict or list field keeps the items that validated (a list keeps None in place of a bad
+    item, so indexes still point into the file); ``incomplete`` names the fields that lost some
+    items. A field that is missing or invalid as a whole is absent.
+    """
+
+    values: dict[str, Any]
+    incomplete: set[str] = field(default_factory=set)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The validated value of field ``name``, or ``default``."""
+        return self.values.get(name, default)
+
+    def complete(self, name: str) -> bool:
+        """Whether field ``name`` validated with all its items."""
+        return name in self.values and name not in self.incomplete
+
+
+_adapters: dict[tuple[type[_Spec], str, bool], TypeAdapter[Any]] = {}
+
+
+def _adapter(spec: type[_Spec], name: str, item: bool) -> TypeAdapter[Any]:
+    """A validator for field ``name`` of ``spec`` (or for one of its items)."""
+    key = (spec, name, item)
+    adapter = _adapters.get(key)
+    if adapter is None:
+        info = spec.model_fields[name]
+        if item:
+            annotation = typing.get_args(info.annotation)[-1]
+        elif info.metadata:
+            annotation = Annotated[(info.annotation, *info.metadata)]
+        else:
+            annotation = info.annotation
+        adapter = _adapters[key] = TypeAdapter(annotation)
+    return adapter
+
+
+def _partial(spec: type[_Spec], data: dict[str, Any]) -> _Parts:
+    """What of ``data`` validates field by field (dict and list fields item by item)."""
+    parts = _Parts({})
+    for name, info in spec.model_fields.items():
+        key = info.alias or name
+        if key not in data:
+            if not info.is_required():
+                parts.values[name] = info.get_default(call_default_factory=True)
+            continue
+        value = data[key]
+        origin = typing.get_origin(info.annotation)
+        if origin in (dict, list) and isinstance(value, origin):
+            adapter = _adapter(spec, name, item=True)
+            items: list[tuple[Any, Any]] = []
+            for index, raw in value.items() if isinstance(value, dict) else enumerate(value):
+                try:
+                    items.append((index, adapter.validate_python(raw)))
+                except ValidationError:
+                    parts.incomplete.add(name)
+                    if isinstance(value, list):
+                        items.append((index, None))
+            parts.values[name] = dict(items) if isinstance(value, dict) else [v for _, v in items]
+            continue
+        with contextlib.suppress(ValidationError):
+            parts.values[name] = _adapter(spec, name, item=False).validate_python(value)
+    return parts
+
+
+def _validate(
+    spec: type[_SpecT], document: Document, issues: list[ConfigIssue]
+) -> tuple[_SpecT | None, _Parts]:
+    """``document`` validated as ``spec`` (None when invalid), and the parts that validated.
+
+    Problems go to ``issues`` with their lines; the parts let the checks across keys run on
+    whatever is valid, so one run reports everything.
+    """
+    if not isinstance(document.data, dict):
+        empty = document.data is None
+        issues.append(
+            document.issue((), "the file is empty" if empty else "expected a mapping of keys")
+        )
+        return None, _Parts({})
+    try:
+        model = spec.model_validate(document.data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_context=False, include_input=False):
+            path = _data_path(document.data, tuple(error["loc"]))
+            if document.is_failed(path):
+                continue  # its interpolation failed and is reported already
+            issues.append(document.issue(path, _message(spec, error, path)))
+        return None, _partial(spec, document.data)
+    return model, _Parts({name: getattr(model, name) for name in spec.model_fields})
+
+
+# --------------------------------------------------------------------------------------------
+# Rules across keys and files
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_metric(name: str, known: Iterable[str]) -> str:
+    known = sorted(known)
+    hint = _suggest(name, known) or f"; known metrics: {', '.join(known)}"
+    return f"unknown metric {name!r}{hint}"
+
+
+def _resolve(base: Path, value: str) -> Path:
+    """``value`` relative to the directory of the file ``base`` that names it."""
+    target = Path(value).expanduser()
+    return Path(os.path.normpath(target if target.is_absolute() else base.parent / target))
+
+
+def _keys(data: Any, *path: str) -> list[str]:
+    """The keys of the mapping at ``path`` in raw data (empty when it is not a mapping)."""
+    value = _raw(data, *path)
+    return list(value) if isinstance(value, dict) else []
+
+
+def _raw(data: Any, *keys: str) -> Any:
+    """``data[k1][k2]...`` when every step is a mapping holding the key, else None."""
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+@dataclass(slots=True)
+class _Context:
+    """What the checks across files need to know, whatever else failed.
+
+    ``metrics`` is None when a custom SQL model computes them: they are then unknown here.
+    ``components`` is None when the scoring file could not be read.
+    """
+
+    metrics: frozenset[str] | None = frozenset(BUILTIN_METRICS)
+    components: frozenset[str] | None = None
+
+
+def _check_rule(
+    document: Document,
+    rule: RuleSpec,
+    path: KeyPath,
+    known: frozenset[str] | None,
+    issues: list[ConfigIssue],
+) -> None:
+    if rule.metric is not None and known is not None and rule.metric not in known:
+        issues.append(document.issue(path + ("metric",), _unknown_metric(rule.metric, known)))
+    for mode, group in (("all", rule.all), ("any", rule.any)):
+        for index, inner in enumerate(group or ()):
+            _check_rule(document, inner, path + (mode, index), known, issues)
+
+
+def _check_label(
+    document: Document,
+    label: str,
+    path: KeyPath,
+    known: frozenset[str] | None,
+    issues: list[ConfigIssue],
+) -> None:
+    if known is None:
+        return
+    for name in sorted(label_names(label) - known):
+        issues.append(document.issue(path, f"label refers to an {_unknown_metric(name, known)}"))
+
+
+def _check_ratios(
+    document: Document, parts: _Parts, builtin: bool, issues: list[ConfigIssue]
+) -> None:
+    """Ratio names are new; numerator and denominator are metrics or earlier ratios."""
+    if not builtin:
+        return
+    known = set(BUILTIN_METRICS)
+    ratios: dict[str, RatioSpec] = parts.get("ratios", {})
+    for name in _keys(document.data, "ratios"):
+        if name in BUILTIN_METRICS:
+            issues.append(
+                document.issue(("ratios", name), "a ratio cannot reuse a built-in metric name")
+            )
+        ratio = ratios.get(name)
+        for part in ("numerator", "denominator"):
+            metric = getattr(ratio, part, None)
+            if metric is not None and metric not in known:
+                issues.append(
+                    document.issue(("ratios", name, part), _unknown_metric(metric, known))
+                )
+        known.add(name)
+
+
+def _check_tiers(document: Document, parts: _Parts, issues: list[ConfigIssue]) -> None:
+    """One tier at 0, distinct bounds, and known qualified/guarded tiers."""
+    tiers: dict[str, float] = parts.get("tiers", {})
+    bounds: dict[float, str] = {}
+    for name, bound in tiers.items():
+        if bound in bounds:
+            issues.append(
+                document.issue(
+                    ("tiers", name), f"tier {bounds[bound]!r} has the same bound {bound:g}"
+                )
+            )
+        bounds.setdefault(bound, name)
+    if parts.complete("tiers") and tiers and 0 not in bounds:
+        issues.append(
+            document.issue(
+                ("tiers",), "no tier starts at 0: every score needs a tier (e.g. self_serve: 0)"
+            )
+        )
+    names = _keys(document.data, "tiers")
+    lowest = min(tiers, key=lambda tier: tiers[tier]) if parts.complete("tiers") and tiers else None
+    guards: GuardsSpec | None = parts.get("guards")
+    for key, listed in (
+        (("qualified_tiers",), parts.get("qualified_tiers")),
+        (("guards", "guarded_tiers"), guards.guarded_tiers if guards is not None else None),
+    ):
+        for index, tier in enumerate(listed or ()):
+            if tier is None or not names:
+                continue
+            if tier not in names:
+                issues.append(
+                    document.issue(key + (index,), f"unknown tier {tier!r}{_suggest(tier, names)}")
+                )
+            elif key[-1] == "guarded_tiers" and tier == lowest:
+                issues.append(
+                    document.issue(
+                        key + (index,),
+                        "the lowest tier cannot be guarded: young accounts need a tier to fall to",
+                    )
+                )
+
+
+def _check_scoring(
+    document: Document, parts: _Parts, context: _Context, issues: list[ConfigIssue]
+) -> None:
+    """Weights, curves' metrics, conditions, labels, names and tiers across the scoring file."""
+    _check_ratios(document, parts, context.metrics is not None, issues)
+    metrics = context.metrics
+
+    components: dict[str, ComponentSpec] = parts.get("components", {})
+    if parts.complete("components") and components:
+        total = sum(component.weight for component in components.values())
+        if abs(total - 1.0) > _WEIGHT_TOLERANCE:
+            issues.append(
+                document.issue(("components",), f"component weights sum to {total:g}, not 1")
+            )
+    for name, component in components.items():
+        for index, metric in enumerate(component.metrics):
+            if metrics is not None and metric not in metrics:
+                issues.append(
+                    document.issue(
+                        ("components", name, "metrics", index), _unknown_metric(metric, metrics)
+                    )
+                )
+        label_known = metrics | {"value"} if metrics is not None else None
+        _check_label(document, component.label, ("components", name, "label"), label_known, issues)
+
+    signals: list[SignalSpec | None] = parts.get("signals", [])
+    seen: dict[str, int] = {}
+    for index, signal in enumerate(signals):
+        if signal is None:
+            continue
+        if signal.name in seen:
+            issues.append(
+                document.issue(
+                    ("signals", index, "name"),
+                    f"duplicate signal name (also signals[{seen[signal.name]}])",
+                )
+            )
+        seen.setdefault(signal.name, index)
+        _check_rule(document, signal.when, ("signals", index, "when"), metrics, issues)
+        _check_label(document, signal.label, ("signals", index, "label"), metrics, issues)
+
+    _check_tiers(document, parts, issues)
+
+
+def _check_taxonomy(document: Document, parts: _Parts, issues: list[ConfigIssue]) -> None:
+    """An event name belongs to one category only."""
+    first: dict[str, tuple[str, int | None]] = {}
+    categories: dict[str, list[str]] = parts.get("categories", {})
+    for category, events in categories.items():
+        for index, event in enumerate(events):
+            path: KeyPath = ("categories", category, index)
+            if event not in first:
+                first[event] = (category, document.line(path))
+                continue
+            where, line = first[event]
+            issues.append(
+                document.issue(
+                    path,
+                    f"event {event!r} is already listed under {where}"
+                    + (f" (line {line})" if line else "")
+                    + ": an event belongs to one category only",
+                )
+            )
+
+
+def _check_mapping(
+    document: Document,
+    destination: str,
+    parts: _Parts,
+    context: _Context,
+    issues: list[ConfigIssue],
+) -> None:
+    """Targets that are never written, and sources that name nothing."""
+    forbidden = FORBIDDEN_TARGETS.get(destination, frozenset())
+    match: MatchSpec | None = parts.get("match")
+    domain_fields = {name.lower() for name in match.domain_fields} if match is not None else set()
+    specs: dict[str, FieldSpec] = parts.get("fields", {})
+    seen: dict[str, str] = {}
+    for target in _keys(document.data, "fields"):
+        path: KeyPath = ("fields", target)
+        lowered = target.lower()
+        if lowered in forbidden:
+            issues.append(
+                document.issue(
+                    path, f"{target} is an identity/ownership field and is never written"
+                )
+            )
+        elif lowered in domain_fields:
+            issues.append(
+                document.issue(path, f"{target} is a match domain field and is never written")
+            )
+        if lowered in seen:
+            issues.append(
+                document.issue(path, f"{target} is mapped twice (also as {seen[lowered]})")
+            )
+        seen.setdefault(lowered, target)
+        spec = specs.get(target)
+        if spec is not None:
+            source_path = path + ("source",) if document.has(path + ("source",)) else path
+            problem = _source_problem(spec.source, context)
+            if problem:
+                issues.append(document.issue(source_path, problem))
+
+
+def _source_problem(source: str, context: _Context) -> str | None:
+    """Why ``source`` names nothing the planner produces, or None when it is fine."""
+    if not is_known_source(source):
+        return f"unknown source {source!r}{_suggest(source, SOURCES)}"
+    if source.startswith("metrics.") and context.metrics is not None:
+        metric = source.removeprefix("metrics.")
+        if metric not in context.metrics:
+            return _unknown_metric(metric, context.metrics)
+    if source.startswith("components.") and context.components is not None:
+        component = source.removeprefix("components.")
+        if component not in context.components:
+            return f"unknown component {component!r}{_suggest(component, context.components)}"
+    return None
+
+
+def _check_schedule(document: Document, parts: _Parts, issues: list[ConfigIssue]) -> None:
+    """Job names are unique."""
+    schedule: ScheduleSpec | None = parts.get("schedule")
+    names: dict[str, int] = {}
+    for index, job in enumerate(schedule.jobs if schedule is not None else ()):
+        if job.name in names:
+            issues.append(
+                document.issue(
+                    ("schedule", "jobs", index, "name"),
+                    f"duplicate job name (also jobs[{names[job.name]}])",
+                )
+            )
+        names.setdefault(job.name, index)
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion to the domain types
+
+
+def _rule(spec: RuleSpec) -> Rule:
+    if spec.all is not None:
+        return ConditionGroup("all", tuple(_rule(inner) for inner in spec.all))
+    if spec.any is not None:
+        return ConditionGroup("any", tuple(_rule(inner) for inner in spec.any))
+    assert spec.metric is not None and spec.op is not None and spec.value is not None
+    return Condition(spec.metric, spec.op, float(spec.value))
+
+
+def _scoring_model(spec: ScoringSpec) -> ScoringModel:
+    tiers = tuple(
+        Tier(name, float(bound))
+        for name, bound in sorted(spec.tiers.items(), key=lambda item: -item[1])
+    )
+    highest = (tiers[0].name,)
+    return ScoringModel(
+        components=tuple(
+            Component(
+                name,
+                float(c.weight),
+                tuple(c.metrics),
+                tuple((float(x), float(y)) for x, y in c.curve),
+                c.label,
+            )
+            for name, c in spec.components.items()
+        ),
+        signals=tuple(
+            Signal(s.name, _rule(s.when), float(s.points), s.label) for s in spec.signals
+        ),
+        tiers=tiers,
+        ratios=tuple(
+            Ratio(name, r.numerator, r.denominator, float(r.min_denominator))
+            for name, r in spec.ratios.items()
+        ),
+        hysteresis=float(spec.hysteresis),
+        min_account_age_days=spec.guards.min_account_age_days,
+        guarded_tiers=tuple(
+            spec.guards.guarded_tiers if spec.guards.guarded_tiers is not None else highest
+        ),
+        qualified_tiers=tuple(
+            spec.qualified_tiers if spec.qualified_tiers is not None else highest
+        ),
+    )
+
+
+def _mapping(destination: str, spec: MappingSpec, path: Path) -> DestinationMapping:
+    return DestinationMapping(
+        destination=destination,
+        object=spec.object,
+        match=MatchRule(tuple(spec.match.domain_fields), spec.match.on_multiple),
+        fields=tuple(
+            FieldMapping(target, f.source, f.null, f.join, f.max_length)
+            for target, f in spec.fields.items()
+        ),
+        source_file=str(path),
+    )
+
+
+def _empty_mapping(destination: str, path: Path) -> DestinationMapping:
+    return DestinationMapping(destination, "", MatchRule(()), (), str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Loader:
+    """One load: every file, every issue, then the settings or a ``ConfigError``."""
+
+    def __init__(self, path: Path, env: Mapping[str, str] | None) -> None:
+        self.path = path
+        self.interpolator = Interpolator(env)
+        self.issues: list[ConfigIssue] = []
+
+    def document(self, path: Path, issues: list[ConfigIssue]) -> Document | None:
+        """``path`` parsed, its problems added to ``issues``."""
+        document, problems = load_document(path, self.interpolator)
+        issues.extend(problems)
+        return document
+
+    def load(self) -> Settings:
+        """Read and check every file; the settings, or a ``ConfigError`` with every issue."""
+        main_doc = self.document(self.path, self.issues)
+        if main_doc is None:
+            raise ConfigError(self._ordered_issues())
+        main, main_parts = _validate(MainSpec, main_doc, self.issues)
+        raw = main_doc.data
+        _check_schedule(main_doc, main_parts, self.issues)
+
+        # The files the main file names are read even when it is invalid, so that one run
+        # reports everything: their paths come from the raw data when they are strings.
+        model = self._sql_model(main_doc, _raw(raw, "warehouse", "model"))
+        context = _Context(metrics=frozenset(BUILTIN_METRICS) if model == "builtin" else None)
+
+        scoring_path = self._path(_raw(raw, "scoring"))
+        scoring = None
+        if scoring_path is not None:
+            scoring_doc = self.document(scoring_path, self.issues)
+            if scoring_doc is not None:
+                scoring, scoring_parts = _validate(ScoringSpec, scoring_doc, self.issues)
+                ratios = _keys(scoring_doc.data, "ratios")
+                if context.metrics is not None:
+                    context.metrics = context.metrics | frozenset(ratios)
+                if isinstance(_raw(scoring_doc.data, "components"), dict):
+                    context.components = frozenset(_keys(scoring_doc.data, "components"))
+                _check_scoring(scoring_doc, scoring_parts, context, self.issues)
+
+        taxonomy_path = self._path(_raw(raw, "warehouse", "event_taxonomy"))
+        taxonomy = None
+        if taxonomy_path is not None:
+            taxonomy_doc = self.document(taxonomy_path, self.issues)
+            if taxonomy_doc is not None:
+                taxonomy, taxonomy_parts = _validate(TaxonomySpec, taxonomy_doc, self.issues)
+                _check_taxonomy(taxonomy_doc, taxonomy_parts, self.issues)
+
+        mappings = self._mappings(main, raw, context)
+
+        if self.issues or main is None or scoring is None or model is None:
+            # Every way of getting here without a valid part has recorded an issue.
+            raise ConfigError(self._ordered_issues())
+        return self._settings(main, model, scoring, scoring_path, taxonomy, taxonomy_path, mappings)
+
+    def _path(self, value: Any) -> Path | None:
+        """A path the main file names, resolved against it; None when not a string."""
+        return _resolve(self.path, value) if isinstance(value, str) and value else None
+
+    def _ordered_issues(self) -> list[ConfigIssue]:
+        """Issues redacted and grouped by file (the main file first), by line within a file."""
+        secrets = tuple(self.interpolator.secrets)
+        files = {str(self.path): 0}
+        for issue in self.issues:
+            files.setdefault(issue.file, len(files))
+        ordered = sorted(self.issues, key=lambda i: (files[i.file], i.line or 0))
+        return [ConfigIssue(i.file, i.line, i.key, redact(i.message, secrets)) for i in ordered]
+
+    def _sql_model(self, document: Document, value: Any) -> Literal["builtin"] | Path | None:
+        """``"builtin"``, the custom SQL file, or None when it names no such file."""
+        if not isinstance(value, str) or value == "builtin":
+            return "builtin"
+        path = _resolve(self.path, value)
+        key: KeyPath = ("warehouse", "model")
+        if path.suffix.lower() != ".sql":
+            self.issues.append(document.issue(key, "expected 'builtin' or the path of a .sql file"))
+        elif not path.is_file():
+            self.issues.append(document.issue(key, f"SQL model file not found: {path}"))
+        else:
+            return path
+        return None
+
+    def _mappings(
+        self, main: MainSpec | None, raw: Any, context: _Context
+    ) -> dict[str, tuple[bool, Path, DestinationMapping]]:
+        """Every configured destination's mapping; only enabled ones report their problems."""
+        result: dict[str, tuple[bool, Path, DestinationMapping]] = {}
+        for name in DESTINATIONS:
+            section = _raw(raw, "destinations", name)
+            path = self._path(_raw(section, "mapping"))
+            if path is None:
+                continue
+            if main is not None:
+                enabled = bool(getattr(main.destinations, name).enabled)
+            else:
+                # An invalid `enabled` is reported already: check the mapping as if enabled.
+                enabled = _raw(section, "enabled") is not False
+            issues: list[ConfigIssue] = self.issues if enabled else []
+            document = self.document(path, issues)
+            spec = None
+            if document is not None:
+                spec, parts = _validate(MappingSpec, document, issues)
+                _check_mapping(document, name, parts, context, issues)
+            if spec is None or issues is not self.issues and issues:
+                result[name] = (enabled, path, _empty_mapping(name, path))
+            else:
+                result[name] = (enabled, path, _mapping(name, spec, path))
+        return result
+
+    def _settings(
+        self,
+        main: MainSpec,
+        model: Literal["builtin"] | Path,
+        scoring: ScoringSpec,
+        scoring_path: Path | None,
+        taxonomy: TaxonomySpec | None,
+        taxonomy_path: Path | None,
+        mappings: dict[str, tuple[bool, Path, DestinationMapping]],
+    ) -> Settings:
+        categories: dict[str, tuple[str, ...]] = {category: () for category in TAXONOMY_CATEGORIES}
+        if taxonomy is not None:
+            categories.update({c: tuple(events) for c, events in taxonomy.categories.items()})
+        wh = main.warehouse
+        destinations: dict[str, DestinationSettings] = {}
+        for name, (enabled, path, mapping) in mappings.items():
+            section = getattr(main.destinations, name)
+            destinations[name] = DestinationSettings(
+                name=name,
+                enabled=enabled,
+                mapping=mapping,
+                mapping_path=path,
+                api_version=getattr(section, "api_version", "59.0"),
+                batch_size=section.batch_size,
+                bulk_threshold=getattr(section, "bulk_threshold", 2000),
+                requests_per_10s=getattr(section, "requests_per_10s", 100),
+            )
+        return Settings(
+            config_path=self.path,
+            warehouse=WarehouseSettings(
+                url=wh.url,
+                model=model,
+                schema=wh.schema_,
+                users_table=wh.users_table,
+                events_table=wh.events_table,
+                chunk_size=wh.chunk_size,
+                taxonomy=categories,
+                taxonomy_path=taxonomy_path,
+            ),
+            account_level=main.account_level,
+            scoring=_scoring_model(scoring),
+            destinations=destinations,
+            state_url=main.state.url,
+            plans_dir=Path(main.plans_dir),
+            api_budget_share=main.api_budget.max_share_of_daily,
+            schedule=ScheduleSettings(
+                timezone=main.schedule.timezone,
+                jobs=tuple(
+                    JobSettings(job.name, job.cron, job.grace_seconds) for job in main.schedule.jobs
+                ),
+            ),
+            logging=LoggingSettings(main.logging.level, main.logging.format),
+            scoring_path=scoring_path,
+        )
+
+
+def load_settings(
+    path: str | Path = DEFAULT_CONFIG_PATH, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Load and validate the main config file and every file it names.
+
+    ``env`` replaces ``os.environ`` for ``${VAR}`` interpolation (the secrets folder,
+    ``/run/secrets`` or ``$PLS_SYNC_SECRETS_DIR``, is the fallback). Raises ``ConfigError``
+    with every issue found in every file; messages never hold secret values.
+    """
+    return _Loader(Path(path), env).load()

@@ -1,0 +1,576 @@
+"""Configuration: the real files load, and every bad input names its file, line and key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pls_sync.config import BUILTIN_METRICS, Settings, builtin_metric_names, load_settings
+from pls_sync.config_yaml import Interpolator, load_document
+from pls_sync.errors import ConfigError, ConfigIssue
+from pls_sync.scoring import Condition, ConditionGroup
+
+REPO = Path(__file__).resolve().parents[2]
+CASES = Path(__file__).resolve().parent / "config_cases"
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """A copy of the repo's config/ and mappings/ under tmp_path; returns the main file."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    shutil.copytree(REPO / "mappings", tmp_path / "mappings")
+    return tmp_path / "config" / "pls_sync.yaml"
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace the one occurrence of ``old`` in ``path`` with ``new``."""
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in {path}"
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def line_of(path: Path, needle: str, *, start: bool = False) -> int:
+    """The 1-based number of the one line of ``path`` holding (or starting with) ``needle``."""
+    lines = [
+        n
+        for n, text in enumerate(path.read_text().splitlines(), 1)
+        if (text.startswith(needle) if start else needle in text)
+    ]
+    assert len(lines) == 1, f"{needle!r} is on lines {lines} of {path}"
+    return lines[0]
+
+
+def issues_of(path: Path, env: dict[str, str] | None = None) -> list[ConfigIssue]:
+    """The issues loading ``path`` raises (the load must fail)."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={} if env is None else env)
+    assert caught.value.issues, "a ConfigError must carry issues"
+    return caught.value.issues
+
+
+def only_issue(path: Path, env: dict[str, str] | None = None) -> ConfigIssue:
+    """The single issue loading ``path`` raises."""
+    issues = issues_of(path, env)
+    assert len(issues) == 1, "\n".join(map(str, issues))
+    return issues[0]
+
+
+def issue_at(issues: list[ConfigIssue], key: str) -> ConfigIssue:
+    """The one issue about ``key``."""
+    found = [issue for issue in issues if issue.key == key]
+    assert len(found) == 1, "\n".join(map(str, issues))
+    return found[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The real configuration
+
+
+def test_the_repository_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    settings = load_settings("config/pls_sync.yaml")
+
+    assert isinstance(settings, Settings)
+    assert settings.config_path == Path("config/pls_sync.yaml")
+    assert settings.account_level == "company"
+    assert settings.warehouse.url == "duckdb:///.pls-sync/demo.duckdb"
+    assert settings.warehouse.model == "builtin"
+    assert settings.warehouse.schema is None
+    assert settings.warehouse.chunk_size == 5000
+    assert settings.warehouse.taxonomy["legal_page_view"] == (
+        "viewed_terms_of_use",
+        "viewed_privacy_policy",
+        "viewed_dpa",
+    )
+    assert settings.warehouse.taxonomy["ignored"] == ("viewed_webinar", "landing_page_view")
+    assert settings.warehouse.taxonomy_path == Path("config/events.yaml")
+    assert settings.state_url == "sqlite:///.pls-sync/state.sqlite"
+    assert settings.plans_dir == Path(".pls-sync/plans")
+    assert settings.api_budget_share == 0.5
+    assert settings.schedule.timezone == "UTC"
+    assert [(j.name, j.cron, j.grace_seconds) for j in settings.schedule.jobs] == [
+        ("full_sync", "0 */4 * * *", 3600)
+    ]
+    assert (settings.logging.level, settings.logging.format) == ("INFO", "auto")
+
+
+def test_the_repository_scoring_model_converts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    model = load_settings("config/pls_sync.yaml").scoring
+
+    weights = {c.name: c.weight for c in model.components}
+    assert weights == {"team_size": 0.35, "volume": 0.25, "velocity": 0.20, "breadth": 0.20}
+    team = model.components[0]
+    assert team.metrics == ("active_users_28d",)
+    assert team.curve[:2] == ((0.0, 0.0), (1.0, 10.0))
+    assert [(t.name, t.min_score) for t in model.tiers] == [
+        ("sales", 80.0),
+        ("success", 60.0),
+        ("self_serve", 0.0),
+    ]
+    assert model.hysteresis == 5.0
+    assert model.qualified_tiers == ("sales",)
+    assert model.guarded_tiers == ("sales",)
+    assert model.min_account_age_days == 14
+    assert [(r.name, r.min_denominator) for r in model.ratios] == [
+        ("user_velocity", 1.0),
+        ("event_velocity", 10.0),
+    ]
+    spike = next(s for s in model.signals if s.name == "velocity_spike")
+    assert spike.when == ConditionGroup(
+        "all",
+        (Condition("new_users_7d", ">=", 5.0), Condition("user_velocity", ">=", 3.0)),
+    )
+    assert spike.points == 10.0
+
+
+def test_the_repository_mappings_convert(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    destinations = load_settings("config/pls_sync.yaml").destinations
+
+    salesforce = destinations["salesforce"]
+    assert salesforce.enabled is True
+    assert (salesforce.api_version, salesforce.batch_size, salesforce.bulk_threshold) == (
+        "59.0",
+        200,
+        2000,
+    )
+    assert salesforce.mapping_path == Path("mappings/salesforce.yaml")
+    mapping = salesforce.mapping
+    assert mapping.object == "Account"
+    assert mapping.match.domain_fields == ("Website", "Domain__c")
+    assert mapping.targets == (
+        "PQA_Score__c",
+        "PQA_Tier__c",
+        "PQA_Signals__c",
+        "PQA_Score_Change__c",
+        "PQA_Active_Users__c",
+        "PQA_Qualified_Since__c",
+    )
+    signals = next(f for f in mapping.fields if f.target == "PQA_Signals__c")
+    assert (signals.source, signals.null, signals.join) == ("signals", "clear", "; ")
+    score = next(f for f in mapping.fields if f.target == "PQA_Score__c")
+    assert (score.source, score.null) == ("score", "skip")
+
+    hubspot = destinations["hubspot"]
+    assert hubspot.enabled is False
+    assert (hubspot.batch_size, hubspot.requests_per_10s) == (100, 100)
+    assert hubspot.mapping.object == "companies"
+    assert "pqa_score" in hubspot.mapping.targets
+
+
+def test_environment_enables_hubspot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert (
+        load_settings(env={"PLS_SYNC_HUBSPOT_ENABLED": "true"}).destinations["hubspot"].enabled
+        is True
+    )
+    monkeypatch.setenv("PLS_SYNC_HUBSPOT_ENABLED", "true")
+    monkeypatch.setenv("PLS_SYNC_SALESFORCE_ENABLED", "false")
+    destinations = load_settings().destinations
+    assert destinations["hubspot"].enabled is True
+    assert destinations["salesforce"].enabled is False
+
+
+def test_builtin_metric_names() -> None:
+    assert builtin_metric_names() == BUILTIN_METRICS
+    assert len(set(BUILTIN_METRICS)) == 15
+    assert {"active_users_28d", "legal_page_views_14d", "admins"} <= set(BUILTIN_METRICS)
+
+
+# --------------------------------------------------------------------------------------------
+# Interpolation
+
+
+def test_interpolated_scalars_are_reparsed_as_yaml(repo_copy: Path) -> None:
+    edit(repo_copy, "chunk_size: 5000", "chunk_size: ${CHUNK:-200}")
+    edit(repo_copy, "batch_size: 100 ", 'batch_size: "${HS_BATCH:-50}"')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(repo_copy, env={})
+    # Quoted, the default stays a string: the strict int rejects it.
+    issue = caught.value.issues[0]
+    assert (issue.key, issue.line) == (
+        "destinations.hubspot.batch_size",
+        line_of(repo_copy, "HS_BATCH"),
+    )
+    assert "valid integer" in issue.message
+
+    edit(repo_copy, '"${HS_BATCH:-50}"', "${HS_BATCH:-50}")
+    settings = load_settings(repo_copy, env={"CHUNK": "1234"})
+    assert settings.warehouse.chunk_size == 1234
+    assert settings.destinations["hubspot"].batch_size == 50
+
+
+def test_embedded_interpolation_escape_and_secrets_folder(
+    repo_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "pgpass").write_text("s3cr3t-pw\n")
+    monkeypatch.setenv("PLS_SYNC_SECRETS_DIR", str(secrets))
+    edit(
+        repo_copy,
+        "url: ${PLS_SYNC_STATE_URL:-sqlite:///.pls-sync/state.sqlite}",
+        "url: postgresql://${PGUSER:-pls}:${PGPASS}@db/pls",
+    )
+    edit(repo_copy, "plans_dir: .pls-sync/plans", "plans_dir: plans-$$HOME")
+
+    settings = load_settings(repo_copy, env={})
+    assert settings.state_url == "postgresql://pls:s3cr3t-pw@db/pls"
+    assert settings.plans_dir == Path("plans-$HOME")
+    assert "s3cr3t" not in repr(settings)  # URLs stay out of the repr
+
+    # The environment wins over the secrets folder.
+    settings = load_settings(repo_copy, env={"PGPASS": "from-env", "PGUSER": "u"})
+    assert settings.state_url == "postgresql://u:from-env@db/pls"
+
+
+def test_a_missing_variable_is_named(repo_copy: Path) -> None:
+    edit(repo_copy, 'api_version: "59.0"', "api_version: ${SF_API_VERSION}")
+    issue = only_issue(repo_copy)
+    assert issue.file == str(repo_copy)
+    assert issue.line == line_of(repo_copy, "SF_API_VERSION")
+    assert issue.key == "destinations.salesforce.api_version"
+    assert "SF_API_VERSION" in issue.message and "not set" in issue.message
+
+
+def test_a_malformed_interpolation_is_reported(repo_copy: Path) -> None:
+    edit(repo_copy, "users_table: users", "users_table: ${users table}")
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(repo_copy, "users_table"), "warehouse.users_table")
+    assert "malformed interpolation" in issue.message
+
+
+def test_interpolator_defaults_follow_the_shell() -> None:
+    interpolator = Interpolator({"EMPTY": "", "SET": "x"})
+    assert interpolator.substitute("${EMPTY:-d}|${SET:-d}|${UNSET:-d}|${EMPTY}") == ("d|x|d|", [])
+    text, problems = interpolator.substitute("a ${UNSET} b ${ALSO_UNSET}")
+    assert text == "a ${UNSET} b ${ALSO_UNSET}"
+    assert ["UNSET" in problems[0], "ALSO_UNSET" in problems[1]] == [True, True]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_doubled_dollars_escape_any_text(text: str) -> None:
+    assert Interpolator({}).substitute(text.replace("$", "$$")) == (text, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.text(), st.text())
+def test_a_variable_is_replaced_by_its_exact_value(value: str, before: str, after: str) -> None:
+    before, after = before.replace("$", "$$"), after.replace("$", "$$")
+    interpolator = Interpolator({"VALUE": value})
+    expected = (
+        Interpolator({}).substitute(before)[0] + value + Interpolator({}).substitute(after)[0]
+    )
+    assert interpolator.substitute(f"{before}${{VALUE}}{after}") == (expected, [])
+
+
+# --------------------------------------------------------------------------------------------
+# One bad input at a time
+
+
+def test_malformed_yaml_gives_the_parser_line(repo_copy: Path) -> None:
+    edit(repo_copy, "  users_table: users", "  users_table: [users")
+    issue = only_issue(repo_copy)
+    assert issue.file == str(repo_copy)
+    # The parser notices the unclosed flow sequence on the next line.
+    assert issue.line == line_of(repo_copy, "events_table: events")
+    assert issue.key == ""
+    assert issue.message.startswith("invalid YAML")
+
+
+def test_malformed_yaml_in_a_referenced_file(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "hysteresis: 5 ", "hysteresis: 5 :")
+    issue = only_issue(repo_copy)
+    assert issue.file == str(scoring)
+    assert issue.line == line_of(scoring, "hysteresis:")
+    assert "invalid YAML" in issue.message
+
+
+def test_duplicate_keys_are_an_error(repo_copy: Path) -> None:
+    edit(repo_copy, "  chunk_size: 5000", "  chunk_size: 5000\n  chunk_size: 10")
+    issue = only_issue(repo_copy)
+    assert issue.line == line_of(repo_copy, "chunk_size: 10")
+    assert issue.key == "warehouse.chunk_size"
+    assert f"line {line_of(repo_copy, 'chunk_size: 5000')}" in issue.message
+
+
+def test_unknown_key(repo_copy: Path) -> None:
+    edit(repo_copy, "    bulk_threshold: 2000", "    bulk_treshold: 2000")
+    issue = only_issue(repo_copy)
+    assert issue.line == line_of(repo_copy, "bulk_treshold")
+    assert issue.key == "destinations.salesforce.bulk_treshold"
+    assert "unknown key" in issue.message and "bulk_threshold" in issue.message
+
+
+def test_a_missing_required_key(repo_copy: Path) -> None:
+    edit(repo_copy, "    mapping: ../mappings/salesforce.yaml\n", "")
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (
+        line_of(repo_copy, "  salesforce:", start=True),
+        "destinations.salesforce.mapping",
+    )
+    assert "missing" in issue.message
+
+
+def test_a_label_naming_an_unknown_metric(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, '"{value:.0f} core features used"', '"{value:.0f} of {core_feature_28d}"')
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (
+        line_of(scoring, "core_feature_28d}"),
+        "components.breadth.label",
+    )
+    assert "core_features_28d" in issue.message
+
+
+def test_wrong_type(repo_copy: Path) -> None:
+    edit(repo_copy, "batch_size: 200 ", "batch_size: abc ")
+    issue = only_issue(repo_copy)
+    assert issue.line == line_of(repo_copy, "batch_size: abc")
+    assert issue.key == "destinations.salesforce.batch_size"
+    assert "integer" in issue.message
+
+
+@pytest.mark.parametrize(("destination", "limit"), [("salesforce", 200), ("hubspot", 100)])
+def test_batch_size_limits(repo_copy: Path, destination: str, limit: int) -> None:
+    edit(repo_copy, f"batch_size: {limit} ", f"batch_size: {limit + 1} ")
+    issue = only_issue(repo_copy, env={"PLS_SYNC_HUBSPOT_ENABLED": "true"})
+    assert issue.line == line_of(repo_copy, f"batch_size: {limit + 1}")
+    assert issue.key == f"destinations.{destination}.batch_size"
+    assert str(limit) in issue.message
+
+
+@pytest.mark.parametrize("target", ["Id", "OwnerId", "ownerid", "OWNERID", "recordtypeid"])
+def test_identity_and_ownership_fields_are_refused(repo_copy: Path, target: str) -> None:
+    mapping = repo_copy.parent.parent / "mappings" / "salesforce.yaml"
+    edit(mapping, "  PQA_Tier__c: tier", f"  PQA_Tier__c: tier\n  {target}: score")
+    issue = only_issue(repo_copy)
+    assert issue.file == str(mapping)
+    assert issue.line == line_of(mapping, f"  {target}: score")
+    assert issue.key == f"fields.{target}"
+    assert "is an identity/ownership field and is never written" in issue.message
+
+
+def test_hubspot_identity_fields_are_refused_when_enabled(repo_copy: Path) -> None:
+    mapping = repo_copy.parent.parent / "mappings" / "hubspot.yaml"
+    edit(mapping, "  pqa_tier: tier", "  pqa_tier: tier\n  HubSpot_Owner_Id: score")
+    # Disabled, the hubspot mapping is not checked: the run goes on with Salesforce.
+    assert load_settings(repo_copy, env={}).destinations["hubspot"].mapping.fields == ()
+    issue = only_issue(repo_copy, env={"PLS_SYNC_HUBSPOT_ENABLED": "true"})
+    assert (issue.file, issue.line, issue.key) == (
+        str(mapping),
+        line_of(mapping, "HubSpot_Owner_Id"),
+        "fields.HubSpot_Owner_Id",
+    )
+
+
+def test_weights_must_sum_to_one(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "weight: 0.35", "weight: 0.30")
+    issue = only_issue(repo_copy)
+    assert issue.file == str(scoring)
+    assert issue.line == line_of(scoring, "components:", start=True)
+    assert issue.key == "components"
+    assert "0.95" in issue.message
+
+
+def test_invalid_cron_expression(repo_copy: Path) -> None:
+    edit(repo_copy, 'cron: "0 */4 * * *"', 'cron: "0 */4 * *"')
+    issue = only_issue(repo_copy)
+    assert issue.line == line_of(repo_copy, "cron:")
+    assert issue.key == "schedule.jobs[0].cron"
+    assert "cron" in issue.message and "fields" in issue.message
+
+
+def test_invalid_timezone(repo_copy: Path) -> None:
+    edit(repo_copy, "timezone: UTC", "timezone: Europe/Atlantis")
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(repo_copy, "timezone:"), "schedule.timezone")
+    assert "Europe/Atlantis" in issue.message
+
+
+def test_a_schedule_without_jobs(repo_copy: Path) -> None:
+    text = repo_copy.read_text()
+    start = text.index("  jobs:")
+    end = text.index("logging:")
+    repo_copy.write_text(text[:start] + "  jobs: []\n\n" + text[end:])
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(repo_copy, "jobs: []"), "schedule.jobs")
+    assert "at least one job" in issue.message
+
+
+def test_unknown_metric_in_a_nested_condition(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "{metric: new_users_7d, op", "{metric: new_user_7d, op")
+    issue = only_issue(repo_copy)
+    assert issue.file == str(scoring)
+    assert issue.line == line_of(scoring, "new_user_7d")
+    assert issue.key == "signals[4].when.all[0].metric"
+    assert "unknown metric 'new_user_7d'" in issue.message and "new_users_7d" in issue.message
+
+
+def test_bad_operator(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, 'op: ">=", value: 2}', 'op: "=>", value: 2}')
+    issue = only_issue(repo_copy)
+    assert issue.line == line_of(scoring, '"=>"')
+    assert issue.key == "signals[1].when.op"
+    assert "'=>'" in issue.message
+
+
+def test_a_tier_must_start_at_zero(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "  self_serve: 0", "  self_serve: 10")
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(scoring, "tiers:", start=True), "tiers")
+    assert "0" in issue.message
+
+
+def test_curve_must_ascend(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "[[0, 0], [2, 40], [4, 75], [6, 100]]", "[[0, 0], [4, 40], [4, 75], [6, 100]]")
+    issue = only_issue(repo_copy)
+    assert issue.line == line_of(scoring, "[4, 40], [4, 75]")
+    assert issue.key == "components.breadth.curve"
+    assert "ascending" in issue.message
+
+
+def test_an_event_belongs_to_one_category(repo_copy: Path) -> None:
+    events = repo_copy.parent / "events.yaml"
+    edit(events, "    - commented", "    - commented\n    - viewed_pricing")
+    issue = only_issue(repo_copy)
+    assert issue.file == str(events)
+    assert issue.line == line_of(events, "    - viewed_pricing")
+    assert issue.key == "categories.core_feature[4]"
+    assert "pricing_page_view" in issue.message
+
+
+def test_unknown_mapping_source_and_metric(repo_copy: Path) -> None:
+    mapping = repo_copy.parent.parent / "mappings" / "salesforce.yaml"
+    edit(mapping, "PQA_Tier__c: tier", "PQA_Tier__c: {source: tire, null: clear}")
+    edit(mapping, "metrics.active_users_28d", "metrics.active_users_29d")
+    issues = issues_of(repo_copy)
+    assert len(issues) == 2, "\n".join(map(str, issues))
+    tier = issue_at(issues, "fields.PQA_Tier__c.source")
+    assert tier.line == line_of(mapping, "tire")
+    assert "unknown source 'tire'" in tier.message
+    metric = issue_at(issues, "fields.PQA_Active_Users__c")
+    assert metric.line == line_of(mapping, "active_users_29d")
+    assert "unknown metric 'active_users_29d'" in metric.message
+
+
+def test_a_url_password_never_appears_in_messages(repo_copy: Path) -> None:
+    edit(repo_copy, "url: ${PLS_SYNC_STATE_URL:-sqlite:///.pls-sync/state.sqlite}", "url: ${DB}")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(repo_copy, env={"DB": "postgresql://u:hunter2pw@db/x y"})
+    issue = caught.value.issues[0]
+    assert issue.key == "state.url"
+    assert "not a database URL" in issue.message
+    assert "hunter2pw" not in str(caught.value)
+
+
+def test_a_custom_sql_model_is_resolved_and_skips_metric_checks(repo_copy: Path) -> None:
+    models = repo_copy.parent / "models"
+    models.mkdir()
+    (models / "accounts.sql").write_text("select domain, seats from accounts\n")
+    edit(repo_copy, "model: builtin ", "model: models/accounts.sql ")
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "metrics: [events_28d]", "metrics: [seats]")
+    settings = load_settings(repo_copy, env={})
+    assert settings.warehouse.model == models / "accounts.sql"
+    assert settings.scoring.components[1].metrics == ("seats",)
+
+    edit(repo_copy, "model: models/accounts.sql ", "model: models/missing.sql ")
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(repo_copy, "missing.sql"), "warehouse.model")
+    assert "not found" in issue.message
+
+
+def test_paths_are_relative_to_the_file_naming_them(tmp_path: Path, repo_copy: Path) -> None:
+    nested = tmp_path / "deploy" / "prod"
+    nested.mkdir(parents=True)
+    main = nested / "main.yaml"
+    text = repo_copy.read_text()
+    text = text.replace("scoring: scoring.yaml", "scoring: ../../config/scoring.yaml")
+    text = text.replace("event_taxonomy: events.yaml", "event_taxonomy: ../../config/events.yaml")
+    text = text.replace("../mappings/", "../../mappings/")
+    main.write_text(text)
+    settings = load_settings(main, env={})
+    assert settings.scoring_path == tmp_path / "config" / "scoring.yaml"
+    assert (
+        settings.destinations["salesforce"].mapping_path
+        == tmp_path / "mappings" / "salesforce.yaml"
+    )
+    assert settings.plans_dir == Path(".pls-sync/plans")  # as given: relative to the CWD
+
+
+def test_all_issues_across_files_are_reported_at_once(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    mapping = repo_copy.parent.parent / "mappings" / "salesforce.yaml"
+    edit(repo_copy, "chunk_size: 5000", "chunk_size: lots")
+    edit(repo_copy, "account_level: company", "account_level: company\naccount_levle: x")
+    edit(scoring, "weight: 0.25", "weight: 0.5")
+    edit(scoring, 'op: ">=", value: 2}', 'op: "=>", value: 2}')
+    edit(scoring, "metric: admin_changes_28d", "metric: admin_change_28d")
+    edit(mapping, "  PQA_Tier__c: tier", "  PQA_Tier__c: tier\n  OwnerId: score")
+
+    issues = issues_of(repo_copy)
+    found = {(issue.file, issue.line, issue.key) for issue in issues}
+    assert found == {
+        (str(repo_copy), line_of(repo_copy, "chunk_size"), "warehouse.chunk_size"),
+        (str(repo_copy), line_of(repo_copy, "account_levle"), "account_levle"),
+        (str(scoring), line_of(scoring, "components:", start=True), "components"),
+        (str(scoring), line_of(scoring, '"=>"'), "signals[1].when.op"),
+        (str(scoring), line_of(scoring, "admin_change_28d"), "signals[2].when.metric"),
+        (str(mapping), line_of(mapping, "OwnerId"), "fields.OwnerId"),
+    }
+    # Grouped by file, the main file first, in line order within a file.
+    assert [issue.file for issue in issues][:2] == [str(repo_copy)] * 2
+    assert [i.line for i in issues if i.file == str(scoring)] == sorted(
+        i.line or 0 for i in issues if i.file == str(scoring)
+    )
+
+
+def test_a_missing_referenced_file(repo_copy: Path) -> None:
+    (repo_copy.parent / "events.yaml").unlink()
+    issue = only_issue(repo_copy)
+    assert issue.file == str(repo_copy.parent / "events.yaml")
+    assert "not found" in issue.message
+
+
+# --------------------------------------------------------------------------------------------
+# The line-keeping loader
+
+
+def test_loader_keeps_lines_of_keys_and_items() -> None:
+    document, issues = load_document(CASES / "lines.yaml")
+    assert issues == [] and document is not None
+    assert document.data == {
+        "top": {"null": "clear", "on": "kept", "list": [1, {"inner": True}]},
+        "anchor": {"a": 1},
+        "alias": {"a": 1},
+    }
+    assert document.lines[("top",)] == 2
+    assert document.lines[("top", "null")] == 3
+    assert document.lines[("top", "list", 0)] == 6
+    assert document.lines[("top", "list", 1, "inner")] == 7
+    assert document.line(("top", "list", 1, "missing")) == 7
+
+
+def test_loader_refuses_python_tags(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("a: !!python/object/apply:os.system ['true']\n")
+    document, issues = load_document(path)
+    assert len(issues) == 1
+    assert (issues[0].line, issues[0].key) == (1, "a")
