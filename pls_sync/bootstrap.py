@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pls_sync.config import Settings
 from pls_sync.errors import PlsSyncError
-from pls_sync.ports import CrmDestination
+from pls_sync.ports import CrmDestination, UsageSource
+
+if TYPE_CHECKING:
+    from connectors.state import SqlStateStore
 from pls_sync.service import Adapters
 
 
-def build_usage_source(settings: Settings):  # type: ignore[no-untyped-def]
+def build_usage_source(settings: Settings) -> UsageSource:
     """The warehouse reader for the configured URL and model."""
     from connectors.warehouse import SqlUsageSource
 
@@ -28,7 +32,7 @@ def build_usage_source(settings: Settings):  # type: ignore[no-untyped-def]
     )
 
 
-def build_state_store(settings: Settings):  # type: ignore[no-untyped-def]
+def build_state_store(settings: Settings) -> SqlStateStore:
     """The state store at the configured URL, tables created if missing."""
     from connectors.state import SqlStateStore
 

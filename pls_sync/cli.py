@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -57,7 +58,9 @@ def parse_as_of(value: str | None) -> datetime:
             return datetime(day.year, day.month, day.day, tzinfo=UTC)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(f"not an ISO date or datetime: {value!r}", param_hint="--as-of") from None
+        raise typer.BadParameter(
+            f"not an ISO date or datetime: {value!r}", param_hint="--as-of"
+        ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
@@ -184,7 +187,8 @@ def export(
     config: ConfigOption = Path("config/pls_sync.yaml"),
     as_of: AsOfOption = None,
     with_crm: Annotated[
-        bool, typer.Option("--with-crm/--no-crm", help="Also match CRM records (needs credentials).")
+        bool,
+        typer.Option("--with-crm/--no-crm", help="Also match CRM records (needs credentials)."),
     ] = False,
 ) -> None:
     """Write every scored account to a spreadsheet: no CRM needed."""
@@ -195,7 +199,9 @@ def export(
     when = parse_as_of(as_of)
     try:
         adapters = build_adapters(settings, with_destinations=with_crm)
-        scored = score_all(adapters.usage, settings.scoring, adapters.state.load_account_states(), when)
+        scored = score_all(
+            adapters.usage, settings.scoring, adapters.state.load_account_states(), when
+        )
         matched: dict[str, dict[str, str]] = {}
         for name, destination in adapters.destinations.items():
             outcome = match_destination(destination, adapters.mappings[name], scored.results)
@@ -204,7 +210,9 @@ def export(
                 if match.record_id:
                     matched.setdefault(key, {})[name] = match.record_id
     except PlsSyncError as exc:
-        err_console.print(f"[bold red]Export failed:[/bold red] {redact(str(exc))}", highlight=False)
+        err_console.print(
+            f"[bold red]Export failed:[/bold red] {redact(str(exc))}", highlight=False
+        )
         raise typer.Exit(EXIT_FAILED) from None
     components = [c.name for c in settings.scoring.components]
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +221,14 @@ def export(
         writer.writerow(
             ["account", "domain", "score", "tier", "qualified_since", "score_change"]
             + [f"{c}_points" for c in components]
-            + ["signals", "active_users_28d", "first_seen", "age_guard", "salesforce_id", "hubspot_id"]
+            + [
+                "signals",
+                "active_users_28d",
+                "first_seen",
+                "age_guard",
+                "salesforce_id",
+                "hubspot_id",
+            ]
         )
         ranked = sorted(scored.results, key=lambda r: (-r.score.score, r.account.key))
         for result in ranked:
@@ -225,7 +240,9 @@ def export(
                     result.account.domain,
                     result.score.score,
                     result.score.tier,
-                    result.state.qualified_since.isoformat() if result.state.qualified_since else "",
+                    result.state.qualified_since.isoformat()
+                    if result.state.qualified_since
+                    else "",
                     "" if result.score_change is None else result.score_change,
                 ]
                 + [points.get(c, 0) for c in components]
@@ -258,37 +275,54 @@ def explain(
     wanted = domain if domain.startswith("workspace:") else (registrable_domain(domain) or domain)
     try:
         adapters = build_adapters(settings)
-        scored = score_all(adapters.usage, settings.scoring, adapters.state.load_account_states(), when)
+        scored = score_all(
+            adapters.usage, settings.scoring, adapters.state.load_account_states(), when
+        )
         result = scored.by_key().get(wanted)
         if result is None:
             err_console.print(f"No product account {wanted!r} as of {when.isoformat()}.")
             raise typer.Exit(EXIT_FAILED)
         s = result.score
-        console.print(f"[bold]{result.account.domain}[/bold]: score {s.score}, tier {s.tier}"
-                      + (f" (held back by {s.guard})" if s.guard else ""))
+        console.print(
+            f"[bold]{result.account.domain}[/bold]: score {s.score}, tier {s.tier}"
+            + (f" (held back by {s.guard})" if s.guard else "")
+        )
         for c in s.components:
             console.print(f"  {c.name:<10} {c.points:5.1f} pts  ({c.description})", highlight=False)
         for sig in s.signals:
             console.print(f"  signal     +{sig.points:.0f}  {sig.description}", highlight=False)
-        console.print(f"  qualified since: {result.state.qualified_since or '-'}; change: {result.score_change}")
+        console.print(
+            f"  qualified since: {result.state.qualified_since or '-'}; change: {result.score_change}"
+        )
         for name, destination in adapters.destinations.items():
             mapping = adapters.mappings[name]
             outcome = match_destination(destination, mapping, [result])
             assert outcome.report is not None
             match = outcome.report.matches.get(result.account.key)
             if match is None or match.record_id is None:
-                console.print(f"{name}: {match.status if match else 'unmatched'}; candidates {match.candidates if match else ()}")
+                console.print(
+                    f"{name}: {match.status if match else 'unmatched'}; candidates {match.candidates if match else ()}"
+                )
                 continue
             specs = destination.describe(mapping.object)
             record = outcome.records[match.record_id]
-            pending = diff_record(record, desired_fields(result, mapping, specs), specs,
-                                  {f.target: f for f in mapping.fields})
-            console.print(f"{name}: {match.status} -> {match.record_id} ({record.name}); "
-                          f"fields to write: {pending or 'none'}", highlight=False)
+            pending = diff_record(
+                record,
+                desired_fields(result, mapping, specs),
+                specs,
+                {f.target: f for f in mapping.fields},
+            )
+            console.print(
+                f"{name}: {match.status} -> {match.record_id} ({record.name}); "
+                f"fields to write: {pending or 'none'}",
+                highlight=False,
+            )
         for name, error in adapters.destination_errors.items():
             console.print(f"{name}: not checked ({error})", highlight=False)
     except PlsSyncError as exc:
-        err_console.print(f"[bold red]Explain failed:[/bold red] {redact(str(exc))}", highlight=False)
+        err_console.print(
+            f"[bold red]Explain failed:[/bold red] {redact(str(exc))}", highlight=False
+        )
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -297,7 +331,8 @@ def status(
     config: ConfigOption = Path("config/pls_sync.yaml"),
     limit: Annotated[int, typer.Option(help="How many runs to list.")] = 5,
     max_age_hours: Annotated[
-        float | None, typer.Option(help="Fail when the last run is older (default: from the schedule).")
+        float | None,
+        typer.Option(help="Fail when the last run is older (default: from the schedule)."),
     ] = None,
 ) -> None:
     """Recent runs; exits 1 when the last run failed or is overdue (a container healthcheck)."""
@@ -307,9 +342,13 @@ def status(
     settings = load_or_exit(config)
     try:
         store = build_state_store(settings)
-        report = check_health(store, settings, datetime.now(UTC), limit=limit, max_age_hours=max_age_hours)
+        report = check_health(
+            store, settings, datetime.now(UTC), limit=limit, max_age_hours=max_age_hours
+        )
     except PlsSyncError as exc:
-        err_console.print(f"[bold red]State store unavailable:[/bold red] {redact(str(exc))}", highlight=False)
+        err_console.print(
+            f"[bold red]State store unavailable:[/bold red] {redact(str(exc))}", highlight=False
+        )
         raise typer.Exit(EXIT_FAILED) from None
     for line in report.lines:
         console.print(line, highlight=False)
@@ -321,15 +360,23 @@ def status(
 def demo(
     config: ConfigOption = Path("config/pls_sync.yaml"),
     companies: Annotated[int, typer.Option(help="Demo companies to generate.")] = 400,
-    users: Annotated[int | None, typer.Option(help="Users to generate (default: from companies).")] = None,
-    events: Annotated[int | None, typer.Option(help="Events to generate (default: ~50 per user).")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Regenerate the demo warehouse and state.")] = False,
+    users: Annotated[
+        int | None, typer.Option(help="Users to generate (default: from companies).")
+    ] = None,
+    events: Annotated[
+        int | None, typer.Option(help="Events to generate (default: ~50 per user).")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Regenerate the demo warehouse and state.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed of the demo data.")] = 7,
 ) -> None:
     """The whole product on one machine: demo warehouse, CRM sandbox, a sync and a rerun."""
     from pls_sync.demo import run_demo
 
-    code = run_demo(console, config, companies=companies, users=users, events=events, fresh=fresh, seed=seed)
+    code = run_demo(
+        console, config, companies=companies, users=users, events=events, fresh=fresh, seed=seed
+    )
     raise typer.Exit(code)
 
 
@@ -351,10 +398,56 @@ def sandbox(
         f"  request counts: GET http://127.0.0.1:{port}/__sandbox/counts",
         highlight=False,
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         box.serve_forever()
-    except KeyboardInterrupt:
-        pass
+
+
+@app.command()
+def schedule(
+    config: ConfigOption = Path("config/pls_sync.yaml"),
+    run_now: Annotated[
+        bool, typer.Option("--run-now", help="Run every job once at start.")
+    ] = False,
+) -> None:
+    """The long-running cron process: runs the configured jobs until SIGTERM or SIGINT."""
+    from pls_sync.bootstrap import build_adapters, build_state_store
+    from pls_sync.errors import RunLockedError
+    from pls_sync.scheduler import LockedOut, SyncScheduler, now_utc
+    from pls_sync.service import RunOptions, run_sync
+
+    settings = load_or_exit(config)
+    try:
+        store = build_state_store(settings)
+    except PlsSyncError as exc:
+        err_console.print(
+            f"[bold red]State store unavailable:[/bold red] {redact(str(exc))}", highlight=False
+        )
+        raise typer.Exit(EXIT_FAILED) from None
+    batch_sizes = {n: d.batch_size for n, d in settings.destinations.items()}
+
+    def run_job(name: str, destinations: tuple[str, ...] | None) -> None:
+        # Fresh adapters per run: new sessions, a re-read warehouse, nothing stale kept.
+        adapters = build_adapters(settings, only=destinations)
+        options = RunOptions(
+            as_of=now_utc(),
+            command=f"schedule:{name}",
+            plans_dir=settings.plans_dir,
+            destinations=destinations,
+        )
+        try:
+            result = run_sync(adapters, settings.scoring, options, batch_sizes=batch_sizes)
+        except RunLockedError as exc:
+            raise LockedOut(str(exc)) from None
+        log.info("scheduled_run_summary", job=name, status=result.status, summary=result.summary)
+        if result.status == "failed":
+            raise PlsSyncError(f"run {options.run_id} failed")
+
+    def heartbeat(detail: dict[str, Any]) -> None:
+        store.heartbeat("scheduler", now_utc(), detail)
+
+    scheduler = SyncScheduler(settings, run_job, heartbeat=heartbeat)
+    heartbeat({"next_runs": scheduler.next_runs(), "runs": 0, "failures": 0})
+    raise typer.Exit(scheduler.run_forever(run_now=run_now))
 
 
 def version_callback(value: bool) -> None:
@@ -367,7 +460,10 @@ def version_callback(value: bool) -> None:
 @app.callback()
 def main_callback(
     version: Annotated[
-        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version.")
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """pls-sync: product-qualified accounts in your CRM."""

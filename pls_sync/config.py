@@ -169,6 +169,7 @@ class JobSettings:
     name: str
     cron: str
     grace_seconds: int
+    destinations: tuple[str, ...] = ()  # empty: every enabled destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +310,7 @@ class JobSpec(_Spec):
     name: Name
     cron: Name
     grace_seconds: int = Field(default=3600, ge=0)
+    destinations: list[Literal["salesforce", "hubspot"]] = Field(default_factory=list)
 
     @field_validator("cron")
     @classmethod
@@ -1242,7 +1244,8 @@ class _Loader:
             schedule=ScheduleSettings(
                 timezone=main.schedule.timezone,
                 jobs=tuple(
-                    JobSettings(job.name, job.cron, job.grace_seconds) for job in main.schedule.jobs
+                    JobSettings(job.name, job.cron, job.grace_seconds, tuple(job.destinations))
+                    for job in main.schedule.jobs
                 ),
             ),
             logging=LoggingSettings(main.logging.level, main.logging.format),

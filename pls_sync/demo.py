@@ -41,8 +41,14 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
 
 
 def ensure_warehouse(
-    console: Console, path: Path, *, companies: int, users: int | None, events: int | None,
-    seed: int, fresh: bool,
+    console: Console,
+    path: Path,
+    *,
+    companies: int,
+    users: int | None,
+    events: int | None,
+    seed: int,
+    fresh: bool,
 ) -> datetime:
     """Create the demo warehouse unless it exists; return the as-of time its data was made for."""
     from connectors.demo_warehouse import generate_demo_warehouse, read_demo_as_of
@@ -52,13 +58,23 @@ def ensure_warehouse(
         console.print(f"Using the demo warehouse {path} (data as of {as_of.date()}).")
         return as_of
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task("Generating the demo warehouse", total=None)
 
         def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=f"Generating the demo warehouse: {stage}", completed=done, total=total)
+            bar.update(
+                task,
+                description=f"Generating the demo warehouse: {stage}",
+                completed=done,
+                total=total,
+            )
 
         stats = generate_demo_warehouse(
             path, seed=seed, companies=companies, users=users, events=events, progress=progress
@@ -70,7 +86,9 @@ def ensure_warehouse(
     return stats.as_of
 
 
-def render_crm_accounts(console: Console, destination: object, mapping: object, limit: int = 12) -> None:
+def render_crm_accounts(
+    console: Console, destination: object, mapping: object, limit: int = 12
+) -> None:
     """The top accounts as the rep sees them on the CRM record, read back from the CRM."""
     from pls_sync.mapping import DestinationMapping
 
@@ -94,7 +112,8 @@ def render_crm_accounts(console: Console, destination: object, mapping: object, 
     for record in ranked:
         f = record.fields
         table.add_row(
-            record.id, record.name or "",
+            record.id,
+            record.name or "",
             f"{score_of(record):.0f}" if score_of(record) >= 0 else "",
             str(f.get(tier_f) or "") if tier_f else "",
             str(f.get(channel_f) or "") if channel_f else "",
@@ -104,12 +123,19 @@ def render_crm_accounts(console: Console, destination: object, mapping: object, 
 
 
 def run_demo(
-    console: Console, config: Path, *, companies: int = 400, users: int | None = None,
-    events: int | None = None, fresh: bool = False, seed: int = 7,
+    console: Console,
+    config: Path,
+    *,
+    companies: int = 400,
+    users: int | None = None,
+    events: int | None = None,
+    fresh: bool = False,
+    seed: int = 7,
 ) -> int:
     """Run the demo end to end; return the exit code (0 when both runs did what they should)."""
     from pls_sync.bootstrap import build_adapters
     from pls_sync.config import load_settings
+    from pls_sync.demo_companies import demo_companies
     from pls_sync.logs import configure_logging
     from pls_sync.report import render_accounts, render_summary
     from pls_sync.sandbox.server import Sandbox
@@ -120,9 +146,15 @@ def run_demo(
     if fresh and DEMO_STATE.exists():
         DEMO_STATE.unlink()
     as_of = ensure_warehouse(
-        console, DEMO_WAREHOUSE, companies=companies, users=users, events=events, seed=seed, fresh=fresh
+        console,
+        DEMO_WAREHOUSE,
+        companies=companies,
+        users=users,
+        events=events,
+        seed=seed,
+        fresh=fresh,
     )
-    with Sandbox(seed=seed) as box:
+    with Sandbox(seed=seed, companies=demo_companies(seed, companies)) as box:
         console.print(f"CRM sandbox serving Salesforce and HubSpot on {box.url}")
         env = {
             "PLS_SYNC_WAREHOUSE_URL": f"duckdb:///{DEMO_WAREHOUSE}",
@@ -147,7 +179,8 @@ def run_demo(
             try:
                 adapters = build_adapters(settings)
                 first = run_sync(
-                    adapters, settings.scoring,
+                    adapters,
+                    settings.scoring,
                     RunOptions(as_of=as_of, command="demo", plans_dir=settings.plans_dir),
                     batch_sizes=batch_sizes,
                 )
@@ -155,7 +188,8 @@ def run_demo(
                 first_counts = box.counts()
                 box.reset_counts()
                 second = run_sync(
-                    adapters, settings.scoring,
+                    adapters,
+                    settings.scoring,
                     RunOptions(as_of=as_of, command="demo-rerun", plans_dir=settings.plans_dir),
                     batch_sizes=batch_sizes,
                 )
@@ -174,8 +208,14 @@ def run_demo(
             render_accounts(console, first.scored.results, "Top product accounts")
             for name, destination in adapters.destinations.items():
                 render_crm_accounts(console, destination, adapters.mappings[name])
-            console.print("Sandbox requests, first run: " + ", ".join(f"{k} {v}" for k, v in sorted(first_counts.items())))
-            console.print("Sandbox requests, second run: " + ", ".join(f"{k} {v}" for k, v in sorted(second_counts.items())))
+            console.print(
+                "Sandbox requests, first run: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(first_counts.items()))
+            )
+            console.print(
+                "Sandbox requests, second run: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(second_counts.items()))
+            )
     took = time.perf_counter() - started
     console.print(
         f"Demo finished in {took:.1f} s at {datetime.now(UTC):%H:%M:%S} UTC. State store: {DEMO_STATE}; "

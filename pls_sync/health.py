@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from pls_sync.config import Settings
 from pls_sync.ports import RunRecord
 
+HEARTBEAT_FRESH_SECONDS = 300  # the scheduler beats every 60 s
+
 
 @dataclass(slots=True)
 class HealthReport:
@@ -41,7 +43,12 @@ def check_health(
     """Healthy unless there is no run, the last run failed, or the next run is overdue."""
     runs: list[RunRecord] = store.recent_runs(limit)  # type: ignore[attr-defined]
     report = HealthReport(healthy=True)
+    beat = getattr(store, "last_heartbeat", lambda _name: None)("scheduler")
     if not runs:
+        # A scheduler that just started has no run yet: healthy while its heartbeat is fresh.
+        if beat is not None and now - beat[0] <= timedelta(seconds=HEARTBEAT_FRESH_SECONDS):
+            report.lines.append(f"No runs yet; scheduler alive (heartbeat {beat[0].isoformat()}).")
+            return report
         report.healthy = False
         report.lines.append("No runs recorded yet.")
         return report
@@ -49,13 +56,24 @@ def check_health(
         written = sum(
             int(d.get("records_written", 0)) for d in run.summary.get("destinations", {}).values()
         )
-        rejected = sum(int(d.get("rejected", 0)) for d in run.summary.get("destinations", {}).values())
+        rejected = sum(
+            int(d.get("rejected", 0)) for d in run.summary.get("destinations", {}).values()
+        )
         took = (
             f"{(run.finished_at - run.started_at).total_seconds():.1f}s" if run.finished_at else "-"
         )
         report.lines.append(
             f"{run.started_at.isoformat()}  {run.command:<8} {run.status:<10} {took:>8}  "
-            f"written {written}, rejected {rejected}" + (f"  error: {run.error}" if run.error else "")
+            f"written {written}, rejected {rejected}"
+            + (f"  error: {run.error}" if run.error else "")
+        )
+    if beat is not None:
+        at, detail = beat
+        nexts = ", ".join(
+            f"{job} at {when}" for job, when in (detail or {}).get("next_runs", {}).items()
+        )
+        report.lines.append(
+            f"Scheduler heartbeat {at.isoformat()}" + (f"; next: {nexts}" if nexts else "")
         )
     last = runs[0]
     if last.status in ("failed",):

@@ -99,7 +99,9 @@ def _parse_datetime(text: str) -> datetime | None:
         return None
 
 
-def canonical(value: Any, spec: FieldSpec, *, join: str = "; ", max_length: int | None = None) -> Any:
+def canonical(
+    value: Any, spec: FieldSpec, *, join: str = "; ", max_length: int | None = None
+) -> Any:
     """Bring a value (desired or read from the CRM) to the canonical form of its field type.
 
     Empty text and ``None`` are both "no value". Numbers are rounded to the field's scale,

@@ -32,7 +32,9 @@ def render_summary(console: Console, summary: Mapping[str, Any]) -> None:
         f"held back by the age guard {sc.get('guarded_by_age', 0)}"
     )
     for name, dest in summary.get("destinations", {}).items():
-        table = Table(title=f"{name}: {dest.get('status')}", show_header=False, title_justify="left")
+        table = Table(
+            title=f"{name}: {dest.get('status')}", show_header=False, title_justify="left"
+        )
         table.add_column("what")
         table.add_column("value")
         if dest.get("error"):
@@ -85,7 +87,9 @@ def render_summary(console: Console, summary: Mapping[str, Any]) -> None:
 
 def render_plan(console: Console, plan: Plan, limit: int = 15) -> None:
     """Print the first changes of a plan as a diff table."""
-    table = Table(title=f"{plan.destination} {plan.object}: first {limit} of {len(plan.changes)} changes")
+    table = Table(
+        title=f"{plan.destination} {plan.object}: first {limit} of {len(plan.changes)} changes"
+    )
     table.add_column("record")
     table.add_column("account")
     table.add_column("field")
@@ -101,7 +105,9 @@ def render_plan(console: Console, plan: Plan, limit: int = 15) -> None:
     console.print(table)
 
 
-def render_accounts(console: Console, results: Iterable[AccountResult], title: str, limit: int = 15) -> None:
+def render_accounts(
+    console: Console, results: Iterable[AccountResult], title: str, limit: int = 15
+) -> None:
     """The top accounts as a rep sees them: score, tier, signals."""
     table = Table(title=title)
     for column in ("account", "score", "tier", "change", "signals"):

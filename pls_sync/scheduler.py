@@ -63,7 +63,10 @@ class SyncScheduler:
             self.scheduler.add_job(
                 self._run,
                 CronTrigger.from_crontab(job.cron, timezone=settings.schedule.timezone),
-                args=(job.name, tuple(job.destinations) if getattr(job, "destinations", None) else None),
+                args=(
+                    job.name,
+                    job.destinations or None,
+                ),
                 id=job.name,
                 name=job.name,
                 coalesce=True,
@@ -114,12 +117,21 @@ class SyncScheduler:
             for job in self.settings.schedule.jobs:
                 if self.stopping.is_set():
                     break
-                self._run(job.name, tuple(job.destinations) if getattr(job, "destinations", None) else None)
+                self._run(
+                    job.name,
+                    job.destinations or None,
+                )
             self.scheduler.resume()
         while not self.stopping.wait(self.heartbeat_seconds):
             if self.heartbeat is not None:
                 try:
-                    self.heartbeat({"next_runs": self.next_runs(), "runs": self.runs, "failures": self.failures})
+                    self.heartbeat(
+                        {
+                            "next_runs": self.next_runs(),
+                            "runs": self.runs,
+                            "failures": self.failures,
+                        }
+                    )
                 except Exception as exc:  # a missed heartbeat must not stop the scheduler
                     log.warning("heartbeat_failed", error=str(exc))
         # wait=True: a run in progress finishes its work (and its state commit) before we exit.

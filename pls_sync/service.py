@@ -142,7 +142,9 @@ class RunLock:
     def renew(self) -> None:
         """Extend the lease; raise when it was lost (another run took it over)."""
         if not self.state.renew_lock(self.name, self.owner, self.lease):
-            raise RunLockedError(f"lost the lock {self.name!r}: the lease ran out", code="lock_lost")
+            raise RunLockedError(
+                f"lost the lock {self.name!r}: the lease ran out", code="lock_lost"
+            )
 
     def release(self) -> None:
         """Give the lock back."""
@@ -214,7 +216,12 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
             rejected=len(write.rejected),
             rejection_reasons=dict(reasons.most_common()),
             rejections=[
-                {"record_id": r.record_id, "code": r.code, "message": r.message, "fields": list(r.fields)}
+                {
+                    "record_id": r.record_id,
+                    "code": r.code,
+                    "message": r.message,
+                    "fields": list(r.fields),
+                }
                 for r in write.rejected[:20]
             ],
             not_attempted=len(write.not_attempted),
@@ -244,9 +251,13 @@ def sync_destination(
         outcome.name = name
         outcome.specs = specs
         assert outcome.report is not None
-        log.info("crm_read", destination=name, records=len(outcome.records), **outcome.report.counts())
+        log.info(
+            "crm_read", destination=name, records=len(outcome.records), **outcome.report.counts()
+        )
         with timer.stage(f"{name}.plan"):
-            outcome.plan = plan_changes(scored.results, outcome.report, outcome.records, mapping, specs)
+            outcome.plan = plan_changes(
+                scored.results, outcome.report, outcome.records, mapping, specs
+            )
         log.info(
             "planned",
             destination=name,
@@ -425,10 +436,14 @@ def run_sync(
             outcomes[name] = sync_destination(
                 name, destination, adapters.mappings[name], scored, state, options, timer
             )
-        summary = build_summary(options, scored, outcomes, timer, adapters, batch_sizes or {}, model)
+        summary = build_summary(
+            options, scored, outcomes, timer, adapters, batch_sizes or {}, model
+        )
         if options.plans_dir is not None:
             plans = [o.plan for o in outcomes.values() if o.plan is not None]
-            summary["plan_file"] = str(save_plan(options.plans_dir, options.run_id, plans, options.as_of))
+            summary["plan_file"] = str(
+                save_plan(options.plans_dir, options.run_id, plans, options.as_of)
+            )
         status = run_status(outcomes, adapters)
         summary["status"] = status
         summary["duration_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 3)

@@ -9,10 +9,15 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Tests never see the developer's CRM credentials or secrets folder."""
     for name in list(os.environ):
-        if name.startswith(("SALESFORCE_", "HUBSPOT_", "PLS_SYNC_")) and name != "PLS_SYNC_TEST_POSTGRES_URL":
+        if (
+            name.startswith(("SALESFORCE_", "HUBSPOT_", "PLS_SYNC_"))
+            and name != "PLS_SYNC_TEST_POSTGRES_URL"
+        ):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PLS_SYNC_SECRETS_DIR", str(tmp_path_factory.mktemp("no-secrets")))
 

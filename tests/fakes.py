@@ -41,7 +41,13 @@ class FakeCrm:
     ``fail_with`` makes every call raise that error.
     """
 
-    def __init__(self, name: str, specs: Mapping[str, FieldSpec], records: Iterable[CrmRecord], batch_size: int = 200):
+    def __init__(
+        self,
+        name: str,
+        specs: Mapping[str, FieldSpec],
+        records: Iterable[CrmRecord],
+        batch_size: int = 200,
+    ):
         self.name = name
         self.specs = dict(specs)
         self.records = {r.id: r for r in records}
@@ -72,7 +78,12 @@ class FakeCrm:
                 code = self.reject.get(change.record_id)
                 if code:
                     result.rejected.append(
-                        RecordRejection(change.record_id, code, f"{code} on {change.record_id}", tuple(change.fields))
+                        RecordRejection(
+                            change.record_id,
+                            code,
+                            f"{code} on {change.record_id}",
+                            tuple(change.fields),
+                        )
                     )
                     continue
                 record = self.records[change.record_id]
@@ -106,10 +117,22 @@ class FakeState:
         self._check()
         self.runs[run_id] = RunRecord(run_id, command, started_at)
 
-    def finish_run(self, run_id: str, status: str, finished_at: datetime, summary: Mapping[str, Any], error: str | None = None) -> None:
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        finished_at: datetime,
+        summary: Mapping[str, Any],
+        error: str | None = None,
+    ) -> None:
         self._check()
         run = self.runs[run_id]
-        run.status, run.finished_at, run.summary, run.error = status, finished_at, dict(summary), error
+        run.status, run.finished_at, run.summary, run.error = (
+            status,
+            finished_at,
+            dict(summary),
+            error,
+        )
 
     def recent_runs(self, limit: int = 10) -> list[RunRecord]:
         return sorted(self.runs.values(), key=lambda r: r.started_at, reverse=True)[:limit]
@@ -118,18 +141,29 @@ class FakeState:
         self._check()
         return dict(self.states)
 
-    def save_account_states(self, run_id: str, states: Iterable[AccountState], transitions: Iterable[TierTransition]) -> None:
+    def save_account_states(
+        self, run_id: str, states: Iterable[AccountState], transitions: Iterable[TierTransition]
+    ) -> None:
         for state in states:
             self.states[state.key] = state
             self.history.append((state.key, run_id, state.score))
         self.transitions.extend(transitions)
 
-    def record_rejections(self, run_id: str, destination: str, rejections: Iterable[RecordRejection], at: datetime) -> None:
+    def record_rejections(
+        self, run_id: str, destination: str, rejections: Iterable[RecordRejection], at: datetime
+    ) -> None:
         for r in rejections:
             old = self.rejections.get((destination, r.record_id))
             self.rejections[(destination, r.record_id)] = StoredRejection(
-                destination, r.record_id, r.code, r.message, r.fields,
-                old.first_seen_at if old else at, at, (old.attempts if old else 0) + 1, run_id,
+                destination,
+                r.record_id,
+                r.code,
+                r.message,
+                r.fields,
+                old.first_seen_at if old else at,
+                at,
+                (old.attempts if old else 0) + 1,
+                run_id,
             )
 
     def resolve_rejections(self, destination: str, record_ids: Iterable[str]) -> None:
@@ -139,7 +173,9 @@ class FakeState:
     def open_rejections(self, destination: str | None = None) -> list[StoredRejection]:
         return [r for (d, _), r in self.rejections.items() if destination in (None, d)]
 
-    def acquire_lock(self, name: str, owner: str, lease_seconds: float, now: datetime | None = None) -> bool:
+    def acquire_lock(
+        self, name: str, owner: str, lease_seconds: float, now: datetime | None = None
+    ) -> bool:
         now = now or datetime.now(UTC)
         holder = self.locks.get(name)
         if holder and holder[0] != owner and holder[1] > now:
@@ -147,7 +183,9 @@ class FakeState:
         self.locks[name] = (owner, now + timedelta(seconds=lease_seconds))
         return True
 
-    def renew_lock(self, name: str, owner: str, lease_seconds: float, now: datetime | None = None) -> bool:
+    def renew_lock(
+        self, name: str, owner: str, lease_seconds: float, now: datetime | None = None
+    ) -> bool:
         holder = self.locks.get(name)
         if not holder or holder[0] != owner:
             return False

@@ -57,7 +57,9 @@ class Response:
         if isinstance(self.body, bytes):
             return self.body, self.headers.get("Content-Type", "application/octet-stream")
         if isinstance(self.body, str):
-            return self.body.encode("utf-8"), self.headers.get("Content-Type", "text/plain; charset=utf-8")
+            return self.body.encode("utf-8"), self.headers.get(
+                "Content-Type", "text/plain; charset=utf-8"
+            )
         return (
             json.dumps(self.body, default=str).encode("utf-8"),
             self.headers.get("Content-Type", "application/json;charset=UTF-8"),

@@ -1,0 +1,809 @@
+"""The HubSpot destination: company properties read and written through hubspot-api-client.
+
+Reads page through ``GET /crm/v3/objects/companies`` at the maximum page size (100); writes go
+through batch update, 100 inputs a request, and a 207 multi-status answer is parsed record by
+record so one bad record never fails its batch. A whole batch refused with a 400
+VALIDATION_ERROR is split in halves until the bad records are isolated.
+
+Requests are paced client-side to the portal's ten-second allowance, tightened by the
+``X-HubSpot-RateLimit-*`` headers. urllib3's own retries are switched off (it leaves POST out
+anyway): ``call_with_retries`` owns every retry, honouring Retry-After. A daily-limit 429 stops
+the writes cleanly; what was not written is reported as ``not_attempted`` for the next run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import structlog
+import urllib3
+from hubspot import HubSpot
+from hubspot.crm.companies import (
+    BatchInputSimplePublicObjectBatchInput,
+    Filter,
+    FilterGroup,
+    PublicObjectSearchRequest,
+    SimplePublicObjectBatchInput,
+)
+from hubspot.crm.companies.exceptions import ApiException as CompaniesApiException
+from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
+
+from connectors.credentials import get_secret
+from connectors.retrying import call_with_retries
+from pls_sync.domains import split_domain_values
+from pls_sync.errors import (
+    AuthError,
+    FatalError,
+    PlsSyncError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RetriableError,
+    redact,
+)
+from pls_sync.logs import register_secret
+from pls_sync.mapping import DestinationMapping
+from pls_sync.models import (
+    CrmRecord,
+    FieldSpec,
+    FieldType,
+    RecordChange,
+    RecordRejection,
+    WriteResult,
+)
+from pls_sync.planning import truncate
+
+T = TypeVar("T")
+
+log = structlog.get_logger("pls_sync.hubspot")
+
+TOKEN_VARIABLE = "HUBSPOT_ACCESS_TOKEN"
+BASE_URL_VARIABLE = "HUBSPOT_BASE_URL"
+BATCH_MAX = 100
+PAGE_SIZE = 100
+SEARCH_PAGE_SIZE = 200
+SEARCH_RESULT_CAP = 10_000
+WINDOW_SECONDS = 10.0
+# HubSpot string properties hold at most 65,536 characters.
+STRING_MAX = 65_536
+READ_PROPERTIES = (
+    "domain",
+    "hs_additional_domains",
+    "name",
+    "hs_lastmodifieddate",
+    "hs_parent_company_id",
+    "hubspot_owner_id",
+)
+SUPPORTED_OBJECTS = ("companies",)
+
+_API_EXCEPTIONS: tuple[type[Exception], ...] = (CompaniesApiException, PropertiesApiException)
+_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class HubSpotValidationError(FatalError):
+    """HubSpot refused a request as invalid (HTTP 400, category VALIDATION_ERROR).
+
+    ``details`` are the per-property errors HubSpot listed in its message, when it did:
+    ``{"name": ..., "error": "INVALID_OPTION", "message": ...}``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "VALIDATION_ERROR",
+        details: Sequence[Mapping[str, Any]] = (),
+    ):
+        super().__init__(message, code=code)
+        self.details = list(details)
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+class RequestPacer:
+    """At most ``limit`` requests in any ten-second window, tightened by HubSpot's headers.
+
+    HubSpot's allowance is shared by every app on the portal: when the headers say more of the
+    window is used than this client sent, the difference is counted here too.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        window: float = WINDOW_SECONDS,
+    ):
+        self.configured = max(1, limit)
+        self.limit = self.configured
+        self.window = window
+        self.waited = 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self._sent and now - self._sent[0] >= self.window:
+            self._sent.popleft()
+
+    def acquire(self) -> None:
+        """Wait until one more request fits in the window, then count it."""
+        while True:
+            now = self._clock()
+            self._expire(now)
+            if len(self._sent) < self.limit:
+                self._sent.append(now)
+                return
+            delay = self._sent[0] + self.window - now
+            self._sleep(delay)
+            self.waited += delay
+            if self._clock() <= now:
+                # A sleep that does not move the clock (a test double) must still make progress.
+                self._sent.popleft()
+
+    def observe(self, maximum: int | None, remaining: int | None) -> None:
+        """Take in ``X-HubSpot-RateLimit-Max`` and ``-Remaining`` from a response."""
+        if maximum is not None and maximum > 0:
+            self.limit = max(1, min(self.configured, maximum))
+        if maximum is not None and remaining is not None:
+            used = min(maximum - remaining, self.limit)
+            now = self._clock()
+            self._expire(now)
+            while len(self._sent) < used:
+                self._sent.append(now)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _number_text(value: float | int | Decimal) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return ""
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        value = Decimal(repr(value))
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def _iso_utc(moment: datetime) -> str:
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def format_value(value: Any, spec: FieldSpec | None = None) -> str:
+    """A canonical value in the text HubSpot wants for the property.
+
+    ``None`` is ``""`` (clears); numbers are plain decimals (``42``, not ``42.0``); booleans are
+    ``true``/``false``; DATE properties get ``YYYY-MM-DD`` (midnight UTC), DATETIME properties
+    ISO 8601 UTC with milliseconds; lists are joined with ``"; "`` (``;`` for multi-checkboxes);
+    text is cut to the property's length when it is known.
+    """
+    kind = spec.type if spec is not None else None
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        if kind is FieldType.DATE:
+            moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            return moment.date().isoformat()
+        return _iso_utc(value)
+    if isinstance(value, date):
+        if kind is FieldType.DATETIME:
+            return f"{value.isoformat()}T00:00:00.000Z"
+        return value.isoformat()
+    if isinstance(value, (int, float, Decimal)):
+        return _number_text(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        separator = ";" if kind is FieldType.MULTIPICKLIST else "; "
+        text = separator.join(
+            format_value(item) for item in value if item is not None and item != ""
+        )
+    else:
+        text = str(value)
+    if spec is not None and spec.length and kind in (FieldType.STRING, FieldType.TEXTAREA):
+        text = truncate(text, spec.length)
+    return text
+
+
+def field_spec(prop: Any) -> FieldSpec:
+    """A HubSpot property definition (``hubspot.crm.properties.Property``) as a ``FieldSpec``."""
+    kind = str(prop.type or "")
+    field_type = str(prop.field_type or "")
+    options: tuple[str, ...] = ()
+    length: int | None = None
+    if prop.name == "hs_object_id":
+        mapped = FieldType.ID
+    elif kind == "number":
+        mapped = FieldType.NUMBER
+    elif kind in ("string", "phone_number"):
+        mapped = FieldType.TEXTAREA if field_type in ("textarea", "html") else FieldType.STRING
+        length = STRING_MAX
+    elif kind == "enumeration":
+        if field_type == "booleancheckbox":
+            mapped = FieldType.BOOLEAN
+        else:
+            mapped = FieldType.MULTIPICKLIST if field_type == "checkbox" else FieldType.PICKLIST
+            options = tuple(
+                str(o.value) for o in prop.options or [] if not getattr(o, "hidden", False)
+            )
+    elif kind == "bool":
+        mapped = FieldType.BOOLEAN
+    elif kind == "date":
+        mapped = FieldType.DATE
+    elif kind == "datetime":
+        mapped = FieldType.DATETIME
+    else:
+        mapped = FieldType.OTHER
+    metadata = prop.modification_metadata
+    read_only = bool(metadata.read_only_value) if metadata is not None else False
+    return FieldSpec(
+        name=str(prop.name),
+        type=mapped,
+        length=length,
+        updateable=not read_only and not bool(prop.calculated),
+        label=prop.label,
+        picklist_values=options,
+    )
+
+
+def _parse_datetime(text: Any) -> datetime | None:
+    if isinstance(text, datetime):
+        return text if text.tzinfo else text.replace(tzinfo=UTC)
+    if not text or not isinstance(text, str):
+        return None
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _json_body(body: Any) -> dict[str, Any]:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body:
+        return {}
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _lower_headers(headers: Any) -> dict[str, str]:
+    if not headers:
+        return {}
+    return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def property_errors(message: str) -> list[dict[str, Any]]:
+    """The per-property errors inside "Property values were not valid: [...]"."""
+    start = message.find("[")
+    if "not valid" not in message or start < 0:
+        return []
+    try:
+        parsed = json.loads(message[start:])
+    except ValueError:
+        return []
+    return [item for item in parsed if isinstance(item, dict)] if isinstance(parsed, list) else []
+
+
+def _readable(message: str) -> str:
+    details = property_errors(message)
+    if not details:
+        return message
+    return "; ".join(f"{d.get('name', '?')}: {d.get('message') or d.get('error')}" for d in details)
+
+
+def translate_api_error(exc: Exception, secrets: Sequence[str] = ()) -> PlsSyncError:
+    """Turn a hubspot-api-client ``ApiException`` (any API package) into the project's errors.
+
+    401 -> ``AuthError``; 403 -> ``AuthError`` (missing scopes); 429 DAILY ->
+    ``QuotaExhaustedError``; other 429 -> ``RateLimitedError`` with Retry-After; 5xx and
+    status 0 (TLS, transport) -> ``RetriableError``; 400 VALIDATION_ERROR ->
+    ``HubSpotValidationError``; anything else -> ``FatalError``. No message carries a token.
+    """
+    status = int(getattr(exc, "status", 0) or 0)
+    body = _json_body(getattr(exc, "body", None))
+    headers = _lower_headers(getattr(exc, "headers", None))
+    category = str(body.get("category") or body.get("errorType") or "")
+    raw_message = str(body.get("message") or getattr(exc, "reason", "") or "")
+    message = redact(raw_message, list(secrets))
+    if status == 401:
+        return AuthError(
+            f"HubSpot rejected the access token (401 {category or 'INVALID_AUTHENTICATION'}); "
+            f"check {TOKEN_VARIABLE}",
+            code=category or "INVALID_AUTHENTICATION",
+        )
+    if status == 403:
+        return AuthError(
+            f"HubSpot refused access (403 {category or 'FORBIDDEN'}): {message}",
+            code=category or "FORBIDDEN",
+        )
+    if status == 429:
+        policy = str(body.get("policyName") or "")
+        if policy == "DAILY":
+            return QuotaExhaustedError(
+                "HubSpot daily API limit reached (429 DAILY); the rest waits for the next run",
+                code="DAILY",
+            )
+        # Without a Retry-After, a second is a fair guess inside a ten-second window.
+        return RateLimitedError(
+            f"HubSpot rate limit reached (429 {policy or 'TEN_SECONDLY_ROLLING'})",
+            retry_after=_retry_after(headers) or 1.0,
+            code=policy or "TEN_SECONDLY_ROLLING",
+        )
+    if status == 0 or status >= 500 or status == 408:
+        return RetriableError(
+            f"HubSpot answered {status or 'no status'}: {message[:300]}",
+            retry_after=_retry_after(headers),
+            code=category or str(status),
+        )
+    if status == 400 and category == "VALIDATION_ERROR":
+        return HubSpotValidationError(
+            f"HubSpot refused the request (400 VALIDATION_ERROR): {_readable(message)[:500]}",
+            details=property_errors(raw_message),
+        )
+    return FatalError(
+        f"HubSpot answered {status} {category}: {message[:500]}".strip(),
+        code=category or str(status),
+    )
+
+
+def _error_code(error: Any) -> str:
+    sub = getattr(error, "sub_category", None)
+    if isinstance(sub, str) and sub:
+        return sub
+    for detail in getattr(error, "errors", None) or []:
+        code = getattr(detail, "code", None)
+        if code:
+            return str(code)
+    details = property_errors(str(getattr(error, "message", "") or ""))
+    if details and details[0].get("error"):
+        return str(details[0]["error"])
+    return str(getattr(error, "category", None) or "ERROR")
+
+
+def _error_fields(error: Any) -> tuple[str, ...]:
+    context = getattr(error, "context", None) or {}
+    names = list(context.get("propertyName") or [])
+    if not names:
+        for detail in getattr(error, "errors", None) or []:
+            names.extend((getattr(detail, "context", None) or {}).get("propertyName") or [])
+    if not names:
+        names = [
+            str(d["name"])
+            for d in property_errors(str(getattr(error, "message", "") or ""))
+            if d.get("name")
+        ]
+    return tuple(dict.fromkeys(str(n) for n in names))
+
+
+# --------------------------------------------------------------------------- the destination
+
+
+class HubSpotDestination:
+    """``CrmDestination`` for HubSpot companies, on hubspot-api-client (CRM v3)."""
+
+    name = "hubspot"
+
+    def __init__(
+        self,
+        access_token: str,
+        *,
+        base_url: str | None = None,
+        batch_size: int = BATCH_MAX,
+        requests_per_10s: int = 100,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        attempts: int = 5,
+        timeout: tuple[float, float] = (10.0, 60.0),
+    ):
+        if not access_token:
+            raise AuthError(
+                f"HubSpot access token missing: set {TOKEN_VARIABLE}", code="MISSING_CREDENTIALS"
+            )
+        register_secret(access_token)
+        self._token = access_token
+        self.batch_size = max(1, min(int(batch_size), BATCH_MAX))
+        self._sleep = sleep
+        self._attempts = attempts
+        self._timeout = timeout
+        self.pacer = RequestPacer(requests_per_10s, clock=clock, sleep=self._sleep)
+        self._calls: dict[str, int] = {"read": 0, "write": 0, "describe": 0}
+        self._daily_remaining: int | None = None
+        self._daily_limit: int | None = None
+        options: dict[str, Any] = {"access_token": access_token, "retry": False}
+        if base_url:
+            options["host"] = base_url.rstrip("/")
+        client = HubSpot(**options)
+        # Every attribute access builds a new ApiClient and connection pool: build each API once.
+        self._companies_basic = client.crm.companies.basic_api
+        self._companies_batch = client.crm.companies.batch_api
+        self._companies_search = client.crm.companies.search_api
+        self._properties = client.crm.properties.core_api
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        base_url: str | None = None,
+        batch_size: int = BATCH_MAX,
+        requests_per_10s: int = 100,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> HubSpotDestination:
+        """Build from ``HUBSPOT_ACCESS_TOKEN`` (environment or secrets dir) and ``HUBSPOT_BASE_URL``."""
+        source = os.environ if env is None else env
+        token = get_secret(TOKEN_VARIABLE, source)
+        if not token:
+            raise AuthError(
+                f"HubSpot access token missing: set {TOKEN_VARIABLE} "
+                f"(or the secret file {TOKEN_VARIABLE.lower()})",
+                code="MISSING_CREDENTIALS",
+            )
+        return cls(
+            token,
+            base_url=base_url or source.get(BASE_URL_VARIABLE) or None,
+            batch_size=batch_size,
+            requests_per_10s=requests_per_10s,
+            sleep=sleep,
+            clock=clock,
+        )
+
+    # ----------------------------------------------------------------- port
+
+    def api_calls(self) -> dict[str, int]:
+        """HTTP requests made so far by kind: ``read``, ``write``, ``describe`` (retries included)."""
+        return dict(self._calls)
+
+    def daily_api_remaining(self) -> int | None:
+        """``X-HubSpot-RateLimit-Daily-Remaining`` from the last response that carried it."""
+        return self._daily_remaining
+
+    def describe(self, object_name: str) -> dict[str, FieldSpec]:
+        """Every property of ``object_name`` (``companies``) as a ``FieldSpec``, by name."""
+        api = self._properties
+        response = self._call(
+            "describe",
+            api,
+            lambda: api.get_all(
+                object_type=object_name, archived=False, _request_timeout=self._timeout
+            ),
+        )
+        specs = [field_spec(prop) for prop in response.results or []]
+        return {spec.name: spec for spec in specs}
+
+    def read_records(self, mapping: DestinationMapping) -> Iterator[CrmRecord]:
+        """Every company with its domains and the mapped properties, 100 a page."""
+        self._check_object(mapping.object)
+        properties = self._read_properties(mapping)
+        api = self._companies_basic
+        after: str | None = None
+        while True:
+            page_after = after
+
+            def fetch(cursor: str | None = page_after) -> Any:
+                kwargs: dict[str, Any] = {
+                    "limit": PAGE_SIZE,
+                    "properties": properties,
+                    "archived": False,
+                }
+                if cursor:
+                    kwargs["after"] = cursor
+                return api.get_page(_request_timeout=self._timeout, **kwargs)
+
+            page = self._call("read", api, fetch)
+            for result in page.results or []:
+                yield self._record(result, mapping)
+            after = page.paging.next.after if page.paging and page.paging.next else None
+            if not after:
+                return
+
+    def read_records_modified_since(
+        self, mapping: DestinationMapping, since: datetime
+    ) -> Iterator[CrmRecord]:
+        """Companies modified at or after ``since``, by search (200 a page).
+
+        The search API stops at 10,000 results: when more match, this falls back to a full read.
+        """
+        self._check_object(mapping.object)
+        properties = self._read_properties(mapping)
+        stamp = since.replace(tzinfo=UTC) if since.tzinfo is None else since
+        millis = str(int(stamp.timestamp() * 1000))
+        api = self._companies_search
+        after: str | None = None
+        while True:
+            request = PublicObjectSearchRequest(
+                filter_groups=[
+                    FilterGroup(
+                        filters=[
+                            Filter(
+                                property_name="hs_lastmodifieddate", operator="GTE", value=millis
+                            )
+                        ]
+                    )
+                ],
+                sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+                properties=properties,
+                limit=SEARCH_PAGE_SIZE,
+                after=after,
+            )
+            page = self._call(
+                "read",
+                api,
+                functools.partial(
+                    api.do_search,
+                    public_object_search_request=request,
+                    _request_timeout=self._timeout,
+                ),
+            )
+            if after is None and (page.total or 0) > SEARCH_RESULT_CAP:
+                log.info(
+                    "hubspot_search_cap",
+                    matched=page.total,
+                    cap=SEARCH_RESULT_CAP,
+                    action="full read instead",
+                )
+                yield from self.read_records(mapping)
+                return
+            for result in page.results or []:
+                yield self._record(result, mapping)
+            after = page.paging.next.after if page.paging and page.paging.next else None
+            if not after:
+                return
+
+    def write(
+        self,
+        object_name: str,
+        changes: Sequence[RecordChange],
+        specs: Mapping[str, FieldSpec],
+    ) -> WriteResult:
+        """Batch-update changed properties, 100 companies a request; rejections per record.
+
+        A daily-limit 429, or a batch that still fails after its retries, stops writing: that
+        batch and every later record go to ``not_attempted`` for the next run. Auth and other
+        fatal errors raise.
+        """
+        self._check_object(object_name)
+        result = WriteResult(method="batch_update")
+        started = self._calls["write"]
+        batches = [
+            list(changes[i : i + self.batch_size]) for i in range(0, len(changes), self.batch_size)
+        ]
+        try:
+            for index, batch in enumerate(batches):
+                try:
+                    self._write_batch(batch, specs, result)
+                except (QuotaExhaustedError, RetriableError) as exc:
+                    settled = set(result.written) | {r.record_id for r in result.rejected}
+                    result.not_attempted.extend(
+                        change.record_id
+                        for pending in batches[index:]
+                        for change in pending
+                        if change.record_id not in settled
+                    )
+                    log.warning(
+                        "hubspot_write_stopped",
+                        reason="daily_limit" if isinstance(exc, QuotaExhaustedError) else "retries",
+                        error=str(exc),
+                        written=len(result.written),
+                        not_attempted=len(result.not_attempted),
+                    )
+                    break
+        finally:
+            result.calls = self._calls["write"] - started
+        return result
+
+    # ----------------------------------------------------------------- writing
+
+    def _write_batch(
+        self, batch: list[RecordChange], specs: Mapping[str, FieldSpec], result: WriteResult
+    ) -> None:
+        api = self._companies_batch
+        inputs = [
+            SimplePublicObjectBatchInput(
+                id=change.record_id,
+                properties={
+                    name: format_value(value, specs.get(name))
+                    for name, value in change.fields.items()
+                },
+            )
+            for change in batch
+        ]
+        body = BatchInputSimplePublicObjectBatchInput(inputs=inputs)
+        try:
+            response = self._call(
+                "write", api, lambda: api.update(body, _request_timeout=self._timeout)
+            )
+        except HubSpotValidationError as exc:
+            if len(batch) == 1:
+                result.rejected.append(self._whole_request_rejection(batch[0], exc))
+                return
+            # HubSpot does not say which input was invalid: halve the batch until it is found.
+            middle = len(batch) // 2
+            log.warning(
+                "hubspot_batch_refused",
+                records=len(batch),
+                error=str(exc),
+                action="splitting the batch to isolate invalid records",
+            )
+            self._write_batch(batch[:middle], specs, result)
+            self._write_batch(batch[middle:], specs, result)
+            return
+        self._collect(batch, response, result)
+
+    @staticmethod
+    def _whole_request_rejection(
+        change: RecordChange, exc: HubSpotValidationError
+    ) -> RecordRejection:
+        details = exc.details
+        code = (
+            str(details[0].get("error"))
+            if details and details[0].get("error")
+            else exc.code or "VALIDATION_ERROR"
+        )
+        fields = tuple(dict.fromkeys(str(d["name"]) for d in details if d.get("name")))
+        return RecordRejection(
+            record_id=change.record_id, code=code, message=str(exc), fields=fields
+        )
+
+    @staticmethod
+    def _collect(batch: list[RecordChange], response: Any, result: WriteResult) -> None:
+        """Record by record: results are written, each error's context ids are rejected."""
+        sent = [change.record_id for change in batch]
+        sent_set = set(sent)
+        rejected: set[str] = set()
+        for error in getattr(response, "errors", None) or []:
+            context = getattr(error, "context", None) or {}
+            code = _error_code(error)
+            message = f"{error.category}: {_readable(str(error.message or ''))}"
+            fields = _error_fields(error)
+            for record_id in context.get("ids") or []:
+                record_id = str(record_id)
+                if record_id in sent_set and record_id not in rejected:
+                    rejected.add(record_id)
+                    result.rejected.append(
+                        RecordRejection(
+                            record_id=record_id, code=code, message=message, fields=fields
+                        )
+                    )
+        written = {str(item.id) for item in response.results or []}
+        for record_id in sent:
+            if record_id in rejected:
+                continue
+            if record_id in written:
+                result.written.append(record_id)
+            else:
+                result.rejected.append(
+                    RecordRejection(
+                        record_id=record_id,
+                        code="NO_RESULT",
+                        message="HubSpot returned neither a result nor an error for this record",
+                        retriable=True,
+                    )
+                )
+
+    # ----------------------------------------------------------------- plumbing
+
+    @staticmethod
+    def _check_object(object_name: str) -> None:
+        if object_name not in SUPPORTED_OBJECTS:
+            raise FatalError(
+                f"HubSpot object {object_name!r} is not supported; map to {', '.join(SUPPORTED_OBJECTS)}",
+                code="UNSUPPORTED_OBJECT",
+            )
+
+    @staticmethod
+    def _read_properties(mapping: DestinationMapping) -> list[str]:
+        names = [*READ_PROPERTIES, *mapping.match.domain_fields, *mapping.targets]
+        return list(dict.fromkeys(names))
+
+    @staticmethod
+    def _record(result: Any, mapping: DestinationMapping) -> CrmRecord:
+        props: Mapping[str, Any] = result.properties or {}
+        domains: list[str] = []
+        for name in mapping.match.domain_fields:
+            domains.extend(split_domain_values(props.get(name)))
+        last_modified = _parse_datetime(props.get("hs_lastmodifieddate")) or _parse_datetime(
+            getattr(result, "updated_at", None)
+        )
+        return CrmRecord(
+            id=str(result.id),
+            domain_values=tuple(domains),
+            fields={target: props.get(target) for target in mapping.targets},
+            name=props.get("name") or None,
+            last_modified=last_modified,
+            parent_id=props.get("hs_parent_company_id") or None,
+            owner_id=props.get("hubspot_owner_id") or None,
+        )
+
+    def _call(self, kind: str, api: Any, invoke: Callable[[], T]) -> T:
+        """One API call: paced, counted, translated, retried when the error is transient."""
+
+        def attempt() -> T:
+            self.pacer.acquire()
+            self._calls[kind] += 1
+            try:
+                value = invoke()
+            except _API_EXCEPTIONS as exc:
+                status = int(getattr(exc, "status", 0) or 0)
+                self._observe(getattr(exc, "headers", None), track_window=status != 429)
+                raise translate_api_error(exc, [self._token]) from None
+            except _TRANSPORT_ERRORS as exc:
+                raise RetriableError(
+                    redact(f"HubSpot unreachable: {type(exc).__name__}: {exc}", [self._token]),
+                    code="TRANSPORT",
+                ) from None
+            last = getattr(api.api_client, "last_response", None)
+            if last is not None:
+                self._observe(last.getheaders(), track_window=True)
+            return value
+
+        def on_retry(error: RetriableError, attempt_number: int, wait: float) -> None:
+            log.warning(
+                "hubspot_retry",
+                kind=kind,
+                attempt=attempt_number,
+                wait_seconds=round(wait, 2),
+                error=str(error),
+                code=error.code,
+            )
+
+        return call_with_retries(
+            attempt, attempts=self._attempts, sleep=self._sleep, on_retry=on_retry
+        )
+
+    def _observe(self, headers: Any, *, track_window: bool) -> None:
+        values = _lower_headers(headers)
+
+        def number(name: str) -> int | None:
+            try:
+                return int(values[name])
+            except (KeyError, ValueError):
+                return None
+
+        daily_remaining = number("x-hubspot-ratelimit-daily-remaining")
+        if daily_remaining is not None:
+            self._daily_remaining = daily_remaining
+            self._daily_limit = number("x-hubspot-ratelimit-daily")
+        if track_window:
+            self.pacer.observe(
+                number("x-hubspot-ratelimit-max"), number("x-hubspot-ratelimit-remaining")
+            )

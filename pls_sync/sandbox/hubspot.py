@@ -1,0 +1,1691 @@
+"""The sandbox's HubSpot CRM v3 subset: objects, search, batches, properties and rate limits.
+
+Speaks enough of ``api.hubapi.com`` for the unmodified hubspot-api-client to work against it:
+companies, contacts and tasks under ``/crm/v3/objects``, property definitions and groups under
+``/crm/v3/properties``, private-app bearer auth, the ``X-HubSpot-RateLimit-*`` headers with a real
+ten-second sliding window and a daily allowance, and HubSpot's error bodies. Shapes follow
+HubSpot's documented examples; ``tests/sandbox/test_hubspot_api.py`` cites them.
+
+Standard library only. State lives in memory behind one lock; the server may call ``handle``
+from several threads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import math
+import random
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlencode
+
+from pls_sync.sandbox.http import Request, Response
+
+API_PREFIX = "/crm/v3/"
+OBJECT_TYPES = ("companies", "contacts", "tasks")
+LIST_PAGE_MAX = 100
+SEARCH_PAGE_MAX = 200
+SEARCH_RESULT_CAP = 10_000
+BATCH_MAX = 100
+SEARCH_MAX_GROUPS = 5
+SEARCH_MAX_FILTERS_PER_GROUP = 10
+SEARCH_MAX_FILTERS = 25
+WINDOW_MS = 10_000
+DEFAULT_BURST = 100
+DEFAULT_DAILY = 250_000
+PORTAL_ID = 24_681_357
+
+# Task association type ids (HUBSPOT_DEFINED): task -> company 192, task -> contact 204.
+TASK_ASSOCIATIONS = {192: "companies", 204: "contacts"}
+
+# The singular names HubSpot uses in some messages.
+_SINGULAR = {"companies": "COMPANY", "contacts": "CONTACT", "tasks": "TASK"}
+_LASTMODIFIED = {
+    "companies": "hs_lastmodifieddate",
+    "contacts": "lastmodifieddate",
+    "tasks": "hs_lastmodifieddate",
+}
+_CREATED = {"companies": "createdate", "contacts": "createdate", "tasks": "hs_createdate"}
+_DEFAULT_PROPERTIES = {
+    "companies": ("name", "domain"),
+    "contacts": ("firstname", "lastname", "email"),
+    "tasks": ("hs_task_subject", "hs_timestamp"),
+}
+_SEARCHABLE = {
+    "companies": ("name", "domain", "website", "phone"),
+    "contacts": ("firstname", "lastname", "email", "phone", "company"),
+    "tasks": ("hs_task_subject", "hs_task_body"),
+}
+_ID_BASE = {"companies": 9_000_000_000, "contacts": 1_000, "tasks": 70_000_000_000}
+
+LIFECYCLE_STAGES = (
+    ("subscriber", "Subscriber"),
+    ("lead", "Lead"),
+    ("marketingqualifiedlead", "Marketing Qualified Lead"),
+    ("salesqualifiedlead", "Sales Qualified Lead"),
+    ("opportunity", "Opportunity"),
+    ("customer", "Customer"),
+    ("evangelist", "Evangelist"),
+    ("other", "Other"),
+)
+LEAD_STATUSES = (
+    ("NEW", "New"),
+    ("OPEN", "Open"),
+    ("IN_PROGRESS", "In Progress"),
+    ("OPEN_DEAL", "Open Deal"),
+    ("UNQUALIFIED", "Unqualified"),
+    ("ATTEMPTED_TO_CONTACT", "Attempted to Contact"),
+    ("CONNECTED", "Connected"),
+    ("BAD_TIMING", "Bad Timing"),
+)
+BASE_INDUSTRIES = (
+    "COMPUTER_SOFTWARE",
+    "INFORMATION_TECHNOLOGY_AND_SERVICES",
+    "INTERNET",
+    "FINANCIAL_SERVICES",
+    "HOSPITAL_HEALTH_CARE",
+    "RETAIL",
+    "MARKETING_AND_ADVERTISING",
+    "EDUCATION_MANAGEMENT",
+    "LOGISTICS_AND_SUPPLY_CHAIN",
+    "MANUFACTURING",
+)
+PQA_TIERS = (("sales", "Sales"), ("success", "Success"), ("self_serve", "Self-serve"))
+PQA_CHANNELS = (
+    ("usage_pql", "Usage + PQL"),
+    ("usage_mql", "Usage + MQL"),
+    ("mql_only", "MQL only"),
+    ("usage_no_buyer", "Usage, no buyer (ABM)"),
+)
+PQA_MOTIONS = (
+    ("sales", "Sales"),
+    ("success", "Success"),
+    ("abm", "ABM"),
+    ("self_serve", "Self-serve"),
+)
+
+PORTAL_CREATED = "2021-03-01T09:00:00.000Z"
+_SEED_EPOCH = datetime(2025, 6, 1, tzinfo=UTC)
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+# --------------------------------------------------------------------------- time and values
+
+
+def iso_ms(moment: datetime) -> str:
+    """``2026-11-22T10:00:00.000Z``: how HubSpot writes datetimes."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_moment(text: str) -> datetime | None:
+    """A HubSpot datetime value: epoch milliseconds or ISO 8601 (``Z`` or an offset)."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d{1,16}", text):
+        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(round(moment.timestamp() * 1000))
+
+
+def _number_text(number: Decimal) -> str:
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+class PropertyValueError(Exception):
+    """One property value refused, with HubSpot's error code (``INVALID_OPTION``...)."""
+
+    def __init__(self, name: str, code: str, message: str):
+        super().__init__(message)
+        self.name = name
+        self.code = code
+        self.message = message
+
+    def detail(self) -> dict[str, Any]:
+        """The element HubSpot lists inside "Property values were not valid: [...]"."""
+        return {
+            "isValid": False,
+            "message": self.message,
+            "error": self.code,
+            "name": self.name,
+            "localizedErrorMessage": self.message,
+            "portalId": PORTAL_ID,
+        }
+
+
+def normalise_value(definition: dict[str, Any], raw: Any) -> str:
+    """The stored text of ``raw`` for a property, or ``PropertyValueError`` as HubSpot refuses it.
+
+    ``""`` (or null) clears. Numbers come back without trailing zeros, dates as ``YYYY-MM-DD``
+    at midnight UTC, datetimes as ISO 8601 with milliseconds.
+    """
+    name = definition["name"]
+    if raw is None:
+        return ""
+    if isinstance(raw, bool):
+        text = "true" if raw else "false"
+    elif isinstance(raw, (int, float)):
+        text = repr(raw) if isinstance(raw, float) else str(raw)
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        raise PropertyValueError(
+            name, "INVALID_PROPERTY_VALUE", f"{json.dumps(raw)} is not a valid value"
+        )
+    if text == "":
+        return ""
+    kind = definition["type"]
+    if kind == "number":
+        stripped = text.strip()
+        if not _NUMBER.match(stripped):
+            raise PropertyValueError(name, "INVALID_DECIMAL", f"{text} was not a valid number.")
+        try:
+            number = Decimal(stripped)
+        except InvalidOperation:
+            raise PropertyValueError(
+                name, "INVALID_DECIMAL", f"{text} was not a valid number."
+            ) from None
+        if not number.is_finite():
+            raise PropertyValueError(name, "INVALID_DECIMAL", f"{text} was not a valid number.")
+        return _number_text(number)
+    if kind == "enumeration":
+        allowed = [option["value"] for option in definition["options"]]
+        chosen = text.split(";") if definition["fieldType"] == "checkbox" else [text]
+        for value in chosen:
+            if value not in allowed:
+                raise PropertyValueError(
+                    name,
+                    "INVALID_OPTION",
+                    f"{value} was not one of the allowed options: [{', '.join(allowed)}]",
+                )
+        return text
+    if kind == "bool":
+        lowered = text.strip().lower()
+        if lowered not in ("true", "false"):
+            raise PropertyValueError(
+                name, "INVALID_BOOLEAN", f"{text} is not a valid boolean value"
+            )
+        return lowered
+    if kind == "date":
+        stripped = text.strip()
+        if _DAY.match(stripped):
+            try:
+                return date.fromisoformat(stripped).isoformat()
+            except ValueError:
+                pass
+        moment = parse_moment(stripped)
+        if moment is None:
+            raise PropertyValueError(name, "INVALID_DATE", f"{text} is not a valid date")
+        if (moment.hour, moment.minute, moment.second, moment.microsecond) != (0, 0, 0, 0):
+            raise PropertyValueError(
+                name,
+                "INVALID_DATE",
+                f"{text} is at {moment.strftime('%H:%M:%S.%f')[:-3]} UTC, not midnight!",
+            )
+        return moment.date().isoformat()
+    if kind == "datetime":
+        moment = parse_moment(text)
+        if moment is None:
+            raise PropertyValueError(name, "INVALID_DATETIME", f"{text} is not a valid datetime")
+        return iso_ms(moment)
+    return text
+
+
+# --------------------------------------------------------------------------- property definitions
+
+
+def _prop(
+    name: str,
+    label: str,
+    kind: str,
+    field_type: str,
+    group: str,
+    *,
+    options: Iterable[tuple[str, str]] = (),
+    read_only: bool = False,
+    hubspot_defined: bool = True,
+    unique: bool = False,
+    calculated: bool = False,
+    description: str = "",
+) -> dict[str, Any]:
+    return {
+        "updatedAt": PORTAL_CREATED,
+        "createdAt": PORTAL_CREATED,
+        "name": name,
+        "label": label,
+        "type": kind,
+        "fieldType": field_type,
+        "description": description,
+        "groupName": group,
+        "options": [
+            {"label": text, "value": value, "displayOrder": order, "hidden": False}
+            for order, (value, text) in enumerate(options)
+        ],
+        "displayOrder": -1,
+        "calculated": calculated,
+        "externalOptions": False,
+        "hasUniqueValue": unique,
+        "hidden": False,
+        "hubspotDefined": hubspot_defined,
+        "modificationMetadata": {
+            "archivable": not hubspot_defined,
+            "readOnlyDefinition": hubspot_defined,
+            "readOnlyValue": read_only,
+        },
+        "formField": not read_only,
+        "archived": False,
+    }
+
+
+def _industry_value(industry: str) -> str:
+    return re.sub(r"[^A-Z0-9]+", "_", industry.upper()).strip("_") or "OTHER"
+
+
+def _owners() -> list[tuple[str, str]]:
+    """HubSpot owner ids and names of the sandbox's sales reps (the Salesforce seed's users)."""
+    from pls_sync.sandbox.seed import owners
+
+    return [(str(52_650_001 + index), rep["name"]) for index, rep in enumerate(owners())]
+
+
+def default_properties(
+    industries: Iterable[str] = (),
+    mql_property: str = "lifecyclestage",
+    owners: Sequence[tuple[str, str]] = (),
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The portal's property definitions by object type, PQA properties included."""
+    industry_options = [(v, v.replace("_", " ").title()) for v in BASE_INDUSTRIES]
+    for industry in industries:
+        value = _industry_value(industry)
+        if value not in {v for v, _ in industry_options}:
+            industry_options.append((value, industry))
+    owners = list(owners)
+    info = "companyinformation"
+    companies = [
+        _prop("name", "Name", "string", "text", info),
+        _prop("domain", "Company Domain Name", "string", "text", info),
+        _prop("hs_additional_domains", "Additional Domains", "string", "text", info),
+        _prop("website", "Website URL", "string", "text", info),
+        _prop("industry", "Industry", "enumeration", "select", info, options=industry_options),
+        _prop("numberofemployees", "Number of Employees", "number", "number", info),
+        _prop("annualrevenue", "Annual Revenue", "number", "number", info),
+        _prop("city", "City", "string", "text", info),
+        _prop("country", "Country/Region", "string", "text", info),
+        _prop("phone", "Phone Number", "string", "phonenumber", info),
+        _prop("description", "Description", "string", "textarea", info),
+        _prop(
+            "lifecyclestage",
+            "Lifecycle Stage",
+            "enumeration",
+            "radio",
+            info,
+            options=LIFECYCLE_STAGES,
+        ),
+        _prop(
+            "type",
+            "Type",
+            "enumeration",
+            "select",
+            info,
+            options=[
+                (v, v.title()) for v in ("PROSPECT", "PARTNER", "RESELLER", "VENDOR", "OTHER")
+            ],
+        ),
+        _prop("hubspot_owner_id", "Company owner", "enumeration", "select", info, options=owners),
+        _prop("hs_object_id", "Record ID", "number", "number", info, read_only=True),
+        _prop("createdate", "Create Date", "datetime", "date", info, read_only=True),
+        _prop(
+            "hs_lastmodifieddate", "Last Modified Date", "datetime", "date", info, read_only=True
+        ),
+        _prop("hs_parent_company_id", "Parent Company", "number", "number", info, read_only=True),
+        _prop(
+            "hs_num_child_companies",
+            "Number of child companies",
+            "number",
+            "number",
+            info,
+            read_only=True,
+            calculated=True,
+        ),
+    ]
+    pqa: list[tuple[str, str, str, str, Sequence[tuple[str, str]]]] = [
+        ("pqa_score", "PQA score", "number", "number", ()),
+        ("pqa_tier", "PQA tier", "enumeration", "select", PQA_TIERS),
+        ("pqa_signals", "PQA signals", "string", "textarea", ()),
+        ("pqa_score_change", "PQA score change", "number", "number", ()),
+        ("pqa_active_users", "PQA active users (28 days)", "number", "number", ()),
+        ("pqa_qualified_since", "PQA qualified since", "datetime", "date", ()),
+        ("pqa_last_scored", "PQA last scored", "datetime", "date", ()),
+        ("pqa_lead_channel", "PQA lead channel", "enumeration", "select", PQA_CHANNELS),
+        ("pqa_motion", "PQA motion", "enumeration", "select", PQA_MOTIONS),
+    ]
+    companies += [
+        _prop(name, label, kind, ftype, "pqa", options=opts, hubspot_defined=False)
+        for name, label, kind, ftype, opts in pqa
+    ]
+    contact = "contactinformation"
+    contacts = [
+        _prop("email", "Email", "string", "text", contact, unique=True),
+        _prop("firstname", "First Name", "string", "text", contact),
+        _prop("lastname", "Last Name", "string", "text", contact),
+        _prop("jobtitle", "Job Title", "string", "text", contact),
+        _prop("company", "Company Name", "string", "text", contact),
+        _prop("phone", "Phone Number", "string", "phonenumber", contact),
+        _prop(
+            "lifecyclestage",
+            "Lifecycle Stage",
+            "enumeration",
+            "radio",
+            contact,
+            options=LIFECYCLE_STAGES,
+        ),
+        _prop(
+            "hs_lead_status", "Lead Status", "enumeration", "radio", contact, options=LEAD_STATUSES
+        ),
+        _prop("associatedcompanyid", "Primary Associated Company ID", "number", "number", contact),
+        _prop(
+            "hubspot_owner_id", "Contact owner", "enumeration", "select", contact, options=owners
+        ),
+        _prop("hs_email_domain", "Email Domain", "string", "text", contact, read_only=True),
+        _prop("hs_object_id", "Record ID", "number", "number", contact, read_only=True),
+        _prop("createdate", "Create Date", "datetime", "date", contact, read_only=True),
+        _prop(
+            "lastmodifieddate", "Last Modified Date", "datetime", "date", contact, read_only=True
+        ),
+    ]
+    if mql_property not in {p["name"] for p in contacts}:
+        contacts.append(
+            _prop(
+                mql_property,
+                "Marketing qualified",
+                "enumeration",
+                "select",
+                contact,
+                options=[("yes", "Yes"), ("no", "No")],
+                hubspot_defined=False,
+            )
+        )
+    task = "task"
+    tasks = [
+        _prop("hs_task_subject", "Task Title", "string", "text", task),
+        _prop("hs_task_body", "Task notes", "string", "textarea", task),
+        _prop("hs_timestamp", "Due date", "datetime", "date", task),
+        _prop(
+            "hs_task_status",
+            "Task Status",
+            "enumeration",
+            "select",
+            task,
+            options=[
+                (v, v.replace("_", " ").title())
+                for v in ("NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED")
+            ],
+        ),
+        _prop(
+            "hs_task_priority",
+            "Priority",
+            "enumeration",
+            "select",
+            task,
+            options=[(v, v.title()) for v in ("NONE", "LOW", "MEDIUM", "HIGH")],
+        ),
+        _prop(
+            "hs_task_type",
+            "Task Type",
+            "enumeration",
+            "select",
+            task,
+            options=[(v, v.title()) for v in ("TODO", "CALL", "EMAIL")],
+        ),
+        _prop("hubspot_owner_id", "Assigned to", "enumeration", "select", task, options=owners),
+        _prop("hs_object_id", "Record ID", "number", "number", task, read_only=True),
+        _prop("hs_createdate", "Create Date", "datetime", "date", task, read_only=True),
+        _prop(
+            "hs_lastmodifieddate", "Last Modified Date", "datetime", "date", task, read_only=True
+        ),
+    ]
+    return {
+        "companies": {p["name"]: p for p in companies},
+        "contacts": {p["name"]: p for p in contacts},
+        "tasks": {p["name"]: p for p in tasks},
+    }
+
+
+def default_groups() -> dict[str, dict[str, dict[str, Any]]]:
+    """Property groups by object type."""
+
+    def group(name: str, label: str, order: int) -> dict[str, Any]:
+        return {"name": name, "label": label, "displayOrder": order, "archived": False}
+
+    return {
+        "companies": {
+            "companyinformation": group("companyinformation", "Company information", 0),
+            "pqa": group("pqa", "Product qualified accounts", 1),
+        },
+        "contacts": {"contactinformation": group("contactinformation", "Contact information", 0)},
+        "tasks": {"task": group("task", "Task information", 0)},
+    }
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+class RateLimiter:
+    """HubSpot's two allowances: a ten-second sliding window and a daily count.
+
+    Only requests that get through are counted, so a client that waits recovers.
+    """
+
+    def __init__(
+        self,
+        max_per_window: int = DEFAULT_BURST,
+        daily_limit: int = DEFAULT_DAILY,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        self.max_per_window = max_per_window
+        self.daily_limit = daily_limit
+        self.daily_used = 0
+        self.monotonic = monotonic
+        self._hits: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self._hits and now - self._hits[0] >= WINDOW_MS / 1000:
+            self._hits.popleft()
+
+    def admit(self) -> str | None:
+        """Count one request, or return the policy (``DAILY``, ``TEN_SECONDLY_ROLLING``) refusing it."""
+        now = self.monotonic()
+        self._expire(now)
+        if self.daily_used >= self.daily_limit:
+            return "DAILY"
+        if len(self._hits) >= self.max_per_window:
+            return "TEN_SECONDLY_ROLLING"
+        self._hits.append(now)
+        self.daily_used += 1
+        return None
+
+    def retry_after(self) -> int:
+        """Whole seconds until the window has room again (at least 1)."""
+        now = self.monotonic()
+        self._expire(now)
+        if not self._hits or len(self._hits) < self.max_per_window:
+            return 1
+        return max(1, math.ceil(self._hits[0] + WINDOW_MS / 1000 - now))
+
+    def headers(self) -> dict[str, str]:
+        """The ``X-HubSpot-RateLimit-*`` headers as they stand now."""
+        self._expire(self.monotonic())
+        return {
+            "X-HubSpot-RateLimit-Daily": str(self.daily_limit),
+            "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, self.daily_limit - self.daily_used)),
+            "X-HubSpot-RateLimit-Interval-Milliseconds": str(WINDOW_MS),
+            "X-HubSpot-RateLimit-Max": str(self.max_per_window),
+            "X-HubSpot-RateLimit-Remaining": str(max(0, self.max_per_window - len(self._hits))),
+        }
+
+    def exhaust_daily(self) -> None:
+        """Use up the daily allowance (tests of the daily 429)."""
+        self.daily_used = self.daily_limit
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class HubSpotError(Exception):
+    """An error response in HubSpot's shape, raised inside handlers."""
+
+    def __init__(self, status: int, category: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.category = category
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body HubSpot sends."""
+        body: dict[str, Any] = {
+            "status": "error",
+            "message": self.message,
+            "correlationId": str(uuid.uuid4()),
+            "category": self.category,
+        }
+        body.update(self.extra)
+        return body
+
+
+def _validation_failure(errors: Sequence[PropertyValueError]) -> str:
+    return "Property values were not valid: " + json.dumps(
+        [error.detail() for error in errors], separators=(",", ":")
+    )
+
+
+AUTH_MESSAGE = (
+    "Authentication credentials not found. This API supports OAuth 2.0 authentication and you "
+    "can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
+)
+
+
+# --------------------------------------------------------------------------- the API
+
+
+@dataclass(slots=True)
+class _Route:
+    kind: str  # objects | properties | groups | unknown
+    object_type: str
+    rest: tuple[str, ...]
+
+
+def _route(path: str) -> _Route:
+    parts = tuple(p for p in path[len(API_PREFIX) :].split("/") if p)
+    if len(parts) >= 2 and parts[0] == "objects":
+        return _Route("objects", parts[1], parts[2:])
+    if len(parts) >= 2 and parts[0] == "properties":
+        if len(parts) >= 3 and parts[2] == "groups":
+            return _Route("groups", parts[1], parts[3:])
+        return _Route("properties", parts[1], parts[2:])
+    return _Route("unknown", "", parts)
+
+
+class HubSpotApi:
+    """The HubSpot module of the sandbox: state, routing and HubSpot's responses.
+
+    ``batch_validation``: ``"multi_status"`` (default) answers invalid property values in a
+    batch update record by record in a 207; ``"all_or_nothing"`` fails the whole batch with a
+    400 VALIDATION_ERROR that does not say which input was wrong, as the live API does for
+    property validation, so clients must isolate bad records themselves.
+
+    The portal is seeded from ``companies`` (default: the demo companies for ``seed``) through
+    the CRM picture the Salesforce sandbox shares; an empty ``companies`` gives an empty portal.
+    ``clock`` stamps writes; ``monotonic`` drives the rate-limit window (tests fake both).
+    """
+
+    def __init__(
+        self,
+        seed: int = 7,
+        *,
+        companies: Sequence[Any] | None = None,
+        token: str | None = None,
+        burst_limit: int = DEFAULT_BURST,
+        daily_limit: int = DEFAULT_DAILY,
+        batch_validation: str = "multi_status",
+        mql_property: str = "lifecyclestage",
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        self.seed = seed
+        rng = random.Random(f"hubspot-token-{seed}")
+        self.token = token or "pat-na1-" + str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        self.batch_validation = batch_validation
+        self.mql_property = mql_property
+        self.limiter = RateLimiter(burst_limit, daily_limit, monotonic)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
+        self._next_id = dict(_ID_BASE)
+        if companies is None:
+            companies = _demo_companies(seed)
+        # No companies means an empty portal (the server's unseeded sandbox), not CRM-only ones.
+        picture = _crm_picture(companies, seed) if companies else []
+        self.owners = _owners()
+        self.properties = default_properties(
+            (str(item["industry"]) for item in picture if item.get("industry")),
+            mql_property,
+            self.owners,
+        )
+        self.groups = default_groups()
+        _seed_portal(self, picture, seed)
+
+    # ----------------------------------------------------------------- module contract
+
+    def handles(self, path: str) -> bool:
+        """Whether ``path`` belongs to the HubSpot API."""
+        return path.startswith(API_PREFIX)
+
+    def endpoint(self, request: Request) -> str:
+        """The counted endpoint name, e.g. ``hs.companies.batch_update``."""
+        route = _route(request.path)
+        method = request.method.upper()
+        if route.kind == "objects":
+            prefix = f"hs.{route.object_type}"
+            rest = route.rest
+            if not rest:
+                return f"{prefix}.list" if method == "GET" else f"{prefix}.create"
+            if rest == ("search",):
+                return f"{prefix}.search"
+            if len(rest) == 2 and rest[0] == "batch":
+                return f"{prefix}.batch_{rest[1]}"
+            if len(rest) == 1:
+                return {"GET": f"{prefix}.get", "PATCH": f"{prefix}.update"}.get(
+                    method, f"{prefix}.other"
+                )
+        if route.kind == "properties":
+            if not route.rest:
+                return "hs.properties.list" if method == "GET" else "hs.properties.create"
+            return "hs.properties.get"
+        if route.kind == "groups":
+            if not route.rest:
+                return "hs.property_groups.list" if method == "GET" else "hs.property_groups.create"
+            return "hs.property_groups.get"
+        return "hs.other"
+
+    def handle(self, request: Request) -> Response:
+        """Authenticate, apply the rate limits, then answer the request."""
+        with self._lock:
+            if not self._authorised(request):
+                return self._respond(HubSpotError(401, "INVALID_AUTHENTICATION", AUTH_MESSAGE))
+            policy = self.limiter.admit()
+            if policy is not None:
+                return self._rate_limited(policy)
+            try:
+                status, body = self._dispatch(request)
+            except HubSpotError as error:
+                return self._respond(error)
+            return Response(status, body, self.limiter.headers())
+
+    def render_fault(self, kind: str, request: Request) -> Response:
+        """HubSpot's own response for an injected fault."""
+        with self._lock:
+            if kind in ("rate_limit", "request_limit"):
+                return self._rate_limited("TEN_SECONDLY_ROLLING")
+            if kind == "daily_limit":
+                return self._rate_limited("DAILY")
+            if kind == "invalid_session":
+                return self._respond(HubSpotError(401, "INVALID_AUTHENTICATION", AUTH_MESSAGE))
+            if kind == "unavailable":
+                return self._respond(
+                    HubSpotError(
+                        503, "SERVICE_UNAVAILABLE", "The service is temporarily unavailable."
+                    )
+                )
+            return self._respond(HubSpotError(500, "INTERNAL_ERROR", "internal error"))
+
+    # ----------------------------------------------------------------- helpers for tests
+
+    def owner_for(self, name: str) -> str | None:
+        """The HubSpot owner id of a sales rep, by full name."""
+        return next((owner_id for owner_id, label in self.owners if label == name), None)
+
+    def set_burst_limit(self, max_per_window: int) -> None:
+        """Change the ten-second allowance (100 or 190 on real portals)."""
+        with self._lock:
+            self.limiter.max_per_window = max_per_window
+
+    def exhaust_daily(self) -> None:
+        """Use up the daily allowance: every further request gets the DAILY 429."""
+        with self._lock:
+            self.limiter.exhaust_daily()
+
+    def company(self, object_id: str) -> dict[str, str]:
+        """A company's stored property values (absent properties have no value)."""
+        with self._lock:
+            return dict(self.objects["companies"][object_id]["properties"])
+
+    def ids(self, object_type: str = "companies") -> list[str]:
+        """Every id of an object type, in id order."""
+        with self._lock:
+            return list(self.objects[object_type])
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _authorised(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        return scheme.lower() == "bearer" and credential.strip() == self.token
+
+    def _respond(self, error: HubSpotError) -> Response:
+        return Response(error.status, error.body(), self.limiter.headers())
+
+    def _rate_limited(self, policy: str) -> Response:
+        if policy == "DAILY":
+            message = "You have reached your daily limit."
+            headers = self.limiter.headers()
+        else:
+            message = "You have reached your ten_secondly_rolling limit."
+            headers = {**self.limiter.headers(), "Retry-After": str(self.limiter.retry_after())}
+        body = {
+            "status": "error",
+            "message": message,
+            "errorType": "RATE_LIMIT",
+            "correlationId": str(uuid.uuid4()),
+            "policyName": policy,
+            "groupName": f"publicapi:private-app:{PORTAL_ID}",
+        }
+        return Response(429, body, headers)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz=UTC)
+
+    def _dispatch(self, request: Request) -> tuple[int, Any]:
+        route = _route(request.path)
+        method = request.method.upper()
+        if route.kind == "unknown":
+            raise HubSpotError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}")
+        object_type = route.object_type
+        if object_type not in OBJECT_TYPES:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", f"Unable to infer object type from: {object_type}"
+            )
+        if route.kind == "objects":
+            return self._objects(method, object_type, route.rest, request)
+        if route.kind == "properties":
+            return self._properties(method, object_type, route.rest, request)
+        return self._groups(method, object_type, route.rest, request)
+
+    @staticmethod
+    def _not_allowed(method: str) -> HubSpotError:
+        return HubSpotError(
+            405, "VALIDATION_ERROR", f"HTTP {method} is not supported by this endpoint"
+        )
+
+    @staticmethod
+    def _body(request: Request) -> dict[str, Any]:
+        try:
+            body = request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HubSpotError(400, "VALIDATION_ERROR", f"Invalid input JSON: {exc}") from None
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise HubSpotError(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
+        return body
+
+    # ----------------------------------------------------------------- objects
+
+    def _objects(
+        self, method: str, object_type: str, rest: tuple[str, ...], request: Request
+    ) -> tuple[int, Any]:
+        if not rest:
+            if method == "GET":
+                return 200, self._list(object_type, request)
+            if method == "POST":
+                return 201, self._create(object_type, self._body(request))
+            raise self._not_allowed(method)
+        if rest == ("search",):
+            if method != "POST":
+                raise self._not_allowed(method)
+            return 200, self._search(object_type, self._body(request))
+        if len(rest) == 2 and rest[0] == "batch":
+            if method != "POST":
+                raise self._not_allowed(method)
+            body = self._body(request)
+            operations = {
+                "read": self._batch_read,
+                "update": self._batch_update,
+                "upsert": self._batch_upsert,
+                "create": self._batch_create,
+            }
+            operation = operations.get(rest[1])
+            if operation is None:
+                raise HubSpotError(404, "OBJECT_NOT_FOUND", f"Unknown batch operation {rest[1]}")
+            return operation(object_type, body)
+        if len(rest) == 1:
+            if method == "GET":
+                return 200, self._get(object_type, rest[0], request)
+            if method == "PATCH":
+                return 200, self._update_one(object_type, rest[0], self._body(request))
+            raise self._not_allowed(method)
+        raise HubSpotError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}")
+
+    def _requested(self, object_type: str, names: Iterable[str] | None) -> list[str]:
+        wanted = [n for n in (names or ()) if n]
+        if not wanted:
+            wanted = list(_DEFAULT_PROPERTIES[object_type])
+        always = ["hs_object_id", _CREATED[object_type], _LASTMODIFIED[object_type]]
+        return list(dict.fromkeys([*wanted, *always]))
+
+    @staticmethod
+    def _query_list(request: Request, name: str) -> list[str]:
+        values: list[str] = []
+        for raw in request.query.get(name, []):
+            values.extend(v.strip() for v in raw.split(",") if v.strip())
+        return values
+
+    def _view(
+        self, object_type: str, record: dict[str, Any], names: Iterable[str]
+    ) -> dict[str, Any]:
+        """A record as the API returns it: requested properties, unknown ones left out."""
+        definitions = self.properties[object_type]
+        stored = record["properties"]
+        properties = {name: stored.get(name) for name in names if name in definitions}
+        view: dict[str, Any] = {
+            "id": record["id"],
+            "properties": properties,
+            "createdAt": record["createdAt"],
+            "updatedAt": record["updatedAt"],
+            "archived": False,
+        }
+        if record.get("associations"):
+            view["associations"] = record["associations"]
+        return view
+
+    def _find(
+        self, object_type: str, object_id: str, id_property: str | None = None
+    ) -> dict[str, Any] | None:
+        records = self.objects[object_type]
+        if not id_property or id_property == "hs_object_id":
+            return records.get(object_id)
+        for record in records.values():
+            if record["properties"].get(id_property, "").lower() == object_id.lower():
+                return record
+        return None
+
+    def _list(self, object_type: str, request: Request) -> dict[str, Any]:
+        try:
+            limit = int(request.param("limit", "10") or "10")
+        except ValueError:
+            raise HubSpotError(400, "VALIDATION_ERROR", "limit must be an integer") from None
+        # The list endpoints cap the page at 100 rather than refusing a larger limit.
+        limit = max(1, min(limit, LIST_PAGE_MAX))
+        after = request.param("after")
+        names = self._requested(object_type, self._query_list(request, "properties"))
+        ids = list(self.objects[object_type])
+        start = 0
+        if after:
+            if not after.isdigit():
+                raise HubSpotError(400, "VALIDATION_ERROR", f"Invalid after token: {after}")
+            start = next((i for i, key in enumerate(ids) if int(key) >= int(after)), len(ids))
+        page = ids[start : start + limit]
+        body: dict[str, Any] = {
+            "results": [
+                self._view(object_type, self.objects[object_type][key], names) for key in page
+            ]
+        }
+        if start + limit < len(ids):
+            next_after = ids[start + limit]
+            query = {"limit": str(limit), "after": next_after}
+            if request.query.get("properties"):
+                query["properties"] = ",".join(self._query_list(request, "properties"))
+            host = request.headers.get("host", "api.hubapi.com")
+            body["paging"] = {
+                "next": {
+                    "after": next_after,
+                    "link": f"http://{host}{API_PREFIX}objects/{object_type}?{urlencode(query)}",
+                }
+            }
+        return body
+
+    def _get(self, object_type: str, object_id: str, request: Request) -> dict[str, Any]:
+        record = self._find(object_type, object_id, request.param("idProperty"))
+        if record is None:
+            raise HubSpotError(
+                404,
+                "OBJECT_NOT_FOUND",
+                "Object not found.  objectId are usually numeric.",
+                context={"id": [object_id]},
+            )
+        names = self._requested(object_type, self._query_list(request, "properties"))
+        return self._view(object_type, record, names)
+
+    # ----------------------------------------------------------------- writes
+
+    def _check_properties(
+        self, object_type: str, values: Any
+    ) -> tuple[dict[str, str], list[PropertyValueError]]:
+        """Normalised values and the errors of the invalid ones."""
+        if values is None:
+            return {}, []
+        if not isinstance(values, dict):
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", "Invalid input JSON: properties must be an object"
+            )
+        definitions = self.properties[object_type]
+        clean: dict[str, str] = {}
+        errors: list[PropertyValueError] = []
+        for name, raw in values.items():
+            definition = definitions.get(name)
+            if definition is None:
+                errors.append(
+                    PropertyValueError(
+                        name, "PROPERTY_DOESNT_EXIST", f'Property "{name}" does not exist'
+                    )
+                )
+                continue
+            if definition["modificationMetadata"]["readOnlyValue"]:
+                errors.append(
+                    PropertyValueError(
+                        name, "READ_ONLY_VALUE", f'Property "{name}" is a read only property'
+                    )
+                )
+                continue
+            try:
+                clean[name] = normalise_value(definition, raw)
+            except PropertyValueError as error:
+                errors.append(error)
+        return clean, errors
+
+    def _apply(self, object_type: str, record: dict[str, Any], values: dict[str, str]) -> None:
+        stamp = iso_ms(self._now())
+        stored = record["properties"]
+        for name, value in values.items():
+            if value == "":
+                stored.pop(name, None)
+            else:
+                stored[name] = value
+        if object_type == "contacts" and "email" in values:
+            email = values["email"]
+            if "@" in email:
+                stored["hs_email_domain"] = email.rsplit("@", 1)[1].lower()
+            else:
+                stored.pop("hs_email_domain", None)
+        stored[_LASTMODIFIED[object_type]] = stamp
+        record["updatedAt"] = stamp
+
+    def _new_record(
+        self, object_type: str, values: dict[str, str], created: datetime | None = None
+    ) -> dict[str, Any]:
+        self._next_id[object_type] += 1
+        object_id = str(self._next_id[object_type])
+        stamp = iso_ms(created or self._now())
+        record: dict[str, Any] = {
+            "id": object_id,
+            "properties": {
+                "hs_object_id": object_id,
+                _CREATED[object_type]: stamp,
+                _LASTMODIFIED[object_type]: stamp,
+            },
+            "createdAt": stamp,
+            "updatedAt": stamp,
+        }
+        self.objects[object_type][object_id] = record
+        if created is None:
+            self._apply(object_type, record, values)
+        else:
+            record["properties"].update({k: v for k, v in values.items() if v != ""})
+        return record
+
+    def _written_view(
+        self, object_type: str, record: dict[str, Any], values: dict[str, str]
+    ) -> dict[str, Any]:
+        return self._view(object_type, record, self._requested(object_type, values.keys()))
+
+    def _create(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        values, errors = self._check_properties(object_type, body.get("properties"))
+        if errors:
+            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(errors))
+        associations = self._associations(object_type, body.get("associations"))
+        if object_type == "tasks" and not values.get("hs_timestamp"):
+            raise HubSpotError(
+                400,
+                "VALIDATION_ERROR",
+                _validation_failure(
+                    [
+                        PropertyValueError(
+                            "hs_timestamp", "REQUIRED_PROPERTY", "hs_timestamp is required"
+                        )
+                    ]
+                ),
+            )
+        record = self._new_record(object_type, values)
+        if associations:
+            record["associations"] = associations
+        return self._written_view(object_type, record, values)
+
+    def _associations(self, object_type: str, raw: Any) -> dict[str, Any]:
+        if not raw:
+            return {}
+        if not isinstance(raw, list):
+            raise HubSpotError(400, "VALIDATION_ERROR", "associations must be a list")
+        found: dict[str, Any] = {}
+        for item in raw:
+            target = str((item.get("to") or {}).get("id", ""))
+            for kind in item.get("types") or []:
+                type_id = int(kind.get("associationTypeId", 0))
+                to_type = TASK_ASSOCIATIONS.get(type_id) if object_type == "tasks" else None
+                if to_type is None:
+                    raise HubSpotError(
+                        400,
+                        "VALIDATION_ERROR",
+                        f"{type_id} is not a valid association type id from {object_type}",
+                    )
+                if target not in self.objects[to_type]:
+                    raise HubSpotError(
+                        400,
+                        "VALIDATION_ERROR",
+                        f"One or more associations are invalid: {_SINGULAR[to_type]} {target} does not exist",
+                    )
+                results = found.setdefault(to_type, {"results": []})["results"]
+                results.append({"id": target, "type": f"task_to_{_SINGULAR[to_type].lower()}"})
+        return found
+
+    def _update_one(self, object_type: str, object_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        record = self._find(object_type, object_id)
+        if record is None:
+            raise HubSpotError(
+                404,
+                "OBJECT_NOT_FOUND",
+                "Object not found.  objectId are usually numeric.",
+                context={"id": [object_id]},
+            )
+        values, errors = self._check_properties(object_type, body.get("properties"))
+        if errors:
+            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(errors))
+        self._apply(object_type, record, values)
+        return self._written_view(object_type, record, values)
+
+    def _inputs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list):
+            raise HubSpotError(400, "VALIDATION_ERROR", "Invalid input JSON: inputs is required")
+        if len(inputs) > BATCH_MAX:
+            raise HubSpotError(
+                400,
+                "VALIDATION_ERROR",
+                f"Too many inputs: {len(inputs)} were given; the maximum batch size is {BATCH_MAX}.",
+                context={"maxInputs": [str(BATCH_MAX)], "inputs": [str(len(inputs))]},
+            )
+        if not all(isinstance(item, dict) for item in inputs):
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", "Invalid input JSON: every input must be an object"
+            )
+        return inputs
+
+    def _batch_body(
+        self, results: list[dict[str, Any]], errors: list[dict[str, Any]], started: datetime
+    ) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": iso_ms(started),
+            "completedAt": iso_ms(self._now()),
+        }
+        if errors:
+            body["numErrors"] = len(errors)
+            body["errors"] = errors
+            return 207, body
+        return 200, body
+
+    def _not_found_error(self, object_type: str, ids: list[str]) -> dict[str, Any]:
+        return {
+            "status": "error",
+            "category": "OBJECT_NOT_FOUND",
+            "message": (
+                f"Could not get some {_SINGULAR[object_type]} objects, they may be deleted or not exist. "
+                "Check that ids are valid."
+            ),
+            "context": {"ids": ids},
+            "errors": [],
+            "links": {},
+        }
+
+    def _batch_read(self, object_type: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        started = self._now()
+        inputs = self._inputs(body)
+        id_property = body.get("idProperty")
+        names = self._requested(object_type, body.get("properties") or [])
+        results: list[dict[str, Any]] = []
+        missing: list[str] = []
+        seen: set[str] = set()
+        for item in inputs:
+            key = str(item.get("id", ""))
+            record = self._find(object_type, key, id_property)
+            if record is None:
+                missing.append(key)
+            elif record["id"] not in seen:
+                seen.add(record["id"])
+                results.append(self._view(object_type, record, names))
+        errors = [self._not_found_error(object_type, missing)] if missing else []
+        return self._batch_body(results, errors, started)
+
+    def _batch_update(self, object_type: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        started = self._now()
+        inputs = self._inputs(body)
+        keys = [str(item.get("id", "")) for item in inputs]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise HubSpotError(
+                400,
+                "VALIDATION_ERROR",
+                f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique",
+            )
+        checked: list[tuple[dict[str, Any], dict[str, str]]] = []
+        missing: list[str] = []
+        errors: list[dict[str, Any]] = []
+        invalid: list[PropertyValueError] = []
+        for item, key in zip(inputs, keys, strict=True):
+            record = self._find(object_type, key, item.get("idProperty"))
+            values, problems = self._check_properties(object_type, item.get("properties"))
+            if record is None:
+                missing.append(key)
+                continue
+            if problems:
+                invalid.extend(problems)
+                errors.append(
+                    {
+                        "status": "error",
+                        "category": "VALIDATION_ERROR",
+                        "message": _validation_failure(problems),
+                        "context": {
+                            "ids": [record["id"]],
+                            "propertyName": [p.name for p in problems],
+                        },
+                        "errors": [
+                            {
+                                "message": p.message,
+                                "code": p.code,
+                                "context": {"propertyName": [p.name]},
+                            }
+                            for p in problems
+                        ],
+                        "links": {},
+                    }
+                )
+                continue
+            checked.append((record, values))
+        if invalid and self.batch_validation == "all_or_nothing":
+            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(invalid))
+        results = []
+        for record, values in checked:
+            self._apply(object_type, record, values)
+            results.append(self._written_view(object_type, record, values))
+        if missing:
+            errors.insert(0, self._not_found_error(object_type, missing))
+        return self._batch_body(results, errors, started)
+
+    def _unique(self, object_type: str, id_property: str) -> bool:
+        definition = self.properties[object_type].get(id_property)
+        return id_property == "hs_object_id" or bool(definition and definition["hasUniqueValue"])
+
+    def _batch_upsert(self, object_type: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        started = self._now()
+        inputs = self._inputs(body)
+        planned: list[tuple[dict[str, Any] | None, str, str, dict[str, str]]] = []
+        problems_all: list[PropertyValueError] = []
+        for item in inputs:
+            id_property = str(item.get("idProperty") or "")
+            key = str(item.get("id", ""))
+            if not id_property or not self._unique(object_type, id_property):
+                raise HubSpotError(
+                    400,
+                    "VALIDATION_ERROR",
+                    f"idProperty {id_property or '(missing)'} is not a unique property of {object_type}",
+                )
+            values, problems = self._check_properties(object_type, item.get("properties"))
+            problems_all.extend(problems)
+            planned.append((self._find(object_type, key, id_property), id_property, key, values))
+        if problems_all:
+            # Upserts are all-or-nothing on invalid property values.
+            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(problems_all))
+        results = []
+        missing: list[str] = []
+        for record, id_property, key, values in planned:
+            created = record is None
+            if record is None:
+                if id_property == "hs_object_id":
+                    missing.append(key)
+                    continue
+                record = self._new_record(
+                    object_type, {**values, id_property: values.get(id_property, key)}
+                )
+            else:
+                self._apply(object_type, record, values)
+            view = self._written_view(object_type, record, values)
+            view["new"] = created
+            results.append(view)
+        errors = [self._not_found_error(object_type, missing)] if missing else []
+        return self._batch_body(results, errors, started)
+
+    def _batch_create(self, object_type: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        started = self._now()
+        inputs = self._inputs(body)
+        checked = []
+        problems_all: list[PropertyValueError] = []
+        for item in inputs:
+            values, problems = self._check_properties(object_type, item.get("properties"))
+            problems_all.extend(problems)
+            checked.append(values)
+        if problems_all:
+            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(problems_all))
+        results = []
+        for values in checked:
+            record = self._new_record(object_type, values)
+            results.append(self._written_view(object_type, record, values))
+        status, response = self._batch_body(results, [], started)
+        return (201 if status == 200 else status), response
+
+    # ----------------------------------------------------------------- search
+
+    def _search(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        definitions = self.properties[object_type]
+        limit = int(body.get("limit") or 10)
+        if limit > SEARCH_PAGE_MAX or limit < 1:
+            raise HubSpotError(
+                400,
+                "VALIDATION_ERROR",
+                f"limit must be between 1 and {SEARCH_PAGE_MAX}; was {limit}",
+                context={"limit": [str(limit)]},
+            )
+        after_raw = body.get("after") or "0"
+        try:
+            after = int(str(after_raw))
+        except ValueError:
+            raise HubSpotError(400, "VALIDATION_ERROR", f"Invalid after: {after_raw}") from None
+        if after >= SEARCH_RESULT_CAP:
+            raise HubSpotError(
+                400,
+                "VALIDATION_ERROR",
+                f"The search API returns at most {SEARCH_RESULT_CAP} results; after={after} is beyond them.",
+            )
+        groups = body.get("filterGroups") or []
+        if len(groups) > SEARCH_MAX_GROUPS:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", f"Too many filter groups: at most {SEARCH_MAX_GROUPS}"
+            )
+        total_filters = 0
+        for group in groups:
+            count = len(group.get("filters") or [])
+            total_filters += count
+            if count > SEARCH_MAX_FILTERS_PER_GROUP:
+                raise HubSpotError(
+                    400,
+                    "VALIDATION_ERROR",
+                    f"Too many filters in a group: at most {SEARCH_MAX_FILTERS_PER_GROUP}",
+                )
+            for flt in group.get("filters") or []:
+                name = flt.get("propertyName")
+                if name not in definitions:
+                    raise HubSpotError(
+                        400,
+                        "VALIDATION_ERROR",
+                        f"There was a problem with the request: property {name} does not exist",
+                        context={"propertyName": [str(name)]},
+                    )
+        if total_filters > SEARCH_MAX_FILTERS:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", f"Too many filters: at most {SEARCH_MAX_FILTERS}"
+            )
+        records = list(self.objects[object_type].values())
+        if groups:
+            records = [
+                r
+                for r in records
+                if any(
+                    all(self._matches(object_type, r, flt) for flt in group.get("filters") or [])
+                    for group in groups
+                )
+            ]
+        query = str(body.get("query") or "").strip().lower()
+        if query:
+            records = [r for r in records if self._query_matches(object_type, r, query)]
+        for sort in reversed(list(body.get("sorts") or [])):
+            if isinstance(sort, str):
+                name, descending = sort.lstrip("-"), sort.startswith("-")
+            else:
+                name = str(sort.get("propertyName"))
+                descending = str(sort.get("direction", "ASCENDING")).upper() == "DESCENDING"
+            if name not in definitions:
+                raise HubSpotError(
+                    400, "VALIDATION_ERROR", f"Cannot sort on unknown property {name}"
+                )
+            present = [r for r in records if r["properties"].get(name, "") != ""]
+            absent = [r for r in records if r["properties"].get(name, "") == ""]
+            present.sort(
+                key=functools.partial(self._sort_key, object_type, name), reverse=descending
+            )
+            records = present + absent
+        names = self._requested(object_type, body.get("properties") or [])
+        end = min(after + limit, SEARCH_RESULT_CAP, len(records))
+        result: dict[str, Any] = {
+            "total": len(records),
+            "results": [self._view(object_type, r, names) for r in records[after:end]],
+        }
+        if end < min(len(records), SEARCH_RESULT_CAP):
+            result["paging"] = {"next": {"after": str(end), "link": ""}}
+        return result
+
+    def _comparable(self, object_type: str, name: str, text: str) -> Any:
+        kind = self.properties[object_type][name]["type"]
+        if kind == "number":
+            try:
+                return Decimal(text.strip())
+            except InvalidOperation:
+                return None
+        if kind in ("datetime", "date"):
+            if kind == "date" and _DAY.match(text.strip()):
+                return _epoch_ms(datetime.fromisoformat(text.strip()).replace(tzinfo=UTC))
+            moment = parse_moment(text)
+            return _epoch_ms(moment) if moment else None
+        return text.lower()
+
+    def _sort_key(self, object_type: str, name: str, record: dict[str, Any]) -> Any:
+        value = self._comparable(object_type, name, record["properties"].get(name, ""))
+        return (0, value) if value is not None else (1, record["properties"].get(name, ""))
+
+    def _matches(self, object_type: str, record: dict[str, Any], flt: dict[str, Any]) -> bool:
+        name = str(flt.get("propertyName"))
+        operator = str(flt.get("operator", "EQ")).upper()
+        stored = record["properties"].get(name, "")
+        if operator == "HAS_PROPERTY":
+            return stored != ""
+        if operator == "NOT_HAS_PROPERTY":
+            return stored == ""
+        if operator in ("IN", "NOT_IN"):
+            values = [str(v) for v in flt.get("values") or []]
+            wanted = {self._comparable(object_type, name, v) for v in values}
+            inside = stored != "" and self._comparable(object_type, name, stored) in wanted
+            return inside if operator == "IN" else not inside
+        if operator in ("CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"):
+            hit = stored != "" and _contains_token(stored, str(flt.get("value", "")))
+            return hit if operator == "CONTAINS_TOKEN" else not hit
+        if stored == "":
+            return operator == "NEQ"
+        have = self._comparable(object_type, name, stored)
+        want = self._comparable(object_type, name, str(flt.get("value", "")))
+        if operator == "EQ":
+            return bool(have == want)
+        if operator == "NEQ":
+            return bool(have != want)
+        if have is None or want is None:
+            return False
+        try:
+            if operator == "LT":
+                return bool(have < want)
+            if operator == "LTE":
+                return bool(have <= want)
+            if operator == "GT":
+                return bool(have > want)
+            if operator == "GTE":
+                return bool(have >= want)
+            if operator == "BETWEEN":
+                high = self._comparable(object_type, name, str(flt.get("highValue", "")))
+                return high is not None and bool(want <= have <= high)
+        except TypeError:
+            return False
+        raise HubSpotError(400, "VALIDATION_ERROR", f"Unknown filter operator {operator}")
+
+    def _query_matches(self, object_type: str, record: dict[str, Any], query: str) -> bool:
+        for name in _SEARCHABLE[object_type]:
+            value = record["properties"].get(name, "").lower()
+            if value and (
+                value.startswith(query) or any(t.startswith(query) for t in _tokens(value))
+            ):
+                return True
+        return False
+
+    # ----------------------------------------------------------------- properties
+
+    def _properties(
+        self, method: str, object_type: str, rest: tuple[str, ...], request: Request
+    ) -> tuple[int, Any]:
+        definitions = self.properties[object_type]
+        if not rest:
+            if method == "GET":
+                return 200, {"results": list(definitions.values())}
+            if method == "POST":
+                return 201, self._create_property(object_type, self._body(request))
+            raise self._not_allowed(method)
+        if len(rest) == 1 and method == "GET":
+            definition = definitions.get(rest[0])
+            if definition is None:
+                raise HubSpotError(
+                    404,
+                    "OBJECT_NOT_FOUND",
+                    f"Unable to find property {rest[0]} on {object_type}",
+                    context={"propertyName": [rest[0]]},
+                )
+            return 200, definition
+        raise self._not_allowed(method)
+
+    def _create_property(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        definitions = self.properties[object_type]
+        missing = [
+            key for key in ("name", "label", "type", "fieldType", "groupName") if not body.get(key)
+        ]
+        if missing:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", f"Missing required fields: {', '.join(missing)}"
+            )
+        name = str(body["name"])
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise HubSpotError(
+                400,
+                "VALIDATION_ERROR",
+                f"Property name {name} must be lower case letters, digits and _",
+            )
+        if name in definitions:
+            raise HubSpotError(
+                409, "OBJECT_ALREADY_EXISTS", f"Property named '{name}' already exists."
+            )
+        kind, field_type = str(body["type"]), str(body["fieldType"])
+        allowed = {
+            "string": {"text", "textarea", "html", "phonenumber", "file"},
+            "number": {"number", "calculation_equation"},
+            "enumeration": {"select", "radio", "checkbox", "booleancheckbox"},
+            "date": {"date"},
+            "datetime": {"date"},
+            "bool": {"booleancheckbox"},
+            "phone_number": {"phonenumber"},
+        }
+        if kind not in allowed or field_type not in allowed[kind]:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", f"Invalid fieldType {field_type} for property type {kind}"
+            )
+        if body["groupName"] not in self.groups[object_type]:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", f"Property group {body['groupName']} does not exist"
+            )
+        options = body.get("options") or []
+        if kind == "enumeration" and not options:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", "Enumeration properties need at least one option"
+            )
+        definition = _prop(
+            name,
+            str(body["label"]),
+            kind,
+            field_type,
+            str(body["groupName"]),
+            options=[(str(o["value"]), str(o.get("label", o["value"]))) for o in options],
+            hubspot_defined=False,
+            unique=bool(body.get("hasUniqueValue", False)),
+            description=str(body.get("description", "")),
+        )
+        stamp = iso_ms(self._now())
+        definition.update(
+            createdAt=stamp, updatedAt=stamp, displayOrder=int(body.get("displayOrder", -1))
+        )
+        definitions[name] = definition
+        return definition
+
+    def _groups(
+        self, method: str, object_type: str, rest: tuple[str, ...], request: Request
+    ) -> tuple[int, Any]:
+        groups = self.groups[object_type]
+        if not rest:
+            if method == "GET":
+                return 200, {"results": list(groups.values())}
+            if method == "POST":
+                body = self._body(request)
+                name, label = str(body.get("name") or ""), str(body.get("label") or "")
+                if not name or not label:
+                    raise HubSpotError(400, "VALIDATION_ERROR", "name and label are required")
+                if name in groups:
+                    raise HubSpotError(
+                        409, "OBJECT_ALREADY_EXISTS", f"Group named '{name}' already exists."
+                    )
+                group = {
+                    "name": name,
+                    "label": label,
+                    "displayOrder": int(body.get("displayOrder", -1)),
+                    "archived": False,
+                }
+                groups[name] = group
+                return 201, group
+            raise self._not_allowed(method)
+        if len(rest) == 1 and method == "GET":
+            if rest[0] not in groups:
+                raise HubSpotError(
+                    404, "OBJECT_NOT_FOUND", f"Unable to find group {rest[0]} on {object_type}"
+                )
+            return 200, groups[rest[0]]
+        raise self._not_allowed(method)
+
+
+def _tokens(text: str) -> list[str]:
+    lowered = text.lower()
+    pieces = set(re.split(r"[\s;,]+", lowered)) | set(re.split(r"[^a-z0-9]+", lowered))
+    if "@" in lowered:
+        pieces.add(lowered.rsplit("@", 1)[1])
+    return [p for p in pieces if p]
+
+
+def _contains_token(stored: str, wanted: str) -> bool:
+    wanted = wanted.strip().lower()
+    if not wanted:
+        return False
+    if "*" in wanted:
+        return fnmatch.fnmatchcase(stored.lower(), wanted) or any(
+            fnmatch.fnmatchcase(token, wanted) for token in _tokens(stored)
+        )
+    return wanted in _tokens(stored) or wanted == stored.lower()
+
+
+# --------------------------------------------------------------------------- seed data
+
+_LEAD_STATUS = {
+    "Open - Not Contacted": "NEW",
+    "Working - Contacted": "IN_PROGRESS",
+    "Closed - Not Converted": "UNQUALIFIED",
+    "Marketing Qualified": "OPEN",
+}
+_JUNK_DOMAINS = ("n/a", "-", "none", "tbd")
+
+
+def _demo_companies(seed: int) -> Sequence[Any]:
+    from pls_sync.demo_companies import demo_companies
+
+    return list(demo_companies(seed=seed))
+
+
+def _crm_picture(companies: Sequence[Any], seed: int) -> list[dict[str, Any]]:
+    """The CRM picture the Salesforce sandbox also uses, so both CRMs tell the same story."""
+    from pls_sync.sandbox.seed import crm_companies
+
+    return crm_companies(companies, seed)
+
+
+def _host(typed: str) -> str:
+    """What HubSpot's ``domain`` holds for a typed website: scheme and path gone, case kept."""
+    host = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", typed.strip())
+    return host.split("/", 1)[0]
+
+
+def _seed_portal(api: HubSpotApi, picture: Sequence[dict[str, Any]], seed: int) -> None:
+    """Load the CRM picture into the portal, with HubSpot's own kinds of mess.
+
+    Company ``domain`` is the host of the typed website (``www.`` and capitals kept), the
+    ``Domain__c``-only value, a junk placeholder, or nothing; some companies list more domains
+    in ``hs_additional_domains``; subsidiaries point at their parent; leads become contacts
+    with no company; a few companies carry stale PQA values from an earlier tool.
+    """
+    rng = random.Random(f"hubspot-{seed}")
+    ids: dict[str, str] = {}
+    owner_ids = [owner_id for owner_id, _ in api.owners]
+
+    def add(
+        object_type: str, values: dict[str, str], created: datetime, modified: datetime
+    ) -> dict[str, Any]:
+        record = api._new_record(object_type, {}, created=created)
+        record["properties"].update({k: v for k, v in values.items() if v})
+        stamp = iso_ms(max(modified, created))
+        record["properties"][_LASTMODIFIED[object_type]] = stamp
+        record["updatedAt"] = stamp
+        return record
+
+    def contact(
+        person: dict[str, Any], stage: str, company: dict[str, Any] | None, lead_status: str
+    ) -> None:
+        email = person.get("email")
+        if not email:
+            return
+        values = {
+            "email": str(email),
+            "firstname": str(person.get("first_name") or ""),
+            "lastname": str(person.get("last_name") or ""),
+            "jobtitle": str(person.get("title") or ""),
+            "lifecyclestage": stage,
+            "hs_lead_status": lead_status,
+            "hs_email_domain": str(email).rsplit("@", 1)[-1].lower(),
+        }
+        if company is not None:
+            values["associatedcompanyid"] = company["id"]
+            values["company"] = company["properties"].get("name", "")
+        if api.mql_property != "lifecyclestage":
+            values[api.mql_property] = "yes" if stage == "marketingqualifiedlead" else "no"
+        created = _SEED_EPOCH - timedelta(days=rng.uniform(1, 700))
+        add("contacts", values, created, created + timedelta(days=rng.uniform(0, 60)))
+
+    for item in picture:
+        company: dict[str, Any] | None = None
+        if item.get("has_account", True):
+            website = str(item.get("website") or "")
+            domain_field = str(item.get("domain_field") or "")
+            domain = _host(website) if website else _host(domain_field)
+            if domain and rng.random() < 0.02:
+                domain = rng.choice(_JUNK_DOMAINS)
+            owner = item.get("owner") or {}
+            values = {
+                "name": str(item.get("name") or ""),
+                "domain": domain,
+                "website": website if "://" in website else "",
+                "industry": _industry_value(str(item["industry"])) if item.get("industry") else "",
+                "numberofemployees": str(item["employees"]) if item.get("employees") else "",
+                "hubspot_owner_id": api.owner_for(str(owner.get("name") or ""))
+                or rng.choice(owner_ids),
+                "lifecyclestage": rng.choice(("lead", "opportunity", "customer", "customer", "")),
+            }
+            true_domain = str(item.get("domain") or "")
+            if item.get("kind") == "primary" and true_domain and rng.random() < 0.15:
+                stem = true_domain.rsplit(".", 1)[0]
+                values["hs_additional_domains"] = ";".join(
+                    [f"{stem}.{rng.choice(('io', 'co.uk', 'de', 'net'))}", f"app.{true_domain}"][
+                        : rng.choice((1, 2))
+                    ]
+                )
+            if rng.random() < 0.05:  # stale values from an earlier scoring tool
+                values.update(
+                    pqa_score=str(rng.randint(5, 95)),
+                    pqa_tier=rng.choice([v for v, _ in PQA_TIERS]),
+                    pqa_signals="Pricing page viewed",
+                )
+            parent = ids.get(str(item.get("parent_key") or ""))
+            if parent:
+                values["hs_parent_company_id"] = parent
+                children = api.objects["companies"][parent]["properties"]
+                children["hs_num_child_companies"] = str(
+                    int(children.get("hs_num_child_companies", "0")) + 1
+                )
+            company = add("companies", values, item["created"], item["last_modified"])
+            ids[str(item["key"])] = company["id"]
+        for person in item.get("contacts") or []:
+            stage = (
+                "marketingqualifiedlead"
+                if person.get("mql")
+                else rng.choice(
+                    ("subscriber", "lead", "salesqualifiedlead", "opportunity", "customer")
+                )
+            )
+            contact(person, stage, company, rng.choice(("NEW", "OPEN", "CONNECTED", "IN_PROGRESS")))
+        for person in item.get("leads") or []:
+            status = str(person.get("status") or "")
+            stage = "marketingqualifiedlead" if status == "Marketing Qualified" else "lead"
+            contact(person, stage, None, _LEAD_STATUS.get(status, "NEW"))

@@ -1,0 +1,1978 @@
+"""The sandbox's Salesforce: an in-memory org behind the REST, SOQL, Collections and Bulk 2.0 APIs.
+
+Faithful to the documented shapes so the unmodified simple-salesforce client works against it:
+SOAP and OAuth login, versions, limits (``Sforce-Limit-Info`` on every data response), describe,
+SOQL query/queryAll with ``nextRecordsUrl`` paging, single-record create/read/update, sObject
+Collections PATCH (200 records, allOrNone, a SaveResult per record) and Bulk API 2.0 ingest.
+Writes are validated against the describe metadata as the real org validates them: unknown and
+read-only fields, types, lengths, numeric precision and restricted picklists.
+
+simple-salesforce always builds ``https://`` URLs; ``sandbox_login_session`` gives it a
+``requests.Session`` that carries those (and the login hosts) to the sandbox over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import itertools
+import json
+import re
+import secrets
+import threading
+import time as _time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from pls_sync.sandbox import soql
+from pls_sync.sandbox.faults import FaultInjector
+from pls_sync.sandbox.http import Request, Response
+
+if TYPE_CHECKING:
+    import requests
+
+# Version labels as the versions resource lists them (GET /services/data/).
+API_VERSIONS: tuple[tuple[str, str], ...] = (
+    ("52.0", "Summer '21"),
+    ("53.0", "Winter '22"),
+    ("54.0", "Spring '22"),
+    ("55.0", "Summer '22"),
+    ("56.0", "Winter '23"),
+    ("57.0", "Spring '23"),
+    ("58.0", "Summer '23"),
+    ("59.0", "Winter '24"),
+    ("60.0", "Spring '24"),
+    ("61.0", "Summer '24"),
+    ("62.0", "Winter '25"),
+)
+_VERSIONS = {v for v, _ in API_VERSIONS}
+DEFAULT_DAILY_API_LIMIT = 100_000
+COLLECTION_LIMIT = 200
+QUERY_BATCH_DEFAULT = 2000
+QUERY_BATCH_MIN = 200
+MAX_OFFSET = 2000
+
+_NOT_FOUND = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+_INVALID_SESSION = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
+_REQUEST_LIMIT = [
+    {"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
+]
+_ROLLED_BACK = {
+    "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+    "message": "Record rolled back because not all records were valid and the request was using "
+    "AllOrNone header",
+    "fields": [],
+}
+_ID_RE = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
+_CHECKSUM_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_TEXT_TYPES = frozenset({"string", "textarea", "url", "email", "phone", "picklist", "combobox"})
+_NUMBER_TYPES = frozenset({"double", "currency", "percent", "int"})
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of an sObject as describe reports it."""
+
+    name: str
+    label: str
+    type: str
+    length: int = 0
+    precision: int = 0
+    scale: int = 0
+    updateable: bool = True
+    createable: bool = True
+    nillable: bool = True
+    custom: bool = False
+    picklist: tuple[str, ...] = ()
+    restricted: bool = False
+    reference_to: tuple[str, ...] = ()
+    relationship: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The field's entry in the describe response."""
+        soap = {
+            "id": "tns:ID",
+            "reference": "tns:ID",
+            "boolean": "xsd:boolean",
+            "double": "xsd:double",
+            "currency": "xsd:double",
+            "percent": "xsd:double",
+            "int": "xsd:int",
+            "datetime": "xsd:dateTime",
+            "date": "xsd:date",
+        }.get(self.type, "xsd:string")
+        return {
+            "name": self.name,
+            "label": self.label,
+            "type": self.type,
+            "soapType": soap,
+            "length": self.length,
+            "byteLength": self.length * 3,
+            "precision": self.precision,
+            "scale": self.scale,
+            "digits": 9 if self.type == "int" else 0,
+            "updateable": self.updateable,
+            "createable": self.createable,
+            "nillable": self.nillable,
+            "custom": self.custom,
+            "calculated": False,
+            "unique": False,
+            "externalId": False,
+            "idLookup": self.name == "Id",
+            "filterable": self.type != "textarea" or self.length <= 255,
+            "sortable": self.type != "textarea" or self.length <= 255,
+            "defaultedOnCreate": not self.nillable and self.type in ("boolean", "reference"),
+            "restrictedPicklist": self.restricted,
+            "picklistValues": [
+                {
+                    "active": True,
+                    "defaultValue": False,
+                    "label": value,
+                    "validFor": None,
+                    "value": value,
+                }
+                for value in self.picklist
+            ],
+            "referenceTo": list(self.reference_to),
+            "relationshipName": self.relationship,
+            "extraTypeInfo": "plaintextarea" if self.type == "textarea" else None,
+            "inlineHelpText": None,
+            "defaultValue": None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSpec:
+    """One sObject: name, key prefix and fields."""
+
+    name: str
+    label: str
+    plural: str
+    key_prefix: str
+    fields: tuple[FieldSpec, ...]
+    required: tuple[str, ...] = ()
+    defaults: tuple[tuple[str, Any], ...] = ()
+    by_lower: dict[str, FieldSpec] = field(default_factory=dict, compare=False)
+    relationships: dict[str, FieldSpec] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for spec in self.fields:
+            self.by_lower[spec.name.lower()] = spec
+            if spec.relationship:
+                self.relationships[spec.relationship.lower()] = spec
+
+    def field(self, name: str) -> FieldSpec | None:
+        """A field by name, case-insensitively."""
+        return self.by_lower.get(name.lower())
+
+    def describe(self, version: str) -> dict[str, Any]:
+        """The sObject describe response."""
+        base = f"/services/data/v{version}/sobjects/{self.name}"
+        return {
+            "name": self.name,
+            "label": self.label,
+            "labelPlural": self.plural,
+            "keyPrefix": self.key_prefix,
+            "custom": False,
+            "createable": True,
+            "updateable": True,
+            "deletable": True,
+            "queryable": True,
+            "searchable": True,
+            "retrieveable": True,
+            "fields": [spec.describe() for spec in self.fields],
+            "urls": {
+                "sobject": base,
+                "describe": f"{base}/describe",
+                "rowTemplate": f"{base}/{{ID}}",
+            },
+        }
+
+
+def _system_fields() -> list[FieldSpec]:
+    """The audit fields every object carries, none of them writable."""
+    return [
+        FieldSpec(
+            "IsDeleted", "Deleted", "boolean", nillable=False, updateable=False, createable=False
+        ),
+        FieldSpec(
+            "CreatedDate",
+            "Created Date",
+            "datetime",
+            nillable=False,
+            updateable=False,
+            createable=False,
+        ),
+        FieldSpec(
+            "CreatedById",
+            "Created By ID",
+            "reference",
+            length=18,
+            nillable=False,
+            reference_to=("User",),
+            relationship="CreatedBy",
+            updateable=False,
+            createable=False,
+        ),
+        FieldSpec(
+            "LastModifiedDate",
+            "Last Modified Date",
+            "datetime",
+            nillable=False,
+            updateable=False,
+            createable=False,
+        ),
+        FieldSpec(
+            "LastModifiedById",
+            "Last Modified By ID",
+            "reference",
+            length=18,
+            nillable=False,
+            reference_to=("User",),
+            relationship="LastModifiedBy",
+            updateable=False,
+            createable=False,
+        ),
+        FieldSpec(
+            "SystemModstamp",
+            "System Modstamp",
+            "datetime",
+            nillable=False,
+            updateable=False,
+            createable=False,
+        ),
+    ]
+
+
+def _id_field() -> FieldSpec:
+    return FieldSpec(
+        "Id", "Record ID", "id", length=18, updateable=False, createable=False, nillable=False
+    )
+
+
+def _owner_field() -> FieldSpec:
+    return FieldSpec(
+        "OwnerId",
+        "Owner ID",
+        "reference",
+        length=18,
+        nillable=False,
+        reference_to=("User",),
+        relationship="Owner",
+    )
+
+
+def _name_field() -> FieldSpec:
+    return FieldSpec(
+        "Name",
+        "Full Name",
+        "string",
+        length=121,
+        updateable=False,
+        createable=False,
+        nillable=False,
+    )
+
+
+LEAD_STATUSES = (
+    "Open - Not Contacted",
+    "Working - Contacted",
+    "Marketing Qualified",
+    "Closed - Converted",
+    "Closed - Not Converted",
+)
+INDUSTRIES = (
+    "Agriculture",
+    "Banking",
+    "Consulting",
+    "Education",
+    "Energy",
+    "Finance",
+    "Government",
+    "Healthcare",
+    "Hospitality",
+    "Insurance",
+    "Manufacturing",
+    "Media",
+    "Retail",
+    "Technology",
+    "Telecommunications",
+    "Transportation",
+    "Other",
+)
+
+
+def build_schema() -> dict[str, ObjectSpec]:
+    """The org's objects: Account (with the PQA fields already created), Lead, Contact, Task, User."""
+    account = ObjectSpec(
+        "Account",
+        "Account",
+        "Accounts",
+        "001",
+        (
+            _id_field(),
+            FieldSpec("Name", "Account Name", "string", length=255, nillable=False),
+            FieldSpec(
+                "ParentId",
+                "Parent Account ID",
+                "reference",
+                length=18,
+                reference_to=("Account",),
+                relationship="Parent",
+            ),
+            FieldSpec(
+                "Type",
+                "Account Type",
+                "picklist",
+                length=255,
+                picklist=(
+                    "Prospect",
+                    "Customer - Direct",
+                    "Customer - Channel",
+                    "Partner",
+                    "Other",
+                ),
+            ),
+            FieldSpec("Website", "Website", "url", length=255),
+            FieldSpec("Industry", "Industry", "picklist", length=255, picklist=INDUSTRIES),
+            FieldSpec("NumberOfEmployees", "Employees", "int", precision=8),
+            FieldSpec("BillingCountry", "Billing Country", "string", length=80),
+            FieldSpec("Phone", "Account Phone", "phone", length=40),
+            FieldSpec("Description", "Account Description", "textarea", length=32000),
+            _owner_field(),
+            *_system_fields(),
+            FieldSpec("Domain__c", "Domain", "string", length=255, custom=True),
+            FieldSpec("PQA_Score__c", "PQA Score", "double", precision=3, scale=0, custom=True),
+            FieldSpec(
+                "PQA_Tier__c",
+                "PQA Tier",
+                "picklist",
+                length=255,
+                picklist=("sales", "success", "self_serve"),
+                restricted=True,
+                custom=True,
+            ),
+            FieldSpec("PQA_Signals__c", "PQA Signals", "textarea", length=1000, custom=True),
+            FieldSpec(
+                "PQA_Score_Change__c",
+                "PQA Score Change",
+                "double",
+                precision=4,
+                scale=0,
+                custom=True,
+            ),
+            FieldSpec(
+                "PQA_Active_Users__c",
+                "PQA Active Users",
+                "double",
+                precision=8,
+                scale=0,
+                custom=True,
+            ),
+            FieldSpec("PQA_Qualified_Since__c", "PQA Qualified Since", "datetime", custom=True),
+            FieldSpec("PQA_Last_Scored__c", "PQA Last Scored", "datetime", custom=True),
+            FieldSpec(
+                "PQA_Lead_Channel__c",
+                "PQA Lead Channel",
+                "picklist",
+                length=255,
+                picklist=("usage_pql", "usage_mql", "mql_only", "usage_no_buyer"),
+                restricted=True,
+                custom=True,
+            ),
+            FieldSpec(
+                "PQA_Motion__c",
+                "PQA Motion",
+                "picklist",
+                length=255,
+                picklist=("sales", "success", "abm", "self_serve"),
+                restricted=True,
+                custom=True,
+            ),
+        ),
+        required=("Name",),
+    )
+    lead = ObjectSpec(
+        "Lead",
+        "Lead",
+        "Leads",
+        "00Q",
+        (
+            _id_field(),
+            FieldSpec("FirstName", "First Name", "string", length=40),
+            FieldSpec("LastName", "Last Name", "string", length=80, nillable=False),
+            _name_field(),
+            FieldSpec("Company", "Company", "string", length=255, nillable=False),
+            FieldSpec("Email", "Email", "email", length=80),
+            FieldSpec("Title", "Title", "string", length=128),
+            FieldSpec("Website", "Website", "url", length=255),
+            FieldSpec(
+                "Status", "Status", "picklist", length=255, nillable=False, picklist=LEAD_STATUSES
+            ),
+            FieldSpec(
+                "LeadSource",
+                "Lead Source",
+                "picklist",
+                length=255,
+                picklist=(
+                    "Web",
+                    "Webinar",
+                    "Trade Show",
+                    "Partner Referral",
+                    "Content Download",
+                    "Other",
+                ),
+            ),
+            FieldSpec("IsConverted", "Converted", "boolean", nillable=False, updateable=False),
+            _owner_field(),
+            *_system_fields(),
+        ),
+        required=("LastName", "Company"),
+        defaults=(("Status", "Open - Not Contacted"), ("IsConverted", False)),
+    )
+    contact = ObjectSpec(
+        "Contact",
+        "Contact",
+        "Contacts",
+        "003",
+        (
+            _id_field(),
+            FieldSpec(
+                "AccountId",
+                "Account ID",
+                "reference",
+                length=18,
+                reference_to=("Account",),
+                relationship="Account",
+            ),
+            FieldSpec("FirstName", "First Name", "string", length=40),
+            FieldSpec("LastName", "Last Name", "string", length=80, nillable=False),
+            _name_field(),
+            FieldSpec("Email", "Email", "email", length=80),
+            FieldSpec("Title", "Title", "string", length=128),
+            FieldSpec("MQL__c", "MQL", "boolean", nillable=False, custom=True),
+            _owner_field(),
+            *_system_fields(),
+        ),
+        required=("LastName",),
+        defaults=(("MQL__c", False),),
+    )
+    task = ObjectSpec(
+        "Task",
+        "Task",
+        "Tasks",
+        "00T",
+        (
+            _id_field(),
+            FieldSpec("Subject", "Subject", "combobox", length=255),
+            FieldSpec(
+                "Status",
+                "Status",
+                "picklist",
+                length=255,
+                nillable=False,
+                picklist=("Not Started", "In Progress", "Completed", "Waiting on someone else"),
+            ),
+            FieldSpec(
+                "Priority",
+                "Priority",
+                "picklist",
+                length=255,
+                nillable=False,
+                picklist=("High", "Normal", "Low"),
+            ),
+            FieldSpec(
+                "WhatId",
+                "Related To ID",
+                "reference",
+                length=18,
+                reference_to=("Account",),
+                relationship="What",
+            ),
+            FieldSpec(
+                "WhoId",
+                "Name ID",
+                "reference",
+                length=18,
+                reference_to=("Contact", "Lead"),
+                relationship="Who",
+            ),
+            FieldSpec("ActivityDate", "Due Date Only", "date"),
+            FieldSpec("Description", "Description", "textarea", length=32000),
+            _owner_field(),
+            *_system_fields(),
+        ),
+        defaults=(("Status", "Not Started"), ("Priority", "Normal")),
+    )
+    user = ObjectSpec(
+        "User",
+        "User",
+        "Users",
+        "005",
+        (
+            _id_field(),
+            FieldSpec("Username", "Username", "string", length=80, nillable=False),
+            FieldSpec("FirstName", "First Name", "string", length=40),
+            FieldSpec("LastName", "Last Name", "string", length=80, nillable=False),
+            _name_field(),
+            FieldSpec("Email", "Email", "email", length=128, nillable=False),
+            FieldSpec("Title", "Title", "string", length=80),
+            FieldSpec("IsActive", "Active", "boolean", nillable=False),
+            *_system_fields(),
+        ),
+        required=("LastName", "Username", "Email"),
+        defaults=(("IsActive", True),),
+    )
+    return {spec.name: spec for spec in (account, lead, contact, task, user)}
+
+
+# --------------------------------------------------------------------------- ids and values
+
+
+def id18(id15: str) -> str:
+    """Salesforce's case-safe 18-character id: the 15-character id plus its checksum suffix."""
+    suffix = ""
+    for chunk in range(3):
+        bits = 0
+        for position, char in enumerate(id15[chunk * 5 : chunk * 5 + 5]):
+            if "A" <= char <= "Z":
+                bits |= 1 << position
+        suffix += _CHECKSUM_CHARS[bits]
+    return id15 + suffix
+
+
+def make_id(prefix: str, number: int, pod: str = "Dn") -> str:
+    """A deterministic 18-character id: key prefix, pod, zero padding, base-62 sequence number."""
+    digits = ""
+    n = number
+    for _ in range(6):
+        n, rem = divmod(n, 62)
+        digits = _BASE62[rem] + digits
+    return id18(f"{prefix}{pod}0000{digits}")
+
+
+def format_datetime(value: datetime) -> str:
+    """A datetime as the REST API writes it: ``2026-01-31T09:00:00.000+0000``."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
+
+
+def to_json_value(spec: FieldSpec, value: Any) -> Any:
+    """A stored value as the REST API returns it."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if spec.type in ("double", "currency", "percent"):
+        return float(value)
+    return value
+
+
+def to_csv_value(value: Any) -> str:
+    """A stored value as a Bulk API CSV cell."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class RecordError(Exception):
+    """A write Salesforce refuses for one record: its statusCode, message and fields."""
+
+    def __init__(self, code: str, message: str, fields: Iterable[str] = ()):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fields = list(fields)
+
+    def save_error(self) -> dict[str, Any]:
+        """The error as a SaveResult ``errors`` item."""
+        return {"statusCode": self.code, "message": self.message, "fields": self.fields}
+
+    def rest_error(self) -> dict[str, Any]:
+        """The error as a REST error-list item."""
+        return {"message": self.message, "errorCode": self.code, "fields": self.fields}
+
+    def bulk_error(self) -> str:
+        """The error as a Bulk API 2.0 ``sf__Error`` cell: ``CODE:message:fields --``."""
+        return f"{self.code}:{self.message}:{','.join(self.fields)} --"
+
+
+def _number_from(spec: FieldSpec, value: Any, source: str) -> float | int:
+    """A number for a numeric field, or the error the API raises for that source."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _type_error(spec, value, source)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _type_error(spec, value, source) from None
+    else:
+        number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise _type_error(spec, value, source)
+    number = round(number, spec.scale)
+    if abs(number) >= 10 ** (spec.precision - spec.scale):
+        raise RecordError(
+            "NUMBER_OUTSIDE_VALID_RANGE",
+            f"{spec.label}: value outside of valid range on numeric field: {_fmt(value)}",
+            [spec.name],
+        )
+    if spec.type == "int":
+        return int(number)
+    return number
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _type_error(spec: FieldSpec, value: Any, source: str) -> RecordError:
+    """A value of the wrong type: REST JSON fails to deserialize, Collections and Bulk per record."""
+    if source == "rest":
+        json_type = "VALUE_STRING" if isinstance(value, str) else "VALUE_OTHER"
+        java = {"int": "int", "boolean": "boolean"}.get(spec.type, "double")
+        return RecordError(
+            "JSON_PARSER_ERROR",
+            f"Cannot deserialize instance of {java} from {json_type} value {value} or request "
+            "may be missing a required field at [line:1, column:2]",
+        )
+    return RecordError(
+        "INVALID_TYPE_ON_FIELD_IN_RECORD",
+        f"{spec.label}: value not of required type: {value}",
+        [spec.name],
+    )
+
+
+# --------------------------------------------------------------------------- bulk jobs
+
+
+@dataclass
+class BulkJob:
+    """A Bulk API 2.0 ingest job and, once processed, its per-row results."""
+
+    id: str
+    object: str
+    operation: str
+    created_by: str
+    created: datetime
+    version: str
+    line_ending: str = "LF"
+    delimiter: str = "COMMA"
+    state: str = "Open"
+    data: str | None = None
+    modstamp: datetime | None = None
+    processed: int = 0
+    failed: int = 0
+    error_message: str | None = None
+    successful: list[list[str]] = field(default_factory=list)
+    failures: list[list[str]] = field(default_factory=list)
+    unprocessed: list[list[str]] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    processing_ms: int = 0
+
+    def info(self, *, full: bool) -> dict[str, Any]:
+        """The job info the create, close and get-job resources return."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "operation": self.operation,
+            "object": self.object,
+            "createdById": self.created_by,
+            "createdDate": format_datetime(self.created),
+            "systemModstamp": format_datetime(self.modstamp or self.created),
+            "state": self.state,
+            "concurrencyMode": "Parallel",
+            "contentType": "CSV",
+            "apiVersion": float(self.version),
+            "contentUrl": f"services/data/v{self.version}/jobs/ingest/{self.id}/batches",
+            "lineEnding": self.line_ending,
+            "columnDelimiter": self.delimiter,
+        }
+        if full:
+            out.update(
+                {
+                    "jobType": "V2Ingest",
+                    "numberRecordsProcessed": self.processed,
+                    "numberRecordsFailed": self.failed,
+                    "retries": 0,
+                    "totalProcessingTime": self.processing_ms,
+                    "apiActiveProcessingTime": self.processing_ms,
+                    "apexProcessingTime": 0,
+                }
+            )
+            if self.error_message:
+                out["errorMessage"] = self.error_message
+        return out
+
+
+_DELIMITERS = {
+    "COMMA": ",",
+    "TAB": "\t",
+    "PIPE": "|",
+    "SEMICOLON": ";",
+    "CARET": "^",
+    "BACKQUOTE": "`",
+}
+
+
+@dataclass
+class _Cursor:
+    """A query's remaining rows for ``nextRecordsUrl`` paging."""
+
+    rows: list[dict[str, Any]]
+    batch: int
+    endpoint: str
+
+
+# --------------------------------------------------------------------------- the API
+
+
+Handler = Callable[[Request, "_Ctx"], Response]
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """What the router extracted from a path."""
+
+    version: str = ""
+    parts: tuple[str, ...] = ()
+
+
+class SalesforceApi:
+    """The in-memory org and the REST API subset around it (the sandbox's API-module contract).
+
+    ``records`` maps object name -> id -> field values (Python values: str, float, int, bool,
+    datetime, date, None). Tests and seeders may use ``insert``, ``get`` and ``delete`` directly.
+    """
+
+    def __init__(
+        self,
+        *,
+        faults: FaultInjector | None = None,
+        base_url: str = "http://127.0.0.1",
+        session_id: str | None = None,
+        daily_api_limit: int = DEFAULT_DAILY_API_LIMIT,
+    ):
+        self.schema = build_schema()
+        self._schema_lower = {name.lower(): spec for name, spec in self.schema.items()}
+        self.faults = faults or FaultInjector()
+        self.base_url = base_url.rstrip("/")
+        self.org_id = id18("00D5g00000" + "Pls5x")
+        self.session_id = session_id or new_session_id(self.org_id)
+        self.username = "revops@pls-sync.sandbox"
+        self.password = "sandbox-password"
+        self.security_token = "SandboxToken123"
+        self.consumer_key = "3MVG9sandbox.pls-sync.consumer-key"
+        self.consumer_secret = "sandbox-consumer-secret"
+        self.refresh_token = "5Aep861sandbox-refresh-token"
+        self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema}
+        self.deleted: set[str] = set()
+        self.api_max = daily_api_limit
+        self.api_used = 0
+        self._sessions = {self.session_id}
+        self._sequence = itertools.count(1)
+        self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
+        self._jobs: dict[str, BulkJob] = {}
+        self._lock = threading.RLock()
+        self.integration_user = self.insert(
+            "User",
+            {
+                "Username": self.username,
+                "FirstName": "Integration",
+                "LastName": "User",
+                "Email": self.username,
+                "Title": "RevOps Integration",
+            },
+        )
+
+    # ----------------------------------------------------------------- Python helpers
+
+    def spec(self, sobject: str) -> ObjectSpec | None:
+        """An object's metadata by name, case-insensitively."""
+        return self._schema_lower.get(sobject.lower())
+
+    def new_id(self, sobject: str) -> str:
+        """The next id for ``sobject``."""
+        return make_id(self.schema[sobject].key_prefix, next(self._sequence))
+
+    def insert(
+        self,
+        sobject: str,
+        fields: Mapping[str, Any],
+        *,
+        created: datetime | None = None,
+        modified: datetime | None = None,
+    ) -> str:
+        """Store a record as-is (no validation; for seeding and tests); returns its 18-char id."""
+        spec = self.schema[sobject]
+        with self._lock:
+            record_id = str(fields.get("Id") or self.new_id(sobject))
+            now = created or datetime.now(UTC)
+            record: dict[str, Any] = {f.name: None for f in spec.fields}
+            record.update(dict(spec.defaults))
+            record.update(
+                {
+                    "Id": record_id,
+                    "IsDeleted": False,
+                    "CreatedDate": now,
+                    "LastModifiedDate": modified or now,
+                    "SystemModstamp": modified or now,
+                }
+            )
+            user = getattr(self, "integration_user", record_id)
+            record["CreatedById"] = record["LastModifiedById"] = user
+            if spec.field("OwnerId") is not None:
+                record["OwnerId"] = user
+            for name, value in fields.items():
+                canonical = spec.field(name)
+                if canonical is None:
+                    raise KeyError(f"{sobject} has no field {name}")
+                record[canonical.name] = value
+            self._derive_name(spec, record)
+            self.records[sobject][record_id] = record
+            return record_id
+
+    def get(self, sobject: str, record_id: str) -> dict[str, Any] | None:
+        """A copy of a stored record (deleted ones included), or None."""
+        with self._lock:
+            record = self._find(sobject, record_id)
+            return dict(record) if record is not None else None
+
+    def delete(self, sobject: str, record_id: str) -> None:
+        """Move a record to the recycle bin (queryAll still sees it)."""
+        with self._lock:
+            record = self._find(sobject, record_id)
+            if record is None:
+                raise KeyError(record_id)
+            record["IsDeleted"] = True
+            self.deleted.add(record["Id"])
+
+    def expire_sessions(self) -> None:
+        """Invalidate every session, as a session timeout does; log in again to get a new one."""
+        with self._lock:
+            self._sessions.clear()
+
+    def _find(self, sobject: str, record_id: str) -> dict[str, Any] | None:
+        table = self.records.get(sobject, {})
+        if len(record_id) == 15:
+            record_id = id18(record_id)
+        return table.get(record_id)
+
+    @staticmethod
+    def _derive_name(spec: ObjectSpec, record: dict[str, Any]) -> None:
+        """Name is a compound of FirstName and LastName on people objects."""
+        name_spec = spec.field("Name")
+        if (
+            spec.field("LastName") is not None
+            and name_spec is not None
+            and not name_spec.updateable
+        ):
+            parts = [record.get("FirstName"), record.get("LastName")]
+            record["Name"] = " ".join(p for p in parts if p) or None
+
+    # ----------------------------------------------------------------- module contract
+
+    def handles(self, path: str) -> bool:
+        """Every path under /services/ belongs to Salesforce."""
+        return path.startswith("/services/")
+
+    def endpoint(self, request: Request) -> str:
+        """The counted endpoint name of a request."""
+        name, _, _ = self._route(request)
+        return name
+
+    def handle(self, request: Request) -> Response:
+        """Serve one request."""
+        name, handler, ctx = self._route(request)
+        if handler is None:
+            return Response(404, _NOT_FOUND)
+        if name in ("sf.login", "sf.oauth", "sf.versions"):
+            with self._lock:
+                return handler(request, ctx)
+        with self._lock:
+            if not self._authorised(request):
+                return Response(
+                    401, _INVALID_SESSION, {"WWW-Authenticate": 'Token realm="Salesforce"'}
+                )
+            if self.api_used >= self.api_max:
+                response = Response(403, _REQUEST_LIMIT)
+            else:
+                self.api_used += 1
+                response = handler(request, ctx)
+            response.headers.setdefault(
+                "Sforce-Limit-Info", f"api-usage={self.api_used}/{self.api_max}"
+            )
+            return response
+
+    def render_fault(self, kind: str, request: Request) -> Response:
+        """Salesforce's own response for an injected fault."""
+        if kind == "invalid_session":
+            return Response(401, _INVALID_SESSION)
+        if kind in ("request_limit", "daily_limit"):
+            return Response(403, _REQUEST_LIMIT)
+        if kind == "rate_limit":
+            return Response(
+                429,
+                [
+                    {
+                        "message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+                        "errorCode": "REQUEST_LIMIT_EXCEEDED",
+                    }
+                ],
+            )
+        if kind == "unavailable":
+            return Response(
+                503,
+                [{"message": "Service temporarily unavailable", "errorCode": "SERVER_UNAVAILABLE"}],
+            )
+        error_id = (
+            f"{secrets.randbelow(10**9)}-{secrets.randbelow(10**6)} (-{secrets.randbelow(10**9)})"
+        )
+        return Response(
+            500,
+            [
+                {
+                    "message": "An unexpected error occurred. Please include this ErrorId if you "
+                    f"contact support: {error_id}",
+                    "errorCode": "UNKNOWN_EXCEPTION",
+                }
+            ],
+        )
+
+    def _authorised(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() in ("bearer", "oauth") and token.strip() in self._sessions
+
+    # ----------------------------------------------------------------- routing
+
+    def _route(self, request: Request) -> tuple[str, Handler | None, _Ctx]:
+        path = request.path.rstrip("/")
+        method = request.method.upper()
+        if path.startswith("/services/Soap/u/") and method == "POST":
+            return "sf.login", self._soap_login, _Ctx()
+        if path == "/services/oauth2/token" and method == "POST":
+            return "sf.oauth", self._oauth_token, _Ctx()
+        if path == "/services/data" and method == "GET":
+            return "sf.versions", self._versions, _Ctx()
+        match = re.match(r"^/services/data/v(\d+\.\d)(?:/(.*))?$", path)
+        if not match or match.group(1) not in _VERSIONS:
+            return "sf.unknown", None, _Ctx()
+        version = match.group(1)
+        parts = tuple(p for p in (match.group(2) or "").split("/") if p)
+        ctx = _Ctx(version, parts)
+        head = parts[0].lower() if parts else ""
+        n = len(parts)
+        if n == 0 and method == "GET":
+            return "sf.resources", self._resources, ctx
+        if head == "limits" and n == 1 and method == "GET":
+            return "sf.limits", self._limits, ctx
+        if head in ("query", "queryall") and method == "GET":
+            if n == 1:
+                return "sf.query", self._query, ctx
+            if n == 2:
+                return "sf.query_more", self._query_more, ctx
+        if head == "sobjects":
+            if n == 1 and method == "GET":
+                return "sf.describe", self._describe_global, ctx
+            if n == 3 and parts[2].lower() == "describe" and method == "GET":
+                return "sf.describe", self._describe, ctx
+            if n == 2 and method == "POST":
+                return "sf.sobject.create", self._create, ctx
+            if n == 3 and method == "GET":
+                return "sf.sobject.get", self._get_record, ctx
+            if n == 3 and method == "PATCH":
+                return "sf.sobject.patch", self._patch_record, ctx
+            if n == 3 and method == "DELETE":
+                return "sf.sobject.delete", self._delete_record, ctx
+        if head == "composite" and n == 2 and parts[1].lower() == "sobjects" and method == "PATCH":
+            return "sf.composite.sobjects.patch", self._collection_update, ctx
+        if head == "jobs" and n >= 2 and parts[1].lower() == "ingest":
+            if n == 2 and method == "POST":
+                return "sf.bulk2.create", self._bulk_create, ctx
+            if n == 3 and method == "PATCH":
+                return "sf.bulk2.close", self._bulk_set_state, ctx
+            if n == 3 and method == "GET":
+                return "sf.bulk2.status", self._bulk_info, ctx
+            if n == 3 and method == "DELETE":
+                return "sf.bulk2.delete", self._bulk_delete, ctx
+            if n == 4 and parts[3].lower() == "batches" and method == "PUT":
+                return "sf.bulk2.upload", self._bulk_upload, ctx
+            if (
+                n == 4
+                and method == "GET"
+                and parts[3].lower()
+                in (
+                    "successfulresults",
+                    "failedresults",
+                    "unprocessedrecords",
+                )
+            ):
+                return "sf.bulk2.results", self._bulk_results, ctx
+        return "sf.unknown", None, ctx
+
+    # ----------------------------------------------------------------- auth
+
+    def _new_session(self) -> str:
+        session = new_session_id(self.org_id)
+        self._sessions.add(session)
+        return session
+
+    def _soap_login(self, request: Request, ctx: _Ctx) -> Response:
+        body = request.body.decode("utf-8", "replace")
+        version = request.path.rstrip("/").rsplit("/", 1)[-1]
+        username = _xml_value(body, "username")
+        password = _xml_value(body, "password")
+        valid = username == self.username and password in (
+            self.password + self.security_token,
+            self.password,
+        )
+        if not valid:
+            return Response(500, _soap_fault(), {"Content-Type": "text/xml;charset=UTF-8"})
+        session = self._new_session()
+        server = f"{self.base_url}/services/Soap/u/{version}/{self.org_id[:15]}"
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns="urn:partner.soap.sforce.com" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+            "<soapenv:Body><loginResponse><result>"
+            f"<metadataServerUrl>{self.base_url}/services/Soap/m/{version}/{self.org_id[:15]}"
+            "</metadataServerUrl>"
+            "<passwordExpired>false</passwordExpired><sandbox>true</sandbox>"
+            f"<serverUrl>{server}</serverUrl><sessionId>{session}</sessionId>"
+            f"<userId>{self.integration_user}</userId>"
+            "<userInfo>"
+            f"<organizationId>{self.org_id}</organizationId>"
+            "<organizationName>pls-sync sandbox</organizationName>"
+            f"<userEmail>{self.username}</userEmail><userFullName>Integration User</userFullName>"
+            f"<userId>{self.integration_user}</userId><userName>{self.username}</userName>"
+            "<userTimeZone>Etc/UTC</userTimeZone>"
+            "</userInfo></result></loginResponse></soapenv:Body></soapenv:Envelope>"
+        )
+        return Response(200, xml, {"Content-Type": "text/xml;charset=UTF-8"})
+
+    def _oauth_token(self, request: Request, ctx: _Ctx) -> Response:
+        form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
+        grant = form.get("grant_type", "")
+        ok = False
+        if grant == "password":
+            ok = (
+                form.get("client_id") == self.consumer_key
+                and form.get("client_secret") == self.consumer_secret
+                and form.get("username") == self.username
+                and form.get("password") in (self.password, self.password + self.security_token)
+            )
+        elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            # The sandbox checks the claims but not the signature: it holds no certificate.
+            claims = _jwt_claims(form.get("assertion", ""))
+            ok = (
+                claims is not None
+                and claims.get("iss") == self.consumer_key
+                and claims.get("sub") == self.username
+                and float(claims.get("exp", 0)) > _time.time()
+            )
+        elif grant == "refresh_token":
+            ok = (
+                form.get("refresh_token") == self.refresh_token
+                and form.get("client_id") == self.consumer_key
+            )
+        elif grant == "client_credentials":
+            client_id, client_secret = form.get("client_id"), form.get("client_secret")
+            auth = request.headers.get("authorization", "")
+            if auth.lower().startswith("basic "):
+                decoded = base64.b64decode(auth[6:]).decode("utf-8", "replace")
+                client_id, _, client_secret = decoded.partition(":")
+            ok = client_id == self.consumer_key and client_secret == self.consumer_secret
+        else:
+            return Response(
+                400,
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": "grant type not supported",
+                },
+            )
+        if not ok:
+            return Response(
+                400, {"error": "invalid_grant", "error_description": "authentication failure"}
+            )
+        issued = str(int(_time.time() * 1000))
+        return Response(
+            200,
+            {
+                "access_token": self._new_session(),
+                "instance_url": self.base_url,
+                "id": f"{self.base_url}/id/{self.org_id}/{self.integration_user}",
+                "token_type": "Bearer",
+                "issued_at": issued,
+                "signature": base64.b64encode(secrets.token_bytes(32)).decode("ascii"),
+                "scope": "api refresh_token",
+            },
+        )
+
+    # ----------------------------------------------------------------- simple resources
+
+    def _versions(self, request: Request, ctx: _Ctx) -> Response:
+        return Response(
+            200,
+            [
+                {"label": label, "url": f"/services/data/v{version}", "version": version}
+                for version, label in API_VERSIONS
+            ],
+        )
+
+    def _resources(self, request: Request, ctx: _Ctx) -> Response:
+        base = f"/services/data/v{ctx.version}"
+        return Response(
+            200,
+            {
+                name: f"{base}/{name}"
+                for name in ("sobjects", "query", "queryAll", "limits", "composite", "jobs")
+            },
+        )
+
+    def _limits(self, request: Request, ctx: _Ctx) -> Response:
+        return Response(
+            200,
+            {
+                "DailyApiRequests": {
+                    "Max": self.api_max,
+                    "Remaining": max(self.api_max - self.api_used, 0),
+                },
+                "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+                "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
+                "DailyBulkApiBatches": {
+                    "Max": 15000,
+                    "Remaining": 15000 - len(self._jobs),
+                },
+                "DataStorageMB": {"Max": 5, "Remaining": 5},
+            },
+        )
+
+    def _describe_global(self, request: Request, ctx: _Ctx) -> Response:
+        return Response(
+            200,
+            {
+                "encoding": "UTF-8",
+                "maxBatchSize": COLLECTION_LIMIT,
+                "sobjects": [
+                    {k: v for k, v in spec.describe(ctx.version).items() if k != "fields"}
+                    for spec in self.schema.values()
+                ],
+            },
+        )
+
+    def _describe(self, request: Request, ctx: _Ctx) -> Response:
+        spec = self.spec(ctx.parts[1])
+        if spec is None:
+            return Response(404, _NOT_FOUND)
+        return Response(200, spec.describe(ctx.version))
+
+    # ----------------------------------------------------------------- records
+
+    def _record_json(
+        self, spec: ObjectSpec, record: Mapping[str, Any], version: str, fields: Iterable[str]
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "attributes": {
+                "type": spec.name,
+                "url": f"/services/data/v{version}/sobjects/{spec.name}/{record['Id']}",
+            }
+        }
+        for name in fields:
+            field_spec = spec.field(name)
+            if field_spec is not None:
+                out[field_spec.name] = to_json_value(field_spec, record.get(field_spec.name))
+        return out
+
+    def _get_record(self, request: Request, ctx: _Ctx) -> Response:
+        spec = self.spec(ctx.parts[1])
+        if spec is None:
+            return Response(404, _NOT_FOUND)
+        record = self._find(spec.name, ctx.parts[2])
+        if record is None:
+            return Response(404, _NOT_FOUND)
+        if record["IsDeleted"]:
+            return Response(
+                404, [{"errorCode": "ENTITY_IS_DELETED", "message": "entity is deleted"}]
+            )
+        wanted = request.param("fields")
+        names = wanted.split(",") if wanted else [f.name for f in spec.fields]
+        return Response(200, self._record_json(spec, record, ctx.version, names))
+
+    def _delete_record(self, request: Request, ctx: _Ctx) -> Response:
+        spec = self.spec(ctx.parts[1])
+        record = self._find(spec.name, ctx.parts[2]) if spec else None
+        if spec is None or record is None:
+            return Response(404, _NOT_FOUND)
+        if record["IsDeleted"]:
+            return Response(
+                404, [{"errorCode": "ENTITY_IS_DELETED", "message": "entity is deleted"}]
+            )
+        self.delete(spec.name, record["Id"])
+        return Response(204)
+
+    def _prepare(
+        self, spec: ObjectSpec, values: Mapping[str, Any], *, source: str, creating: bool
+    ) -> dict[str, Any]:
+        """Validate field values for a write; returns canonical name -> stored value."""
+        changes: dict[str, Any] = {}
+        for raw_name, raw_value in values.items():
+            if raw_name in ("attributes", "Id", "id") and not creating:
+                continue
+            field_spec = spec.field(raw_name)
+            if field_spec is None:
+                raise RecordError(
+                    "INVALID_FIELD",
+                    f"No such column '{raw_name}' on sobject of type {spec.name}",
+                    [],
+                )
+            allowed = field_spec.createable if creating else field_spec.updateable
+            if not allowed:
+                raise RecordError(
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    f"Unable to create/update fields: {field_spec.name}. Please check the security "
+                    "settings of this field and verify that it is read/write for your profile or "
+                    "permission set.",
+                    [field_spec.name],
+                )
+            value = raw_value
+            if source == "bulk":
+                if value == "":
+                    continue  # an empty Bulk API cell leaves the field unchanged
+                if value == "#N/A":
+                    value = None
+            changes[field_spec.name] = self._coerce(field_spec, value, source)
+        return changes
+
+    def _coerce(self, spec: FieldSpec, value: Any, source: str) -> Any:
+        """One value checked and converted to its stored form, or the API's error."""
+        if value is None:
+            if not spec.nillable:
+                raise RecordError(
+                    "REQUIRED_FIELD_MISSING",
+                    f"Required fields are missing: [{spec.name}]",
+                    [spec.name],
+                )
+            return None
+        kind = spec.type
+        if kind in _NUMBER_TYPES:
+            return _number_from(spec, value, source)
+        if kind == "boolean":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                return value.lower() in ("true", "1")
+            raise _type_error(spec, value, source)
+        if kind in ("datetime", "date"):
+            if not isinstance(value, str):
+                raise _type_error(spec, value, source)
+            try:
+                if kind == "date":
+                    return date.fromisoformat(value[:10])
+                return soql.parse_datetime(value)
+            except ValueError:
+                raise _type_error(spec, value, source) from None
+        if kind == "reference":
+            if not isinstance(value, str) or not _ID_RE.match(value):
+                raise RecordError(
+                    "MALFORMED_ID",
+                    f"{spec.label}: id value of incorrect type: {value}",
+                    [spec.name],
+                )
+            return id18(value) if len(value) == 15 else value
+        if kind in _TEXT_TYPES:
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise _type_error(spec, value, source)
+            text = _fmt(value) if not isinstance(value, str) else value
+            if len(text) > spec.length:
+                raise RecordError(
+                    "STRING_TOO_LONG",
+                    f"{spec.label}: data value too large: {text[:40]} (max length={spec.length})",
+                    [spec.name],
+                )
+            if kind == "picklist" and spec.restricted and text not in spec.picklist:
+                raise RecordError(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    f"{spec.label}: bad value for restricted picklist field: {text}",
+                    [spec.name],
+                )
+            return text
+        return value
+
+    def _target(self, spec: ObjectSpec, record_id: Any) -> dict[str, Any]:
+        """The live record an update addresses, or the per-record error the API returns."""
+        if not isinstance(record_id, str) or not record_id:
+            raise RecordError("MISSING_ARGUMENT", "Id not specified in an update call", [])
+        if not _ID_RE.match(record_id) or not record_id.startswith(spec.key_prefix):
+            raise RecordError(
+                "MALFORMED_ID", f"{spec.label} ID: id value of incorrect type: {record_id}", ["Id"]
+            )
+        record = self._find(spec.name, record_id)
+        if record is None:
+            raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", [])
+        if record["IsDeleted"]:
+            raise RecordError("ENTITY_IS_DELETED", "entity is deleted", [])
+        return record
+
+    def _commit(self, spec: ObjectSpec, record: dict[str, Any], changes: Mapping[str, Any]) -> None:
+        now = datetime.now(UTC)
+        record.update(changes)
+        record["LastModifiedDate"] = record["SystemModstamp"] = now
+        record["LastModifiedById"] = self.integration_user
+        self._derive_name(spec, record)
+
+    def _locked(self, endpoint: str, ids: Iterable[str]) -> frozenset[str]:
+        return self.faults.locked_records(endpoint, ids)
+
+    @staticmethod
+    def _lock_error(record_id: str) -> RecordError:
+        return RecordError(
+            "UNABLE_TO_LOCK_ROW",
+            f"unable to obtain exclusive access to this record or 1 records: {record_id}",
+            [],
+        )
+
+    def _patch_record(self, request: Request, ctx: _Ctx) -> Response:
+        spec = self.spec(ctx.parts[1])
+        if spec is None:
+            return Response(404, _NOT_FOUND)
+        body = _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict):
+            return Response(
+                400, _json_parser_error("Can not deserialize SObject out of START_ARRAY token")
+            )
+        try:
+            record = self._target(spec, ctx.parts[2])
+        except RecordError as exc:
+            status = (
+                404 if exc.code in ("INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED") else 400
+            )
+            if exc.code == "INVALID_CROSS_REFERENCE_KEY":
+                return Response(404, _NOT_FOUND)
+            return Response(status, [exc.rest_error()])
+        try:
+            changes = self._prepare(spec, body, source="rest", creating=False)
+            if self._locked("sf.sobject.patch", [record["Id"]]):
+                raise self._lock_error(record["Id"])
+        except RecordError as exc:
+            return Response(400, [exc.rest_error()])
+        self._commit(spec, record, changes)
+        return Response(204)
+
+    def _create(self, request: Request, ctx: _Ctx) -> Response:
+        spec = self.spec(ctx.parts[1])
+        if spec is None:
+            return Response(404, _NOT_FOUND)
+        body = _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict):
+            return Response(
+                400, _json_parser_error("Can not deserialize SObject out of START_ARRAY token")
+            )
+        try:
+            values = self._prepare(spec, body, source="rest", creating=True)
+            missing = [name for name in spec.required if values.get(name) in (None, "")]
+            if missing:
+                raise RecordError(
+                    "REQUIRED_FIELD_MISSING",
+                    f"Required fields are missing: [{', '.join(missing)}]",
+                    missing,
+                )
+        except RecordError as exc:
+            return Response(400, [exc.rest_error()])
+        record_id = self.insert(spec.name, values)
+        return Response(201, {"id": record_id, "success": True, "errors": []})
+
+    def _collection_update(self, request: Request, ctx: _Ctx) -> Response:
+        body = _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            return Response(
+                400,
+                [{"message": "Required field 'records' is missing", "errorCode": "INVALID_FIELD"}],
+            )
+        records = body["records"]
+        if len(records) > COLLECTION_LIMIT:
+            return Response(
+                400,
+                [
+                    {
+                        "message": "record limit reached. cannot submit more than 200 records "
+                        "into this call",
+                        "errorCode": "EXCEEDED_ID_LIMIT",
+                    }
+                ],
+            )
+        all_or_none = bool(body.get("allOrNone", False))
+        planned: list[tuple[ObjectSpec, dict[str, Any], dict[str, Any]] | RecordError] = []
+        for item in records:
+            planned.append(self._plan_collection_item(item))
+        ids = [p[1]["Id"] for p in planned if not isinstance(p, RecordError)]
+        locked = self._locked("sf.composite.sobjects.patch", ids)
+        planned = [
+            self._lock_error(p[1]["Id"])
+            if not isinstance(p, RecordError) and p[1]["Id"] in locked
+            else p
+            for p in planned
+        ]
+        failed = any(isinstance(p, RecordError) for p in planned)
+        results: list[dict[str, Any]] = []
+        for item, plan in zip(records, planned, strict=True):
+            raw_id = item.get("id") if isinstance(item, dict) else None
+            if isinstance(plan, RecordError):
+                result: dict[str, Any] = {"success": False, "errors": [plan.save_error()]}
+                if isinstance(raw_id, str) and raw_id:
+                    result = {"id": raw_id, **result}
+                results.append(result)
+            elif all_or_none and failed:
+                results.append(
+                    {"id": plan[1]["Id"], "success": False, "errors": [dict(_ROLLED_BACK)]}
+                )
+            else:
+                spec, record, changes = plan
+                self._commit(spec, record, changes)
+                results.append({"id": record["Id"], "success": True, "errors": []})
+        return Response(200, results)
+
+    def _plan_collection_item(
+        self, item: Any
+    ) -> tuple[ObjectSpec, dict[str, Any], dict[str, Any]] | RecordError:
+        """Validate one Collections record; the target, its changes, or its error."""
+        if not isinstance(item, dict):
+            return RecordError("INVALID_TYPE", "Must send a concrete entity type.", [])
+        attributes = item.get("attributes")
+        type_name = attributes.get("type") if isinstance(attributes, dict) else None
+        spec = self.spec(type_name) if isinstance(type_name, str) else None
+        if spec is None:
+            return RecordError("INVALID_TYPE", "Must send a concrete entity type.", [])
+        try:
+            record = self._target(spec, item.get("id", item.get("Id")))
+            changes = self._prepare(spec, item, source="collection", creating=False)
+        except RecordError as exc:
+            return exc
+        return spec, record, changes
+
+    # ----------------------------------------------------------------- SOQL
+
+    def _resolve(self, query: soql.Query, root: ObjectSpec, ref: soql.FieldRef) -> list[FieldSpec]:
+        """The chain of fields a path walks (relationships then the field), or INVALID_FIELD."""
+        chain: list[FieldSpec] = []
+        spec = root
+        path = list(ref.path)
+        if len(path) > 1 and path[0].lower() == root.name.lower():
+            path = path[1:]
+        for part in path[:-1]:
+            rel = spec.relationships.get(part.lower())
+            if rel is None:
+                raise soql.invalid_field(
+                    query,
+                    ref,
+                    f"Didn't understand relationship '{part}' in field path. If you are attempting "
+                    "to use a custom relationship, be sure to append the '__r' after the custom "
+                    "relationship name. Please reference your WSDL or the describe call for the "
+                    "appropriate names.",
+                )
+            chain.append(rel)
+            spec = self.schema[rel.reference_to[0]]
+        final = spec.field(path[-1])
+        if final is None:
+            raise soql.invalid_field(
+                query,
+                ref,
+                f"No such column '{path[-1]}' on entity '{spec.name}'. If you are attempting to "
+                "use a custom field, be sure to append the '__c' after the custom field name. "
+                "Please reference your WSDL or the describe call for the appropriate names.",
+            )
+        chain.append(final)
+        return chain
+
+    def _follow(self, record: Mapping[str, Any] | None, chain: list[FieldSpec]) -> Any:
+        """A field's value at the end of a relationship chain (None through a null reference)."""
+        current = record
+        for rel in chain[:-1]:
+            if current is None:
+                return None
+            target_id = current.get(rel.name)
+            current = None
+            if target_id:
+                for target in rel.reference_to:
+                    current = self._find(target, target_id)
+                    if current is not None:
+                        break
+        if current is None:
+            return None
+        return current.get(chain[-1].name)
+
+    def _query(self, request: Request, ctx: _Ctx) -> Response:
+        text = request.param("q")
+        if not text:
+            return Response(
+                400,
+                [{"message": "A query string has to be specified", "errorCode": "MALFORMED_QUERY"}],
+            )
+        include_deleted = ctx.parts[0].lower() == "queryall"
+        try:
+            return self._run_query(request, ctx, text, include_deleted)
+        except soql.SoqlError as exc:
+            return Response(400, [{"message": exc.message, "errorCode": exc.code}])
+
+    def _run_query(self, request: Request, ctx: _Ctx, text: str, include_deleted: bool) -> Response:
+        query = soql.parse(text)
+        root = self.spec(query.sobject)
+        if root is None:
+            message = (
+                f"sObject type '{query.sobject}' is not supported. If you are attempting to use a "
+                "custom object, be sure to append the '__c' after the entity name. Please reference "
+                "your WSDL or the describe call for the appropriate names."
+            )
+            raise soql.SoqlError("INVALID_TYPE", soql._located(text, query.sobject_pos, message))
+        chains: dict[soql.FieldRef, list[FieldSpec]] = {}
+        for ref in (*query.fields, *query.where_fields(), *(o.field for o in query.order_by)):
+            chains[ref] = self._resolve(query, root, ref)
+        if query.offset is not None and query.offset > MAX_OFFSET:
+            raise soql.SoqlError(
+                "NUMBER_OUTSIDE_VALID_RANGE", f"Maximum SOQL offset allowed is {MAX_OFFSET}"
+            )
+        now = datetime.now(UTC)
+        rows = [
+            record
+            for record in self.records[root.name].values()
+            if include_deleted or not record["IsDeleted"]
+        ]
+        if query.where is not None:
+            where = query.where
+            rows = [
+                r
+                for r in rows
+                if soql.evaluate(where, lambda ref, r=r: self._follow(r, chains[ref]), now)  # type: ignore[misc]
+            ]
+        if query.order_by:
+            rows = soql.sort_rows(rows, query.order_by, lambda r, ref: self._follow(r, chains[ref]))
+        if query.offset:
+            rows = rows[query.offset :]
+        if query.limit is not None:
+            rows = rows[: query.limit]
+        if query.count_only:
+            return Response(200, {"totalSize": len(rows), "done": True, "records": []})
+        out = [self._query_row(root, r, query, chains, ctx.version) for r in rows]
+        batch = _batch_size(request.headers.get("sforce-query-options", ""))
+        return Response(
+            200, self._page(out, 0, batch, ctx, "queryAll" if include_deleted else "query")
+        )
+
+    def _query_row(
+        self,
+        root: ObjectSpec,
+        record: Mapping[str, Any],
+        query: soql.Query,
+        chains: Mapping[soql.FieldRef, list[FieldSpec]],
+        version: str,
+    ) -> dict[str, Any]:
+        out = self._record_json(root, record, version, ())
+        for ref in query.fields:
+            chain = chains[ref]
+            if len(chain) == 1:
+                out[chain[0].name] = to_json_value(chain[0], record.get(chain[0].name))
+                continue
+            node: dict[str, Any] | None = out
+            current: Mapping[str, Any] | None = record
+            for rel in chain[:-1]:
+                assert node is not None
+                target_id = current.get(rel.name) if current is not None else None
+                target = None
+                target_spec = None
+                for name in rel.reference_to:
+                    target = self._find(name, target_id) if target_id else None
+                    if target is not None:
+                        target_spec = self.schema[name]
+                        break
+                key = rel.relationship or rel.name
+                if target is None or target_spec is None:
+                    node[key] = None
+                    node = None
+                    break
+                existing = node.get(key)
+                if not isinstance(existing, dict):
+                    existing = self._record_json(target_spec, target, version, ())
+                    node[key] = existing
+                node, current = existing, target
+            if node is not None and current is not None:
+                node[chain[-1].name] = to_json_value(chain[-1], current.get(chain[-1].name))
+        return out
+
+    def _page(
+        self, rows: list[dict[str, Any]], start: int, batch: int, ctx: _Ctx, endpoint: str
+    ) -> dict[str, Any]:
+        end = start + batch
+        page: dict[str, Any] = {"totalSize": len(rows), "done": end >= len(rows)}
+        if end < len(rows):
+            locator = "01g" + secrets.token_hex(8)[:12].upper() + "AAA"
+            self._cursors[locator] = _Cursor(rows, batch, endpoint)
+            while len(self._cursors) > 100:
+                self._cursors.popitem(last=False)
+            page["nextRecordsUrl"] = f"/services/data/v{ctx.version}/{endpoint}/{locator}-{end}"
+        page["records"] = rows[start:end]
+        return page
+
+    def _query_more(self, request: Request, ctx: _Ctx) -> Response:
+        locator, _, offset = ctx.parts[1].rpartition("-")
+        cursor = self._cursors.get(locator)
+        if cursor is None or not offset.isdigit():
+            return Response(
+                400, [{"message": "invalid query locator", "errorCode": "INVALID_QUERY_LOCATOR"}]
+            )
+        return Response(
+            200, self._page(cursor.rows, int(offset), cursor.batch, ctx, cursor.endpoint)
+        )
+
+    # ----------------------------------------------------------------- Bulk API 2.0
+
+    def _bulk_create(self, request: Request, ctx: _Ctx) -> Response:
+        body = _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict):
+            return Response(400, _json_parser_error("Can not deserialize job info"))
+        operation = body.get("operation")
+        spec = self.spec(str(body.get("object", "")))
+        if spec is None:
+            return Response(
+                400,
+                [
+                    {
+                        "errorCode": "INVALIDENTITY",
+                        "message": f"Entity '{body.get('object')}' is not supported by the Bulk API.",
+                    }
+                ],
+            )
+        if operation not in ("insert", "update", "delete"):
+            return Response(
+                400,
+                [
+                    {
+                        "errorCode": "API_ERROR",
+                        "message": f"Unsupported operation in the sandbox: {operation}",
+                    }
+                ],
+            )
+        if body.get("contentType", "CSV") != "CSV":
+            return Response(400, [{"errorCode": "API_ERROR", "message": "contentType must be CSV"}])
+        delimiter = body.get("columnDelimiter", "COMMA")
+        line_ending = body.get("lineEnding", "LF")
+        if delimiter not in _DELIMITERS or line_ending not in ("LF", "CRLF"):
+            return Response(
+                400,
+                [{"errorCode": "API_ERROR", "message": "Invalid columnDelimiter or lineEnding"}],
+            )
+        job = BulkJob(
+            id=make_id("750", next(self._sequence)),
+            object=spec.name,
+            operation=operation,
+            created_by=self.integration_user,
+            created=datetime.now(UTC),
+            version=ctx.version,
+            line_ending=line_ending,
+            delimiter=delimiter,
+        )
+        self._jobs[job.id] = job
+        return Response(200, job.info(full=False))
+
+    def _job(self, ctx: _Ctx) -> BulkJob | Response:
+        job = self._jobs.get(ctx.parts[2])
+        if job is None:
+            return Response(404, _NOT_FOUND)
+        return job
+
+    def _bulk_upload(self, request: Request, ctx: _Ctx) -> Response:
+        job = self._job(ctx)
+        if isinstance(job, Response):
+            return job
+        if job.data is not None:
+            return Response(
+                400,
+                [
+                    {
+                        "errorCode": "BULK_API_ERROR",
+                        "message": f"Found multiple contents for job: <{job.id}>, please 'Close' / "
+                        "'Abort' / 'Delete' the current Job then create a new Job and make sure "
+                        "you only do 'PUT' once on a given Job.",
+                    }
+                ],
+            )
+        if job.state != "Open":
+            return Response(
+                409, [{"errorCode": "INVALIDJOBSTATE", "message": "Job is not in Open state"}]
+            )
+        job.data = request.body.decode("utf-8-sig")
+        return Response(201)
+
+    def _bulk_set_state(self, request: Request, ctx: _Ctx) -> Response:
+        job = self._job(ctx)
+        if isinstance(job, Response):
+            return job
+        body = _json_body(request)
+        if isinstance(body, Response):
+            return body
+        state = body.get("state") if isinstance(body, dict) else None
+        if state == "Aborted" and job.state in ("Open", "UploadComplete", "InProgress"):
+            job.state = "Aborted"
+            job.modstamp = datetime.now(UTC)
+            return Response(200, job.info(full=False))
+        if state != "UploadComplete" or job.state != "Open":
+            return Response(
+                400,
+                [
+                    {
+                        "errorCode": "INVALIDJOBSTATE",
+                        "message": f"Invalid state transition to {state} from {job.state}",
+                    }
+                ],
+            )
+        job.state = "UploadComplete"
+        job.modstamp = datetime.now(UTC)
+        response = Response(200, job.info(full=False))
+        self._process(job)
+        return response
+
+    def _process(self, job: BulkJob) -> None:
+        """Run an uploaded job to JobComplete (or Failed) synchronously."""
+        started = _time.perf_counter()
+        spec = self.schema[job.object]
+        if job.data is None:
+            job.state = "Failed"
+            job.error_message = "InvalidBatch : No data was uploaded for this job"
+            return
+        reader = csv.reader(io.StringIO(job.data, newline=""), delimiter=_DELIMITERS[job.delimiter])
+        rows = [row for row in reader if row]
+        if not rows:
+            job.state = "Failed"
+            job.error_message = "InvalidBatch : Failed to parse the header row"
+            return
+        header = rows[0]
+        job.header = header
+        for column in header:
+            if spec.field(column) is None:
+                job.state = "Failed"
+                job.error_message = f"InvalidBatch : Field name not found : {column}"
+                job.unprocessed = rows[1:]
+                return
+        id_column = next((i for i, c in enumerate(header) if c.lower() == "id"), None)
+        if job.operation != "insert" and id_column is None:
+            job.state = "Failed"
+            job.error_message = "InvalidBatch : Field name not found : Id"
+            job.unprocessed = rows[1:]
+            return
+        ids = [row[id_column] for row in rows[1:] if id_column is not None and id_column < len(row)]
+        locked = self._locked("sf.bulk2.close", ids)
+        for row in rows[1:]:
+            job.processed += 1
+            try:
+                if len(row) != len(header):
+                    raise RecordError(
+                        "INVALID_FIELD",
+                        "The number of fields in the row does not match the header",
+                        [],
+                    )
+                values = dict(zip(header, row, strict=True))
+                record_id, created = self._bulk_row(job, spec, values, locked)
+            except RecordError as exc:
+                job.failed += 1
+                raw_id = row[id_column] if id_column is not None and id_column < len(row) else ""
+                job.failures.append([raw_id, exc.bulk_error(), *row])
+                continue
+            job.successful.append([record_id, "true" if created else "false", *row])
+        job.state = "JobComplete"
+        job.modstamp = datetime.now(UTC)
+        job.processing_ms = int((_time.perf_counter() - started) * 1000)
+
+    def _bulk_row(
+        self, job: BulkJob, spec: ObjectSpec, values: dict[str, str], locked: frozenset[str]
+    ) -> tuple[str, bool]:
+        if job.operation == "insert":
+            changes = self._prepare(spec, values, source="bulk", creating=True)
+            missing = [n for n in spec.required if changes.get(n) in (None, "")]
+            if missing:
+                raise RecordError(
+                    "REQUIRED_FIELD_MISSING",
+                    f"Required fields are missing: [{', '.join(missing)}]",
+                    missing,
+                )
+            return self.insert(spec.name, changes), True
+        record_id = next(v for k, v in values.items() if k.lower() == "id")
+        record = self._target(spec, record_id)
+        if record["Id"] in locked or record_id in locked:
+            raise self._lock_error(record["Id"])
+        if job.operation == "delete":
+            self.delete(spec.name, record["Id"])
+            return record["Id"], False
+        changes = self._prepare(
+            spec,
+            {k: v for k, v in values.items() if k.lower() != "id"},
+            source="bulk",
+            creating=False,
+        )
+        self._commit(spec, record, changes)
+        return record["Id"], False
+
+    def _bulk_info(self, request: Request, ctx: _Ctx) -> Response:
+        job = self._job(ctx)
+        if isinstance(job, Response):
+            return job
+        return Response(200, job.info(full=True))
+
+    def _bulk_delete(self, request: Request, ctx: _Ctx) -> Response:
+        job = self._job(ctx)
+        if isinstance(job, Response):
+            return job
+        del self._jobs[job.id]
+        return Response(204)
+
+    def _bulk_results(self, request: Request, ctx: _Ctx) -> Response:
+        job = self._job(ctx)
+        if isinstance(job, Response):
+            return job
+        kind = ctx.parts[3].lower()
+        if kind == "successfulresults":
+            header, rows = ["sf__Id", "sf__Created", *job.header], job.successful
+        elif kind == "failedresults":
+            header, rows = ["sf__Id", "sf__Error", *job.header], job.failures
+        else:
+            header, rows = list(job.header), job.unprocessed
+        buffer = io.StringIO()
+        terminator = "\r\n" if job.line_ending == "CRLF" else "\n"
+        writer = csv.writer(
+            buffer,
+            delimiter=_DELIMITERS[job.delimiter],
+            lineterminator=terminator,
+            quoting=csv.QUOTE_ALL,
+        )
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+        return Response(200, buffer.getvalue(), {"Content-Type": "text/csv"})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def new_session_id(org_id: str) -> str:
+    """A session id shaped like Salesforce's: ``<15-char org id>!AQ<opaque token>``."""
+    return f"{org_id[:15]}!AQ{secrets.token_urlsafe(72)[:94]}"
+
+
+def _batch_size(header: str) -> int:
+    match = re.search(r"batchSize\s*=\s*(\d+)", header)
+    if not match:
+        return QUERY_BATCH_DEFAULT
+    return max(QUERY_BATCH_MIN, min(QUERY_BATCH_DEFAULT, int(match.group(1))))
+
+
+def _json_parser_error(message: str) -> list[dict[str, Any]]:
+    return [{"message": message, "errorCode": "JSON_PARSER_ERROR"}]
+
+
+def _json_body(request: Request) -> Any:
+    """The parsed JSON body, or the 400 JSON_PARSER_ERROR response Salesforce gives."""
+    try:
+        return request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Response(400, _json_parser_error(f"Unexpected character: {exc}"))
+
+
+def _xml_value(body: str, tag: str) -> str | None:
+    match = re.search(rf"<(?:\w+:)?{tag}>(.*?)</(?:\w+:)?{tag}>", body, re.DOTALL)
+    return html.unescape(match.group(1)) if match else None
+
+
+def _soap_fault() -> str:
+    message = "Invalid username, password, security token; or user locked out."
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:sf="urn:fault.partner.soap.sforce.com" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        "<soapenv:Body><soapenv:Fault><faultcode>sf:INVALID_LOGIN</faultcode>"
+        f"<faultstring>INVALID_LOGIN: {message}</faultstring>"
+        '<detail><sf:LoginFault xsi:type="sf:LoginFault">'
+        "<sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode>"
+        f"<sf:exceptionMessage>{message}</sf:exceptionMessage>"
+        "</sf:LoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    )
+
+
+def _jwt_claims(assertion: str) -> dict[str, Any] | None:
+    parts = assertion.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, json.JSONDecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def sandbox_login_session(sandbox_url: str) -> requests.Session:
+    """A ``requests.Session`` that carries simple-salesforce's HTTPS calls to the sandbox.
+
+    Test-only routing: simple-salesforce hard-codes ``https://login.salesforce.com`` (and
+    ``test.salesforce.com``) for login and ``https://<instance>`` for every data call. This
+    session mounts a transport adapter that sends those, and ``https://`` calls to the sandbox's
+    own host and port, to the sandbox over plain HTTP on loopback, so the unmodified client's
+    login and data flows can be exercised. Nothing else is rerouted.
+    """
+    from urllib.parse import urlsplit
+
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    target = urlsplit(sandbox_url)
+    if target.hostname not in ("127.0.0.1", "localhost"):
+        raise ValueError("the sandbox only listens on 127.0.0.1")
+    local = f"http://{target.hostname}:{target.port}"
+    prefixes = (
+        "https://login.salesforce.com",
+        "https://test.salesforce.com",
+        f"https://{target.hostname}:{target.port}",
+    )
+
+    class _LoopbackAdapter(HTTPAdapter):
+        def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            url = request.url or ""
+            for prefix in prefixes:
+                if url.startswith(prefix):
+                    request.url = local + url[len(prefix) :]
+                    break
+            return super().send(request, *args, **kwargs)
+
+    session = requests.Session()
+    adapter = _LoopbackAdapter()
+    for prefix in prefixes:
+        session.mount(prefix, adapter)
+    return session

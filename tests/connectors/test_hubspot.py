@@ -1,0 +1,592 @@
+"""The HubSpot connector: the real hubspot-api-client (urllib3) against the real sandbox server.
+
+hubspot-api-client does not go through ``requests``, so nothing is mocked: every test sends real
+HTTP to the sandbox's HubSpot module. Time is faked: the connector's pacer and backoff and the
+sandbox's ten-second window share one clock that only moves when the connector sleeps.
+
+HubSpot behaviour pinned here (see also tests/sandbox/test_hubspot_api.py):
+* batch update, 100 inputs, 200 vs 207 with ``errors``:
+  https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/companies/batch/update-companies
+  https://developers.hubspot.com/changelog/simplifying-batch-update-response-codes-for-crm-v3-apis
+* 429 bodies with ``policyName`` (TEN_SECONDLY_ROLLING vs DAILY) and the rate-limit headers:
+  https://developers.hubspot.com/docs/api/usage-details
+* 401 INVALID_AUTHENTICATION: https://developers.hubspot.com/docs/api-reference/error-handling
+* property values: numbers and enumerations as strings, dates at midnight UTC, "" clears:
+  https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/companies/batch/update-companies
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import urllib.request
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import connectors.hubspot as hubspot_connector
+from connectors.hubspot import (
+    HubSpotDestination,
+    HubSpotValidationError,
+    RequestPacer,
+    format_value,
+    translate_api_error,
+)
+from pls_sync.errors import (
+    AuthError,
+    FatalError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RetriableError,
+)
+from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
+from pls_sync.models import FieldSpec, FieldType, RecordChange
+
+MAPPING = DestinationMapping(
+    destination="hubspot",
+    object="companies",
+    match=MatchRule(domain_fields=("domain", "hs_additional_domains")),
+    fields=(
+        FieldMapping("pqa_score", "score"),
+        FieldMapping("pqa_tier", "tier"),
+        FieldMapping("pqa_signals", "signals"),
+        FieldMapping("pqa_qualified_since", "qualified_since", null="clear"),
+    ),
+)
+SPECS = {
+    "pqa_score": FieldSpec("pqa_score", FieldType.NUMBER),
+    "pqa_tier": FieldSpec(
+        "pqa_tier", FieldType.PICKLIST, picklist_values=("sales", "success", "self_serve")
+    ),
+    "pqa_signals": FieldSpec("pqa_signals", FieldType.TEXTAREA, length=65_536),
+    "pqa_qualified_since": FieldSpec("pqa_qualified_since", FieldType.DATETIME),
+    "pqa_active_users": FieldSpec("pqa_active_users", FieldType.NUMBER),
+}
+
+
+class FakeTime:
+    """One clock for the connector's pacing and backoff and the sandbox's window."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += max(0.0, seconds)
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+
+@pytest.fixture
+def clock() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def box(sandbox: Any, clock: FakeTime) -> Any:
+    """The real sandbox (``tests/conftest.py``), its HubSpot window on the fake clock."""
+    sandbox.hubspot.limiter.monotonic = clock
+    return sandbox
+
+
+def destination(box: Any, clock: FakeTime, **options: Any) -> HubSpotDestination:
+    return HubSpotDestination(
+        box.hubspot_token, base_url=box.url, sleep=clock.sleep, clock=clock, **options
+    )
+
+
+def count(box: Any, endpoint: str) -> int:
+    return int(box.counts().get(endpoint, 0))
+
+
+def http(box: Any, method: str, path: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        box.url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {box.hubspot_token}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def test_from_env_without_a_token_names_the_variable(tmp_path: Any) -> None:
+    with pytest.raises(AuthError) as caught:
+        HubSpotDestination.from_env({"PLS_SYNC_SECRETS_DIR": str(tmp_path)})
+    assert "HUBSPOT_ACCESS_TOKEN" in str(caught.value)
+
+
+def test_from_env_reads_the_token_and_base_url(box: Any) -> None:
+    dest = HubSpotDestination.from_env(
+        {"HUBSPOT_ACCESS_TOKEN": box.hubspot_token, "HUBSPOT_BASE_URL": box.url}, batch_size=500
+    )
+    assert dest.name == "hubspot"
+    assert dest.batch_size == 100  # never above HubSpot's batch maximum
+    assert "pqa_score" in dest.describe("companies")
+
+
+def test_urllib3_retries_are_off_so_the_project_owns_them(box: Any, clock: FakeTime) -> None:
+    dest = destination(box, clock)
+    assert dest._companies_batch.api_client.configuration.retries is False
+    assert dest._companies_batch.api_client.configuration.host == box.url
+
+
+# --------------------------------------------------------------------------- describe and read
+
+
+def test_describe_maps_property_types(box: Any, clock: FakeTime) -> None:
+    http(
+        box,
+        "POST",
+        "/crm/v3/properties/companies",
+        {
+            "name": "pqa_renewal_on",
+            "label": "Renewal",
+            "type": "date",
+            "fieldType": "date",
+            "groupName": "pqa",
+        },
+    )
+    http(
+        box,
+        "POST",
+        "/crm/v3/properties/companies",
+        {
+            "name": "pqa_flagged",
+            "label": "Flagged",
+            "type": "bool",
+            "fieldType": "booleancheckbox",
+            "groupName": "pqa",
+            "options": [{"label": "Yes", "value": "true"}, {"label": "No", "value": "false"}],
+        },
+    )
+    specs = destination(box, clock).describe("companies")
+    assert specs["pqa_score"].type is FieldType.NUMBER
+    assert specs["pqa_tier"].type is FieldType.PICKLIST
+    assert specs["pqa_tier"].picklist_values == ("sales", "success", "self_serve")
+    assert specs["pqa_signals"].type is FieldType.TEXTAREA
+    assert specs["name"].type is FieldType.STRING
+    assert specs["pqa_qualified_since"].type is FieldType.DATETIME
+    assert specs["pqa_renewal_on"].type is FieldType.DATE
+    assert specs["pqa_flagged"].type is FieldType.BOOLEAN
+    assert specs["hs_object_id"].type is FieldType.ID
+    assert specs["pqa_score"].updateable and specs["pqa_tier"].updateable
+    assert not specs["hs_lastmodifieddate"].updateable
+    assert not specs["hs_num_child_companies"].updateable
+    assert specs["pqa_score"].label == "PQA score"
+    assert count(box, "hs.properties.list") == 1
+
+
+def test_read_records_pages_at_100_and_splits_additional_domains(box: Any, clock: FakeTime) -> None:
+    dest = destination(box, clock)
+    records = list(dest.read_records(MAPPING))
+    total = len(box.hubspot.ids())
+    assert len(records) == total == len({r.id for r in records})
+    assert count(box, "hs.companies.list") == math.ceil(total / 100)
+    assert dest.api_calls()["read"] == math.ceil(total / 100)
+    by_id = {r.id: r for r in records}
+    for record_id in box.hubspot.ids():
+        stored = box.hubspot.company(record_id)
+        record = by_id[record_id]
+        extra = [d for d in stored.get("hs_additional_domains", "").split(";") if d]
+        expected = ([stored["domain"]] if stored.get("domain") else []) + extra
+        assert list(record.domain_values) == expected
+        assert set(record.fields) == set(MAPPING.targets)
+        assert record.fields["pqa_score"] == stored.get("pqa_score")
+        assert record.parent_id == stored.get("hs_parent_company_id")
+        assert record.owner_id == stored.get("hubspot_owner_id")
+        assert record.name == stored.get("name")
+        assert record.last_modified is not None and record.last_modified.tzinfo is not None
+    assert any(len(r.domain_values) > 1 for r in records)
+    assert any(r.parent_id for r in records)
+
+
+def test_read_modified_since_uses_search(box: Any, clock: FakeTime) -> None:
+    dest = destination(box, clock)
+    touched = box.hubspot.ids()[5:8]
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    dest.write("companies", [RecordChange(i, {"pqa_score": 50.0}, f"k{i}") for i in touched], SPECS)
+    records = list(dest.read_records_modified_since(MAPPING, since))
+    assert sorted(r.id for r in records) == sorted(touched)
+    assert all(r.fields["pqa_score"] == "50" for r in records)
+    assert count(box, "hs.companies.search") == 1
+
+
+def test_read_modified_since_falls_back_to_a_full_read_beyond_the_search_cap(
+    box: Any, clock: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hubspot_connector, "SEARCH_RESULT_CAP", 50)
+    dest = destination(box, clock)
+    records = list(dest.read_records_modified_since(MAPPING, datetime(2000, 1, 1, tzinfo=UTC)))
+    assert len(records) == len(box.hubspot.ids())
+    assert count(box, "hs.companies.search") == 1
+    assert count(box, "hs.companies.list") == math.ceil(len(records) / 100)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def changes_for(ids: list[str], **fields: Any) -> list[RecordChange]:
+    return [RecordChange(record_id, dict(fields), f"acct-{record_id}") for record_id in ids]
+
+
+def test_250_changed_companies_take_3_batch_updates(box: Any, clock: FakeTime) -> None:
+    ids = box.hubspot.ids()[:250]
+    dest = destination(box, clock)
+    qualified = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    changes = [
+        RecordChange(
+            record_id,
+            {
+                "pqa_score": float(n % 100),
+                "pqa_tier": "sales",
+                "pqa_qualified_since": qualified,
+                "pqa_signals": None,
+            },
+            f"acct-{n}",
+        )
+        for n, record_id in enumerate(ids)
+    ]
+    result = dest.write("companies", changes, SPECS)
+    assert count(box, "hs.companies.batch_update") == 3
+    assert result.calls == 3 == dest.api_calls()["write"]
+    assert sorted(result.written) == sorted(ids)
+    assert not result.rejected and not result.not_attempted
+    stored = box.hubspot.company(ids[42])
+    assert stored["pqa_score"] == "42"
+    assert stored["pqa_tier"] == "sales"
+    assert stored["pqa_qualified_since"] == "2026-11-22T10:00:00.000Z"
+    assert "pqa_signals" not in stored  # None was sent as "" and cleared it
+
+
+def test_no_changes_make_no_calls(box: Any, clock: FakeTime) -> None:
+    dest = destination(box, clock)
+    result = dest.write("companies", [], SPECS)
+    assert result.calls == 0
+    assert count(box, "hs.companies.batch_update") == 0
+
+
+def test_207_partial_failures_become_rejections_record_by_record(box: Any, clock: FakeTime) -> None:
+    ids = box.hubspot.ids()[:6]
+    specs = {**SPECS, "pqa_colour": FieldSpec("pqa_colour", FieldType.STRING)}
+    changes = [
+        RecordChange(ids[0], {"pqa_score": 71.0}, "a"),
+        RecordChange(ids[1], {"pqa_colour": "red"}, "b"),
+        RecordChange(ids[2], {"pqa_score": "lots"}, "c"),
+        RecordChange(ids[3], {"pqa_tier": "platinum"}, "d"),
+        RecordChange(ids[4], {"pqa_tier": "success"}, "e"),
+        RecordChange("31337", {"pqa_score": 1.0}, "f"),
+    ]
+    result = destination(box, clock).write("companies", changes, specs)
+    assert result.calls == 1
+    assert sorted(result.written) == sorted([ids[0], ids[4]])
+    rejected = {r.record_id: r for r in result.rejected}
+    assert set(rejected) == {ids[1], ids[2], ids[3], "31337"}
+    assert (rejected[ids[1]].code, rejected[ids[1]].fields) == (
+        "PROPERTY_DOESNT_EXIST",
+        ("pqa_colour",),
+    )
+    assert (rejected[ids[2]].code, rejected[ids[2]].fields) == ("INVALID_DECIMAL", ("pqa_score",))
+    assert (rejected[ids[3]].code, rejected[ids[3]].fields) == ("INVALID_OPTION", ("pqa_tier",))
+    assert rejected["31337"].code == "OBJECT_NOT_FOUND"
+    assert "platinum" in rejected[ids[3]].message
+    assert box.hubspot.company(ids[0])["pqa_score"] == "71"
+    assert box.hubspot.company(ids[4])["pqa_tier"] == "success"
+
+
+def test_a_whole_batch_400_is_split_until_the_bad_records_are_isolated(
+    box: Any, clock: FakeTime
+) -> None:
+    box.hubspot.batch_validation = "all_or_nothing"
+    ids = box.hubspot.ids()[:16]
+    changes = changes_for(ids, pqa_score=33.0)
+    changes[5] = RecordChange(ids[5], {"pqa_tier": "gold"}, "bad-1")
+    changes[12] = RecordChange(ids[12], {"pqa_score": "n/a"}, "bad-2")
+    result = destination(box, clock).write("companies", changes, SPECS)
+    assert sorted(result.written) == sorted(i for n, i in enumerate(ids) if n not in (5, 12))
+    rejected = {r.record_id: r for r in result.rejected}
+    assert set(rejected) == {ids[5], ids[12]}
+    assert (rejected[ids[5]].code, rejected[ids[5]].fields) == ("INVALID_OPTION", ("pqa_tier",))
+    assert (rejected[ids[12]].code, rejected[ids[12]].fields) == ("INVALID_DECIMAL", ("pqa_score",))
+    # 1 + 2 halves + 4 quarters + 4 eighths on the two bad paths + 4 singles
+    assert result.calls == count(box, "hs.companies.batch_update") == 15
+    assert box.hubspot.company(ids[0])["pqa_score"] == "33"
+
+
+# --------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize(
+    ("value", "spec", "wire"),
+    [
+        (42.0, SPECS["pqa_score"], "42"),
+        (12.5, SPECS["pqa_score"], "12.5"),
+        (-3, SPECS["pqa_score"], "-3"),
+        (Decimal("7.250"), SPECS["pqa_score"], "7.25"),
+        (1e-7, SPECS["pqa_score"], "0.0000001"),
+        (float("nan"), SPECS["pqa_score"], ""),
+        ("sales", SPECS["pqa_tier"], "sales"),
+        (None, SPECS["pqa_tier"], ""),
+        (True, FieldSpec("b", FieldType.BOOLEAN), "true"),
+        (
+            datetime(2026, 11, 22, 10, 0, tzinfo=UTC),
+            SPECS["pqa_qualified_since"],
+            "2026-11-22T10:00:00.000Z",
+        ),
+        (
+            datetime(2026, 11, 22, 11, 0, 0, 250_000),
+            SPECS["pqa_qualified_since"],
+            "2026-11-22T11:00:00.250Z",
+        ),
+        (date(2026, 11, 22), SPECS["pqa_qualified_since"], "2026-11-22T00:00:00.000Z"),
+        (date(2026, 11, 22), FieldSpec("d", FieldType.DATE), "2026-11-22"),
+        (datetime(2026, 11, 22, 23, 30, tzinfo=UTC), FieldSpec("d", FieldType.DATE), "2026-11-22"),
+        (["7+ users", "Pricing page"], SPECS["pqa_signals"], "7+ users; Pricing page"),
+        (["a", "b"], FieldSpec("m", FieldType.MULTIPICKLIST), "a;b"),
+        ("x" * 20, FieldSpec("s", FieldType.STRING, length=10), "x" * 9 + "…"),
+    ],
+)
+def test_values_are_formatted_the_way_hubspot_wants(value: Any, spec: FieldSpec, wire: str) -> None:
+    assert format_value(value, spec) == wire
+
+
+def test_formatted_values_are_accepted_by_the_sandbox(box: Any, clock: FakeTime) -> None:
+    http(
+        box,
+        "POST",
+        "/crm/v3/properties/companies",
+        {
+            "name": "pqa_renewal_on",
+            "label": "Renewal",
+            "type": "date",
+            "fieldType": "date",
+            "groupName": "pqa",
+        },
+    )
+    target = box.hubspot.ids()[3]
+    specs = {**SPECS, "pqa_renewal_on": FieldSpec("pqa_renewal_on", FieldType.DATE)}
+    change = RecordChange(
+        target,
+        {
+            "pqa_score": 64.0,
+            "pqa_renewal_on": date(2027, 1, 31),
+            "pqa_signals": ["Admin changed", "7+ users"],
+        },
+        "k",
+    )
+    result = destination(box, clock).write("companies", [change], specs)
+    assert result.written == [target]
+    stored = box.hubspot.company(target)
+    assert (stored["pqa_score"], stored["pqa_renewal_on"]) == ("64", "2027-01-31")
+    assert stored["pqa_signals"] == "Admin changed; 7+ users"
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+def test_pacing_follows_the_rate_limit_headers(box: Any, clock: FakeTime) -> None:
+    box.hubspot.set_burst_limit(3)
+    dest = destination(box, clock, requests_per_10s=100)
+    records = list(dest.read_records(MAPPING))
+    pages = math.ceil(len(records) / 100)
+    assert dest.pacer.limit == 3  # learnt from X-HubSpot-RateLimit-Max
+    assert count(box, "hs.companies.list") == pages  # never refused, so never retried
+    assert clock.now - 1_000.0 >= 10.0 * ((pages - 1) // 3)
+
+
+def test_a_ten_secondly_429_is_retried_after_retry_after(box: Any, clock: FakeTime) -> None:
+    box.faults.add("rate_limit", endpoint="hs.companies.batch_update", times=2, retry_after=3)
+    ids = box.hubspot.ids()[:10]
+    dest = destination(box, clock)
+    result = dest.write("companies", changes_for(ids, pqa_score=9.0), SPECS)
+    assert sorted(result.written) == sorted(ids)
+    assert result.calls == 3 == count(box, "hs.companies.batch_update")
+    assert sum(1 for s in clock.sleeps if s >= 3.0) >= 2
+
+
+def test_a_full_window_shared_with_other_apps_is_waited_out(box: Any, clock: FakeTime) -> None:
+    box.hubspot.set_burst_limit(2)
+    for _ in range(2):  # another integration on the same portal fills the window
+        http(box, "GET", "/crm/v3/objects/companies?limit=1")
+    dest = destination(box, clock)
+    specs = dest.describe("companies")
+    assert "pqa_score" in specs
+    assert count(box, "hs.properties.list") == 2  # one 429, then the retry after the window moved
+    assert clock.sleeps and clock.sleeps[0] >= 1.0
+
+
+def test_rate_limit_exhausting_the_retries_raises(box: Any, clock: FakeTime) -> None:
+    box.faults.add("rate_limit", endpoint="hs.properties.list", retry_after=1)
+    dest = destination(box, clock)
+    with pytest.raises(RateLimitedError):
+        dest.describe("companies")
+    assert count(box, "hs.properties.list") == 5
+
+
+def test_a_daily_429_stops_writing_and_leaves_the_rest_not_attempted(
+    box: Any, clock: FakeTime
+) -> None:
+    ids = box.hubspot.ids()[:250]
+    dest = destination(box, clock)
+    box.hubspot.limiter.daily_limit = box.hubspot.limiter.daily_used + 1
+    result = dest.write("companies", changes_for(ids, pqa_score=5.0), SPECS)
+    assert sorted(result.written) == sorted(ids[:100])
+    assert sorted(result.not_attempted) == sorted(ids[100:])
+    assert result.calls == 2  # the refused request is not retried
+    assert dest.daily_api_remaining() == 0
+    with pytest.raises(QuotaExhaustedError):
+        list(dest.read_records(MAPPING))
+
+
+def test_an_injected_daily_limit_fault_is_quota_exhaustion(box: Any, clock: FakeTime) -> None:
+    box.faults.add("daily_limit", endpoint="hs.companies.batch_update")
+    ids = box.hubspot.ids()[:30]
+    result = destination(box, clock).write("companies", changes_for(ids, pqa_score=1.0), SPECS)
+    assert result.written == [] and sorted(result.not_attempted) == sorted(ids)
+
+
+# --------------------------------------------------------------------------- auth and server errors
+
+
+def test_a_bad_token_is_an_auth_error_without_the_token(box: Any, clock: FakeTime) -> None:
+    token = "pat-na1-11111111-2222-4333-8444-555555555555"
+    dest = HubSpotDestination(token, base_url=box.url, sleep=clock.sleep, clock=clock)
+    with pytest.raises(AuthError) as caught:
+        list(dest.read_records(MAPPING))
+    assert "HubSpot rejected the access token" in str(caught.value)
+    assert token not in str(caught.value)
+    assert token not in repr(caught.value.__dict__)
+    assert count(box, "hs.companies.list") == 1  # not retried
+
+
+def test_an_injected_invalid_session_is_an_auth_error(box: Any, clock: FakeTime) -> None:
+    box.faults.add("invalid_session", endpoint="hs.companies.batch_update")
+    with pytest.raises(AuthError):
+        destination(box, clock).write(
+            "companies", changes_for(box.hubspot.ids()[:3], pqa_score=1.0), SPECS
+        )
+
+
+@pytest.mark.parametrize("kind", ["server_error", "unavailable", "drop"])
+def test_5xx_and_dropped_connections_are_retried(box: Any, clock: FakeTime, kind: str) -> None:
+    box.faults.add(kind, endpoint="hs.companies.batch_update", times=2)
+    ids = box.hubspot.ids()[:5]
+    result = destination(box, clock).write("companies", changes_for(ids, pqa_score=2.0), SPECS)
+    assert sorted(result.written) == sorted(ids)
+    assert result.calls == 3 == count(box, "hs.companies.batch_update")
+    assert len(clock.sleeps) >= 2
+
+
+def test_an_unreachable_host_is_retriable_and_retried_by_us_only(clock: FakeTime) -> None:
+    with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as server:
+        port = server.server_address[1]  # bound, then closed: nothing listens there any more
+    dest = HubSpotDestination(
+        "pat-na1-x", base_url=f"http://127.0.0.1:{port}", sleep=clock.sleep, clock=clock
+    )
+    with pytest.raises(RetriableError) as caught:
+        dest.describe("companies")
+    assert caught.value.code == "TRANSPORT"
+    assert dest.api_calls()["describe"] == 5
+
+
+# --------------------------------------------------------------------------- translation and pacing
+
+
+def api_exception(
+    status: int, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> Any:
+    from hubspot.crm.companies.exceptions import ApiException
+
+    response = SimpleNamespace(
+        status=status,
+        reason="reason",
+        data=json.dumps(body or {}).encode(),
+        getheaders=lambda: headers or {},
+    )
+    return ApiException(http_resp=response)
+
+
+def test_translate_api_error_maps_each_status() -> None:
+    token = "pat-na1-abcdef12-3456-4789-abcd-ef1234567890"
+    auth = translate_api_error(
+        api_exception(401, {"category": "INVALID_AUTHENTICATION", "message": token}), [token]
+    )
+    assert isinstance(auth, AuthError) and token not in str(auth)
+    assert isinstance(
+        translate_api_error(api_exception(403, {"category": "MISSING_SCOPES"})), AuthError
+    )
+    ten = translate_api_error(
+        api_exception(429, {"policyName": "TEN_SECONDLY_ROLLING"}, {"Retry-After": "4"})
+    )
+    assert isinstance(ten, RateLimitedError) and ten.retry_after == 4.0
+    assert isinstance(
+        translate_api_error(api_exception(429, {"policyName": "DAILY"})), QuotaExhaustedError
+    )
+    for status in (500, 502, 503, 504):
+        assert type(translate_api_error(api_exception(status))) is RetriableError
+    invalid = translate_api_error(
+        api_exception(
+            400,
+            {
+                "category": "VALIDATION_ERROR",
+                "message": 'Property values were not valid: [{"isValid":false,"message":"x","error":"INVALID_OPTION","name":"pqa_tier"}]',
+            },
+        )
+    )
+    assert isinstance(invalid, HubSpotValidationError)
+    assert invalid.details[0]["error"] == "INVALID_OPTION"
+    other = translate_api_error(api_exception(404, {"category": "OBJECT_NOT_FOUND"}))
+    assert isinstance(other, FatalError) and not isinstance(other, AuthError)
+
+
+def test_the_pacer_never_sends_more_than_the_limit_in_any_window(clock: FakeTime) -> None:
+    pacer = RequestPacer(5, clock=clock, sleep=clock.sleep)
+    sent: list[float] = []
+    for _ in range(23):
+        pacer.acquire()
+        sent.append(clock.now)
+    for start in sent:
+        assert sum(1 for t in sent if start <= t < start + 10.0) <= 5
+    pacer.observe(maximum=3, remaining=0)
+    assert pacer.limit == 3
+    before = clock.now
+    pacer.acquire()
+    assert clock.now > before  # the server said the window is full: wait for it
+
+
+def test_a_batch_failing_beyond_its_retries_leaves_the_rest_not_attempted(
+    box: Any, clock: FakeTime
+) -> None:
+    ids = box.hubspot.ids()[:150]
+    box.faults.add("server_error", endpoint="hs.companies.batch_update")
+    result = destination(box, clock).write("companies", changes_for(ids, pqa_score=3.0), SPECS)
+    assert result.written == [] and sorted(result.not_attempted) == sorted(ids)
+    assert result.calls == 5  # the first batch's attempts; the second batch is never sent
+
+
+def test_a_read_timeout_is_retried(box: Any, clock: FakeTime) -> None:
+    box.faults.add("slow", endpoint="hs.properties.list", times=1, delay=0.5)
+    dest = HubSpotDestination(
+        box.hubspot_token, base_url=box.url, sleep=clock.sleep, clock=clock, timeout=(2.0, 0.1)
+    )
+    assert "pqa_score" in dest.describe("companies")
+    assert dest.api_calls()["describe"] == 2 == count(box, "hs.properties.list")

@@ -1,0 +1,633 @@
+"""The sandbox's Salesforce through the unmodified simple-salesforce client.
+
+Shapes pinned against the Salesforce documentation:
+- versions: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_versions.htm
+- limits: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_limits.htm
+  and the Sforce-Limit-Info header:
+  https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_api_usage.htm
+- describe: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_sobject_describe.htm
+- query paging (nextRecordsUrl, 2,000 a page, Sforce-Query-Options batchSize 200..2000):
+  https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_query.htm
+  https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_queryoptions.htm
+- REST errors as a list of {message, errorCode}:
+  https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm
+- sObject Collections update (200 records, allOrNone, SaveResult per record, rolled-back records):
+  https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-sobjects-collections-update.html
+- Bulk API 2.0 ingest (create, upload, UploadComplete, job info, successful/failed results,
+  #N/A to set a field to null):
+  https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/get_job_info.htm
+  https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_asynch/datafiles_prepare_csv.htm
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceMalformedRequest,
+    SalesforceOperationError,
+    SalesforceResourceNotFound,
+)
+
+from pls_sync.sandbox.salesforce import id18, sandbox_login_session
+from pls_sync.sandbox.server import Sandbox
+
+
+def add_accounts(box: Sandbox, count: int, **fields: Any) -> list[str]:
+    """Insert ``count`` accounts named Acct 0000.. straight into the org."""
+    return [
+        box.salesforce.insert("Account", {"Name": f"Acct {i:04d}", **fields}) for i in range(count)
+    ]
+
+
+def error_of(exc: Exception) -> dict[str, Any]:
+    """The first item of a Salesforce error list carried by a simple-salesforce exception."""
+    content = exc.content  # type: ignore[attr-defined]
+    assert isinstance(content, list), content
+    return dict(content[0])
+
+
+# ----------------------------------------------------------------------------- login
+
+
+def test_session_id_login_and_describe(box: Sandbox, sf: Any) -> None:
+    describe = sf.Account.describe()
+    fields = {f["name"]: f for f in describe["fields"]}
+    assert describe["keyPrefix"] == "001"
+    score = fields["PQA_Score__c"]
+    assert (score["type"], score["precision"], score["scale"], score["custom"]) == (
+        "double",
+        3,
+        0,
+        True,
+    )
+    assert fields["PQA_Signals__c"]["type"] == "textarea"
+    assert fields["PQA_Signals__c"]["length"] == 1000
+    tier = fields["PQA_Tier__c"]
+    assert [p["value"] for p in tier["picklistValues"]] == ["sales", "success", "self_serve"]
+    assert tier["restrictedPicklist"] is True
+    assert [p["value"] for p in fields["PQA_Lead_Channel__c"]["picklistValues"]] == [
+        "usage_pql",
+        "usage_mql",
+        "mql_only",
+        "usage_no_buyer",
+    ]
+    assert fields["PQA_Qualified_Since__c"]["type"] == "datetime"
+    assert fields["Domain__c"]["length"] == 255
+    assert fields["Id"]["updateable"] is False
+    assert fields["LastModifiedDate"]["updateable"] is False
+    assert fields["OwnerId"]["relationshipName"] == "Owner"
+    for name in ("Lead", "Contact", "Task"):
+        assert getattr(sf, name).describe()["name"] == name
+    assert {f["name"] for f in sf.Contact.describe()["fields"]} >= {"MQL__c", "AccountId", "Email"}
+
+
+def test_username_password_login_through_soap(box: Sandbox, connect: Callable[..., Any]) -> None:
+    org = box.salesforce
+    sf = connect(
+        box, username=org.username, password=org.password, security_token=org.security_token
+    )
+    assert sf.session_id.startswith(org.org_id[:15] + "!AQ")
+    assert sf.sf_instance == f"127.0.0.1:{box.port}"
+    assert sf.query("SELECT COUNT() FROM Account")["totalSize"] == 0
+    assert box.counts()["sf.login"] == 1
+
+
+def test_wrong_password_is_invalid_login(box: Sandbox, connect: Callable[..., Any]) -> None:
+    with pytest.raises(SalesforceAuthenticationFailed) as caught:
+        connect(box, username=box.salesforce.username, password="nope", security_token="x")
+    assert caught.value.code == "INVALID_LOGIN"
+    assert "Invalid username, password, security token" in caught.value.auth_message
+
+
+def test_oauth_password_and_refresh_grants(box: Sandbox, connect: Callable[..., Any]) -> None:
+    org = box.salesforce
+    sf = connect(
+        box,
+        username=org.username,
+        password=org.password,
+        consumer_key=org.consumer_key,
+        consumer_secret=org.consumer_secret,
+    )
+    assert sf.Account.describe()["name"] == "Account"
+    token = requests.post(
+        f"{box.url}/services/oauth2/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": org.refresh_token,
+            "client_id": org.consumer_key,
+        },
+        timeout=5,
+    ).json()
+    assert token["token_type"] == "Bearer"
+    assert token["instance_url"] == box.url
+    bad = requests.post(
+        f"{box.url}/services/oauth2/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": "stale",
+            "client_id": org.consumer_key,
+        },
+        timeout=5,
+    )
+    assert bad.status_code == 400
+    assert bad.json() == {"error": "invalid_grant", "error_description": "authentication failure"}
+
+
+def test_jwt_bearer_grant(box: Sandbox, connect: Callable[..., Any]) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    org = box.salesforce
+    sf = connect(box, username=org.username, consumer_key=org.consumer_key, privatekey=pem)
+    assert sf.query("SELECT COUNT() FROM Lead")["totalSize"] == 0
+    assert box.counts()["sf.oauth"] == 1
+
+
+def test_requests_without_a_valid_session_are_refused(box: Sandbox) -> None:
+    for headers in ({}, {"Authorization": "Bearer 00Dxx!AQwrong"}):
+        response = requests.get(f"{box.url}/services/data/v59.0/limits", headers=headers, timeout=5)
+        assert response.status_code == 401
+        assert response.json() == [
+            {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
+        ]
+    ok = requests.get(
+        f"{box.url}/services/data/v59.0/limits",
+        headers={"Authorization": f"OAuth {box.session_id}"},
+        timeout=5,
+    )
+    assert ok.status_code == 200
+
+
+def test_session_shape(box: Sandbox) -> None:
+    org, _, token = box.session_id.partition("!")
+    assert org.startswith("00D") and len(org) == 15
+    assert token.startswith("AQ") and len(token) > 40
+
+
+# ----------------------------------------------------------------------------- versions, limits
+
+
+def test_versions_and_limits(box: Sandbox, sf: Any) -> None:
+    versions = requests.get(f"{box.url}/services/data/", timeout=5).json()
+    assert {"label": "Winter '24", "url": "/services/data/v59.0", "version": "59.0"} in versions
+    before = sf.limits()["DailyApiRequests"]
+    after = sf.limits()["DailyApiRequests"]
+    assert before["Max"] == after["Max"] == box.salesforce.api_max
+    assert after["Remaining"] == before["Remaining"] - 1
+    used = box.salesforce.api_used
+    assert sf.api_usage["api-usage"].used == used
+    assert sf.api_usage["api-usage"].total == box.salesforce.api_max
+    response = requests.get(
+        f"{box.url}/services/data/v59.0/sobjects/Account/describe",
+        headers={"Authorization": f"Bearer {box.session_id}"},
+        timeout=5,
+    )
+    assert response.headers["Sforce-Limit-Info"] == f"api-usage={used + 1}/{box.salesforce.api_max}"
+
+
+def test_daily_allowance_exhausted(box: Sandbox, sf: Any) -> None:
+    box.salesforce.api_max = box.salesforce.api_used + 1
+    sf.query("SELECT Id FROM Account")
+    with pytest.raises(Exception) as caught:
+        sf.query("SELECT Id FROM Account")
+    assert caught.value.status == 403  # type: ignore[attr-defined]
+    assert error_of(caught.value) == {
+        "message": "TotalRequests Limit exceeded.",
+        "errorCode": "REQUEST_LIMIT_EXCEEDED",
+    }
+
+
+# ----------------------------------------------------------------------------- SOQL
+
+
+@pytest.fixture
+def scored(box: Sandbox) -> dict[str, str]:
+    """Five accounts with varied values; name -> id."""
+    api = box.salesforce
+    owner = api.insert(
+        "User", {"Username": "o@x.io", "LastName": "Okafor", "FirstName": "Ada", "Email": "o@x.io"}
+    )
+    parent = api.insert("Account", {"Name": "Globex", "Website": "globex.io", "OwnerId": owner})
+    rows: dict[str, dict[str, Any]] = {
+        "Acme": {"Website": "https://www.acme.com/", "PQA_Score__c": 91.0, "PQA_Tier__c": "sales"},
+        "acme labs": {
+            "Website": None,
+            "Domain__c": "acme.com",
+            "PQA_Score__c": 64.0,
+            "PQA_Tier__c": "success",
+        },
+        "Globex EMEA": {"Website": "emea.globex.io", "ParentId": parent, "PQA_Score__c": None},
+        "Initech": {"Website": "INITECH.COM", "PQA_Score__c": 12.0, "PQA_Tier__c": "self_serve"},
+    }
+    ids = {"Globex": parent}
+    for name, values in rows.items():
+        ids[name] = api.insert("Account", {"Name": name, **values})
+    old = datetime.now(UTC) - timedelta(days=40)
+    api.records["Account"][ids["Initech"]]["LastModifiedDate"] = old
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("where", "names"),
+    [
+        ("Name = 'ACME'", ["Acme"]),
+        ("Name != 'Acme'", ["Globex", "Globex EMEA", "Initech", "acme labs"]),
+        ("PQA_Score__c > 60", ["Acme", "acme labs"]),
+        ("PQA_Score__c <= 64", ["Initech", "acme labs"]),
+        ("PQA_Score__c >= 64 AND PQA_Score__c < 91", ["acme labs"]),
+        ("PQA_Tier__c IN ('sales', 'self_serve')", ["Acme", "Initech"]),
+        ("PQA_Tier__c NOT IN ('sales')", ["Initech", "acme labs"]),
+        ("Website LIKE '%acme.com%'", ["Acme"]),
+        ("Website = null", ["acme labs"]),
+        ("Website != null AND PQA_Score__c = null", ["Globex", "Globex EMEA"]),
+        ("Website = null OR Domain__c != null", ["acme labs"]),
+        ("NOT (Name LIKE 'Glob%')", ["Acme", "Initech", "acme labs"]),
+        ("Parent.Name = 'Globex'", ["Globex EMEA"]),
+        ("LastModifiedDate < LAST_N_DAYS:30", ["Initech"]),
+        (
+            "LastModifiedDate > 2020-01-01T00:00:00Z AND LastModifiedDate = LAST_N_DAYS:2",
+            ["Acme", "Globex", "Globex EMEA", "acme labs"],
+        ),
+    ],
+)
+def test_where_operators_through_the_client(
+    sf: Any, scored: dict[str, str], where: str, names: list[str]
+) -> None:
+    result = sf.query(f"SELECT Name FROM Account WHERE {where} ORDER BY Name")
+    # SOQL orders strings case-insensitively
+    assert [r["Name"] for r in result["records"]] == sorted(names, key=str.casefold)
+    assert result["totalSize"] == len(names) and result["done"] is True
+
+
+def test_record_shape_relationships_order_limit_offset(
+    box: Sandbox, sf: Any, scored: dict[str, str]
+) -> None:
+    result = sf.query(
+        "SELECT Id, Name, PQA_Score__c, Owner.Name, Parent.Name, Parent.Owner.Name FROM Account "
+        "ORDER BY PQA_Score__c DESC NULLS LAST, Name LIMIT 3 OFFSET 1"
+    )
+    records = result["records"]
+    assert [r["Name"] for r in records] == ["acme labs", "Initech", "Globex"]
+    first = records[0]
+    assert first["attributes"] == {
+        "type": "Account",
+        "url": f"/services/data/v59.0/sobjects/Account/{scored['acme labs']}",
+    }
+    assert first["PQA_Score__c"] == 64.0
+    assert first["Owner"]["Name"] == "Integration User"
+    assert first["Owner"]["attributes"]["type"] == "User"
+    assert first["Parent"] is None
+    emea = sf.query("SELECT Parent.Name, Parent.Owner.Name FROM Account WHERE Name = 'Globex EMEA'")
+    parent = emea["records"][0]["Parent"]
+    assert parent["Name"] == "Globex"
+    assert parent["Owner"]["Name"] == "Ada Okafor"
+    assert sf.query("SELECT COUNT() FROM Account WHERE PQA_Tier__c != null") == {
+        "totalSize": 3,
+        "done": True,
+        "records": [],
+    }
+
+
+def test_query_all_includes_deleted_records(box: Sandbox, sf: Any, scored: dict[str, str]) -> None:
+    box.salesforce.delete("Account", scored["Initech"])
+    assert sf.query("SELECT COUNT() FROM Account")["totalSize"] == 4
+    everything = sf.query(
+        "SELECT Id, IsDeleted FROM Account WHERE Name = 'Initech'", include_deleted=True
+    )
+    assert [r["IsDeleted"] for r in everything["records"]] == [True]
+
+
+def test_paging_2000_a_page(box: Sandbox, sf: Any) -> None:
+    api = box.salesforce
+    for i in range(4500):
+        api.insert("Lead", {"LastName": f"L{i:05d}", "Company": "Co"})
+    box.reset_counts()
+    first = sf.query("SELECT Id, LastName FROM Lead ORDER BY LastName")
+    assert (first["totalSize"], first["done"], len(first["records"])) == (4500, False, 2000)
+    assert first["nextRecordsUrl"].startswith("/services/data/v59.0/query/01g")
+    assert first["nextRecordsUrl"].endswith("-2000")
+    second = sf.query_more(first["nextRecordsUrl"], identifier_is_url=True)
+    assert second["records"][0]["LastName"] == "L02000"
+    third = sf.query_more(second["nextRecordsUrl"].rsplit("/", 1)[1])
+    assert (len(third["records"]), third["done"]) == (500, True)
+    assert "nextRecordsUrl" not in third
+    everything = sf.query_all("SELECT Id FROM Lead")
+    assert everything["totalSize"] == 4500 and len(everything["records"]) == 4500
+    assert len({r["Id"] for r in everything["records"]}) == 4500
+    assert box.counts() == {"sf.query": 2, "sf.query_more": 4}
+
+
+def test_batch_size_header(box: Sandbox, sf: Any) -> None:
+    add_accounts(box, 450)
+    small = sf.query("SELECT Id FROM Account", headers={"Sforce-Query-Options": "batchSize=200"})
+    assert len(small["records"]) == 200
+    too_small = sf.query("SELECT Id FROM Account", headers={"Sforce-Query-Options": "batchSize=5"})
+    assert len(too_small["records"]) == 200  # the minimum is 200
+    rest = sf.query_more(small["nextRecordsUrl"], identifier_is_url=True)
+    assert len(rest["records"]) == 200 and rest["nextRecordsUrl"].endswith("-400")
+
+
+def test_unknown_field_is_invalid_field(sf: Any) -> None:
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.query("SELECT Id, Foo__c FROM Account")
+    error = error_of(caught.value)
+    assert error["errorCode"] == "INVALID_FIELD"
+    assert "\nNo such column 'Foo__c' on entity 'Account'." in error["message"]
+    assert "ERROR at Row:1:Column:12" in error["message"]
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.query("SELECT Boss.Name FROM Account")
+    assert "Didn't understand relationship 'Boss'" in error_of(caught.value)["message"]
+
+
+def test_malformed_query_and_unknown_object(sf: Any) -> None:
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.query("SELECT Id FROM Account WHERE Name = 'a' AND Website = 'b' OR Id = null")
+    assert error_of(caught.value)["errorCode"] == "MALFORMED_QUERY"
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.query("SELECT Id FROM Acount")
+    assert error_of(caught.value)["errorCode"] == "INVALID_TYPE"
+    assert "sObject type 'Acount' is not supported." in error_of(caught.value)["message"]
+
+
+# ----------------------------------------------------------------------------- single record
+
+
+def test_single_patch_and_its_errors(box: Sandbox, sf: Any) -> None:
+    (account,) = add_accounts(box, 1)
+    before = box.salesforce.get("Account", account)
+    assert before is not None
+    assert (
+        sf.Account.update(
+            account, {"PQA_Score__c": 88, "PQA_Tier__c": "sales", "PQA_Signals__c": None}
+        )
+        == 204
+    )
+    after = box.salesforce.get("Account", account)
+    assert after is not None
+    assert (after["PQA_Score__c"], after["PQA_Tier__c"]) == (88.0, "sales")
+    assert after["LastModifiedDate"] > before["LastModifiedDate"]
+    assert after["SystemModstamp"] == after["LastModifiedDate"]
+    cases = {
+        "INVALID_FIELD": {"Foo__c": 1},
+        "INVALID_FIELD_FOR_INSERT_UPDATE": {"CreatedDate": "2026-01-01T00:00:00Z"},
+        "STRING_TOO_LONG": {"PQA_Signals__c": "x" * 1001},
+        "JSON_PARSER_ERROR": {"PQA_Score__c": "high"},
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST": {"PQA_Tier__c": "platinum"},
+        "NUMBER_OUTSIDE_VALID_RANGE": {"PQA_Score__c": 1000},
+    }
+    messages = {}
+    for code, values in cases.items():
+        with pytest.raises(SalesforceMalformedRequest) as caught:
+            sf.Account.update(account, values)
+        assert error_of(caught.value)["errorCode"] == code, values
+        messages[code] = error_of(caught.value)["message"]
+    assert messages["INVALID_FIELD"] == "No such column 'Foo__c' on sobject of type Account"
+    assert messages["STRING_TOO_LONG"].startswith("PQA Signals: data value too large: xxx")
+    box.salesforce.delete("Account", account)
+    with pytest.raises(SalesforceResourceNotFound) as caught_missing:
+        sf.Account.update(account, {"PQA_Score__c": 1})
+    assert error_of(caught_missing.value)["errorCode"] == "ENTITY_IS_DELETED"
+    with pytest.raises(SalesforceResourceNotFound):
+        sf.Account.update(id18("001Dn0000zzzzzz"), {"PQA_Score__c": 1})
+
+
+def test_create_task(box: Sandbox, sf: Any) -> None:
+    (account,) = add_accounts(box, 1)
+    created = sf.Task.create(
+        {"Subject": "PQA: reach out", "WhatId": account, "ActivityDate": "2026-02-01"}
+    )
+    assert created["success"] is True and created["errors"] == []
+    assert created["id"].startswith("00T") and len(created["id"]) == 18
+    task = box.salesforce.get("Task", created["id"])
+    assert task is not None and task["Status"] == "Not Started" and task["WhatId"] == account
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.Account.create({"Website": "x.com"})
+    assert error_of(caught.value)["errorCode"] == "REQUIRED_FIELD_MISSING"
+
+
+# ----------------------------------------------------------------------------- collections
+
+
+def collection(sf: Any, records: list[dict[str, Any]], all_or_none: bool = False) -> Any:
+    return sf.restful(
+        "composite/sobjects", method="PATCH", json={"allOrNone": all_or_none, "records": records}
+    )
+
+
+def test_collection_update_200_records(box: Sandbox, sf: Any) -> None:
+    ids = add_accounts(box, 201)
+    records = [{"attributes": {"type": "Account"}, "id": i, "PQA_Score__c": 50} for i in ids]
+    results = collection(sf, records[:200])
+    assert results == [{"id": i, "success": True, "errors": []} for i in ids[:200]]
+    assert all(box.salesforce.get("Account", i)["PQA_Score__c"] == 50.0 for i in ids[:200])  # type: ignore[index]
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        collection(sf, records)
+    assert error_of(caught.value) == {
+        "message": "record limit reached. cannot submit more than 200 records into this call",
+        "errorCode": "EXCEEDED_ID_LIMIT",
+    }
+    assert box.counts()["sf.composite.sobjects.patch"] == 2
+
+
+def test_collection_per_record_errors(box: Sandbox, sf: Any) -> None:
+    ids = add_accounts(box, 7)
+    box.salesforce.delete("Account", ids[5])
+
+    def rec(i: int, **values: Any) -> dict[str, Any]:
+        return {"attributes": {"type": "Account"}, "id": ids[i], **values}
+
+    results = collection(
+        sf,
+        [
+            rec(0, PQA_Score__c=70, PQA_Signals__c="7+ users; pricing page"),
+            rec(1, PQA_Score__c="seventy"),
+            rec(2, PQA_Signals__c="y" * 1001),
+            rec(3, Foo__c="x"),
+            rec(4, CreatedDate="2026-01-01T00:00:00Z"),
+            rec(5, PQA_Score__c=1),
+            rec(6, PQA_Score__c="42", PQA_Qualified_Since__c="2026-01-05T10:00:00.000+0000"),
+            {"attributes": {"type": "Contact"}, "id": ids[0], "MQL__c": True},
+        ],
+    )
+    codes = [r["errors"][0]["statusCode"] if r["errors"] else None for r in results]
+    assert codes == [
+        None,
+        "INVALID_TYPE_ON_FIELD_IN_RECORD",
+        "STRING_TOO_LONG",
+        "INVALID_FIELD",
+        "INVALID_FIELD_FOR_INSERT_UPDATE",
+        "ENTITY_IS_DELETED",
+        None,
+        "MALFORMED_ID",
+    ]
+    assert results[1]["errors"][0] == {
+        "statusCode": "INVALID_TYPE_ON_FIELD_IN_RECORD",
+        "message": "PQA Score: value not of required type: seventy",
+        "fields": ["PQA_Score__c"],
+    }
+    assert results[2]["errors"][0]["fields"] == ["PQA_Signals__c"]
+    assert "(max length=1000)" in results[2]["errors"][0]["message"]
+    assert [r["success"] for r in results] == [c is None for c in codes]
+    stored = box.salesforce.get("Account", ids[6])
+    assert stored is not None and stored["PQA_Score__c"] == 42.0
+    assert stored["PQA_Qualified_Since__c"] == datetime(2026, 1, 5, 10, tzinfo=UTC)
+    assert box.salesforce.get("Account", ids[1])["PQA_Score__c"] is None  # type: ignore[index]
+
+
+def test_collection_all_or_none_rolls_back(box: Sandbox, sf: Any) -> None:
+    ids = add_accounts(box, 3)
+    results = collection(
+        sf,
+        [
+            {"attributes": {"type": "Account"}, "id": ids[0], "PQA_Score__c": 80},
+            {"attributes": {"type": "Account"}, "id": ids[1], "PQA_Tier__c": "gold"},
+            {"attributes": {"type": "Account"}, "id": ids[2], "PQA_Score__c": 81},
+        ],
+        all_or_none=True,
+    )
+    assert [r["success"] for r in results] == [False, False, False]
+    rolled_back = {
+        "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+        "message": "Record rolled back because not all records were valid and the request was "
+        "using AllOrNone header",
+        "fields": [],
+    }
+    assert results[0]["errors"] == [rolled_back] and results[2]["errors"] == [rolled_back]
+    assert results[1]["errors"][0]["statusCode"] == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+    assert all(box.salesforce.get("Account", i)["PQA_Score__c"] is None for i in ids)  # type: ignore[index]
+
+
+def test_lock_row_on_chosen_records(box: Sandbox, sf: Any) -> None:
+    ids = add_accounts(box, 4)
+    box.faults.add("lock_row", record_ids=[ids[1][:15], ids[3]], times=1)
+    records = [{"attributes": {"type": "Account"}, "id": i, "PQA_Score__c": 10} for i in ids]
+    results = collection(sf, records)
+    assert [r["success"] for r in results] == [True, False, True, False]
+    assert results[1]["errors"][0]["statusCode"] == "UNABLE_TO_LOCK_ROW"
+    assert results[1]["errors"][0]["message"].startswith("unable to obtain exclusive access")
+    retry = collection(sf, [records[1], records[3]])  # the scripted lock fired once
+    assert [r["success"] for r in retry] == [True, True]
+    assert box.counts()["faults_injected"] == 1
+
+
+# ----------------------------------------------------------------------------- Bulk API 2.0
+
+
+def test_bulk2_update_with_failures_and_na_clearing(box: Sandbox, sf: Any) -> None:
+    ids = add_accounts(box, 4, PQA_Signals__c="old signals", PQA_Score__c=5.0)
+    box.faults.add("lock_row", record_ids=[ids[3]])
+    result = sf.bulk2.Account.update(
+        records=[
+            {"Id": ids[0], "PQA_Score__c": "77", "PQA_Signals__c": "#N/A"},
+            {"Id": ids[1], "PQA_Score__c": "lots", "PQA_Signals__c": ""},
+            {"Id": ids[2], "PQA_Score__c": "", "PQA_Signals__c": "new; signals"},
+            {"Id": ids[3], "PQA_Score__c": "1", "PQA_Signals__c": ""},
+        ],
+        wait=0,
+    )
+    (job,) = result
+    assert (
+        job["numberRecordsProcessed"],
+        job["numberRecordsFailed"],
+        job["numberRecordsTotal"],
+    ) == (4, 2, 4)
+    org = box.salesforce
+    first, second, third = (org.get("Account", i) for i in ids[:3])
+    assert first is not None and second is not None and third is not None
+    assert (first["PQA_Score__c"], first["PQA_Signals__c"]) == (77.0, None)  # #N/A cleared it
+    assert (second["PQA_Score__c"], second["PQA_Signals__c"]) == (5.0, "old signals")
+    assert (third["PQA_Score__c"], third["PQA_Signals__c"]) == (
+        5.0,
+        "new; signals",
+    )  # empty: unchanged
+    success = list(
+        csv.DictReader(sf.bulk2.Account.get_successful_records(job["job_id"]).splitlines())
+    )
+    assert [(r["sf__Id"], r["sf__Created"]) for r in success] == [
+        (ids[0], "false"),
+        (ids[2], "false"),
+    ]
+    assert success[0]["PQA_Signals__c"] == "#N/A"
+    failed = list(csv.DictReader(sf.bulk2.Account.get_failed_records(job["job_id"]).splitlines()))
+    assert [r["sf__Id"] for r in failed] == [ids[1], ids[3]]
+    assert failed[0]["sf__Error"].startswith(
+        "INVALID_TYPE_ON_FIELD_IN_RECORD:PQA Score: value not of required type: lots"
+    )
+    assert failed[1]["sf__Error"].startswith("UNABLE_TO_LOCK_ROW:")
+    unprocessed = list(
+        csv.reader(sf.bulk2.Account.get_unprocessed_records(job["job_id"]).splitlines())
+    )
+    assert len(unprocessed) == 1 and set(unprocessed[0]) == {"Id", "PQA_Score__c", "PQA_Signals__c"}
+    counts = box.counts()
+    for name in ("sf.bulk2.create", "sf.bulk2.upload", "sf.bulk2.close", "sf.bulk2.status"):
+        assert counts[name] >= 1, name
+    assert counts["sf.bulk2.results"] == 3
+
+
+def test_bulk2_unknown_column_fails_the_job(box: Sandbox, sf: Any) -> None:
+    (account,) = add_accounts(box, 1)
+    with pytest.raises(SalesforceOperationError) as caught:
+        sf.bulk2.Account.update(records=[{"Id": account, "Nope__c": "1"}], wait=0)
+    assert "InvalidBatch : Field name not found : Nope__c" in str(caught.value)
+
+
+def test_bulk2_raw_protocol(box: Sandbox) -> None:
+    (account,) = add_accounts(box, 1)
+    http = sandbox_login_session(box.url)
+    base = f"{box.url}/services/data/v59.0/jobs/ingest"
+    auth = {"Authorization": f"Bearer {box.session_id}"}
+    job = http.post(
+        base,
+        json={"object": "Account", "operation": "update", "contentType": "CSV", "lineEnding": "LF"},
+        headers=auth,
+        timeout=5,
+    ).json()
+    assert (job["state"], job["object"], job["contentUrl"]) == (
+        "Open",
+        "Account",
+        f"services/data/v59.0/jobs/ingest/{job['id']}/batches",
+    )
+    upload = http.put(
+        f"{base}/{job['id']}/batches",
+        data=f"Id,PQA_Tier__c\n{account},success\n".encode(),
+        headers={**auth, "Content-Type": "text/csv"},
+        timeout=5,
+    )
+    assert upload.status_code == 201
+    again = http.put(f"{base}/{job['id']}/batches", data=b"Id\n", headers=auth, timeout=5)
+    assert again.status_code == 400 and again.json()[0]["errorCode"] == "BULK_API_ERROR"
+    closed = http.patch(
+        f"{base}/{job['id']}", json={"state": "UploadComplete"}, headers=auth, timeout=5
+    )
+    assert closed.json()["state"] == "UploadComplete"
+    info = http.get(f"{base}/{job['id']}", headers=auth, timeout=5).json()
+    assert (info["state"], info["jobType"], info["numberRecordsProcessed"]) == (
+        "JobComplete",
+        "V2Ingest",
+        1,
+    )
+    assert box.salesforce.get("Account", account)["PQA_Tier__c"] == "success"  # type: ignore[index]
+
+
+def test_query_speed_on_the_seeded_org(seeded: Sandbox, connect: Callable[..., Any]) -> None:
+    sf = connect(seeded)
+    started = time.perf_counter()
+    accounts = sf.query_all(
+        "SELECT Id, Website, Domain__c, LastModifiedDate, PQA_Score__c FROM Account"
+    )
+    assert accounts["totalSize"] == len(accounts["records"]) > 300
+    assert time.perf_counter() - started < 2.0

@@ -1,0 +1,274 @@
+"""The sandbox server: loopback binding, admin endpoints, request counts, fault injection, seed data.
+
+Salesforce's error shapes for the injected faults follow
+https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm
+(401 INVALID_SESSION_ID "Session expired or invalid", 403 REQUEST_LIMIT_EXCEEDED
+"TotalRequests Limit exceeded.", 500, 503) and the Retry-After header of RFC 9110 section 10.2.3.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+from simple_salesforce.exceptions import (
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceRefusedRequest,
+)
+
+from pls_sync.demo_companies import demo_companies
+from pls_sync.sandbox.faults import FaultInjector
+from pls_sync.sandbox.seed import crm_companies, website_variants
+from pls_sync.sandbox.server import Sandbox
+
+LIMITS = "SELECT Id FROM Account LIMIT 1"
+
+
+def error_code(exc: SalesforceGeneralError) -> str:
+    """The errorCode of the Salesforce error list an exception carries."""
+    content: Any = exc.content
+    return str(content[0]["errorCode"])
+
+
+def test_binds_to_loopback_only() -> None:
+    with pytest.raises(ValueError, match="127.0.0.1"):
+        Sandbox(host="0.0.0.0", seed=None)
+    with Sandbox(seed=None) as box:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", box.url)
+        assert box._server.server_address[0] == "127.0.0.1"
+
+
+def test_admin_endpoints_over_plain_http(box: Sandbox, sf: Any) -> None:
+    health = requests.get(f"{box.url}/__sandbox/health", timeout=5)
+    assert health.json()["status"] == "ok" and "SalesforceApi" in health.json()["apis"]
+    sf.query(LIMITS)
+    sf.query(LIMITS)
+    sf.Account.describe()
+    counts = requests.get(f"{box.url}/__sandbox/counts", timeout=5).json()
+    assert counts == {"sf.query": 2, "sf.describe": 1}  # admin calls are not counted
+    assert box.counts() == counts
+    rule = requests.post(
+        f"{box.url}/__sandbox/faults",
+        json={"kind": "server_error", "endpoint": "sf.query", "times": 1},
+        timeout=5,
+    )
+    assert rule.status_code == 201 and rule.json()["remaining"] == 1
+    listed = requests.get(f"{box.url}/__sandbox/faults", timeout=5).json()
+    assert [r["kind"] for r in listed] == ["server_error"]
+    bad = requests.post(f"{box.url}/__sandbox/faults", json={"kind": "meteor"}, timeout=5)
+    assert bad.status_code == 400 and "unknown fault kind" in bad.json()["message"]
+    assert requests.delete(f"{box.url}/__sandbox/faults", timeout=5).status_code == 204
+    assert box.faults.rules == []
+    sf.query(LIMITS)  # the cleared rule no longer fires
+    assert requests.post(f"{box.url}/__sandbox/reset-counts", timeout=5).status_code == 200
+    assert box.counts() == {}
+
+
+def test_counts_name_every_endpoint(box: Sandbox, sf: Any) -> None:
+    account = box.salesforce.insert("Account", {"Name": "Counted"})
+    sf.limits()
+    sf.Account.update(account, {"PQA_Score__c": 1})
+    sf.Task.create({"Subject": "x"})
+    sf.restful(
+        "composite/sobjects",
+        method="PATCH",
+        json={"records": [{"attributes": {"type": "Account"}, "id": account, "PQA_Score__c": 2}]},
+    )
+    requests.get(f"{box.url}/services/data/", timeout=5)
+    assert box.counts() == {
+        "sf.limits": 1,
+        "sf.sobject.patch": 1,
+        "sf.sobject.create": 1,
+        "sf.composite.sobjects.patch": 1,
+        "sf.versions": 1,
+    }
+
+
+def test_fault_kinds_in_salesforce_shapes(box: Sandbox, sf: Any) -> None:
+    box.faults.add("rate_limit", endpoint="sf.query", times=1, retry_after=7)
+    with pytest.raises(SalesforceGeneralError) as caught:
+        sf.query(LIMITS)
+    assert caught.value.status == 429
+    assert error_code(caught.value) == "REQUEST_LIMIT_EXCEEDED"
+
+    raw = requests.Session()
+    box.faults.add("rate_limit", times=1, retry_after=7)
+    limited = raw.get(f"{box.url}/services/data/v59.0/limits", timeout=5)
+    assert (limited.status_code, limited.headers["Retry-After"]) == (429, "7")
+
+    box.faults.add("server_error", endpoint="sf.query", times=1)
+    with pytest.raises(SalesforceGeneralError) as caught:
+        sf.query(LIMITS)
+    assert caught.value.status == 500
+    assert error_code(caught.value) == "UNKNOWN_EXCEPTION"
+
+    box.faults.add("unavailable", endpoint="sf.query", times=1)
+    with pytest.raises(SalesforceGeneralError) as caught:
+        sf.query(LIMITS)
+    assert caught.value.status == 503
+
+    box.faults.add("invalid_session", endpoint="sf.query", times=1)
+    with pytest.raises(SalesforceExpiredSession) as expired:
+        sf.query(LIMITS)
+    assert expired.value.content == [
+        {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
+    ]
+
+    for kind in ("request_limit", "daily_limit"):
+        box.faults.add(kind, endpoint="sf.query", times=1)
+        with pytest.raises(SalesforceRefusedRequest) as refused:
+            sf.query(LIMITS)
+        assert refused.value.content == [
+            {"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
+        ]
+
+    assert sf.query(LIMITS)["done"] is True  # every scripted fault has fired its one time
+    counts = box.counts()
+    assert counts["faults_injected"] == 7
+    assert counts["sf.query"] == 7  # faulted requests are counted too
+    assert counts["sf.limits"] == 1
+
+
+def test_slow_and_dropped_responses(box: Sandbox, sf: Any) -> None:
+    box.faults.add("slow", endpoint="sf.query", times=1, delay=0.3)
+    started = time.perf_counter()
+    assert sf.query(LIMITS)["done"] is True
+    assert time.perf_counter() - started >= 0.3
+    account = box.salesforce.insert("Account", {"Name": "Dropped"})
+    body = {"records": [{"attributes": {"type": "Account"}, "id": account, "PQA_Score__c": 3}]}
+    box.faults.add("drop", endpoint="sf.composite.*", times=1)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        sf.restful("composite/sobjects", method="PATCH", json=body)
+    assert box.salesforce.get("Account", account)["PQA_Score__c"] is None  # type: ignore[index]
+    assert sf.restful("composite/sobjects", method="PATCH", json=body)[0]["success"] is True
+    assert box.counts()["sf.composite.sobjects.patch"] == 2
+
+
+def test_expired_session_is_refreshed_by_a_password_client(
+    box: Sandbox, connect: Callable[..., Any]
+) -> None:
+    org = box.salesforce
+    sf = connect(
+        box, username=org.username, password=org.password, security_token=org.security_token
+    )
+    first_session = sf.session_id
+    org.expire_sessions()
+    assert sf.query(LIMITS)["done"] is True  # simple-salesforce logs in again on INVALID_SESSION_ID
+    assert sf.session_id != first_session
+    assert box.counts()["sf.login"] == 2
+
+
+def test_scripted_then_permanent_rules() -> None:
+    faults = FaultInjector()
+    faults.add("server_error", endpoint="sf.composite.*", times=2)
+    picks = [faults.pick("sf.composite.sobjects.patch") for _ in range(3)]
+    assert [p.kind if p else None for p in picks] == ["server_error", "server_error", None]
+    assert faults.pick("sf.query") is None
+    faults.add("unavailable")
+    assert all(faults.pick(name) for name in ("sf.query", "hs.companies.batch_update", "sf.limits"))
+    assert faults.injected == 5
+    with pytest.raises(ValueError):
+        faults.add("lock_row")  # needs record ids
+
+
+def test_seeded_rate_is_reproducible() -> None:
+    def run(seed: int) -> list[bool]:
+        faults = FaultInjector(seed=seed)
+        faults.add("rate_limit", rate=0.3)
+        return [faults.pick("sf.query") is not None for _ in range(200)]
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+    assert 30 <= sum(run(3)) <= 90
+
+
+def test_seeded_rate_through_the_server(box: Sandbox) -> None:
+    box.faults.add("server_error", endpoint="sf.limits", rate=0.5)
+    http = requests.Session()
+    auth = {"Authorization": f"Bearer {box.session_id}"}
+    statuses = [
+        http.get(f"{box.url}/services/data/v59.0/limits", headers=auth, timeout=5).status_code
+        for _ in range(40)
+    ]
+    expected = FaultInjector(seed=0)
+    expected.add("server_error", rate=0.5)
+    assert statuses == [500 if expected.pick("sf.limits") else 200 for _ in range(40)]
+
+
+# ----------------------------------------------------------------------------- seed data
+
+
+def test_seeded_crm_is_messy_and_deterministic(seeded: Sandbox) -> None:
+    companies = demo_companies(7, 400)
+    entries = crm_companies(companies, 7)
+    assert entries == crm_companies(companies, 7)
+    assert entries != crm_companies(companies, 8)
+    kinds = collections.Counter(e["kind"] for e in entries)
+    assert kinds["primary"] == pytest.approx(0.75 * len(companies), rel=0.1)
+    for kind in ("duplicate", "subsidiary", "crm_only", "lead_only"):
+        assert kinds[kind] > 0, kind
+
+    accounts = list(seeded.salesforce.records["Account"].values())
+    assert len(accounts) == sum(1 for e in entries if e["has_account"])
+    websites = [a["Website"] for a in accounts if a["Website"]]
+    assert any(w.startswith("https://") for w in websites)
+    assert any(w.startswith("http://www.") and w.endswith("/en-us") for w in websites)
+    assert any(w.startswith("www.") for w in websites)
+    assert any(w == w.upper() and "." in w for w in websites)
+    assert any(re.fullmatch(r"[a-z0-9.-]+", w) for w in websites)
+    assert any(a["Domain__c"] and not a["Website"] for a in accounts)
+    assert any(not a["Domain__c"] and not a["Website"] for a in accounts)
+    assert any(a["ParentId"] for a in accounts)
+    by_domain = collections.defaultdict(list)
+    for entry in entries:
+        if entry["has_account"] and entry["kind"] in ("primary", "duplicate"):
+            by_domain[entry["domain"]].append(entry["last_modified"])
+    assert any(len(stamps) > 1 and len(set(stamps)) == len(stamps) for stamps in by_domain.values())
+    assert all(a["Id"].startswith("001") and len(a["Id"]) == 18 for a in accounts)
+    assert all(a["OwnerId"].startswith("005") for a in accounts)
+
+    leads = list(seeded.salesforce.records["Lead"].values())
+    contacts = list(seeded.salesforce.records["Contact"].values())
+    assert any(lead["Status"] == "Marketing Qualified" for lead in leads)
+    assert any(contact["MQL__c"] for contact in contacts)
+    assert all(c["Id"].startswith("003") for c in contacts) and all(
+        x["Id"].startswith("00Q") for x in leads
+    )
+
+
+def test_website_variants() -> None:
+    assert website_variants("acme.com")[:5] == [
+        "acme.com",
+        "www.acme.com",
+        "https://acme.com/",
+        "http://www.acme.com/en-us",
+        "ACME.COM",
+    ]
+    assert website_variants("acme.com", "eu")[2] == "https://eu.acme.com/"
+
+
+def test_same_seed_same_org() -> None:
+    companies = demo_companies(11, 40)
+    one, two = Sandbox(seed=11, companies=companies), Sandbox(seed=11, companies=companies)
+    try:
+        strip = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
+        for name in ("Account", "Lead", "Contact"):
+            left = {
+                k: {f: v for f, v in r.items() if f not in strip}
+                for k, r in one.salesforce.records[name].items()
+            }
+            right = {
+                k: {f: v for f, v in r.items() if f not in strip}
+                for k, r in two.salesforce.records[name].items()
+            }
+            assert left == right and left
+        assert one.salesforce.records["Account"] == two.salesforce.records["Account"]
+    finally:
+        one.stop()
+        two.stop()
