@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import signal
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -106,6 +107,8 @@ def _sync(
         plans_dir=settings.plans_dir,
         destinations=only,
     )
+    # SIGTERM (docker stop, Kubernetes) lets the destination being written finish, then exits 0.
+    previous_handler = signal.signal(signal.SIGTERM, lambda _sig, _frame: options.stop.set())
     try:
         adapters = build_adapters(settings, only=only)
         result = run_sync(
@@ -117,13 +120,15 @@ def _sync(
     except PlsSyncError as exc:
         err_console.print(f"[bold red]Run failed:[/bold red] {redact(str(exc))}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     render_summary(console, result.summary)
     if dry_run:
         for outcome in result.outcomes.values():
             if outcome.plan is not None and outcome.plan.changes:
                 render_plan(console, outcome.plan)
     write_summary_json(summary_json, result.summary)
-    if result.status != "succeeded":
+    if result.status not in ("succeeded", "stopped"):
         raise typer.Exit(EXIT_FAILED)
 
 

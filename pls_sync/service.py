@@ -11,6 +11,7 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -48,7 +49,10 @@ class RunOptions:
     destinations: tuple[str, ...] | None = None  # None: every enabled destination
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     lock_name: str = "pls-sync:run"
-    lock_lease_seconds: float = 900.0
+    lock_lease_seconds: float = 60.0
+    # Set by a SIGTERM handler: the destination being written finishes, the rest wait for
+    # the next run (their diff will still be there).
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(slots=True)
@@ -122,8 +126,9 @@ class StageTimer:
 class RunLock:
     """The state-store lock that keeps two runs from writing at once, here or in another container.
 
-    The lease is renewed at every stage; a container that dies holding it frees it when the
-    lease runs out.
+    The lease is short and a background thread renews it while the run is alive, so a
+    container that dies holding the lock frees it within one lease. A holder on this same
+    host whose process is gone (killed with SIGKILL) is taken over at once.
     """
 
     def __init__(self, state: StateStore, name: str, lease_seconds: float):
@@ -131,24 +136,68 @@ class RunLock:
         self.name = name
         self.lease = lease_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     def acquire(self) -> None:
         """Take the lock or raise ``RunLockedError`` naming the holder."""
         if not self.state.acquire_lock(self.name, self.owner, self.lease):
             holder = self.state.lock_holder(self.name)
+            if holder is not None and _owner_is_dead(holder[0]):
+                log.warning("lock_taken_over", lock=self.name, dead_owner=holder[0])
+                self.state.release_lock(self.name, holder[0])
+                if self.state.acquire_lock(self.name, self.owner, self.lease):
+                    self._start_renewing()
+                    return
+                holder = self.state.lock_holder(self.name)
             who = f"{holder[0]} until {holder[1].isoformat()}" if holder else "another run"
             raise RunLockedError(f"another run holds the lock {self.name!r} ({who})", code="locked")
+        self._start_renewing()
 
-    def renew(self) -> None:
-        """Extend the lease; raise when it was lost (another run took it over)."""
-        if not self.state.renew_lock(self.name, self.owner, self.lease):
+    def _start_renewing(self) -> None:
+        self._renewer = threading.Thread(target=self._renew_loop, name="run-lock", daemon=True)
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                if not self.state.renew_lock(self.name, self.owner, self.lease):
+                    self.lost.set()
+                    return
+            except Exception as exc:  # a store hiccup: try again next tick, the lease has slack
+                log.warning("lock_renew_failed", lock=self.name, error=str(exc))
+
+    def check(self) -> None:
+        """Raise when the lease was lost (another run may have taken over)."""
+        if self.lost.is_set():
             raise RunLockedError(
                 f"lost the lock {self.name!r}: the lease ran out", code="lock_lost"
             )
 
     def release(self) -> None:
-        """Give the lock back."""
+        """Stop renewing and give the lock back."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
         self.state.release_lock(self.name, self.owner)
+
+
+def _owner_is_dead(owner: str) -> bool:
+    """True when ``owner`` (host:pid:nonce) is a process on this host that no longer exists."""
+    parts = owner.split(":")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def score_all(
@@ -374,10 +423,13 @@ def build_summary(
 
 
 def run_status(outcomes: Mapping[str, DestinationOutcome], adapters: Adapters) -> str:
-    """succeeded when every destination did its part, failed when none did, else partial."""
+    """succeeded when every destination did its part, failed when none did, stopped when a
+    SIGTERM left destinations for the next run, else partial."""
     statuses = [o.status for o in outcomes.values()] + ["failed"] * len(adapters.destination_errors)
     if not statuses or all(s in ("succeeded", "planned") for s in statuses):
         return "succeeded"
+    if all(s in ("succeeded", "planned", "stopped") for s in statuses):
+        return "stopped"
     if all(s == "failed" for s in statuses):
         return "failed"
     return "partial"
@@ -432,7 +484,11 @@ def run_sync(
             if wanted is not None and name not in wanted:
                 continue
             if not options.dry_run:
-                lock.renew()
+                lock.check()
+            if options.stop.is_set():
+                outcomes[name] = DestinationOutcome(name=name, status="stopped")
+                log.warning("destination_skipped_on_stop", destination=name)
+                continue
             outcomes[name] = sync_destination(
                 name, destination, adapters.mappings[name], scored, state, options, timer
             )

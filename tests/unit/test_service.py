@@ -207,3 +207,55 @@ def test_a_second_run_is_refused_while_the_lock_is_held() -> None:
     state.locks["pls-sync:run"] = ("other-container", AS_OF - timedelta(seconds=1))
     result = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
     assert result.status == "succeeded" and state.lock_holder("pls-sync:run") is None
+
+
+def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over() -> None:
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is now free: the lock's owner is dead
+    usage = FakeUsage(accounts({"co0.com": 9}))
+    state, sf = FakeState(), crm()
+    dead_owner = f"{socket.gethostname()}:{child.pid}:abcdef"
+    assert state.acquire_lock("pls-sync:run", dead_owner, 600)
+    result = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    assert result.status == "succeeded"
+
+
+def test_the_lease_is_renewed_while_the_run_is_alive() -> None:
+    import time
+
+    from pls_sync.service import RunLock
+
+    state = FakeState()
+    lock = RunLock(state, "pls-sync:run", lease_seconds=0.3)
+    lock.acquire()
+    first_expiry = state.locks["pls-sync:run"][1]
+    time.sleep(0.45)
+    assert state.locks["pls-sync:run"][1] > first_expiry
+    lock.check()
+    lock.release()
+    assert "pls-sync:run" not in state.locks
+
+
+def test_a_stop_request_leaves_the_remaining_destinations_for_the_next_run() -> None:
+    usage = FakeUsage(accounts({"co0.com": 9}))
+    state, sf, hs = FakeState(), crm(), crm(name="hubspot")
+    options = RunOptions(as_of=AS_OF)
+    sf_write = sf.write
+
+    def write_then_sigterm(*args, **kwargs):  # type: ignore[no-untyped-def]
+        options.stop.set()  # SIGTERM arrives while Salesforce is being written
+        return sf_write(*args, **kwargs)
+
+    sf.write = write_then_sigterm  # type: ignore[method-assign]
+    result = run_sync(adapters(usage, state, sf, hs), MODEL, options)
+    assert result.status == "stopped"
+    assert result.summary["destinations"]["salesforce"]["records_written"] == 1
+    assert result.summary["destinations"]["hubspot"]["status"] == "stopped"
+    assert hs.calls["write"] == 0
+    follow_up = run_sync(adapters(usage, state, sf, hs), MODEL, RunOptions(as_of=AS_OF))
+    assert follow_up.summary["destinations"]["hubspot"]["records_written"] == 1
+    assert follow_up.summary["destinations"]["salesforce"]["write_calls"] == 0
