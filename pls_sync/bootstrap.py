@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from pls_sync.config import Settings
@@ -73,6 +74,7 @@ def build_adapters(
     env: Mapping[str, str] | None = None,
     only: tuple[str, ...] | None = None,
     with_destinations: bool = True,
+    full_refresh: bool = False,
 ) -> Adapters:
     """Warehouse, state store and every enabled destination.
 
@@ -80,12 +82,26 @@ def build_adapters(
     ``destination_errors`` and the run goes on with the others.
     """
     env = os.environ if env is None else env
-    adapters = Adapters(usage=build_usage_source(settings), state=build_state_store(settings))
+    store = build_state_store(settings)
+    adapters = Adapters(usage=build_usage_source(settings), state=store)
     if not with_destinations:
         return adapters
     for name in enabled_destinations(settings, only):
         try:
-            adapters.destinations[name] = build_destination(name, settings, env)
+            destination = build_destination(name, settings, env)
+            snapshot = settings.crm_snapshot
+            if snapshot.enabled:
+                from connectors.crm_snapshot import SnapshottingDestination
+
+                destination = SnapshottingDestination(
+                    destination,
+                    store.engine,
+                    store,
+                    max_age=timedelta(hours=snapshot.full_refresh_hours),
+                    skew=timedelta(seconds=snapshot.skew_seconds),
+                    force_full=full_refresh,
+                )
+            adapters.destinations[name] = destination
             adapters.mappings[name] = settings.destinations[name].mapping
         except PlsSyncError as exc:
             adapters.destination_errors[name] = str(exc)

@@ -43,6 +43,12 @@ AsOfOption = Annotated[
 SummaryOption = Annotated[
     Path | None, typer.Option("--summary-json", help="Also write the run summary as JSON here.")
 ]
+FullRefreshOption = Annotated[
+    bool,
+    typer.Option(
+        "--full-refresh", help="Read every CRM record, not only those changed since the last run."
+    ),
+]
 DestinationOption = Annotated[
     list[str] | None,
     typer.Option("--destination", "-d", help="Only this destination (repeatable)."),
@@ -92,6 +98,7 @@ def _sync(
     destination: list[str] | None,
     *,
     dry_run: bool,
+    full_refresh: bool = False,
 ) -> None:
     from pls_sync.bootstrap import build_adapters
     from pls_sync.report import render_plan, render_summary
@@ -110,7 +117,7 @@ def _sync(
     # SIGTERM (docker stop, Kubernetes) lets the destination being written finish, then exits 0.
     previous_handler = signal.signal(signal.SIGTERM, lambda _sig, _frame: options.stop.set())
     try:
-        adapters = build_adapters(settings, only=only)
+        adapters = build_adapters(settings, only=only, full_refresh=full_refresh)
         result = run_sync(
             adapters,
             settings.scoring,
@@ -138,9 +145,10 @@ def run(
     as_of: AsOfOption = None,
     summary_json: SummaryOption = None,
     destination: DestinationOption = None,
+    full_refresh: FullRefreshOption = False,
 ) -> None:
     """Run one sync now: read, score, match and write the changed fields."""
-    _sync(config, as_of, summary_json, destination, dry_run=False)
+    _sync(config, as_of, summary_json, destination, dry_run=False, full_refresh=full_refresh)
 
 
 @app.command()
@@ -149,9 +157,10 @@ def plan(
     as_of: AsOfOption = None,
     summary_json: SummaryOption = None,
     destination: DestinationOption = None,
+    full_refresh: FullRefreshOption = False,
 ) -> None:
     """The same as run without writing: print the field diff and save it to the plans folder."""
-    _sync(config, as_of, summary_json, destination, dry_run=True)
+    _sync(config, as_of, summary_json, destination, dry_run=True, full_refresh=full_refresh)
 
 
 @app.command()

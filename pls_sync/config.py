@@ -189,6 +189,15 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CrmSnapshotSettings:
+    """Incremental CRM reads: on or off, how often a full refresh, how much overlap."""
+
+    enabled: bool = True
+    full_refresh_hours: float = 24.0
+    skew_seconds: int = 300
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a run needs, validated. Built by :func:`load_settings`."""
 
@@ -203,6 +212,7 @@ class Settings:
     schedule: ScheduleSettings
     logging: LoggingSettings
     scoring_path: Path | None = None
+    crm_snapshot: CrmSnapshotSettings = field(default_factory=lambda: CrmSnapshotSettings())
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +314,14 @@ class ApiBudgetSpec(_Spec):
     max_share_of_daily: float = Field(default=0.5, gt=0, le=1)
 
 
+class CrmSnapshotSpec(_Spec):
+    """``crm_snapshot:``: incremental CRM reads through a snapshot in the state store."""
+
+    enabled: bool = True
+    full_refresh_hours: float = Field(default=24, gt=0)
+    skew_seconds: int = Field(default=300, ge=0)
+
+
 class JobSpec(_Spec):
     """One ``schedule.jobs`` item."""
 
@@ -377,6 +395,7 @@ class MainSpec(_Spec):
     state: StateSpec = Field(default_factory=StateSpec)
     plans_dir: Name = ".pls-sync/plans"
     api_budget: ApiBudgetSpec = Field(default_factory=ApiBudgetSpec)
+    crm_snapshot: CrmSnapshotSpec = Field(default_factory=CrmSnapshotSpec)
     schedule: ScheduleSpec = Field(default_factory=_default_schedule)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
 
@@ -1250,6 +1269,11 @@ class _Loader:
             ),
             logging=LoggingSettings(main.logging.level, main.logging.format),
             scoring_path=scoring_path,
+            crm_snapshot=CrmSnapshotSettings(
+                main.crm_snapshot.enabled,
+                main.crm_snapshot.full_refresh_hours,
+                main.crm_snapshot.skew_seconds,
+            ),
         )
 
 

@@ -393,6 +393,9 @@ def build_summary(
         destination = adapters.destinations.get(name)
         if destination is not None:
             entry["api_calls"] = destination.api_calls()
+            crm_read = getattr(destination, "last_read", None)
+            if crm_read:
+                entry["crm_read"] = dict(crm_read)
         destinations[name] = entry
     for name, error in adapters.destination_errors.items():
         destinations[name] = {"status": "failed", "error": error}

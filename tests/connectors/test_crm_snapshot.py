@@ -1,0 +1,152 @@
+"""Incremental CRM reads through the snapshot, with the real clients against the sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from connectors.crm_snapshot import SnapshottingDestination
+from connectors.hubspot import HubSpotDestination
+from connectors.salesforce import SalesforceDestination
+from connectors.state import SqlStateStore
+from pls_sync.config import load_settings
+from pls_sync.demo_companies import demo_companies
+from pls_sync.models import RecordChange
+from pls_sync.sandbox.server import Sandbox
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    sandbox = Sandbox(port=0, seed=7, companies=demo_companies(7, 60)).start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqlStateStore:
+    return SqlStateStore.open(f"sqlite:///{tmp_path / 'state.sqlite'}")
+
+
+@pytest.fixture
+def settings():  # type: ignore[no-untyped-def]
+    return load_settings(REPO / "config" / "pls_sync.yaml")
+
+
+def salesforce(box: Sandbox) -> SalesforceDestination:
+    return SalesforceDestination.from_env(
+        {"SALESFORCE_INSTANCE_URL": box.url, "SALESFORCE_SESSION_ID": box.session_id}
+    )
+
+
+def test_salesforce_steady_state_reads_only_what_changed(
+    box: Sandbox, store: SqlStateStore, settings
+) -> None:  # type: ignore[no-untyped-def]
+    mapping = settings.destinations["salesforce"].mapping
+    sf = salesforce(box)
+    snap = SnapshottingDestination(sf, store.engine, store, skew=timedelta(0))
+    full = {r.id: r for r in snap.read_records(mapping)}
+    assert snap.last_read["mode"] == "full" and snap.last_read["records"] == len(full) > 40
+
+    box.reset_counts()
+    again = {r.id: r for r in snap.read_records(mapping)}
+    assert snap.last_read == {"mode": "incremental", "changed": 0, "since": snap.last_read["since"]}
+    assert again.keys() == full.keys()
+    assert box.counts().get("sf.query", 0) == 1 and "sf.query_more" not in box.counts()
+
+    # a rep edits one account by hand: the next read sees exactly that record
+    edited = sorted(full)[3]
+    response = requests.patch(
+        f"{box.url}/services/data/v59.0/sobjects/Account/{edited}",
+        json={"PQA_Tier__c": "success"},
+        headers={"Authorization": f"Bearer {box.session_id}"},
+        timeout=10,
+    )
+    assert response.status_code == 204
+    after_edit = {r.id: r for r in snap.read_records(mapping)}
+    assert snap.last_read["changed"] == 1
+    assert after_edit[edited].fields["PQA_Tier__c"] == "success"
+    assert len(after_edit) == len(full)
+
+
+def test_writes_are_recorded_in_the_snapshot_and_gone_records_dropped(
+    box: Sandbox, store: SqlStateStore, settings
+) -> None:  # type: ignore[no-untyped-def]
+    mapping = settings.destinations["salesforce"].mapping
+    sf = salesforce(box)
+    snap = SnapshottingDestination(sf, store.engine, store)
+    records = {r.id: r for r in snap.read_records(mapping)}
+    specs = snap.describe("Account")
+    kept, gone = sorted(records)[:2]
+    box.salesforce.delete("Account", gone)
+    result = snap.write(
+        "Account",
+        [
+            RecordChange(kept, {"PQA_Score__c": 91}, "a.com"),
+            RecordChange(gone, {"PQA_Score__c": 50}, "b.com"),
+        ],
+        specs,
+    )
+    assert result.written == [kept]
+    assert [r.code for r in result.rejected] in (
+        ["ENTITY_IS_DELETED"],
+        ["INVALID_CROSS_REFERENCE_KEY"],
+    )
+    snapshot = {r.id: r for r in snap._load()}
+    assert gone not in snapshot
+    assert float(snapshot[kept].fields["PQA_Score__c"]) == 91.0
+
+
+def test_full_refresh_on_demand_on_age_and_on_mapping_change(
+    box: Sandbox, store: SqlStateStore, settings
+) -> None:  # type: ignore[no-untyped-def]
+    mapping = settings.destinations["salesforce"].mapping
+    now = [datetime.now(UTC)]
+    snap = SnapshottingDestination(salesforce(box), store.engine, store, clock=lambda: now[0])
+    list(snap.read_records(mapping))
+    list(snap.read_records(mapping))
+    assert snap.last_read["mode"] == "incremental"
+    now[0] += timedelta(hours=25)
+    list(snap.read_records(mapping))
+    assert snap.last_read == {
+        "mode": "full",
+        "reason": "snapshot older than the maximum age",
+        "records": snap.last_read["records"],
+    }
+    from dataclasses import replace
+
+    narrower = replace(mapping, fields=mapping.fields[:2])
+    list(snap.read_records(narrower))
+    assert snap.last_read["reason"] == "mapping changed"
+    forced = SnapshottingDestination(salesforce(box), store.engine, store, force_full=True)
+    list(forced.read_records(narrower))
+    assert forced.last_read["reason"] == "requested"
+
+
+def test_hubspot_incremental_read_by_last_modified_search(
+    box: Sandbox, store: SqlStateStore, settings
+) -> None:  # type: ignore[no-untyped-def]
+    mapping = settings.destinations["hubspot"].mapping
+    hs = HubSpotDestination.from_env(
+        {"HUBSPOT_ACCESS_TOKEN": box.hubspot_token, "HUBSPOT_BASE_URL": box.url}
+    )
+    snap = SnapshottingDestination(hs, store.engine, store, skew=timedelta(0))
+    full = {r.id: r for r in snap.read_records(mapping)}
+    assert snap.last_read["mode"] == "full" and len(full) > 40
+    box.reset_counts()
+    target = sorted(full)[5]
+    specs = snap.describe("companies")
+    hs.write("companies", [RecordChange(target, {"pqa_tier": "sales"}, "x.com")], specs)
+    box.reset_counts()
+    again = {r.id: r for r in snap.read_records(mapping)}
+    assert snap.last_read["mode"] == "incremental" and snap.last_read["changed"] == 1
+    assert again[target].fields["pqa_tier"] == "sales"
+    counts = box.counts()
+    assert counts.get("hs.companies.search", 0) == 1 and "hs.companies.list" not in counts
