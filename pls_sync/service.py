@@ -123,6 +123,25 @@ class StageTimer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
+def state_changed(result: AccountResult) -> bool:
+    """Whether an account's state moved; unchanged accounts are not rewritten (nor their history).
+
+    Keeps a steady-state run's database work in proportion to what changed, and the score
+    history to one row per change rather than one per account per run.
+    """
+    previous = result.previous
+    if previous is None:
+        return True
+    now = result.state
+    return (now.score, now.tier, now.tier_since, now.qualified_since, now.score_change) != (
+        previous.score,
+        previous.tier,
+        previous.tier_since,
+        previous.qualified_since,
+        previous.score_change,
+    )
+
+
 class RunLock:
     """The state-store lock that keeps two runs from writing at once, here or in another container.
 
@@ -479,7 +498,9 @@ def run_sync(
         if not options.dry_run:
             with timer.stage("save_state"):
                 state.save_account_states(
-                    options.run_id, (r.state for r in scored.results), scored.transitions
+                    options.run_id,
+                    (r.state for r in scored.results if state_changed(r)),
+                    scored.transitions,
                 )
         outcomes: dict[str, DestinationOutcome] = {}
         wanted = options.destinations

@@ -259,3 +259,16 @@ def test_a_stop_request_leaves_the_remaining_destinations_for_the_next_run() -> 
     follow_up = run_sync(adapters(usage, state, sf, hs), MODEL, RunOptions(as_of=AS_OF))
     assert follow_up.summary["destinations"]["hubspot"]["records_written"] == 1
     assert follow_up.summary["destinations"]["salesforce"]["write_calls"] == 0
+
+
+def test_only_changed_account_states_are_saved_with_history() -> None:
+    usage = FakeUsage(accounts({"co0.com": 9, "co1.com": 3}))
+    state, sf = FakeState(), crm()
+    run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    assert len(state.history) == 2
+    run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)))
+    assert len(state.history) == 2  # nothing moved: no new rows
+    usage.accounts = accounts({"co0.com": 9, "co1.com": 5})
+    run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(hours=2)))
+    assert [h[0] for h in state.history[2:]] == ["co1.com"]
+    assert state.states["co1.com"].score == 50 and state.states["co1.com"].score_change == 20
