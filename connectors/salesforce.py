@@ -68,6 +68,10 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 60.0
 MAX_BATCH_SIZE = 200  # the sObject Collections maximum
+# Above this many changed records a write goes through Bulk API 2.0 ("any data operation that
+# includes more than 2,000 records is a good candidate for Bulk API 2.0"):
+# https://developer.salesforce.com/docs/platform/salesforce-app-limits-cheatsheet/guide/salesforce-app-limits-platform-bulkapi.html
+DEFAULT_BULK_THRESHOLD = 2000
 LOCK_CODES = frozenset({"UNABLE_TO_LOCK_ROW"})
 # Request-level error codes that a later attempt may not meet again.
 _RETRIABLE_REQUEST_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"})
@@ -348,6 +352,21 @@ def translate(
     return FatalError(clean(f"Salesforce call failed: {type(exc).__name__}: {exc}"))
 
 
+_API_USAGE = re.compile(r"(?:^|[;,\s])api-usage=(\d+)/(\d+)")
+
+
+def parse_limit_info(header: str | None) -> tuple[int, int] | None:
+    """(remaining, max) from ``Sforce-Limit-Info: api-usage=25/15000`` (used/max), else None.
+
+    https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_api_usage.htm
+    """
+    match = _API_USAGE.search(header or "")
+    if not match:
+        return None
+    used, total = int(match.group(1)), int(match.group(2))
+    return max(total - used, 0), total
+
+
 def _is_expired_session(error: PlsSyncError) -> bool:
     return isinstance(error, AuthError) and error.code == "INVALID_SESSION_ID"
 
@@ -450,7 +469,7 @@ def _missing_credentials_message(env: Mapping[str, str]) -> str:
 
 
 class SalesforceDestination:
-    """Salesforce accounts read with SOQL and written with sObject Collections."""
+    """Salesforce accounts read with SOQL, written with sObject Collections or Bulk API 2.0."""
 
     name = "salesforce"
 
@@ -465,14 +484,29 @@ class SalesforceDestination:
         timeout: float = DEFAULT_TIMEOUT,
         attempts: int = 5,
         lock_retry_delay: float = 1.0,
+        bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
+        bulk_poll_interval: float = 1.0,
+        bulk_max_poll_interval: float = 30.0,
+        bulk_timeout: float = 3600.0,
+        bulk_max_job_bytes: int | None = None,
     ) -> None:
         """Wrap a ready ``simple_salesforce.Salesforce``.
 
         ``reauthenticate`` returns a fresh client when the session expires (once per call).
         ``secrets`` are masked in every message and log event, with each session id.
+        More than ``bulk_threshold`` changed records are written with Bulk API 2.0 jobs of at
+        most ``bulk_max_job_bytes`` of CSV, polled from ``bulk_poll_interval`` seconds, doubling
+        up to ``bulk_max_poll_interval``, for at most ``bulk_timeout`` seconds of waiting.
         """
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise FatalError(f"Salesforce batch_size must be between 1 and {MAX_BATCH_SIZE}")
+        if bulk_threshold < 0:
+            raise FatalError("Salesforce bulk_threshold must not be negative")
+        self._bulk_threshold = bulk_threshold
+        self._bulk_poll_interval = bulk_poll_interval
+        self._bulk_max_poll_interval = bulk_max_poll_interval
+        self._bulk_timeout = bulk_timeout
+        self._bulk_max_job_bytes = bulk_max_job_bytes
         self._reauthenticate = reauthenticate
         self._batch_size = batch_size
         self._sleep = sleep
@@ -500,6 +534,7 @@ class SalesforceDestination:
         batch_size: int = MAX_BATCH_SIZE,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
     ) -> SalesforceDestination:
         """Build from environment variables (or ``/run/secrets`` files).
 
@@ -508,6 +543,7 @@ class SalesforceDestination:
         JWT bearer: ``SALESFORCE_USERNAME`` + ``SALESFORCE_CONSUMER_KEY`` +
         ``SALESFORCE_PRIVATE_KEY_FILE``. ``SALESFORCE_DOMAIN`` (login | test | My Domain)
         applies to the last two. Missing credentials raise ``AuthError`` naming the variables.
+        ``bulk_threshold``: more changed records than this go through Bulk API 2.0.
         """
         env = os.environ if env is None else env
 
@@ -529,7 +565,13 @@ class SalesforceDestination:
 
         if instance_url and session_id:
             sf = _session_salesforce(instance_url, session_id, api_version, http)
-            return cls(sf, batch_size=batch_size, sleep=sleep, secrets=secrets)
+            return cls(
+                sf,
+                batch_size=batch_size,
+                sleep=sleep,
+                secrets=secrets,
+                bulk_threshold=bulk_threshold,
+            )
 
         if not _DOMAIN.match(domain):
             raise AuthError("SALESFORCE_DOMAIN must be login, test or a My Domain prefix")
@@ -577,7 +619,12 @@ class SalesforceDestination:
 
         sf = call_with_retries(first_login, sleep=sleep)
         destination = cls(
-            sf, reauthenticate=login, batch_size=batch_size, sleep=sleep, secrets=secrets
+            sf,
+            reauthenticate=login,
+            batch_size=batch_size,
+            sleep=sleep,
+            secrets=secrets,
+            bulk_threshold=bulk_threshold,
         )
         destination._calls["auth"] += 1
         return destination
@@ -597,8 +644,13 @@ class SalesforceDestination:
             hooks.append(self._remember_retry_after)
 
     def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        # A session hook sees every response, Bulk API 2.0 ones included, which simple-salesforce
+        # sends without parsing Sforce-Limit-Info.
         if response.status_code >= 400:
             self._retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+        usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
+        if usage is not None:
+            self._usage = usage
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -662,17 +714,11 @@ class SalesforceDestination:
                             code="INVALID_SESSION_ID",
                         ) from None
                     raise error from None
-                self._note_usage()
                 return result
 
         return call_with_retries(
             attempt, attempts=self._attempts, sleep=self._sleep, on_retry=self._on_retry
         )
-
-    def _note_usage(self) -> None:
-        usage = getattr(self._sf, "api_usage", {}).get("api-usage")
-        if usage is not None:
-            self._usage = (max(usage.total - usage.used, 0), usage.total)
 
     # CrmDestination
 
@@ -748,14 +794,25 @@ class SalesforceDestination:
         object_name: str,
         changes: Sequence[RecordChange],
         specs: Mapping[str, FieldSpec],
+        *,
+        max_write_calls: int | None = None,
     ) -> WriteResult:
-        """PATCH the changed fields in batches; per-record failures come back as rejections.
+        """Write the changed fields; per-record failures come back as rejections.
 
-        Records refused with ``UNABLE_TO_LOCK_ROW`` are sent once more, in half-size batches,
-        before being reported. A batch that still fails after retries (or hits the daily
-        quota) leaves it and every later record ``not_attempted``. Auth and other fatal
-        request errors raise.
+        Up to ``bulk_threshold`` changes go in sObject Collections batches (``method``
+        ``collections``); more go in Bulk API 2.0 jobs (``bulk2``). Records refused with
+        ``UNABLE_TO_LOCK_ROW`` are sent once more through Collections, in half-size batches,
+        before being reported. A request that still fails after retries (or hits the daily
+        quota), a job that times out, fails or is aborted, leaves the rest ``not_attempted``.
+        Auth and other fatal request errors raise.
+
+        ``max_write_calls`` caps the HTTP requests: the first changes (the caller sorts them
+        by priority) that fit are written, the rest are ``not_attempted`` and ``method`` gets
+        a ``+budget`` suffix. A bulk job needs at least ``CALLS_PER_JOB`` requests; below that
+        the write falls back to Collections. Polls of a running job are not cut short.
         """
+        from connectors.salesforce_bulk import CALLS_PER_JOB
+
         name = check_object_name(object_name)
         result = WriteResult(method="collections")
         if not changes:
@@ -763,25 +820,61 @@ class SalesforceDestination:
         for change in changes:
             for field in change.fields:
                 check_field_name(field, allow_path=False)
-        locked: list[tuple[RecordChange, RecordRejection]] = []
-        unsent = self._write_round(name, list(changes), self._batch_size, specs, result, locked)
-        result.not_attempted.extend(change.record_id for change in unsent)
+        limit = None if max_write_calls is None else max(max_write_calls, 0)
+        pending = list(changes)
+        bulk = len(pending) > self._bulk_threshold and (limit is None or limit >= CALLS_PER_JOB)
+        if bulk:
+            result.method = "bulk2"
+            locked, stopped, budget_hit = self._write_bulk(name, pending, specs, result, limit)
+        else:
+            cut: list[RecordChange] = []
+            if limit is not None and len(pending) > limit * self._batch_size:
+                pending, cut = (
+                    pending[: limit * self._batch_size],
+                    pending[limit * self._batch_size :],
+                )
+            locked = []
+            unsent, budget_hit = self._write_round(
+                name, pending, self._batch_size, specs, result, locked, limit
+            )
+            result.not_attempted.extend(change.record_id for change in unsent)
+            result.not_attempted.extend(change.record_id for change in cut)
+            stopped = bool(unsent)
+            budget_hit = budget_hit or bool(cut)
+        if self._retry_locked(name, locked, specs, result, limit, give_up=stopped):
+            budget_hit = True
+        if budget_hit:
+            result.method += "+budget"
+        return result
+
+    def _retry_locked(
+        self,
+        object_name: str,
+        locked: list[tuple[RecordChange, RecordRejection]],
+        specs: Mapping[str, FieldSpec],
+        result: WriteResult,
+        limit: int | None,
+        *,
+        give_up: bool,
+    ) -> bool:
+        """Send locked records once more in half-size Collections batches; True if the budget
+        cut the retry short. Records not retried keep their first rejection (retriable)."""
         if not locked:
-            return result
-        if unsent:
+            return False
+        if give_up:
             result.rejected.extend(rejection for _, rejection in locked)
-            return result
+            return False
         first = {change.record_id: rejection for change, rejection in locked}
         log.info("salesforce_lock_retry", records=len(locked))
         self._sleep(self._lock_retry_delay)
         still_locked: list[tuple[RecordChange, RecordRejection]] = []
         retry = [change for change, _ in locked]
-        unsent = self._write_round(
-            name, retry, max(1, self._batch_size // 2), specs, result, still_locked
+        unsent, budget_hit = self._write_round(
+            object_name, retry, max(1, self._batch_size // 2), specs, result, still_locked, limit
         )
         result.rejected.extend(rejection for _, rejection in still_locked)
         result.rejected.extend(first[change.record_id] for change in unsent)
-        return result
+        return budget_hit
 
     def _write_round(
         self,
@@ -791,9 +884,12 @@ class SalesforceDestination:
         specs: Mapping[str, FieldSpec],
         result: WriteResult,
         locked: list[tuple[RecordChange, RecordRejection]],
-    ) -> list[RecordChange]:
-        """Send ``changes`` in batches of ``size``; return the changes left unsent."""
+        limit: int | None = None,
+    ) -> tuple[list[RecordChange], bool]:
+        """Send ``changes`` in batches of ``size``: (the changes left unsent, budget reached)."""
         for start in range(0, len(changes), size):
+            if limit is not None and result.calls >= limit:
+                return changes[start:], True
             batch = changes[start : start + size]
             body = {
                 "allOrNone": False,
@@ -820,10 +916,72 @@ class SalesforceDestination:
                     code=exc.code,
                     unsent=len(changes) - start,
                 )
-                return changes[start:]
+                return changes[start:], False
             result.calls += self._calls["write"] - before
             _apply_save_results(batch, saves, result, locked, self._secrets)
-        return []
+        return [], False
+
+    def _write_bulk(
+        self,
+        object_name: str,
+        changes: list[RecordChange],
+        specs: Mapping[str, FieldSpec],
+        result: WriteResult,
+        limit: int | None,
+    ) -> tuple[list[tuple[RecordChange, RecordRejection]], bool, bool]:
+        """Run Bulk API 2.0 jobs: (locked records, stopped early, budget reached)."""
+        from connectors.salesforce_bulk import (
+            CALLS_PER_JOB,
+            MAX_JOB_BYTES,
+            BulkIngest,
+            apply_outcome,
+            build_jobs,
+        )
+
+        jobs = build_jobs(changes, specs, max_job_bytes=self._bulk_max_job_bytes or MAX_JOB_BYTES)
+        ingest = BulkIngest(
+            self._bulk_call,
+            sleep=self._sleep,
+            poll_interval=self._bulk_poll_interval,
+            max_poll_interval=self._bulk_max_poll_interval,
+            timeout=self._bulk_timeout,
+            secrets=self._secrets,
+        )
+        locked: list[tuple[RecordChange, RecordRejection]] = []
+
+        def skip(rest: Sequence[Any]) -> None:
+            result.not_attempted.extend(c.record_id for job in rest for c in job.changes)
+
+        for index, job in enumerate(jobs):
+            if limit is not None and result.calls + CALLS_PER_JOB > limit:
+                skip(jobs[index:])
+                return locked, False, True
+            before = self._calls["write"]
+            try:
+                outcome = ingest.run(object_name, job)
+            except (RetriableError, QuotaExhaustedError) as exc:
+                result.calls += self._calls["write"] - before
+                log.warning(
+                    "salesforce_bulk_stopped",
+                    error=self._redact(str(exc)),
+                    code=exc.code,
+                    unsent=sum(len(j.changes) for j in jobs[index:]),
+                )
+                skip(jobs[index:])
+                return locked, True, False
+            result.calls += self._calls["write"] - before
+            apply_outcome(result, outcome)
+            locked.extend(outcome.locked)
+            if outcome.state != "JobComplete":
+                skip(jobs[index + 1 :])
+                return locked, True, False
+        return locked, False, False
+
+    def _bulk_call(self, fn: Callable[[Any], T]) -> T:
+        """One Bulk API 2.0 request on the current session (rebuilt after re-authenticating)."""
+        from connectors.salesforce_bulk import Bulk2Api
+
+        return self._call("write", lambda sf: fn(Bulk2Api(sf, self._timeout)))
 
     def _patch(self, sf: Salesforce, body: dict[str, Any]) -> Any:
         return sf.restful("composite/sobjects", method="PATCH", json=body, timeout=self._timeout)
@@ -837,15 +995,28 @@ class SalesforceDestination:
             payload = self._call("limits", lambda sf: sf.limits(timeout=self._timeout))
         except (AuthError, QuotaExhaustedError):
             raise
-        except FatalError:
+        except (FatalError, RetriableError) as exc:
+            log.warning("salesforce_limits_unavailable", error=self._redact(str(exc)))
             return None
         daily = payload.get("DailyApiRequests") if isinstance(payload, Mapping) else None
         if not isinstance(daily, Mapping):
             return None
         try:
-            return int(daily["Remaining"]), int(daily["Max"])
+            usage = int(daily["Remaining"]), int(daily["Max"])
         except (KeyError, TypeError, ValueError):
             return None
+        self._usage = usage
+        return usage
+
+    def write_budget(self, share: float) -> int | None:
+        """How many write requests this run may make: ``floor(remaining * share)`` of the daily
+        API allowance, or ``None`` when the remaining allowance is unknown."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError("the API budget share must be between 0 and 1")
+        usage = self.daily_api_remaining()
+        if usage is None:
+            return None
+        return math.floor(usage[0] * share)
 
 
 def _lookup(record: Mapping[str, Any], path: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pls_sync.config import Settings
@@ -40,6 +41,21 @@ def build_state_store(settings: Settings) -> SqlStateStore:
     return SqlStateStore.open(settings.state_url)
 
 
+def open_existing_state_store(url: str) -> SqlStateStore:
+    """The state store for reading only: nothing is created, a missing SQLite file is an error."""
+    from sqlalchemy.engine import make_url
+
+    from connectors.state import SqlStateStore
+    from pls_sync.errors import FatalError
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or not Path(database).is_file():
+            raise FatalError(f"state store not found: no SQLite file at {database or '(memory)'}")
+    return SqlStateStore(url)
+
+
 def build_destination(
     name: str, settings: Settings, env: Mapping[str, str] | None = None
 ) -> CrmDestination:
@@ -49,7 +65,10 @@ def build_destination(
         from connectors.salesforce import SalesforceDestination
 
         return SalesforceDestination.from_env(
-            env, api_version=dest.api_version, batch_size=dest.batch_size
+            env,
+            api_version=dest.api_version,
+            batch_size=dest.batch_size,
+            bulk_threshold=dest.bulk_threshold,
         )
     if name == "hubspot":
         from connectors.hubspot import HubSpotDestination

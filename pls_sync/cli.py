@@ -19,6 +19,9 @@ from pls_sync import __version__
 from pls_sync.config import Settings, load_settings
 from pls_sync.errors import ConfigError, PlsSyncError, redact
 from pls_sync.logs import configure_logging
+from pls_sync.mapping import DestinationMapping
+from pls_sync.planning import AccountResult
+from pls_sync.ports import CrmDestination
 
 app = typer.Typer(
     name="pls-sync",
@@ -107,12 +110,20 @@ def _sync(
     settings = load_or_exit(config)
     when = parse_as_of(as_of)
     only = tuple(destination) if destination else None
+    unknown = sorted(set(only or ()) - set(settings.destinations))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown destination(s) {', '.join(unknown)}; configured: "
+            + ", ".join(sorted(settings.destinations)),
+            param_hint="--destination",
+        )
     options = RunOptions(
         as_of=when,
         command="plan" if dry_run else "run",
         dry_run=dry_run,
         plans_dir=settings.plans_dir,
         destinations=only,
+        api_budget_share=settings.api_budget_share,
     )
     # SIGTERM (docker stop, Kubernetes) lets the destination being written finish, then exits 0.
     previous_handler = signal.signal(signal.SIGTERM, lambda _sig, _frame: options.stop.set())
@@ -171,7 +182,7 @@ def validate(config: ConfigOption = Path("config/pls_sync.yaml")) -> None:
 
     settings = load_or_exit(config)
     console.print(f"Config OK: {config}")
-    failed = False
+    failed = unreachable = False
     for name in enabled_destinations(settings):
         mapping = settings.destinations[name].mapping
         try:
@@ -183,7 +194,7 @@ def validate(config: ConfigOption = Path("config/pls_sync.yaml")) -> None:
             problems = missing_targets(mapping, client.describe(mapping.object))
         except PlsSyncError as exc:
             console.print(f"[red]{name}: cannot read the schema: {exc}[/red]", highlight=False)
-            failed = True
+            unreachable = True
             continue
         if problems:
             failed = True
@@ -193,6 +204,8 @@ def validate(config: ConfigOption = Path("config/pls_sync.yaml")) -> None:
             console.print(f"{name}: all {len(mapping.fields)} mapped fields exist and are writable")
     if failed:
         raise typer.Exit(EXIT_CONFIG)
+    if unreachable:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -217,6 +230,10 @@ def export(
             adapters.usage, settings.scoring, adapters.state.load_account_states(), when
         )
         matched: dict[str, dict[str, str]] = {}
+        for name, error in adapters.destination_errors.items():
+            err_console.print(f"{name}: not matched ({redact(error)})", highlight=False)
+        if with_crm and adapters.destination_errors and not adapters.destinations:
+            raise PlsSyncError("no CRM could be reached for --with-crm")
         for name, destination in adapters.destinations.items():
             outcome = match_destination(destination, adapters.mappings[name], scored.results)
             assert outcome.report is not None
@@ -272,6 +289,32 @@ def export(
     console.print(f"Wrote {len(scored.results)} accounts to {file}")
 
 
+def _explain_destination(
+    name: str, destination: CrmDestination, mapping: DestinationMapping, result: AccountResult
+) -> None:
+    """Print the account's match in one CRM and the fields a run would write there."""
+    from pls_sync.planning import desired_fields, diff_record
+    from pls_sync.service import match_destination
+
+    outcome = match_destination(destination, mapping, [result])
+    assert outcome.report is not None
+    match = outcome.report.matches.get(result.account.key)
+    if match is None or match.record_id is None:
+        status = match.status if match else "unmatched"
+        candidates = ", ".join(match.candidates) if match and match.candidates else "none"
+        console.print(f"{name}: {status}; candidates: {candidates}", highlight=False)
+        return
+    specs = destination.describe(mapping.object)
+    record = outcome.records[match.record_id]
+    by_target = {f.target: f for f in mapping.fields}
+    pending = diff_record(record, desired_fields(result, mapping, specs), specs, by_target)
+    console.print(
+        f"{name}: {match.status} -> {match.record_id} ({record.name}); "
+        f"fields to write: {pending or 'none'}",
+        highlight=False,
+    )
+
+
 @app.command()
 def explain(
     domain: Annotated[str, typer.Argument(help="Account domain (or workspace:<id>).")],
@@ -281,8 +324,7 @@ def explain(
     """Show one account's score breakdown, signals, matched CRM records and pending field changes."""
     from pls_sync.bootstrap import build_adapters
     from pls_sync.domains import registrable_domain
-    from pls_sync.planning import desired_fields, diff_record
-    from pls_sync.service import match_destination, score_all
+    from pls_sync.service import score_all
 
     settings = load_or_exit(config)
     when = parse_as_of(as_of)
@@ -306,31 +348,16 @@ def explain(
         for sig in s.signals:
             console.print(f"  signal     +{sig.points:.0f}  {sig.description}", highlight=False)
         console.print(
-            f"  qualified since: {result.state.qualified_since or '-'}; change: {result.score_change}"
+            f"  qualified since: {result.state.qualified_since or '-'}; "
+            f"change: {'-' if result.score_change is None else f'{result.score_change:+d}'}"
         )
+        failed = False
         for name, destination in adapters.destinations.items():
-            mapping = adapters.mappings[name]
-            outcome = match_destination(destination, mapping, [result])
-            assert outcome.report is not None
-            match = outcome.report.matches.get(result.account.key)
-            if match is None or match.record_id is None:
-                console.print(
-                    f"{name}: {match.status if match else 'unmatched'}; candidates {match.candidates if match else ()}"
-                )
-                continue
-            specs = destination.describe(mapping.object)
-            record = outcome.records[match.record_id]
-            pending = diff_record(
-                record,
-                desired_fields(result, mapping, specs),
-                specs,
-                {f.target: f for f in mapping.fields},
-            )
-            console.print(
-                f"{name}: {match.status} -> {match.record_id} ({record.name}); "
-                f"fields to write: {pending or 'none'}",
-                highlight=False,
-            )
+            try:
+                _explain_destination(name, destination, adapters.mappings[name], result)
+            except PlsSyncError as exc:  # one CRM failing must not hide the other
+                failed = True
+                console.print(f"{name}: not checked ({redact(str(exc))})", highlight=False)
         for name, error in adapters.destination_errors.items():
             console.print(f"{name}: not checked ({error})", highlight=False)
     except PlsSyncError as exc:
@@ -338,6 +365,8 @@ def explain(
             f"[bold red]Explain failed:[/bold red] {redact(str(exc))}", highlight=False
         )
         raise typer.Exit(EXIT_FAILED) from None
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -350,12 +379,12 @@ def status(
     ] = None,
 ) -> None:
     """Recent runs; exits 1 when the last run failed or is overdue (a container healthcheck)."""
-    from pls_sync.bootstrap import build_state_store
+    from pls_sync.bootstrap import open_existing_state_store
     from pls_sync.health import check_health
 
     settings = load_or_exit(config)
     try:
-        store = build_state_store(settings)
+        store = open_existing_state_store(settings.state_url)
         report = check_health(
             store, settings, datetime.now(UTC), limit=limit, max_age_hours=max_age_hours
         )
@@ -447,6 +476,7 @@ def schedule(
             command=f"schedule:{name}",
             plans_dir=settings.plans_dir,
             destinations=destinations,
+            api_budget_share=settings.api_budget_share,
         )
         try:
             result = run_sync(adapters, settings.scoring, options, batch_sizes=batch_sizes)

@@ -142,6 +142,21 @@ def run_demo(
     from pls_sync.service import RunOptions, run_sync
 
     started = time.perf_counter()
+    demo_env = {
+        "PLS_SYNC_WAREHOUSE_URL": f"duckdb:///{DEMO_WAREHOUSE}",
+        "PLS_SYNC_STATE_URL": f"sqlite:///{DEMO_STATE}",
+        "PLS_SYNC_SALESFORCE_ENABLED": "true",
+        "PLS_SYNC_HUBSPOT_ENABLED": "true",
+    }
+    # The config is checked before anything is created or started.
+    with patched_env(demo_env):
+        try:
+            settings = load_settings(config)
+        except ConfigError as exc:
+            console.print("[bold red]Configuration error[/bold red]")
+            for issue in exc.issues:
+                console.print(f"  {issue}", markup=False, highlight=False)
+            return 2
     DEMO_DIR.mkdir(exist_ok=True)
     if fresh and DEMO_STATE.exists():
         DEMO_STATE.unlink()
@@ -157,40 +172,44 @@ def run_demo(
     with Sandbox(seed=seed, companies=demo_companies(seed, companies)) as box:
         console.print(f"CRM sandbox serving Salesforce and HubSpot on {box.url}")
         env = {
-            "PLS_SYNC_WAREHOUSE_URL": f"duckdb:///{DEMO_WAREHOUSE}",
-            "PLS_SYNC_STATE_URL": f"sqlite:///{DEMO_STATE}",
-            "PLS_SYNC_SALESFORCE_ENABLED": "true",
-            "PLS_SYNC_HUBSPOT_ENABLED": "true" if box.hubspot is not None else "false",
+            **demo_env,
             "SALESFORCE_INSTANCE_URL": box.url,
             "SALESFORCE_SESSION_ID": box.session_id,
             "HUBSPOT_BASE_URL": box.url,
             "HUBSPOT_ACCESS_TOKEN": box.hubspot_token,
         }
         with patched_env(env):
-            try:
-                settings = load_settings(config)
-            except ConfigError as exc:
-                console.print("[bold red]Configuration error[/bold red]")
-                for issue in exc.issues:
-                    console.print(f"  {issue}", markup=False, highlight=False)
-                return 2
             configure_logging(settings.logging.level, settings.logging.format)
             batch_sizes = {n: d.batch_size for n, d in settings.destinations.items()}
             try:
-                adapters = build_adapters(settings)
+                # The sandbox is new: a snapshot left by an earlier demo describes another CRM.
+                adapters = build_adapters(settings, full_refresh=True)
                 first = run_sync(
                     adapters,
                     settings.scoring,
-                    RunOptions(as_of=as_of, command="demo", plans_dir=settings.plans_dir),
+                    RunOptions(
+                        as_of=as_of,
+                        command="demo",
+                        plans_dir=settings.plans_dir,
+                        api_budget_share=settings.api_budget_share,
+                    ),
                     batch_sizes=batch_sizes,
                 )
                 render_summary(console, first.summary)
                 first_counts = box.counts()
                 box.reset_counts()
+                for destination in adapters.destinations.values():
+                    if hasattr(destination, "force_full"):
+                        destination.force_full = False  # the rerun reads incrementally
                 second = run_sync(
                     adapters,
                     settings.scoring,
-                    RunOptions(as_of=as_of, command="demo-rerun", plans_dir=settings.plans_dir),
+                    RunOptions(
+                        as_of=as_of,
+                        command="demo-rerun",
+                        plans_dir=settings.plans_dir,
+                        api_budget_share=settings.api_budget_share,
+                    ),
                     batch_sizes=batch_sizes,
                 )
             except PlsSyncError as exc:

@@ -50,6 +50,7 @@ class RunOptions:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     lock_name: str = "pls-sync:run"
     lock_lease_seconds: float = 60.0
+    api_budget_share: float | None = None  # share of the remaining daily API calls a run may use
     # Set by a SIGTERM handler: the destination being written finishes, the rest wait for
     # the next run (their diff will still be there).
     stop: threading.Event = field(default_factory=threading.Event)
@@ -91,6 +92,7 @@ class DestinationOutcome:
     write: WriteResult | None = None
     error: str | None = None
     specs: dict[str, FieldSpec] = field(default_factory=dict)
+    budget: int | None = None
 
 
 @dataclass(slots=True)
@@ -275,6 +277,8 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
         summary["fields_changed"] = plan.fields_changed
         summary["field_changes"] = dict(sorted(plan.field_changes.items()))
         summary["min_write_calls"] = math.ceil(len(plan.changes) / batch_size) if batch_size else 0
+    if outcome.budget is not None:
+        summary["write_budget_calls"] = outcome.budget
     if write is not None:
         reasons = Counter(rejection.code for rejection in write.rejected)
         summary.update(
@@ -336,7 +340,14 @@ def sync_destination(
             outcome.status = "planned"
             return outcome
         with timer.stage(f"{name}.write"):
-            outcome.write = destination.write(mapping.object, outcome.plan.changes, specs)
+            budget = write_budget(destination, options.api_budget_share)
+            outcome.budget = budget
+            if budget is None:
+                outcome.write = destination.write(mapping.object, outcome.plan.changes, specs)
+            else:
+                outcome.write = destination.write(  # type: ignore[call-arg]
+                    mapping.object, outcome.plan.changes, specs, max_write_calls=budget
+                )
         write = outcome.write
         state.record_rejections(options.run_id, name, write.rejected, options.as_of)
         state.resolve_rejections(name, write.written)
@@ -362,6 +373,18 @@ def sync_destination(
         outcome.error = redact(f"{type(exc).__name__}: {exc}")
         log.exception("destination_crashed", destination=name)
     return outcome
+
+
+def write_budget(destination: CrmDestination, share: float | None) -> int | None:
+    """Write requests this run may make: a share of the remaining daily quota, when known.
+
+    Changes are sorted by priority, so what a tight budget leaves out is the least urgent;
+    it stays in the diff for the next run.
+    """
+    if share is None or not hasattr(destination, "write_budget"):
+        return None
+    budget = destination.write_budget(share)
+    return None if budget is None else int(budget)
 
 
 def save_plan(plans_dir: Path, run_id: str, plans: list[Plan], as_of: datetime) -> Path:

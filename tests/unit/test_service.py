@@ -272,3 +272,38 @@ def test_only_changed_account_states_are_saved_with_history() -> None:
     run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(hours=2)))
     assert [h[0] for h in state.history[2:]] == ["co1.com"]
     assert state.states["co1.com"].score == 50 and state.states["co1.com"].score_change == 20
+
+
+def test_a_write_budget_caps_the_run_and_leaves_the_rest_for_the_next() -> None:
+    class BudgetedCrm(FakeCrm):
+        remaining = 2
+
+        def write_budget(self, share: float) -> int:
+            return int(self.remaining * share)
+
+        def write(self, object_name, changes, specs, *, max_write_calls=None):  # type: ignore[no-untyped-def,override]
+            allowed = list(changes)[: (max_write_calls or 0) * self.batch_size]
+            result = super().write(object_name, allowed, specs)
+            result.not_attempted = [c.record_id for c in changes[len(allowed) :]]
+            return result
+
+    usage = FakeUsage(
+        accounts({"co0.com": 9, "co1.com": 2, "co2.com": 8, "co3.com": 3, "co4.com": 4})
+    )
+    state = FakeState()
+    records = [CrmRecord(f"001{i:03d}", (f"co{i}.com",), {}) for i in range(5)]
+    sf = BudgetedCrm("salesforce", SPECS, records, batch_size=2)
+    sf.remaining = 2
+    first = run_sync(
+        adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF, api_budget_share=0.5)
+    )
+    dest = first.summary["destinations"]["salesforce"]
+    assert dest["write_budget_calls"] == 1 and dest["records_written"] == 2
+    assert dest["not_attempted"] == 3 and first.status == "partial"
+    # the highest-priority changes went first: the new PQAs (scores 90 and 80)
+    assert {r for r, rec in sf.records.items() if rec.fields} == {"001000", "001002"}
+    sf.remaining = 100
+    second = run_sync(
+        adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF, api_budget_share=0.5)
+    )
+    assert second.summary["destinations"]["salesforce"]["records_written"] == 3
