@@ -768,9 +768,13 @@ class SalesforceDestination:
     def read_records_modified_since(
         self, mapping: DestinationMapping, since: datetime
     ) -> Iterator[CrmRecord]:
-        """Records of the mapping's object modified after ``since``."""
+        """Records of the mapping's object changed after ``since``.
+
+        SystemModstamp rather than LastModifiedDate: it is indexed, and system changes
+        (automation, cascades) move it too.
+        """
         return self._read(
-            mapping, self.soql_for(mapping, f"LastModifiedDate > {soql_datetime(since)}")
+            mapping, self.soql_for(mapping, f"SystemModstamp > {soql_datetime(since)}")
         )
 
     def _read(self, mapping: DestinationMapping, soql: str) -> Iterator[CrmRecord]:

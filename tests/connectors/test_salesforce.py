@@ -422,7 +422,7 @@ def test_read_records_modified_since_uses_a_utc_datetime_literal(
     rsps: responses.RequestsMock, dest: SalesforceDestination
 ) -> None:
     rsps.get(DESCRIBE_URL, json=DESCRIBE)
-    soql = EXPECTED_SOQL + " WHERE LastModifiedDate > 2026-11-22T08:00:00Z"
+    soql = EXPECTED_SOQL + " WHERE SystemModstamp > 2026-11-22T08:00:00Z"
     rsps.get(
         QUERY_URL,
         match=[matchers.query_param_matcher({"q": soql})],
