@@ -180,6 +180,7 @@ _LAST_NAMES = (
     "parker",
 )
 # (title, seniority, department, weight)
+# Most product users cannot buy: seniority thins out fast, as in real sign-up data.
 _TITLES: tuple[tuple[str, str, str, float], ...] = (
     ("Software Engineer", "ic", "Engineering", 14),
     ("Senior Software Engineer", "ic", "Engineering", 8),
@@ -194,25 +195,25 @@ _TITLES: tuple[tuple[str, str, str, float], ...] = (
     ("Operations Analyst", "ic", "Operations", 4),
     ("Financial Analyst", "ic", "Finance", 3),
     ("Recruiter", "ic", "People", 2),
-    ("Engineering Manager", "manager", "Engineering", 4),
-    ("Marketing Manager", "manager", "Marketing", 3),
-    ("Sales Manager", "manager", "Sales", 2),
-    ("Operations Manager", "manager", "Operations", 3),
-    ("Group Product Manager", "manager", "Product", 2),
-    ("Director of Engineering", "director", "Engineering", 2),
-    ("Director of Marketing", "director", "Marketing", 1.5),
-    ("IT Director", "director", "IT", 1.5),
-    ("Head of Product", "head", "Product", 2),
-    ("Head of Operations", "head", "Operations", 1.5),
-    ("Head of Data", "head", "Data", 1),
-    ("VP Engineering", "vp", "Engineering", 1.5),
-    ("VP of Sales", "vp", "Sales", 1),
-    ("VP Operations", "vp", "Operations", 1),
-    ("VP Marketing", "vp", "Marketing", 1),
-    ("CTO", "c_level", "Engineering", 0.8),
-    ("CFO", "c_level", "Finance", 0.4),
-    ("COO", "c_level", "Operations", 0.5),
-    ("CIO", "c_level", "IT", 0.3),
+    ("Engineering Manager", "manager", "Engineering", 1.2),
+    ("Marketing Manager", "manager", "Marketing", 0.9),
+    ("Sales Manager", "manager", "Sales", 0.6),
+    ("Operations Manager", "manager", "Operations", 0.9),
+    ("Group Product Manager", "manager", "Product", 0.6),
+    ("Director of Engineering", "director", "Engineering", 0.6),
+    ("Director of Marketing", "director", "Marketing", 0.45),
+    ("IT Director", "director", "IT", 0.45),
+    ("Head of Product", "head", "Product", 0.6),
+    ("Head of Operations", "head", "Operations", 0.45),
+    ("Head of Data", "head", "Data", 0.3),
+    ("VP Engineering", "vp", "Engineering", 0.45),
+    ("VP of Sales", "vp", "Sales", 0.3),
+    ("VP Operations", "vp", "Operations", 0.3),
+    ("VP Marketing", "vp", "Marketing", 0.3),
+    ("CTO", "c_level", "Engineering", 0.24),
+    ("CFO", "c_level", "Finance", 0.12),
+    ("COO", "c_level", "Operations", 0.15),
+    ("CIO", "c_level", "IT", 0.09),
 )
 _FOUNDER_TITLES: tuple[tuple[str, str, str], ...] = (
     ("Founder & CEO", "owner", "Executive"),
@@ -496,7 +497,7 @@ def _users_sql(
              ELSE ws_base END AS workspace_id,
         created_s,
         k = 0 OR (k = 1 AND profile = 'admin_change') OR rnd(uidx, 13) < 0.04 AS is_admin,
-        CASE WHEN k = 0 AND n_users <= 10 AND rnd(uidx, 14) < 0.6
+        CASE WHEN k = 0 AND n_users <= 10 AND rnd(uidx, 14) < 0.25
                 THEN {_TITLE_SLOTS} + (hash(uidx, {seed}, 15) % {len(_FOUNDER_TITLES)})::BIGINT
              WHEN rnd(uidx, 16) < 0.08 THEN NULL
              ELSE (hash(uidx, {seed}, 17) % {_TITLE_SLOTS})::BIGINT END AS title_slot,

@@ -79,6 +79,31 @@ def build_destination(
     raise PlsSyncError(f"unknown destination {name!r}")
 
 
+def add_lead_adapters(
+    adapters: Adapters, name: str, destination: CrmDestination, settings: Settings
+) -> None:
+    """The destination's MQL reader and, when alerts are on, its task creator."""
+    from connectors import leads
+
+    channels = settings.channels
+    if name == "salesforce":
+        adapters.mql_sources[name] = leads.SalesforceMqls(
+            destination, channels.sf_lead_statuses, channels.sf_contact_field
+        )
+        if channels.alerts_enabled:
+            adapters.alert_sinks[name] = leads.SalesforceAlerts(
+                destination, channels.sf_alert_key_field
+            )
+    elif name == "hubspot":
+        adapters.mql_sources[name] = leads.HubSpotMqls(
+            destination, channels.hs_lifecycle_stage, channels.hs_mql_property
+        )
+        if channels.alerts_enabled:
+            adapters.alert_sinks[name] = leads.HubSpotAlerts(
+                destination, channels.hs_alert_key_property
+            )
+
+
 def enabled_destinations(settings: Settings, only: tuple[str, ...] | None = None) -> list[str]:
     """Names of the destinations this run writes: enabled in config, filtered by ``only``."""
     names = [name for name, dest in settings.destinations.items() if dest.enabled]
@@ -102,7 +127,13 @@ def build_adapters(
     """
     env = os.environ if env is None else env
     store = build_state_store(settings)
-    adapters = Adapters(usage=build_usage_source(settings), state=store)
+    usage = build_usage_source(settings)
+    adapters = Adapters(usage=usage, state=store)
+    if settings.warehouse.model == "builtin":
+        from connectors.leads import StateAlertLedger, WarehouseBuyers
+
+        adapters.buyers = WarehouseBuyers(usage, settings.channels.persona, settings.account_level)  # type: ignore[arg-type]
+        adapters.alert_ledger = StateAlertLedger(store)
     if not with_destinations:
         return adapters
     for name in enabled_destinations(settings, only):
@@ -122,6 +153,7 @@ def build_adapters(
                 )
             adapters.destinations[name] = destination
             adapters.mappings[name] = settings.destinations[name].mapping
+            add_lead_adapters(adapters, name, destination, settings)
         except PlsSyncError as exc:
             adapters.destination_errors[name] = str(exc)
     return adapters

@@ -134,6 +134,7 @@ def _sync(
             settings.scoring,
             options,
             batch_sizes={n: d.batch_size for n, d in settings.destinations.items()},
+            channels=settings.channels,
         )
     except PlsSyncError as exc:
         err_console.print(f"[bold red]Run failed:[/bold red] {redact(str(exc))}", highlight=False)
@@ -479,7 +480,13 @@ def schedule(
             api_budget_share=settings.api_budget_share,
         )
         try:
-            result = run_sync(adapters, settings.scoring, options, batch_sizes=batch_sizes)
+            result = run_sync(
+                adapters,
+                settings.scoring,
+                options,
+                batch_sizes=batch_sizes,
+                channels=settings.channels,
+            )
         except RunLockedError as exc:
             raise LockedOut(str(exc)) from None
         log.info("scheduled_run_summary", job=name, status=result.status, summary=result.summary)

@@ -12,6 +12,7 @@ to the file naming them; ``plans_dir`` and the database URLs are used as given.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import math
 import os
@@ -35,6 +36,16 @@ from pydantic import (
     model_validator,
 )
 
+from pls_sync.channels import (
+    DEFAULT_MOTIONS,
+    BehaviourPoints,
+    MotionRule,
+    PersonaModel,
+    PersonaRule,
+    default_persona_model,
+    persona_model_problems,
+    validate_motion_table,
+)
 from pls_sync.config_yaml import Document, Interpolator, KeyPath, load_document
 from pls_sync.errors import ConfigError, ConfigIssue, redact
 from pls_sync.mapping import (
@@ -189,6 +200,23 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """Buyers, MQL intake, the motion table and rep alerts (``config/channels.yaml``)."""
+
+    persona: PersonaModel = field(default_factory=default_persona_model)
+    motions: tuple[MotionRule, ...] = DEFAULT_MOTIONS
+    sf_lead_statuses: tuple[str, ...] = ("Marketing Qualified",)
+    sf_contact_field: str | None = None
+    hs_lifecycle_stage: str = "marketingqualifiedlead"
+    hs_mql_property: str | None = None
+    alerts_enabled: bool = False
+    alert_tier: str = "sales"
+    sf_alert_key_field: str = "PQA_Alert_Key__c"
+    hs_alert_key_property: str = "pqa_alert_key"
+    stale_after_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CrmSnapshotSettings:
     """Incremental CRM reads: on or off, how often a full refresh, how much overlap."""
 
@@ -213,6 +241,7 @@ class Settings:
     logging: LoggingSettings
     scoring_path: Path | None = None
     crm_snapshot: CrmSnapshotSettings = field(default_factory=lambda: CrmSnapshotSettings())
+    channels: ChannelSettings = field(default_factory=lambda: ChannelSettings())
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,6 +343,83 @@ class ApiBudgetSpec(_Spec):
     max_share_of_daily: float = Field(default=0.5, gt=0, le=1)
 
 
+class PersonaSpec(_Spec):
+    """One ``buyers.personas`` item: every criterion it sets must hold."""
+
+    name: Name
+    points: float = Field(ge=0)
+    seniority_in: list[Name] = Field(default_factory=list)
+    title_patterns: list[Name] = Field(default_factory=list)
+    department_in: list[Name] = Field(default_factory=list)
+    min_company_size: int | None = Field(default=None, ge=0)
+    label: str = ""
+
+
+class BehaviourPointsSpec(_Spec):
+    """``buyers.behaviour_points``: points for what a buyer does in the product."""
+
+    legal_page_view: float = Field(default=30, ge=0)
+    became_admin: float = Field(default=25, ge=0)
+    pricing_page_view: float = Field(default=10, ge=0)
+
+
+class BuyersSpec(_Spec):
+    """``buyers:`` in the channels file."""
+
+    min_buyer_score: float = Field(default=30, ge=0)
+    max_buyers: int = Field(default=5, ge=0)
+    personas: list[PersonaSpec]
+    behaviour_points: BehaviourPointsSpec = Field(default_factory=BehaviourPointsSpec)
+
+
+class SalesforceMqlSpec(_Spec):
+    """``mql.salesforce``: which Leads and Contacts are MQLs."""
+
+    lead_statuses: list[Name] = Field(default_factory=lambda: ["Marketing Qualified"])
+    contact_field: Name | None = None
+
+
+class HubSpotMqlSpec(_Spec):
+    """``mql.hubspot``: which contacts are MQLs."""
+
+    lifecycle_stage: Name = "marketingqualifiedlead"
+    property: Name | None = None
+
+
+class MqlSpec(_Spec):
+    """``mql:``."""
+
+    salesforce: SalesforceMqlSpec = Field(default_factory=SalesforceMqlSpec)
+    hubspot: HubSpotMqlSpec = Field(default_factory=HubSpotMqlSpec)
+
+
+class MotionSpec(_Spec):
+    """One row of ``motions``."""
+
+    tiers: list[Name] = Field(default_factory=list)
+    buyer: bool | None = None
+    motion: Name
+
+
+class AlertsSpec(_Spec):
+    """``alerts:``: rep tasks when an account enters a tier."""
+
+    enabled: bool = False
+    tier: Name = "sales"
+    salesforce_key_field: Name = "PQA_Alert_Key__c"
+    hubspot_key_property: Name = "pqa_alert_key"
+
+
+class ChannelsSpec(_Spec):
+    """The channels file, ``config/channels.yaml``."""
+
+    buyers: BuyersSpec
+    mql: MqlSpec = Field(default_factory=MqlSpec)
+    motions: list[MotionSpec] = Field(min_length=1)
+    alerts: AlertsSpec = Field(default_factory=AlertsSpec)
+    stale_after_days: int | None = Field(default=None, ge=1)
+
+
 class CrmSnapshotSpec(_Spec):
     """``crm_snapshot:``: incremental CRM reads through a snapshot in the state store."""
 
@@ -396,6 +502,7 @@ class MainSpec(_Spec):
     plans_dir: Name = ".pls-sync/plans"
     api_budget: ApiBudgetSpec = Field(default_factory=ApiBudgetSpec)
     crm_snapshot: CrmSnapshotSpec = Field(default_factory=CrmSnapshotSpec)
+    channels: Name | None = None
     schedule: ScheduleSpec = Field(default_factory=_default_schedule)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
 
@@ -1101,6 +1208,59 @@ def _empty_mapping(destination: str, path: Path) -> DestinationMapping:
     return DestinationMapping(destination, "", MatchRule(()), (), str(path))
 
 
+def _channel_settings(
+    spec: ChannelsSpec, document: Document, tiers: tuple[str, ...], issues: list[ConfigIssue]
+) -> ChannelSettings:
+    """The channels file as settings; rules across keys are checked here, with their lines."""
+    persona = PersonaModel(
+        rules=tuple(
+            PersonaRule(
+                p.name,
+                p.points,
+                seniority_in=tuple(p.seniority_in),
+                title_patterns=tuple(p.title_patterns),
+                department_in=tuple(p.department_in),
+                min_company_size=p.min_company_size,
+                label=p.label,
+            )
+            for p in spec.buyers.personas
+        ),
+        behaviour_points=BehaviourPoints(
+            spec.buyers.behaviour_points.legal_page_view,
+            spec.buyers.behaviour_points.became_admin,
+            spec.buyers.behaviour_points.pricing_page_view,
+        ),
+        min_buyer_score=spec.buyers.min_buyer_score,
+        max_buyers=spec.buyers.max_buyers,
+    )
+    for problem in persona_model_problems(persona):
+        issues.append(document.issue(("buyers", "personas"), problem))
+    motions = tuple(MotionRule(tuple(m.tiers), m.buyer, m.motion) for m in spec.motions)
+    if tiers:
+        for problem in validate_motion_table(motions, tiers):
+            issues.append(document.issue(("motions",), problem))
+        if spec.alerts.tier not in tiers:
+            issues.append(
+                document.issue(
+                    ("alerts", "tier"),
+                    f"unknown tier {spec.alerts.tier!r}; tiers: {', '.join(tiers)}",
+                )
+            )
+    return ChannelSettings(
+        persona=persona,
+        motions=motions,
+        sf_lead_statuses=tuple(spec.mql.salesforce.lead_statuses),
+        sf_contact_field=spec.mql.salesforce.contact_field,
+        hs_lifecycle_stage=spec.mql.hubspot.lifecycle_stage,
+        hs_mql_property=spec.mql.hubspot.property,
+        alerts_enabled=spec.alerts.enabled,
+        alert_tier=spec.alerts.tier,
+        sf_alert_key_field=spec.alerts.salesforce_key_field,
+        hs_alert_key_property=spec.alerts.hubspot_key_property,
+        stale_after_days=spec.stale_after_days,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -1156,10 +1316,23 @@ class _Loader:
 
         mappings = self._mappings(main, raw, context)
 
+        channels = ChannelSettings()
+        channels_path = self._path(_raw(raw, "channels"))
+        if channels_path is not None:
+            channels_doc = self.document(channels_path, self.issues)
+            if channels_doc is not None:
+                spec, _parts = _validate(ChannelsSpec, channels_doc, self.issues)
+                if spec is not None:
+                    tiers = tuple(scoring.tiers) if scoring is not None else ()
+                    channels = _channel_settings(spec, channels_doc, tiers, self.issues)
+
         if self.issues or main is None or scoring is None or model is None:
             # Every way of getting here without a valid part has recorded an issue.
             raise ConfigError(self._ordered_issues())
-        return self._settings(main, model, scoring, scoring_path, taxonomy, taxonomy_path, mappings)
+        settings = self._settings(
+            main, model, scoring, scoring_path, taxonomy, taxonomy_path, mappings
+        )
+        return dataclasses.replace(settings, channels=channels)
 
     def _path(self, value: Any) -> Path | None:
         """A path the main file names, resolved against it; None when not a string."""

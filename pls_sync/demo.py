@@ -147,6 +147,7 @@ def run_demo(
         "PLS_SYNC_STATE_URL": f"sqlite:///{DEMO_STATE}",
         "PLS_SYNC_SALESFORCE_ENABLED": "true",
         "PLS_SYNC_HUBSPOT_ENABLED": "true",
+        "PLS_SYNC_ALERTS_ENABLED": "true",  # rep alerts are off by default, on in the demo
     }
     # The config is checked before anything is created or started.
     with patched_env(demo_env):
@@ -194,6 +195,7 @@ def run_demo(
                         api_budget_share=settings.api_budget_share,
                     ),
                     batch_sizes=batch_sizes,
+                    channels=settings.channels,
                 )
                 render_summary(console, first.summary)
                 first_counts = box.counts()
@@ -211,6 +213,7 @@ def run_demo(
                         api_budget_share=settings.api_budget_share,
                     ),
                     batch_sizes=batch_sizes,
+                    channels=settings.channels,
                 )
             except PlsSyncError as exc:
                 console.print(f"[bold red]Demo run failed:[/bold red] {exc}", highlight=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -339,3 +339,33 @@ def apply_changes(
     for change in changes:
         result.setdefault(change.record_id, {}).update(change.fields)
     return result
+
+
+def plan_mql_only(
+    plan: Plan,
+    records: Mapping[str, CrmRecord],
+    matched_record_ids: set[str],
+    mql_only: set[str],
+    domains_of: Callable[[CrmRecord], set[str]],
+    mapping: DestinationMapping,
+    specs: Mapping[str, FieldSpec],
+    channel: str = "mql_only",
+) -> None:
+    """Tag CRM accounts that have an MQL and no product usage with the ``mql_only`` channel.
+
+    Only the fields mapped from ``lead_channel`` are planned for them: they have no score.
+    """
+    targets = {fm.target: fm for fm in mapping.fields if fm.source == "lead_channel"}
+    if not targets or not mql_only:
+        return
+    for record in records.values():
+        if record.id in matched_record_ids:
+            continue
+        hits = domains_of(record) & mql_only
+        if not hits:
+            continue
+        desired = {t: canonical(channel, specs[t], join=fm.join) for t, fm in targets.items()}
+        changes = diff_record(record, desired, specs, targets)
+        if changes:
+            plan.field_changes.update(changes.keys())
+            plan.changes.append(RecordChange(record.id, changes, f"mql:{min(hits)}", 0.0))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from pls_sync.channels import UserProfile
 from pls_sync.mapping import DestinationMapping
 from pls_sync.models import (
     CrmRecord,
@@ -179,4 +180,74 @@ class StateStore(Protocol):
 
     def lock_holder(self, name: str, now: datetime | None = None) -> tuple[str, datetime] | None:
         """Who holds the lock and until when, or None when it is free."""
+        ...
+
+
+class BuyerSource(Protocol):
+    """Product users who could be buyers, read from the warehouse (filtered there)."""
+
+    def read_buyer_candidates(self, as_of: datetime) -> Iterator[tuple[str, UserProfile]]:
+        """Yield (account key, profile) for candidate buyers."""
+        ...
+
+
+class MqlSource(Protocol):
+    """Marketing-qualified leads and contacts of one CRM."""
+
+    def read_mqls(self) -> Iterator[tuple[str, str, str]]:
+        """Yield (source, record id, email) for every MQL."""
+        ...
+
+
+class AlertSink(Protocol):
+    """Creates the rep's task in one CRM, idempotently by key."""
+
+    def create_alert(
+        self, record: CrmRecord, subject: str, body: str, key: str
+    ) -> tuple[str, bool]:
+        """Create (or find) the task keyed ``key`` on ``record``; (task id, created now).
+
+        Raises ``AlertRejected`` when the CRM refuses it."""
+        ...
+
+
+class AlertRejected(Exception):
+    """The CRM refused a task: the reason is kept and the alert retried next run."""
+
+    def __init__(self, rejection: RecordRejection):
+        super().__init__(f"{rejection.code}: {rejection.message}")
+        self.rejection = rejection
+
+
+class AlertLedger(Protocol):
+    """Which alerts were created, so each entry into a tier alerts exactly once."""
+
+    def pending_or_missing(self, keys: Iterable[str]) -> set[str]:
+        """The keys whose task is not known to exist yet."""
+        ...
+
+    def mark_pending(
+        self,
+        key: str,
+        *,
+        destination: str,
+        account_key: str,
+        record_id: str | None,
+        payload: dict[str, Any],
+    ) -> bool:
+        """Record the intent before creating; False when already created."""
+        ...
+
+    def mark_created(self, key: str, task_id: str) -> None:
+        """Record the created task."""
+        ...
+
+    def mark_rejected(self, key: str, reason: str) -> None:
+        """Record a refusal, to retry next run."""
+        ...
+
+    def alerts_to_retry(
+        self, destination: str
+    ) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+        """(key, account key, record id, payload) of alerts not yet created."""
         ...

@@ -31,6 +31,29 @@ def render_summary(console: Console, summary: Mapping[str, Any]) -> None:
         f"{sc.get('newly_qualified', 0)}, disqualified {sc.get('disqualified', 0)}, "
         f"held back by the age guard {sc.get('guarded_by_age', 0)}"
     )
+    leads = summary.get("leads")
+    if leads:
+        console.print(
+            "Lead channels: "
+            + ", ".join(f"{k} {v}" for k, v in leads.get("channels", {}).items())
+            + "; motions: "
+            + ", ".join(f"{k} {v}" for k, v in leads.get("motions", {}).items())
+            + f"; accounts with likely buyers: {leads.get('accounts_with_buyers', 0)}"
+        )
+        mqls = leads.get("mqls")
+        if mqls:
+            skipped = ", ".join(f"{k} {v}" for k, v in mqls.get("skipped", {}).items()) or "none"
+            console.print(
+                f"MQLs: {mqls.get('indexed', 0)} at {mqls.get('domains', 0)} domains "
+                f"({mqls.get('mql_only_domains', 0)} without product usage); skipped: {skipped}"
+            )
+        if leads.get("abm_list"):
+            console.print(
+                "ABM list (usage, no buyer): "
+                + ", ".join(f"{a['domain']} ({a['score']})" for a in leads["abm_list"][:8])
+            )
+        for name, error in leads.get("mql_errors", {}).items():
+            console.print(f"[yellow]{name}: MQLs not read ({error})[/yellow]", highlight=False)
     for name, dest in summary.get("destinations", {}).items():
         table = Table(
             title=f"{name}: {dest.get('status')}", show_header=False, title_justify="left"
@@ -75,6 +98,13 @@ def render_summary(console: Console, summary: Mapping[str, Any]) -> None:
             table.add_row("rejected", f"{rejected}" + (f" ({reasons})" if reasons else ""))
             if dest.get("not_attempted"):
                 table.add_row("left for the next run", str(dest["not_attempted"]))
+        alerts = dest.get("alerts")
+        if alerts:
+            table.add_row(
+                "rep alerts",
+                alerts.get("error")
+                or ", ".join(f"{k} {v}" for k, v in alerts.items() if k != "rejection_reasons"),
+            )
         if dest.get("api_calls"):
             table.add_row("API calls", ", ".join(f"{k} {v}" for k, v in dest["api_calls"].items()))
         console.print(table)

@@ -24,12 +24,26 @@ from typing import Any
 
 import structlog
 
+from pls_sync.alerts import send_alerts
+from pls_sync.config import ChannelSettings
+from pls_sync.domains import classify_host, registrable_domain, split_domain_values
+from pls_sync.enrich import Enrichment, enrich
 from pls_sync.errors import PlsSyncError, QuotaExhaustedError, RunLockedError, redact
 from pls_sync.mapping import DestinationMapping
 from pls_sync.matching import MatchReport, build_index, match_accounts
 from pls_sync.models import CrmRecord, FieldSpec, UsageReadStats, WriteResult
-from pls_sync.planning import AccountResult, Plan, missing_targets, plan_changes
-from pls_sync.ports import AccountState, CrmDestination, StateStore, TierTransition, UsageSource
+from pls_sync.planning import AccountResult, Plan, missing_targets, plan_changes, plan_mql_only
+from pls_sync.ports import (
+    AccountState,
+    AlertLedger,
+    AlertSink,
+    BuyerSource,
+    CrmDestination,
+    MqlSource,
+    StateStore,
+    TierTransition,
+    UsageSource,
+)
 from pls_sync.scoring import ScoringModel, score_account, tier_counts
 from pls_sync.transitions import advance
 
@@ -65,6 +79,10 @@ class Adapters:
     destinations: dict[str, CrmDestination] = field(default_factory=dict)
     mappings: dict[str, DestinationMapping] = field(default_factory=dict)
     destination_errors: dict[str, str] = field(default_factory=dict)
+    buyers: BuyerSource | None = None
+    mql_sources: dict[str, MqlSource] = field(default_factory=dict)
+    alert_sinks: dict[str, AlertSink] = field(default_factory=dict)
+    alert_ledger: AlertLedger | None = None
 
 
 @dataclass(slots=True)
@@ -93,6 +111,7 @@ class DestinationOutcome:
     error: str | None = None
     specs: dict[str, FieldSpec] = field(default_factory=dict)
     budget: int | None = None
+    alerts: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -279,6 +298,8 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
         summary["min_write_calls"] = math.ceil(len(plan.changes) / batch_size) if batch_size else 0
     if outcome.budget is not None:
         summary["write_budget_calls"] = outcome.budget
+    if outcome.alerts is not None:
+        summary["alerts"] = outcome.alerts
     if write is not None:
         reasons = Counter(rejection.code for rejection in write.rejected)
         summary.update(
@@ -301,6 +322,97 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
     return summary
 
 
+@dataclass(slots=True)
+class LeadContext:
+    """What the lead-channel step found, for planning ``mql_only`` tags and sending alerts."""
+
+    enrichment: Enrichment
+    sinks: dict[str, AlertSink]
+    ledger: AlertLedger | None
+    alerts_tier: str | None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def record_domains(record: CrmRecord) -> set[str]:
+    """The registrable domains a CRM record's domain fields name."""
+    found = set()
+    for raw in record.domain_values:
+        for value in split_domain_values(raw):
+            domain = registrable_domain(value)
+            if domain:
+                found.add(domain)
+    return found
+
+
+def classify_email(email: str) -> tuple[str | None, str | None]:
+    """(registrable domain, skip reason) of an MQL's email: free-mail and junk are skipped."""
+    verdict = classify_host(email)
+    return verdict.domain, verdict.reason
+
+
+def find_leads(
+    adapters: Adapters,
+    channels: ChannelSettings,
+    scored: ScoredAccounts,
+    as_of: datetime,
+    dry_run: bool,
+) -> LeadContext:
+    """Buyers from the warehouse and MQLs from every CRM, turned into channels and motions.
+
+    A CRM whose MQL read fails is reported and skipped; the others still count.
+    """
+    errors: dict[str, str] = {}
+    candidates = (
+        list(adapters.buyers.read_buyer_candidates(as_of)) if adapters.buyers is not None else None
+    )
+    mqls: list[tuple[str, str, str]] | None = None
+    for name, source in adapters.mql_sources.items():
+        try:
+            found = list(source.read_mqls())
+        except PlsSyncError as exc:
+            errors[name] = str(exc)
+            log.warning("mql_read_failed", destination=name, error=str(exc))
+            continue
+        mqls = (mqls or []) + found
+    enrichment = enrich(
+        scored.results,
+        candidates=candidates,
+        persona=channels.persona,
+        mqls=mqls,
+        classify=classify_email,
+        motions=channels.motions,
+    )
+    alerts_on = channels.alerts_enabled and not dry_run and adapters.alert_ledger is not None
+    return LeadContext(
+        enrichment,
+        adapters.alert_sinks,
+        adapters.alert_ledger,
+        channels.alert_tier if alerts_on else None,
+        errors,
+    )
+
+
+def run_alerts(
+    name: str, leads: LeadContext, scored: ScoredAccounts, outcome: DestinationOutcome
+) -> dict[str, Any]:
+    """Send this destination's rep alerts; a failure is reported, never fatal to the run."""
+    assert leads.ledger is not None and leads.alerts_tier is not None and outcome.report is not None
+    try:
+        return send_alerts(
+            name,
+            leads.sinks[name],
+            leads.ledger,
+            scored.results,
+            outcome.report,
+            outcome.records,
+            tier=leads.alerts_tier,
+            buyers=leads.enrichment.buyers,
+        )
+    except PlsSyncError as exc:
+        log.error("alerts_failed", destination=name, error=str(exc))
+        return {"error": str(exc)}
+
+
 def sync_destination(
     name: str,
     destination: CrmDestination,
@@ -309,6 +421,7 @@ def sync_destination(
     state: StateStore,
     options: RunOptions,
     timer: StageTimer,
+    leads: LeadContext | None = None,
 ) -> DestinationOutcome:
     """Match, plan and (unless dry-run) write one destination. Errors stay inside the outcome."""
     outcome = DestinationOutcome(name=name)
@@ -330,6 +443,17 @@ def sync_destination(
             outcome.plan = plan_changes(
                 scored.results, outcome.report, outcome.records, mapping, specs
             )
+            if leads is not None and leads.enrichment.mql_only:
+                matched = {m.record_id for m in outcome.report.matches.values() if m.record_id}
+                plan_mql_only(
+                    outcome.plan,
+                    outcome.records,
+                    matched,
+                    set(leads.enrichment.mql_only),
+                    record_domains,
+                    mapping,
+                    specs,
+                )
         log.info(
             "planned",
             destination=name,
@@ -352,6 +476,9 @@ def sync_destination(
         state.record_rejections(options.run_id, name, write.rejected, options.as_of)
         state.resolve_rejections(name, write.written)
         outcome.status = "succeeded" if not (write.rejected or write.not_attempted) else "partial"
+        if leads is not None and leads.alerts_tier is not None and name in leads.sinks:
+            with timer.stage(f"{name}.alerts"):
+                outcome.alerts = run_alerts(name, leads, scored, outcome)
         log.info(
             "written",
             destination=name,
@@ -487,6 +614,7 @@ def run_sync(
     *,
     batch_sizes: Mapping[str, int] | None = None,
     progress: Progress | None = None,
+    channels: ChannelSettings | None = None,
 ) -> RunResult:
     """One sync: read, score, commit states, then plan and write each destination.
 
@@ -518,6 +646,12 @@ def run_sync(
             skipped_users=scored.stats.skipped_users,
             tiers=tier_counts((r.score for r in scored.results), model.tiers),
         )
+        leads: LeadContext | None = None
+        if channels is not None:
+            with timer.stage("buyers_and_mqls"):
+                leads = find_leads(adapters, channels, scored, options.as_of, options.dry_run)
+            scored.results = leads.enrichment.results
+            log.info("channels", **leads.enrichment.summary()["channels"])
         if not options.dry_run:
             with timer.stage("save_state"):
                 state.save_account_states(
@@ -537,11 +671,15 @@ def run_sync(
                 log.warning("destination_skipped_on_stop", destination=name)
                 continue
             outcomes[name] = sync_destination(
-                name, destination, adapters.mappings[name], scored, state, options, timer
+                name, destination, adapters.mappings[name], scored, state, options, timer, leads
             )
         summary = build_summary(
             options, scored, outcomes, timer, adapters, batch_sizes or {}, model
         )
+        if leads is not None:
+            summary["leads"] = leads.enrichment.summary()
+            if leads.errors:
+                summary["leads"]["mql_errors"] = leads.errors
         if options.plans_dir is not None:
             plans = [o.plan for o in outcomes.values() if o.plan is not None]
             summary["plan_file"] = str(

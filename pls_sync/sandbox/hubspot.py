@@ -458,6 +458,8 @@ def default_properties(
             options=[(v, v.title()) for v in ("TODO", "CALL", "EMAIL")],
         ),
         _prop("hubspot_owner_id", "Assigned to", "enumeration", "select", task, options=owners),
+        # pls-sync's idempotency key for rep alerts: one task per key, found again by search.
+        _prop("pqa_alert_key", "PQA alert key", "string", "text", task, hubspot_defined=False),
         _prop("hs_object_id", "Record ID", "number", "number", task, read_only=True),
         _prop("hs_createdate", "Create Date", "datetime", "date", task, read_only=True),
         _prop(
@@ -641,6 +643,8 @@ class HubSpotApi:
         self.clock = clock
         self._lock = threading.RLock()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
+        # Every search request body received, by object type, so tests can see the filters sent.
+        self.searches: list[tuple[str, dict[str, Any]]] = []
         self._next_id = dict(_ID_BASE)
         if companies is None:
             companies = _demo_companies(seed)
@@ -1265,6 +1269,7 @@ class HubSpotApi:
     # ----------------------------------------------------------------- search
 
     def _search(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.searches.append((object_type, json.loads(json.dumps(body))))
         definitions = self.properties[object_type]
         limit = int(body.get("limit") or 10)
         if limit > SEARCH_PAGE_MAX or limit < 1:

@@ -351,6 +351,13 @@ def build_schema() -> dict[str, ObjectSpec]:
             FieldSpec("Description", "Account Description", "textarea", length=32000),
             _owner_field(),
             *_system_fields(),
+            FieldSpec(
+                "LastActivityDate",
+                "Last Activity",
+                "date",
+                updateable=False,
+                createable=False,
+            ),
             FieldSpec("Domain__c", "Domain", "string", length=255, custom=True),
             FieldSpec("PQA_Score__c", "PQA Score", "double", precision=3, scale=0, custom=True),
             FieldSpec(
@@ -511,6 +518,8 @@ def build_schema() -> dict[str, ObjectSpec]:
             FieldSpec("Description", "Description", "textarea", length=32000),
             _owner_field(),
             *_system_fields(),
+            # pls-sync's idempotency key for rep alerts (Text(64), filterable).
+            FieldSpec("PQA_Alert_Key__c", "PQA Alert Key", "string", length=64, custom=True),
         ),
         defaults=(("Status", "Not Started"), ("Priority", "Normal")),
     )
@@ -795,6 +804,8 @@ class SalesforceApi:
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._jobs: dict[str, BulkJob] = {}
         self._lock = threading.RLock()
+        # Every SOQL text received (query and queryAll), so tests can see the filters sent.
+        self.queries: list[str] = []
         self.integration_user = self.insert(
             "User",
             {
@@ -1537,6 +1548,7 @@ class SalesforceApi:
                 [{"message": "A query string has to be specified", "errorCode": "MALFORMED_QUERY"}],
             )
         include_deleted = ctx.parts[0].lower() == "queryall"
+        self.queries.append(text)
         try:
             return self._run_query(request, ctx, text, include_deleted)
         except soql.SoqlError as exc:

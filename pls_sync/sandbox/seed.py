@@ -260,7 +260,10 @@ def crm_companies(companies: Sequence[CompanyLike], seed: int) -> list[dict[str,
 
 
 def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: int) -> None:
-    """Load the CRM picture of ``companies`` into the sandbox org: users, accounts, contacts, leads."""
+    """Load the CRM picture of ``companies`` into the sandbox org: users, accounts, contacts, leads.
+
+    About 60% of accounts carry a ``LastActivityDate`` within the 180 days before the seed epoch.
+    """
     for rep in owners():
         api.insert(
             "User",
@@ -275,6 +278,8 @@ def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: 
             created=SEED_EPOCH - timedelta(days=1500),
         )
     rng = random.Random(f"crm-records-{seed}")
+    # A stream of its own, so adding activity dates left every other seeded value unchanged.
+    activity = random.Random(f"crm-activity-{seed}")
     account_ids: dict[str, str] = {}
     for item in crm_companies(companies, seed):
         owner = item["owner"]["id"]
@@ -291,6 +296,10 @@ def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: 
                 if item["kind"] == "crm_only"
                 else rng.choice(("Prospect", "Customer - Direct", "Customer - Direct", None)),
             }
+            if activity.random() < 0.6:  # reps logged a call or meeting at some point
+                fields["LastActivityDate"] = (
+                    SEED_EPOCH - timedelta(days=activity.randint(0, 180))
+                ).date()
             if item["parent_key"]:
                 fields["ParentId"] = account_ids[item["parent_key"]]
             account_id = api.insert(

@@ -19,8 +19,9 @@ import pytest
 import requests
 
 from connectors.state import SqlStateStore
+from pls_sync.config import load_settings
 from pls_sync.sandbox.server import Sandbox
-from tests.e2e.conftest import DEMO_COMPANIES, Workdir, copy_config
+from tests.e2e.conftest import CONFIG, DEMO_COMPANIES, Workdir, copy_config
 
 SF_WRITE = "sf.composite.sobjects.patch"
 HS_WRITE = "hs.companies.batch_update"
@@ -365,8 +366,9 @@ def test_validate_passes_against_the_sandbox(workdir: Workdir, crm: Sandbox) -> 
     result = workdir.invoke("validate")
 
     assert result.exit_code == 0, result.output
-    assert "salesforce: all 6 mapped fields exist and are writable" in result.output
-    assert "hubspot: all 6 mapped fields exist and are writable" in result.output
+    for name in ("salesforce", "hubspot"):
+        fields = len(load_settings(CONFIG).destinations[name].mapping.fields)
+        assert f"{name}: all {fields} mapped fields exist and are writable" in result.output
     counts = crm.counts()
     assert counts.get("sf.describe", 0) >= 1 and counts.get("hs.properties.list", 0) >= 1
     assert writes(counts) == {}
@@ -487,7 +489,12 @@ def test_a_bad_salesforce_session_fails_salesforce_only_and_stays_secret(
     assert hs["status"] == "succeeded" and hs["records_written"] == hs["records_changed"] > 0
     counts = crm.counts()
     assert writes(counts) == {HS_WRITE: math.ceil(hs["records_changed"] / 100)}
-    written = [cid for cid in crm.hubspot.ids() if crm.hubspot.company(cid).get("pqa_score")]
+    written = [
+        cid
+        for cid in crm.hubspot.ids()
+        if crm.hubspot.company(cid).get("pqa_score")
+        or crm.hubspot.company(cid).get("pqa_lead_channel")
+    ]
     assert len(written) >= hs["records_written"]
     assert "salesforce: failed" in result.output and "hubspot: succeeded" in result.output
     assert "INVALID_SESSION_ID" in result.output

@@ -154,6 +154,8 @@ def test_the_repository_mappings_convert(monkeypatch: pytest.MonkeyPatch) -> Non
         "PQA_Score_Change__c",
         "PQA_Active_Users__c",
         "PQA_Qualified_Since__c",
+        "PQA_Lead_Channel__c",
+        "PQA_Motion__c",
     )
     signals = next(f for f in mapping.fields if f.target == "PQA_Signals__c")
     assert (signals.source, signals.null, signals.join) == ("signals", "clear", "; ")
@@ -504,6 +506,7 @@ def test_paths_are_relative_to_the_file_naming_them(tmp_path: Path, repo_copy: P
     text = repo_copy.read_text()
     text = text.replace("scoring: scoring.yaml", "scoring: ../../config/scoring.yaml")
     text = text.replace("event_taxonomy: events.yaml", "event_taxonomy: ../../config/events.yaml")
+    text = text.replace("channels: channels.yaml", "channels: ../../config/channels.yaml")
     text = text.replace("../mappings/", "../../mappings/")
     main.write_text(text)
     settings = load_settings(main, env={})

@@ -1,0 +1,396 @@
+"""HubSpot for lead channels and rep alerts: MQL contacts and alert tasks on companies.
+
+Built on a ``HubSpotDestination``: its token, pacing, call counting, error translation and
+retries. MQLs are read with the contacts search API, filtered by HubSpot (lifecycle stage, or a
+configurable property), 200 a page; the search API stops at 10,000 results, so above that the
+contacts are listed (100 a page) and the same filter applied here.
+
+Alert tasks are idempotent by a key stored on the task (``pqa_alert_key``): a task search by the
+key comes first and the task is created only when none exists, associated with the company
+(``HUBSPOT_DEFINED`` type 192, task to company). A create whose outcome is unknown (transport
+error, 5xx) is never blindly re-sent: the key is searched again first.
+
+HubSpot's search index trails writes by a few seconds: a rerun within seconds of a crash that
+happened right after a create may not find that task yet. The state store's ``pending`` row is
+what closes that window in practice (runs are hours apart).
+
+References:
+https://developers.hubspot.com/docs/api/crm/search
+https://developers.hubspot.com/docs/api/crm/tasks
+https://developers.hubspot.com/docs/api/crm/associations (task to company: 192)
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+import urllib3
+from hubspot import HubSpot
+from hubspot.crm.contacts import Filter, FilterGroup, PublicObjectSearchRequest
+from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
+from hubspot.crm.objects.tasks import (
+    AssociationSpec,
+    PublicAssociationsForObject,
+    PublicObjectId,
+    SimplePublicObjectInputForCreate,
+)
+from hubspot.crm.objects.tasks import Filter as TaskFilter
+from hubspot.crm.objects.tasks import FilterGroup as TaskFilterGroup
+from hubspot.crm.objects.tasks import PublicObjectSearchRequest as TaskSearchRequest
+from hubspot.crm.objects.tasks.exceptions import ApiException as TasksApiException
+
+from connectors.alerts_state import TaskRejected
+from connectors.hubspot import (
+    PAGE_SIZE,
+    SEARCH_PAGE_SIZE,
+    SEARCH_RESULT_CAP,
+    HubSpotDestination,
+    HubSpotValidationError,
+    translate_api_error,
+)
+from connectors.retrying import backoff_delay
+from pls_sync.errors import FatalError, RetriableError, redact
+from pls_sync.models import RecordRejection
+from pls_sync.planning import truncate
+
+__all__ = [
+    "CONTACT_SOURCE",
+    "TASK_TO_COMPANY",
+    "create_hubspot_alert",
+    "find_alert_task",
+    "read_hubspot_mqls",
+]
+
+T = TypeVar("T")
+
+CONTACT_SOURCE = "hubspot_contact"
+TASK_TO_COMPANY = 192  # HUBSPOT_DEFINED association type: task to company
+SUBJECT_MAX = 255
+BODY_MAX = 65_536
+CREATE_ATTEMPTS = 3
+# Validation errors that mean the portal is not set up for alerts: every task would fail alike.
+_SETUP_ERRORS = frozenset({"PROPERTY_DOESNT_EXIST", "READ_ONLY_VALUE"})
+_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+log = structlog.get_logger("pls_sync.hubspot")
+
+
+class _OutcomeUnknown(Exception):
+    """A create whose request may or may not have reached HubSpot (not a project error)."""
+
+
+class _Apis:
+    """The contacts and tasks APIs of one destination, built once (each builds a pool)."""
+
+    def __init__(self, dest: HubSpotDestination):
+        configuration = dest._companies_basic.api_client.configuration
+        client = HubSpot(access_token=dest._token, host=configuration.host, retry=False)
+        self.contacts_search = client.crm.contacts.search_api
+        self.contacts_basic = client.crm.contacts.basic_api
+        self.tasks_search = client.crm.objects.tasks.search_api
+        self.tasks_basic = client.crm.objects.tasks.basic_api
+
+
+_apis: weakref.WeakKeyDictionary[HubSpotDestination, _Apis] = weakref.WeakKeyDictionary()
+
+
+def _apis_of(dest: HubSpotDestination) -> _Apis:
+    apis = _apis.get(dest)
+    if apis is None:
+        apis = _apis[dest] = _Apis(dest)
+    return apis
+
+
+def _call(dest: HubSpotDestination, kind: str, api: Any, invoke: Callable[[], T]) -> T:
+    """``invoke`` through the destination's paced, counted, retried calls.
+
+    The destination translates the companies and properties packages' exceptions; the contacts
+    and tasks packages have exception classes of their own, translated here the same way.
+    """
+
+    def translated() -> T:
+        try:
+            return invoke()
+        except (ContactsApiException, TasksApiException) as exc:
+            raise translate_api_error(exc, [dest._token]) from None
+
+    return dest._call(kind, api, translated)
+
+
+# --- MQLs ---------------------------------------------------------------------------------
+
+
+def mql_filter_groups(
+    lifecycle_stage: str, mql_property: str | None, mql_value: str
+) -> list[FilterGroup]:
+    """Contacts at the lifecycle stage, OR with the property at ``mql_value``; with an email."""
+    has_email = Filter(property_name="email", operator="HAS_PROPERTY")
+    groups = [
+        FilterGroup(
+            filters=[
+                Filter(property_name="lifecyclestage", operator="EQ", value=lifecycle_stage),
+                has_email,
+            ]
+        )
+    ]
+    if mql_property:
+        groups.append(
+            FilterGroup(
+                filters=[
+                    Filter(property_name=mql_property, operator="EQ", value=mql_value),
+                    has_email,
+                ]
+            )
+        )
+    return groups
+
+
+def _is_mql(
+    props: Mapping[str, Any], lifecycle_stage: str, mql_property: str | None, mql_value: str
+) -> bool:
+    """The search filter, applied here (the list-scan fallback); HubSpot compares case-blind."""
+    if str(props.get("lifecyclestage") or "").lower() == lifecycle_stage.lower():
+        return True
+    if mql_property:
+        return str(props.get(mql_property) or "").lower() == mql_value.lower()
+    return False
+
+
+def read_hubspot_mqls(
+    dest: HubSpotDestination,
+    *,
+    lifecycle_stage: str = "marketingqualifiedlead",
+    mql_property: str | None = None,
+    mql_value: str = "true",
+) -> Iterator[tuple[str, str, str]]:
+    """Marketing-qualified contacts as ``("hubspot_contact", contact id, email)``.
+
+    A contact qualifies when its ``lifecyclestage`` is ``lifecycle_stage`` or (when
+    ``mql_property`` is set) that property equals ``mql_value`` (``"true"`` for a checkbox).
+    Searched 200 a page with the filters sent to HubSpot; when more than 10,000 match, the
+    contacts are listed instead and the same filter applied here (logged as
+    ``hubspot_search_cap``). Emails are returned as stored; free-mail ones are the caller's
+    to skip and count.
+    """
+    apis = _apis_of(dest)
+    api = apis.contacts_search
+    groups = mql_filter_groups(lifecycle_stage, mql_property, mql_value)
+    after: str | None = None
+    while True:
+        request = PublicObjectSearchRequest(
+            filter_groups=groups,
+            sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+            properties=["email"],
+            limit=SEARCH_PAGE_SIZE,
+            after=after,
+        )
+        page = _call(
+            dest,
+            "read",
+            api,
+            functools.partial(
+                api.do_search, public_object_search_request=request, _request_timeout=dest._timeout
+            ),
+        )
+        if after is None and (page.total or 0) > SEARCH_RESULT_CAP:
+            log.info(
+                "hubspot_search_cap",
+                object="contacts",
+                matched=page.total,
+                cap=SEARCH_RESULT_CAP,
+                action="list scan with the filter applied client-side",
+            )
+            yield from _scan_mqls(dest, apis, lifecycle_stage, mql_property, mql_value)
+            return
+        for result in page.results or []:
+            email = (result.properties or {}).get("email")
+            if isinstance(email, str) and email.strip():
+                yield CONTACT_SOURCE, str(result.id), email.strip()
+        after = page.paging.next.after if page.paging and page.paging.next else None
+        if not after:
+            return
+
+
+def _scan_mqls(
+    dest: HubSpotDestination,
+    apis: _Apis,
+    lifecycle_stage: str,
+    mql_property: str | None,
+    mql_value: str,
+) -> Iterator[tuple[str, str, str]]:
+    api = apis.contacts_basic
+    properties = ["email", "lifecyclestage", *([mql_property] if mql_property else [])]
+    after: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "properties": properties, "archived": False}
+        if after:
+            kwargs["after"] = after
+        page = _call(
+            dest,
+            "read",
+            api,
+            functools.partial(api.get_page, _request_timeout=dest._timeout, **kwargs),
+        )
+        for result in page.results or []:
+            props = result.properties or {}
+            email = props.get("email")
+            if (
+                isinstance(email, str)
+                and email.strip()
+                and _is_mql(props, lifecycle_stage, mql_property, mql_value)
+            ):
+                yield CONTACT_SOURCE, str(result.id), email.strip()
+        after = page.paging.next.after if page.paging and page.paging.next else None
+        if not after:
+            return
+
+
+# --- alert tasks ----------------------------------------------------------------------------
+
+
+def find_alert_task(
+    dest: HubSpotDestination, key: str, key_property: str = "pqa_alert_key"
+) -> str | None:
+    """The id of the task whose ``key_property`` equals ``key``, or ``None`` (by search)."""
+    api = _apis_of(dest).tasks_search
+    request = TaskSearchRequest(
+        filter_groups=[
+            TaskFilterGroup(
+                filters=[TaskFilter(property_name=key_property, operator="EQ", value=key)]
+            )
+        ],
+        sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+        properties=[key_property],
+        limit=1,
+    )
+    page = _call(
+        dest,
+        "read",
+        api,
+        lambda: api.do_search(public_object_search_request=request, _request_timeout=dest._timeout),
+    )
+    for result in page.results or []:
+        return str(result.id)
+    return None
+
+
+def _rejection(key: str, error: HubSpotValidationError) -> RecordRejection:
+    details = error.details
+    code = (
+        str(details[0].get("error")) if details and details[0].get("error") else "VALIDATION_ERROR"
+    )
+    fields = tuple(dict.fromkeys(str(d["name"]) for d in details if d.get("name")))
+    return RecordRejection(record_id=key, code=code, message=str(error), fields=fields)
+
+
+def create_hubspot_alert(
+    dest: HubSpotDestination,
+    *,
+    company_id: str,
+    owner_id: str,
+    subject: str,
+    body: str,
+    key: str,
+    key_property: str = "pqa_alert_key",
+    now: datetime | None = None,
+) -> tuple[str, bool]:
+    """The task for alert ``key`` on the company: ``(task id, created)``, created at most once.
+
+    Searches tasks for ``key_property = key`` first; when found returns it with ``created``
+    False. Otherwise creates a task (``hs_task_subject``, ``hs_task_body``, ``hs_timestamp`` now
+    in epoch ms, ``hs_task_status`` NOT_STARTED, ``hs_task_priority`` HIGH,
+    ``hubspot_owner_id``, the key) associated with the company (type 192).
+
+    Raises ``TaskRejected`` when HubSpot refuses this task (unknown owner, company gone...):
+    record it and retry on a later run. Raises ``FatalError`` when the portal lacks the key
+    property, ``RetriableError`` when the outcome stayed unknown after the retries, and the
+    destination's own errors (``AuthError``, ``QuotaExhaustedError``...) as they are.
+    """
+    if not key:
+        raise FatalError("alert key must not be empty", code="INVALID_KEY")
+    apis = _apis_of(dest)
+    api = apis.tasks_basic
+    moment = now or datetime.now(UTC)
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    task = SimplePublicObjectInputForCreate(
+        properties={
+            "hs_task_subject": truncate(subject, SUBJECT_MAX),
+            "hs_task_body": truncate(body, BODY_MAX),
+            "hs_timestamp": str(int(moment.timestamp() * 1000)),
+            "hs_task_status": "NOT_STARTED",
+            "hs_task_priority": "HIGH",
+            "hubspot_owner_id": str(owner_id),
+            key_property: key,
+        },
+        associations=[
+            PublicAssociationsForObject(
+                to=PublicObjectId(id=str(company_id)),
+                types=[
+                    AssociationSpec(
+                        association_category="HUBSPOT_DEFINED",
+                        association_type_id=TASK_TO_COMPANY,
+                    )
+                ],
+            )
+        ],
+    )
+
+    def create() -> Any:
+        try:
+            return api.create(
+                simple_public_object_input_for_create=task, _request_timeout=dest._timeout
+            )
+        except TasksApiException as exc:
+            status = int(getattr(exc, "status", 0) or 0)
+            if status == 0 or status >= 500:
+                raise _OutcomeUnknown(str(translate_api_error(exc, [dest._token]))) from None
+            error = translate_api_error(exc, [dest._token])
+            if isinstance(error, HubSpotValidationError):
+                rejection = _rejection(key, error)
+                if rejection.code in _SETUP_ERRORS:
+                    raise FatalError(
+                        f"HubSpot cannot store alert tasks: {error}; check that the task "
+                        f"property {key_property} exists and is writable",
+                        code=rejection.code,
+                    ) from None
+                raise TaskRejected(rejection) from None
+            raise error from None
+        except _TRANSPORT_ERRORS as exc:
+            raise _OutcomeUnknown(redact(f"{type(exc).__name__}: {exc}", [dest._token])) from None
+
+    last = ""
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        existing = find_alert_task(dest, key, key_property)
+        if existing is not None:
+            # Found after an attempt of ours whose answer was lost: it was created just now.
+            return existing, attempt > 1
+        try:
+            created = dest._call("write", api, create)
+        except _OutcomeUnknown as unknown:
+            last = str(unknown)
+            wait = backoff_delay(attempt, base=0.5, cap=10.0)
+            log.warning(
+                "hubspot_alert_outcome_unknown",
+                key=key,
+                attempt=attempt,
+                error=last,
+                wait_seconds=round(wait, 3),
+            )
+            dest._sleep(wait)
+            continue
+        return str(created.id), True
+    existing = find_alert_task(dest, key, key_property)
+    if existing is not None:
+        return existing, True
+    raise RetriableError(
+        f"HubSpot alert task {key!r} not confirmed: {last}", code="OUTCOME_UNKNOWN"
+    )

@@ -1,0 +1,172 @@
+"""Adapters for lead channels and rep alerts: the ports of ``pls_sync.ports`` over the
+warehouse buyer query, the CRMs' MQL reads and task creation, and the alerts ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from connectors import alerts_state
+from connectors.buyers import read_buyer_candidates
+from connectors.hubspot import HubSpotDestination
+from connectors.hubspot_leads import create_hubspot_alert, read_hubspot_mqls
+from connectors.salesforce import SalesforceDestination
+from connectors.salesforce_leads import create_salesforce_alert, read_salesforce_mqls
+from connectors.warehouse import SqlUsageSource
+from pls_sync.channels import PersonaModel, UserProfile
+from pls_sync.models import CrmRecord
+from pls_sync.ports import AlertRejected
+
+
+def unwrap(destination: Any) -> Any:
+    """The vendor client behind a snapshotting wrapper."""
+    return getattr(destination, "inner", destination)
+
+
+class WarehouseBuyers:
+    """``BuyerSource`` over the warehouse's users and events."""
+
+    def __init__(self, source: SqlUsageSource, persona: PersonaModel, account_level: str):
+        self.source = source
+        self.persona = persona
+        self.account_level = account_level
+
+    def read_buyer_candidates(self, as_of: datetime) -> Iterator[tuple[str, UserProfile]]:
+        """Candidate buyers, filtered in SQL, keyed like the scored accounts."""
+        return read_buyer_candidates(
+            self.source,
+            as_of=as_of,
+            taxonomy=None,
+            persona=self.persona,
+            account_level=self.account_level,
+        )
+
+
+class SalesforceMqls:
+    """``MqlSource`` over Salesforce Leads (by status) and Contacts (by a checkbox)."""
+
+    def __init__(self, dest: Any, lead_statuses: Iterable[str], contact_field: str | None):
+        self.dest = dest
+        self.lead_statuses = tuple(lead_statuses)
+        self.contact_field = contact_field
+
+    def read_mqls(self) -> Iterator[tuple[str, str, str]]:
+        """(source, id, email) of every MQL, filtered in SOQL."""
+        client: SalesforceDestination = unwrap(self.dest)
+        return read_salesforce_mqls(
+            client, lead_statuses=self.lead_statuses, contact_field=self.contact_field
+        )
+
+
+class HubSpotMqls:
+    """``MqlSource`` over HubSpot contacts (lifecycle stage, or a property)."""
+
+    def __init__(self, dest: Any, lifecycle_stage: str, mql_property: str | None):
+        self.dest = dest
+        self.lifecycle_stage = lifecycle_stage
+        self.mql_property = mql_property
+
+    def read_mqls(self) -> Iterator[tuple[str, str, str]]:
+        """(source, id, email) of every MQL, filtered by search."""
+        client: HubSpotDestination = unwrap(self.dest)
+        return read_hubspot_mqls(
+            client, lifecycle_stage=self.lifecycle_stage, mql_property=self.mql_property
+        )
+
+
+class SalesforceAlerts:
+    """``AlertSink``: a Task for the account owner, keyed by a custom field."""
+
+    def __init__(self, dest: Any, key_field: str):
+        self.dest = dest
+        self.key_field = key_field
+
+    def create_alert(
+        self, record: CrmRecord, subject: str, body: str, key: str
+    ) -> tuple[str, bool]:
+        """Create or find the task; refusals raise ``AlertRejected``."""
+        try:
+            return create_salesforce_alert(
+                unwrap(self.dest),
+                account_id=record.id,
+                owner_id=record.owner_id or "",
+                subject=subject,
+                description=body,
+                key=key,
+                key_field=self.key_field,
+            )
+        except alerts_state.TaskRejected as exc:
+            raise AlertRejected(exc.rejection) from None
+
+
+class HubSpotAlerts:
+    """``AlertSink``: a HubSpot task on the company, keyed by a task property."""
+
+    def __init__(self, dest: Any, key_property: str):
+        self.dest = dest
+        self.key_property = key_property
+
+    def create_alert(
+        self, record: CrmRecord, subject: str, body: str, key: str
+    ) -> tuple[str, bool]:
+        """Create or find the task; refusals raise ``AlertRejected``."""
+        try:
+            return create_hubspot_alert(
+                unwrap(self.dest),
+                company_id=record.id,
+                owner_id=record.owner_id or "",
+                subject=subject,
+                body=body,
+                key=key,
+                key_property=self.key_property,
+            )
+        except alerts_state.TaskRejected as exc:
+            raise AlertRejected(exc.rejection) from None
+
+
+class StateAlertLedger:
+    """``AlertLedger`` in the state store's database."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    def pending_or_missing(self, keys: Iterable[str]) -> set[str]:
+        """Keys without a created task."""
+        return alerts_state.pending_or_missing(self.store, keys)
+
+    def mark_pending(
+        self,
+        key: str,
+        *,
+        destination: str,
+        account_key: str,
+        record_id: str | None,
+        payload: Mapping[str, Any],
+    ) -> bool:
+        """Record the intent; False when the task was created already."""
+        return alerts_state.mark_pending(
+            self.store,
+            key,
+            destination=destination,
+            account_key=account_key,
+            record_id=record_id,
+            payload=payload,
+        )
+
+    def mark_created(self, key: str, task_id: str) -> None:
+        """Record the task."""
+        alerts_state.mark_created(self.store, key, task_id)
+
+    def mark_rejected(self, key: str, reason: str) -> None:
+        """Record the refusal."""
+        alerts_state.mark_rejected(self.store, key, reason)
+
+    def alerts_to_retry(
+        self, destination: str
+    ) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+        """Alerts of ``destination`` still without a task."""
+        return [
+            (row.key, row.account_key, row.record_id, dict(row.payload or {}))
+            for row in alerts_state.alerts_to_retry(self.store, destination=destination)
+        ]

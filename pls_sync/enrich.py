@@ -1,0 +1,106 @@
+"""Buyers, lead channels and motions for scored accounts. Standard library only.
+
+Takes the scored results, the buyer candidates and the MQLs read from the CRMs, and returns
+the results with ``buyers``, ``lead_channel`` and ``motion`` filled in, plus the counts the
+run summary reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pls_sync.channels import (
+    Buyer,
+    MotionRule,
+    MqlIndex,
+    PersonaModel,
+    UserProfile,
+    abm_list,
+    channel_counts,
+    index_mqls,
+    lead_channel,
+    motion_for,
+    mql_only_domains,
+    rank_buyers,
+)
+from pls_sync.planning import AccountResult
+
+
+def describe_buyer(buyer: Buyer) -> str:
+    """One line a rep reads: who, their title, and why they look like a buyer."""
+    who = f"{buyer.email} ({buyer.title})" if buyer.title else buyer.email
+    return f"{who}: {', '.join(buyer.reasons)}" if buyer.reasons else who
+
+
+@dataclass(slots=True)
+class Enrichment:
+    """Results with channels, the buyers behind them, and what the summary reports."""
+
+    results: list[AccountResult]
+    buyers: dict[str, tuple[Buyer, ...]] = field(default_factory=dict)
+    mqls: MqlIndex | None = None
+    mql_only: list[str] = field(default_factory=list)
+
+    def summary(self, top: int = 10) -> dict[str, Any]:
+        """Channel and motion counts, the ABM list and MQL intake counts."""
+        channels = channel_counts(r.lead_channel for r in self.results)
+        if self.mql_only:
+            channels["mql_only"] = channels.get("mql_only", 0) + len(self.mql_only)
+        out: dict[str, Any] = {
+            "channels": channels,
+            "motions": dict(Counter(r.motion for r in self.results if r.motion).most_common()),
+            "accounts_with_buyers": sum(1 for r in self.results if r.buyers),
+            "abm_list": [
+                {"domain": domain, "score": score}
+                for domain, score in abm_list(
+                    ((r.account.domain, r.lead_channel, r.score.score) for r in self.results), top
+                )
+            ],
+        }
+        if self.mqls is not None:
+            out["mqls"] = {
+                "indexed": sum(len(v) for v in self.mqls.by_domain.values()),
+                "domains": len(self.mqls.by_domain),
+                "skipped": dict(sorted(self.mqls.skipped.items())),
+                "mql_only_domains": len(self.mql_only),
+            }
+        return out
+
+
+def enrich(
+    results: Sequence[AccountResult],
+    *,
+    candidates: Iterable[tuple[str, UserProfile]] | None,
+    persona: PersonaModel,
+    mqls: Iterable[tuple[str, str, str]] | None,
+    classify: Callable[[str], tuple[str | None, str | None]],
+    motions: Sequence[MotionRule],
+) -> Enrichment:
+    """Rank buyers per account, index MQLs by domain, and set each account's channel and motion.
+
+    ``candidates`` or ``mqls`` ``None`` means that source is not available this run: accounts
+    then have no buyers (or no MQLs), and the channel says so.
+    """
+    by_account: dict[str, list[UserProfile]] = defaultdict(list)
+    for key, profile in candidates or ():
+        by_account[key].append(profile)
+    buyers = {key: rank_buyers(profiles, persona) for key, profiles in by_account.items()}
+    index = index_mqls(mqls, classify) if mqls is not None else None
+    enriched = []
+    for result in results:
+        found = buyers.get(result.account.key, ())
+        has_mql = index is not None and index.has(result.account.domain)
+        enriched.append(
+            dataclasses.replace(
+                result,
+                buyers=tuple(describe_buyer(b) for b in found),
+                lead_channel=lead_channel(True, bool(found), has_mql),
+                motion=motion_for(result.score.tier, bool(found), motions),
+            )
+        )
+    only = mql_only_domains(index, (r.account.domain for r in results)) if index else []
+    return Enrichment(enriched, {k: v for k, v in buyers.items() if v}, index, only)

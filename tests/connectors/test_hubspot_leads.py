@@ -1,0 +1,367 @@
+"""MQL contacts and idempotent alert tasks against the HubSpot sandbox, with the real client.
+
+hubspot-api-client talks to the sandbox (``tests/conftest.py``) over loopback; pacing, backoff
+and the sandbox's rate-limit window share one fake clock, so no test sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.alerts_state import (
+    TaskRejected,
+    alerts_to_retry,
+    get_alert,
+    mark_created,
+    mark_pending,
+    mark_rejected,
+    pending_or_missing,
+)
+from connectors.hubspot import HubSpotDestination
+from connectors.hubspot_leads import (
+    CONTACT_SOURCE,
+    TASK_TO_COMPANY,
+    create_hubspot_alert,
+    read_hubspot_mqls,
+)
+from connectors.state import SqlStateStore
+from pls_sync.errors import FatalError
+
+MQL = "marketingqualifiedlead"
+
+
+class FakeTime:
+    """One clock for the connector's pacing and backoff and the sandbox's window."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += max(0.0, seconds)
+
+
+@pytest.fixture
+def clock() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def box(sandbox: Any, clock: FakeTime) -> Any:
+    sandbox.hubspot.limiter.monotonic = clock
+    return sandbox
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqlStateStore:
+    return SqlStateStore.open(f"sqlite:///{tmp_path / 'state.sqlite'}")
+
+
+def destination(box: Any, clock: FakeTime) -> HubSpotDestination:
+    return HubSpotDestination(box.hubspot_token, base_url=box.url, sleep=clock.sleep, clock=clock)
+
+
+def http(box: Any, method: str, path: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        box.url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {box.hubspot_token}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def contacts(box: Any) -> dict[str, dict[str, str]]:
+    return {k: r["properties"] for k, r in box.hubspot.objects["contacts"].items()}
+
+
+def add_contacts(box: Any, count: int, **values: str) -> None:
+    """Seed contacts straight into the portal (thousands in milliseconds)."""
+    api = box.hubspot
+    for n in range(count):
+        record = api._new_record("contacts", {}, created=datetime(2025, 1, 1, tzinfo=UTC))
+        record["properties"].update({"email": f"p{n}@bulk{n % 7}.io", **values})
+
+
+def tasks_with_key(box: Any, key: str) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in box.hubspot.objects["tasks"].values()
+        if r["properties"].get("pqa_alert_key") == key
+    ]
+
+
+def a_company(box: Any) -> str:
+    return box.hubspot.ids("companies")[0]
+
+
+def an_owner(box: Any, index: int = 0) -> str:
+    return str(box.hubspot.owners[index][0])
+
+
+# --------------------------------------------------------------------------- MQLs
+
+
+def test_mqls_are_searched_with_the_lifecycle_filter(box: Any, clock: FakeTime) -> None:
+    expected = {
+        (CONTACT_SOURCE, key, props["email"])
+        for key, props in contacts(box).items()
+        if props.get("lifecyclestage") == MQL and props.get("email")
+    }
+    assert len(expected) > 5
+    box.hubspot.searches.clear()
+
+    got = list(read_hubspot_mqls(destination(box, clock)))
+
+    assert set(got) == expected and len(got) == len(expected)
+    assert box.counts().get("hs.contacts.list", 0) == 0  # no full scan
+    searches = box.hubspot.searches
+    assert len(searches) == -(-len(expected) // 200)
+    object_type, body = searches[0]
+    assert object_type == "contacts" and {t for t, _ in searches} == {"contacts"}
+    assert body["limit"] == 200 and body["properties"] == ["email"]
+    assert all(b["filterGroups"] == body["filterGroups"] for _, b in searches)
+    assert body["filterGroups"] == [
+        {
+            "filters": [
+                {"propertyName": "lifecyclestage", "operator": "EQ", "value": MQL},
+                {"propertyName": "email", "operator": "HAS_PROPERTY"},
+            ]
+        }
+    ]
+
+
+def test_a_configured_property_is_ored_in_a_second_filter_group(box: Any, clock: FakeTime) -> None:
+    http(
+        box,
+        "POST",
+        "/crm/v3/properties/contacts",
+        {
+            "name": "pqa_mql",
+            "label": "MQL (pls-sync)",
+            "type": "enumeration",
+            "fieldType": "booleancheckbox",
+            "groupName": "contactinformation",
+            "options": [
+                {"label": "Yes", "value": "true", "displayOrder": 0, "hidden": False},
+                {"label": "No", "value": "false", "displayOrder": 1, "hidden": False},
+            ],
+        },
+    )
+    others = [k for k, p in contacts(box).items() if p.get("lifecyclestage") != MQL][:3]
+    for key in others:
+        box.hubspot.objects["contacts"][key]["properties"]["pqa_mql"] = "true"
+    box.hubspot.objects["contacts"][
+        next(
+            k
+            for k, p in contacts(box).items()
+            if p.get("lifecyclestage") != MQL and k not in others
+        )
+    ]["properties"]["pqa_mql"] = "false"
+    box.hubspot.searches.clear()
+
+    got = {
+        record_id
+        for _, record_id, _ in read_hubspot_mqls(destination(box, clock), mql_property="pqa_mql")
+    }
+
+    by_stage = {k for k, p in contacts(box).items() if p.get("lifecyclestage") == MQL}
+    assert got == by_stage | set(others)
+    groups = box.hubspot.searches[0][1]["filterGroups"]
+    assert len(groups) == 2
+    assert groups[1]["filters"][0] == {"propertyName": "pqa_mql", "operator": "EQ", "value": "true"}
+
+
+def test_mql_search_pages_at_200(box: Any, clock: FakeTime) -> None:
+    add_contacts(box, 450, lifecyclestage=MQL)
+    expected = sum(1 for p in contacts(box).values() if p.get("lifecyclestage") == MQL)
+    box.reset_counts()
+    got = list(read_hubspot_mqls(destination(box, clock)))
+    assert len(got) == expected > 450
+    assert box.counts()["hs.contacts.search"] == -(-expected // 200)
+    assert all(body["limit"] == 200 for _, body in box.hubspot.searches)
+
+
+def test_above_the_search_cap_contacts_are_listed_and_filtered_here(
+    box: Any, clock: FakeTime
+) -> None:
+    add_contacts(box, 10_050, lifecyclestage=MQL)
+    add_contacts(box, 30, lifecyclestage="lead")
+    expected = {
+        (CONTACT_SOURCE, k, p["email"])
+        for k, p in contacts(box).items()
+        if p.get("lifecyclestage") == MQL and p.get("email")
+    }
+    assert len(expected) > 10_000
+    box.reset_counts()
+
+    got = list(read_hubspot_mqls(destination(box, clock)))
+
+    assert set(got) == expected and len(got) == len(expected)
+    counts = box.counts()
+    assert counts["hs.contacts.search"] == 1
+    assert counts["hs.contacts.list"] == -(-len(contacts(box)) // 100)
+
+
+# --------------------------------------------------------------------------- alert tasks
+
+
+def test_alert_creation_is_idempotent_by_key(box: Any, clock: FakeTime) -> None:
+    company = a_company(box)
+    owner = an_owner(box)
+    dest = destination(box, clock)
+    when = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
+    kwargs: dict[str, Any] = {
+        "company_id": company,
+        "owner_id": owner,
+        "subject": "PQA: acme.com entered the sales tier (score 86)",
+        "body": "Signals: 9 active users\nBuyers: Jo (VP Eng)",
+        "key": "pqa:acme.com:2026-01-15",
+        "now": when,
+    }
+    task_id, created = create_hubspot_alert(dest, **kwargs)
+    assert created
+    assert create_hubspot_alert(dest, **kwargs) == (task_id, False)
+
+    (task,) = tasks_with_key(box, "pqa:acme.com:2026-01-15")
+    assert task["id"] == task_id
+    props = task["properties"]
+    assert props["hs_task_subject"] == kwargs["subject"]
+    assert props["hs_task_body"] == kwargs["body"]
+    assert props["hs_task_status"] == "NOT_STARTED" and props["hs_task_priority"] == "HIGH"
+    assert props["hubspot_owner_id"] == owner
+    assert props["hs_timestamp"] == "2026-01-15T09:30:00.000Z"
+    assert task["associations"]["companies"]["results"][0]["id"] == company
+    key_searches = [b for t, b in box.hubspot.searches if t == "tasks"]
+    assert key_searches[0]["filterGroups"] == [
+        {"filters": [{"propertyName": "pqa_alert_key", "operator": "EQ", "value": kwargs["key"]}]}
+    ]
+    assert TASK_TO_COMPANY == 192
+
+
+def test_a_crash_between_create_and_commit_leaves_exactly_one_task(
+    box: Any, clock: FakeTime, store: SqlStateStore
+) -> None:
+    key = "pqa:crash.io:2026-01-15"
+    args: dict[str, Any] = {
+        "company_id": a_company(box),
+        "owner_id": an_owner(box, 1),
+        "subject": "PQA alert",
+        "body": "score 90",
+        "key": key,
+    }
+
+    def run(crash: bool) -> None:
+        for todo in sorted(pending_or_missing(store, [key])):
+            assert mark_pending(
+                store, todo, destination="hubspot", account_key="crash.io", payload=args
+            )
+            task_id, _ = create_hubspot_alert(destination(box, clock), **args)
+            if crash:
+                raise SystemExit("killed between task creation and state commit")
+            mark_created(store, todo, task_id)
+
+    with pytest.raises(SystemExit):
+        run(crash=True)
+    run(crash=False)
+    run(crash=False)
+
+    (task,) = tasks_with_key(box, key)
+    row = get_alert(store, key)
+    assert row is not None and row.status == "created" and row.task_id == task["id"]
+    assert row.attempts == 2
+
+
+def test_a_rejected_task_is_recorded_and_retried_later(
+    box: Any, clock: FakeTime, store: SqlStateStore
+) -> None:
+    key = "pqa:reject.io:2026-01-15"
+    company = a_company(box)
+    payload: dict[str, Any] = {"owner_id": "999", "subject": "PQA alert", "body": "score 91"}
+    mark_pending(
+        store,
+        key,
+        destination="hubspot",
+        account_key="reject.io",
+        record_id=company,
+        payload=payload,
+    )
+    dest = destination(box, clock)
+    with pytest.raises(TaskRejected) as caught:
+        create_hubspot_alert(dest, company_id=company, key=key, **payload)
+    rejection = caught.value.rejection
+    assert rejection.code == "INVALID_OPTION" and rejection.fields == ("hubspot_owner_id",)
+    mark_rejected(store, key, str(caught.value))
+    assert tasks_with_key(box, key) == []
+
+    (retry,) = alerts_to_retry(store, destination="hubspot")
+    assert retry.status == "rejected" and "INVALID_OPTION" in (retry.reason or "")
+    fixed = {**retry.payload, "owner_id": an_owner(box, 2)}
+    mark_pending(store, key, destination="hubspot", account_key="reject.io", payload=fixed)
+    task_id, created = create_hubspot_alert(dest, company_id=str(retry.record_id), key=key, **fixed)
+    mark_created(store, key, task_id)
+    assert created and [t["id"] for t in tasks_with_key(box, key)] == [task_id]
+    assert alerts_to_retry(store) == []
+
+
+def test_a_task_on_a_missing_company_is_rejected(box: Any, clock: FakeTime) -> None:
+    with pytest.raises(TaskRejected, match="associations are invalid"):
+        create_hubspot_alert(
+            destination(box, clock),
+            company_id="1",
+            owner_id=an_owner(box),
+            subject="s",
+            body="b",
+            key="pqa:gone.io:2026-01-15",
+        )
+
+
+def test_a_create_whose_answer_is_lost_is_not_duplicated(box: Any, clock: FakeTime) -> None:
+    box.faults.add("server_error", endpoint="hs.tasks.create", times=1)
+    key = "pqa:lost.io:2026-01-15"
+    task_id, created = create_hubspot_alert(
+        destination(box, clock),
+        company_id=a_company(box),
+        owner_id=an_owner(box),
+        subject="s",
+        body="b",
+        key=key,
+    )
+    assert created and [t["id"] for t in tasks_with_key(box, key)] == [task_id]
+    assert box.counts()["hs.tasks.create"] == 2
+    assert box.counts()["hs.tasks.search"] == 2  # looked the key up again before re-sending
+
+
+def test_a_missing_key_property_stops_with_a_fatal_error(box: Any, clock: FakeTime) -> None:
+    with pytest.raises(FatalError, match="no_such_key"):
+        create_hubspot_alert(
+            destination(box, clock),
+            company_id=a_company(box),
+            owner_id=an_owner(box),
+            subject="s",
+            body="b",
+            key="k",
+            key_property="no_such_key",
+        )
+    assert "hs.tasks.create" not in box.counts()
+
+
+def test_an_unknown_mql_property_stops_with_a_fatal_error(box: Any, clock: FakeTime) -> None:
+    with pytest.raises(FatalError, match="no_such_flag"):
+        list(read_hubspot_mqls(destination(box, clock), mql_property="no_such_flag"))
