@@ -28,27 +28,24 @@ def entered(result: AccountResult, tier: str) -> datetime | None:
     return state.tier_since
 
 
-def send_alerts(
-    destination: str,
-    sink: AlertSink,
+def queue_alerts(
+    destinations: Sequence[str],
     ledger: AlertLedger,
     results: Sequence[AccountResult],
-    report: MatchReport,
-    records: Mapping[str, CrmRecord],
     *,
     tier: str,
     buyers: Mapping[str, Sequence[Buyer]],
-) -> dict[str, Any]:
-    """Create the tasks for accounts that entered ``tier`` now, and retry earlier refusals."""
-    counts: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    todo: dict[str, tuple[str, str | None, dict[str, Any]]] = {}
+) -> int:
+    """Record an alert for every account that entered ``tier`` now, before the state commit.
+
+    The state commit makes the entry history; recording the alerts first means a run killed
+    anywhere after it still leaves them queued for the next run. Returns how many were queued.
+    """
+    queued = 0
     for result in results:
         since = entered(result, tier)
-        record_id = report.record_for(result.account.key)
-        if since is None or record_id is None:
+        if since is None:
             continue
-        key = alert_key(destination, result.account.key, since, tier)
         subject, body = alert_text(
             result.account.domain,
             result.score.score,
@@ -56,24 +53,36 @@ def send_alerts(
             buyers.get(result.account.key, ()),
             tier=tier,
         )
-        todo[key] = (result.account.key, record_id, {"subject": subject, "body": body})
+        for destination in destinations:
+            key = alert_key(destination, result.account.key, since, tier)
+            if ledger.mark_pending(
+                key,
+                destination=destination,
+                account_key=result.account.key,
+                record_id=None,
+                payload={"subject": subject, "body": body},
+            ):
+                queued += 1
+    return queued
+
+
+def send_alerts(
+    destination: str,
+    sink: AlertSink,
+    ledger: AlertLedger,
+    report: MatchReport,
+    records: Mapping[str, CrmRecord],
+) -> dict[str, Any]:
+    """Create the queued tasks of ``destination`` (this run's and earlier runs' leftovers).
+
+    An account without a matched CRM record keeps its alert queued until it has one.
+    """
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
     for key, account_key, record_id, payload in ledger.alerts_to_retry(destination):
-        if key not in todo and payload.get("subject"):
-            todo[key] = (account_key, record_id, payload)
-            counts["retried"] += 1
-    for key, (account_key, record_id, payload) in todo.items():
-        record = records.get(record_id or "")
-        if record is None:
-            counts["record_missing"] += 1
-            continue
-        if not ledger.mark_pending(
-            key,
-            destination=destination,
-            account_key=account_key,
-            record_id=record.id,
-            payload=payload,
-        ):
-            counts["already_created"] += 1
+        record = records.get(report.record_for(account_key) or record_id or "")
+        if record is None or not payload.get("subject"):
+            counts["waiting_for_a_record"] += 1
             continue
         try:
             task_id, created = sink.create_alert(
@@ -86,10 +95,8 @@ def send_alerts(
             continue
         ledger.mark_created(key, task_id)
         counts["created" if created else "found_existing"] += 1
-    summary: dict[str, Any] = {
-        name: counts.get(name, 0)
-        for name in ("created", "found_existing", "already_created", "rejected", "retried")
-    }
+    names = ("created", "found_existing", "rejected", "waiting_for_a_record")
+    summary: dict[str, Any] = {name: counts.get(name, 0) for name in names}
     if reasons:
         summary["rejection_reasons"] = dict(reasons)
     return summary

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from pls_sync.config import Settings
 from pls_sync.ports import RunRecord
 
 HEARTBEAT_FRESH_SECONDS = 300  # the scheduler beats every 60 s
+
+
+class RunHistory(Protocol):
+    """What health needs from the state store: the recent runs (newest first)."""
+
+    def recent_runs(self, limit: int = 10) -> list[RunRecord]:
+        """The last ``limit`` runs, newest first."""
+        ...
 
 
 @dataclass(slots=True)
@@ -24,6 +33,9 @@ def next_due(settings: Settings, after: datetime) -> tuple[datetime, float] | No
     from apscheduler.triggers.cron import CronTrigger
 
     best: tuple[datetime, float] | None = None
+    # Fire times are inclusive: a run that started on the dot of its own fire time is not due
+    # again at that same instant.
+    after = after + timedelta(microseconds=1)
     for job in settings.schedule.jobs:
         trigger = CronTrigger.from_crontab(job.cron, timezone=settings.schedule.timezone)
         fire = trigger.get_next_fire_time(None, after)
@@ -33,24 +45,38 @@ def next_due(settings: Settings, after: datetime) -> tuple[datetime, float] | No
 
 
 def check_health(
-    store: object,
+    store: RunHistory,
     settings: Settings,
     now: datetime,
     *,
     limit: int = 5,
     max_age_hours: float | None = None,
 ) -> HealthReport:
-    """Healthy unless there is no run, the last run failed, or the next run is overdue."""
-    runs: list[RunRecord] = store.recent_runs(limit)  # type: ignore[attr-defined]
+    """Healthy unless there is no run, the last run failed, or the next run is overdue.
+
+    A last run whose status is ``failed``, or in which a destination failed outright, is
+    unhealthy; rejected records alone only add a warning line. With no run yet, a scheduler
+    heartbeat fresher than ``HEARTBEAT_FRESH_SECONDS`` is healthy. The state store's own errors
+    (``FatalError`` when it cannot be reached) propagate to the caller.
+    """
+    runs = store.recent_runs(limit)
     report = HealthReport(healthy=True)
-    beat = getattr(store, "last_heartbeat", lambda _name: None)("scheduler")
+    beat: tuple[datetime, dict[str, Any]] | None = getattr(
+        store, "last_heartbeat", lambda _name: None
+    )("scheduler")
     if not runs:
         # A scheduler that just started has no run yet: healthy while its heartbeat is fresh.
         if beat is not None and now - beat[0] <= timedelta(seconds=HEARTBEAT_FRESH_SECONDS):
             report.lines.append(f"No runs yet; scheduler alive (heartbeat {beat[0].isoformat()}).")
+            report.lines.extend(_heartbeat_lines(beat))
             return report
         report.healthy = False
         report.lines.append("No runs recorded yet.")
+        if beat is not None:
+            report.lines.append(
+                f"UNHEALTHY: the scheduler's last heartbeat ({beat[0].isoformat()}) is older "
+                f"than {HEARTBEAT_FRESH_SECONDS} s."
+            )
         return report
     for run in runs:
         written = sum(
@@ -67,18 +93,22 @@ def check_health(
             f"written {written}, rejected {rejected}"
             + (f"  error: {run.error}" if run.error else "")
         )
-    if beat is not None:
-        at, detail = beat
-        nexts = ", ".join(
-            f"{job} at {when}" for job, when in (detail or {}).get("next_runs", {}).items()
-        )
-        report.lines.append(
-            f"Scheduler heartbeat {at.isoformat()}" + (f"; next: {nexts}" if nexts else "")
-        )
+    report.lines.extend(_heartbeat_lines(beat))
     last = runs[0]
-    if last.status in ("failed",):
+    destinations: dict[str, Any] = last.summary.get("destinations", {}) or {}
+    failed = sorted(n for n, d in destinations.items() if (d or {}).get("status") == "failed")
+    if last.status == "failed":
         report.healthy = False
         report.lines.append(f"UNHEALTHY: the last run ({last.run_id}) failed.")
+    elif failed:
+        report.healthy = False
+        report.lines.append(
+            f"UNHEALTHY: the last run ({last.run_id}) failed for {', '.join(failed)}."
+        )
+    elif last.status == "partial":
+        report.lines.append(
+            f"Warning: the last run ({last.run_id}) had rejected records; see its summary."
+        )
     if max_age_hours is not None:
         if now - last.started_at > timedelta(hours=max_age_hours):
             report.healthy = False
@@ -92,3 +122,18 @@ def check_health(
                 report.healthy = False
                 report.lines.append(f"UNHEALTHY: the run due at {fire.isoformat()} is overdue.")
     return report
+
+
+def _heartbeat_lines(beat: tuple[datetime, dict[str, Any]] | None) -> list[str]:
+    """The scheduler's heartbeat as a line: when, the next runs, what is running."""
+    if beat is None:
+        return []
+    at, detail = beat
+    detail = detail or {}
+    nexts = ", ".join(f"{job} at {when}" for job, when in detail.get("next_runs", {}).items())
+    running = ", ".join(str(job) for job in detail.get("running", []) or [])
+    return [
+        f"Scheduler heartbeat {at.isoformat()}"
+        + (f"; next: {nexts}" if nexts else "")
+        + (f"; running: {running}" if running else "")
+    ]

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from pls_sync.alerts import send_alerts
+from pls_sync.alerts import queue_alerts, send_alerts
 from pls_sync.config import ChannelSettings
 from pls_sync.domains import classify_host, registrable_domain, split_domain_values
 from pls_sync.enrich import Enrichment, enrich
@@ -398,16 +398,7 @@ def run_alerts(
     """Send this destination's rep alerts; a failure is reported, never fatal to the run."""
     assert leads.ledger is not None and leads.alerts_tier is not None and outcome.report is not None
     try:
-        return send_alerts(
-            name,
-            leads.sinks[name],
-            leads.ledger,
-            scored.results,
-            outcome.report,
-            outcome.records,
-            tier=leads.alerts_tier,
-            buyers=leads.enrichment.buyers,
-        )
+        return send_alerts(name, leads.sinks[name], leads.ledger, outcome.report, outcome.records)
     except PlsSyncError as exc:
         log.error("alerts_failed", destination=name, error=str(exc))
         return {"error": str(exc)}
@@ -652,6 +643,15 @@ def run_sync(
                 leads = find_leads(adapters, channels, scored, options.as_of, options.dry_run)
             scored.results = leads.enrichment.results
             log.info("channels", **leads.enrichment.summary()["channels"])
+        if leads is not None and leads.alerts_tier is not None and leads.ledger is not None:
+            queued = queue_alerts(
+                list(leads.sinks),
+                leads.ledger,
+                scored.results,
+                tier=leads.alerts_tier,
+                buyers=leads.enrichment.buyers,
+            )
+            log.info("alerts_queued", alerts=queued)
         if not options.dry_run:
             with timer.stage("save_state"):
                 state.save_account_states(

@@ -207,3 +207,97 @@ class FakeState:
     def _check(self) -> None:
         if self.unavailable:
             raise FatalError("state store unavailable")
+
+
+class FakeBuyers:
+    """Candidate buyers by account key."""
+
+    def __init__(self, candidates: Iterable[tuple[str, Any]]):
+        self.candidates = list(candidates)
+
+    def read_buyer_candidates(self, as_of: datetime) -> Iterator[tuple[str, Any]]:
+        return iter(self.candidates)
+
+
+class FakeMqls:
+    """MQLs of one CRM as (source, id, email)."""
+
+    def __init__(self, mqls: Iterable[tuple[str, str, str]], fail_with: Exception | None = None):
+        self.mqls = list(mqls)
+        self.fail_with = fail_with
+
+    def read_mqls(self) -> Iterator[tuple[str, str, str]]:
+        if self.fail_with is not None:
+            raise self.fail_with
+        return iter(self.mqls)
+
+
+class FakeAlertSink:
+    """Tasks kept by key, like a CRM searching its tasks by the key field."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, tuple[str, str, str]] = {}
+        self.reject: dict[str, str] = {}
+
+    def create_alert(
+        self, record: CrmRecord, subject: str, body: str, key: str
+    ) -> tuple[str, bool]:
+        from pls_sync.ports import AlertRejected
+
+        if record.id in self.reject:
+            code = self.reject[record.id]
+            raise AlertRejected(RecordRejection(record.id, code, f"{code} for {record.id}"))
+        if key in self.tasks:
+            return f"task-{key}", False
+        self.tasks[key] = (record.id, subject, body)
+        return f"task-{key}", True
+
+
+class FakeAlertLedger:
+    """The alerts table in a dictionary."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.crash_on_created = False
+
+    def pending_or_missing(self, keys: Iterable[str]) -> set[str]:
+        return {k for k in keys if self.rows.get(k, {}).get("status") != "created"}
+
+    def mark_pending(
+        self,
+        key: str,
+        *,
+        destination: str,
+        account_key: str,
+        record_id: str | None,
+        payload: Mapping[str, Any],
+    ) -> bool:
+        row = self.rows.get(key)
+        if row and row["status"] == "created":
+            return False
+        self.rows[key] = {
+            "status": "pending",
+            "destination": destination,
+            "account_key": account_key,
+            "record_id": record_id,
+            "payload": dict(payload),
+        }
+        return True
+
+    def mark_created(self, key: str, task_id: str) -> None:
+        if self.crash_on_created:
+            raise KeyboardInterrupt  # the process dies between task creation and the ledger commit
+        self.rows[key]["status"] = "created"
+
+    def mark_rejected(self, key: str, reason: str) -> None:
+        self.rows[key]["status"] = "rejected"
+        self.rows[key]["reason"] = reason
+
+    def alerts_to_retry(
+        self, destination: str
+    ) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+        return [
+            (k, r["account_key"], r["record_id"], r["payload"])
+            for k, r in self.rows.items()
+            if r["status"] != "created" and r["destination"] == destination
+        ]

@@ -1,0 +1,207 @@
+"""Channels, motions, mql_only tags and rep alerts through the run service, with fakes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from pls_sync.channels import BuyerBehaviour, UserProfile
+from pls_sync.config import ChannelSettings
+from pls_sync.errors import FatalError
+from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
+from pls_sync.models import CrmRecord, FieldSpec, FieldType, ProductAccount
+from pls_sync.scoring import Component, ScoringModel, Tier
+from pls_sync.service import Adapters, RunOptions, run_sync
+from tests.fakes import (
+    FakeAlertLedger,
+    FakeAlertSink,
+    FakeBuyers,
+    FakeCrm,
+    FakeMqls,
+    FakeState,
+    FakeUsage,
+)
+
+AS_OF = datetime(2026, 11, 22, tzinfo=UTC)
+OLD = AS_OF - timedelta(days=200)
+MODEL = ScoringModel(
+    components=(Component("team_size", 1.0, ("active_users_28d",), ((0, 0), (10, 100)), ""),),
+    tiers=(Tier("sales", 80), Tier("success", 60), Tier("self_serve", 0)),
+)
+SPECS = {
+    "PQA_Score__c": FieldSpec("PQA_Score__c", FieldType.NUMBER, scale=0),
+    "PQA_Lead_Channel__c": FieldSpec("PQA_Lead_Channel__c", FieldType.PICKLIST, length=40),
+    "PQA_Motion__c": FieldSpec("PQA_Motion__c", FieldType.PICKLIST, length=40),
+    "PQA_Buyers__c": FieldSpec("PQA_Buyers__c", FieldType.TEXTAREA, length=1000),
+}
+MAPPING = DestinationMapping(
+    "salesforce",
+    "Account",
+    MatchRule(("Website",)),
+    (
+        FieldMapping("PQA_Score__c", "score"),
+        FieldMapping("PQA_Lead_Channel__c", "lead_channel"),
+        FieldMapping("PQA_Motion__c", "motion"),
+        FieldMapping("PQA_Buyers__c", "buyers", null="clear"),
+    ),
+)
+ALERTS_ON = ChannelSettings(alerts_enabled=True, alert_tier="sales")
+
+
+def vp(email: str) -> UserProfile:
+    return UserProfile(
+        "u-" + email,
+        email,
+        "VP Engineering",
+        "vp",
+        "Engineering",
+        "51-200",
+        False,
+        BuyerBehaviour(),
+    )
+
+
+def ic(email: str) -> UserProfile:
+    return UserProfile(
+        "u-" + email,
+        email,
+        "Software Engineer",
+        "ic",
+        "Engineering",
+        "51-200",
+        False,
+        BuyerBehaviour(),
+    )
+
+
+def setup(alerts: bool = True):  # type: ignore[no-untyped-def]
+    usage = FakeUsage(
+        [
+            ProductAccount(d, d, {"active_users_28d": n}, first_seen=OLD)
+            for d, n in {"buyer.com": 9, "mql.com": 9, "nobody.com": 9, "small.com": 2}.items()
+        ]
+    )
+    records = [
+        CrmRecord(f"001{i}", (d,), {}, name=d, owner_id="005OWNER")
+        for i, d in enumerate(
+            ["buyer.com", "mql.com", "nobody.com", "small.com", "topdown.io", "quiet.io"]
+        )
+    ]
+    sf = FakeCrm("salesforce", SPECS, records)
+    adapters = Adapters(
+        usage=usage,
+        state=FakeState(),
+        destinations={"salesforce": sf},
+        mappings={"salesforce": MAPPING},
+        buyers=FakeBuyers(
+            [
+                ("buyer.com", vp("ann@buyer.com")),
+                ("buyer.com", ic("bob@buyer.com")),
+                ("mql.com", ic("cy@mql.com")),
+            ]
+        ),
+        mql_sources={
+            "salesforce": FakeMqls(
+                [
+                    ("salesforce_lead", "00Q1", "dee@mql.com"),
+                    ("salesforce_lead", "00Q2", "eve@topdown.io"),
+                    ("salesforce_lead", "00Q3", "fay@gmail.com"),
+                    ("salesforce_lead", "00Q4", "not-an-email"),
+                ]
+            )
+        },
+        alert_sinks={"salesforce": FakeAlertSink()} if alerts else {},
+        alert_ledger=FakeAlertLedger() if alerts else None,
+    )
+    return adapters, sf
+
+
+def test_channels_motions_and_mql_only_are_written() -> None:
+    adapters, sf = setup()
+    result = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ChannelSettings())
+    fields = {r.name: r.fields for r in sf.records.values()}
+    assert fields["buyer.com"]["PQA_Lead_Channel__c"] == "usage_pql"
+    assert fields["buyer.com"]["PQA_Motion__c"] == "sales"
+    assert fields["buyer.com"]["PQA_Buyers__c"].startswith("ann@buyer.com (VP Engineering)")
+    assert fields["mql.com"]["PQA_Lead_Channel__c"] == "usage_mql"
+    assert fields["mql.com"]["PQA_Motion__c"] == "abm"
+    assert fields["nobody.com"]["PQA_Lead_Channel__c"] == "usage_no_buyer"
+    assert fields["small.com"]["PQA_Motion__c"] == "self_serve"
+    assert fields["topdown.io"] == {"PQA_Lead_Channel__c": "mql_only"}  # no usage: only the tag
+    assert fields["quiet.io"] == {}
+    leads = result.summary["leads"]
+    assert leads["channels"] == {"usage_pql": 1, "usage_mql": 1, "mql_only": 1, "usage_no_buyer": 2}
+    assert leads["motions"] == {"sales": 1, "abm": 2, "self_serve": 1}
+    assert leads["mqls"]["skipped"] == {"free_mail": 1, "invalid": 1}
+    assert [a["domain"] for a in leads["abm_list"]] == ["nobody.com", "small.com"]
+    rerun = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ChannelSettings())
+    assert rerun.summary["destinations"]["salesforce"]["write_calls"] == 0
+
+
+def test_an_mql_read_failure_is_reported_and_the_run_goes_on() -> None:
+    adapters, sf = setup()
+    adapters.mql_sources["salesforce"] = FakeMqls([], fail_with=FatalError("INVALID_FIELD: MQL__c"))
+    result = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ChannelSettings())
+    assert result.summary["leads"]["mql_errors"] == {"salesforce": "INVALID_FIELD: MQL__c"}
+    assert result.summary["destinations"]["salesforce"]["records_written"] == 4
+
+
+def test_alerts_once_per_entry_across_reruns() -> None:
+    adapters, sf = setup()
+    sink = adapters.alert_sinks["salesforce"]
+    first = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    assert first.summary["destinations"]["salesforce"]["alerts"]["created"] == 3
+    (record_id, subject, body) = next(t for t in sink.tasks.values() if t[0] == "0010")
+    assert subject == "PQA: buyer.com entered sales (score 90)"
+    assert "ann@buyer.com" in body and "pls-sync-alert-key:" in body
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)), channels=ALERTS_ON)
+    assert len(sink.tasks) == 3
+
+
+def test_a_crash_between_task_creation_and_the_ledger_leaves_exactly_one_task() -> None:
+    adapters, sf = setup()
+    ledger, sink = adapters.alert_ledger, adapters.alert_sinks["salesforce"]
+    ledger.crash_on_created = True  # type: ignore[union-attr]
+    with pytest.raises(KeyboardInterrupt):
+        run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    assert len(sink.tasks) == 1
+    ledger.crash_on_created = False  # type: ignore[union-attr]
+    adapters.state.locks.clear()  # type: ignore[attr-defined]  # the dead run's lock
+    rerun = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(minutes=5)), channels=ALERTS_ON
+    )
+    alerts = rerun.summary["destinations"]["salesforce"]["alerts"]
+    assert alerts["found_existing"] == 1 and alerts["created"] == 2  # none lost, none doubled
+    assert len(sink.tasks) == 3
+
+
+def test_a_rejected_task_is_recorded_and_retried_never_duplicated() -> None:
+    adapters, sf = setup()
+    sink = adapters.alert_sinks["salesforce"]
+    sink.reject["0010"] = "INVALID_CROSS_REFERENCE_KEY"  # type: ignore[attr-defined]
+    first = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    alerts = first.summary["destinations"]["salesforce"]["alerts"]
+    assert alerts["rejected"] == 1 and alerts["rejection_reasons"] == {
+        "INVALID_CROSS_REFERENCE_KEY": 1
+    }
+    sink.reject.clear()  # type: ignore[attr-defined]
+    second = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)), channels=ALERTS_ON
+    )
+    alerts = second.summary["destinations"]["salesforce"]["alerts"]
+    assert alerts["created"] == 1 and alerts["rejected"] == 0
+    assert len(sink.tasks) == 3
+    third = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=2)), channels=ALERTS_ON
+    )
+    assert (
+        third.summary["destinations"]["salesforce"]["alerts"]["created"] == 0
+        and len(sink.tasks) == 3
+    )
+
+
+def test_dry_runs_send_no_alerts() -> None:
+    adapters, sf = setup()
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF, dry_run=True), channels=ALERTS_ON)
+    assert adapters.alert_sinks["salesforce"].tasks == {}  # type: ignore[attr-defined]
