@@ -221,15 +221,13 @@ def export(
 ) -> None:
     """Write every scored account to a spreadsheet: no CRM needed."""
     from pls_sync.bootstrap import build_adapters
-    from pls_sync.service import match_destination, score_all
+    from pls_sync.service import analyse, match_destination
 
     settings = load_or_exit(config)
     when = parse_as_of(as_of)
     try:
         adapters = build_adapters(settings, with_destinations=with_crm)
-        scored = score_all(
-            adapters.usage, settings.scoring, adapters.state.load_account_states(), when
-        )
+        scored, _leads = analyse(adapters, settings.scoring, settings.channels, when)
         matched: dict[str, dict[str, str]] = {}
         for name, error in adapters.destination_errors.items():
             err_console.print(f"{name}: not matched ({redact(error)})", highlight=False)
@@ -255,6 +253,9 @@ def export(
             + [f"{c}_points" for c in components]
             + [
                 "signals",
+                "lead_channel",
+                "motion",
+                "buyers",
                 "active_users_28d",
                 "first_seen",
                 "age_guard",
@@ -280,6 +281,9 @@ def export(
                 + [points.get(c, 0) for c in components]
                 + [
                     "; ".join(s.description for s in result.score.signals),
+                    result.lead_channel or "",
+                    result.motion or "",
+                    "; ".join(result.buyers),
                     int(result.score.metrics.get("active_users_28d", 0)),
                     result.account.first_seen.isoformat() if result.account.first_seen else "",
                     result.score.guard or "",
@@ -325,16 +329,14 @@ def explain(
     """Show one account's score breakdown, signals, matched CRM records and pending field changes."""
     from pls_sync.bootstrap import build_adapters
     from pls_sync.domains import registrable_domain
-    from pls_sync.service import score_all
+    from pls_sync.service import analyse
 
     settings = load_or_exit(config)
     when = parse_as_of(as_of)
     wanted = domain if domain.startswith("workspace:") else (registrable_domain(domain) or domain)
     try:
         adapters = build_adapters(settings)
-        scored = score_all(
-            adapters.usage, settings.scoring, adapters.state.load_account_states(), when
-        )
+        scored, _leads = analyse(adapters, settings.scoring, settings.channels, when)
         result = scored.by_key().get(wanted)
         if result is None:
             err_console.print(f"No product account {wanted!r} as of {when.isoformat()}.")
@@ -352,6 +354,14 @@ def explain(
             f"  qualified since: {result.state.qualified_since or '-'}; "
             f"change: {'-' if result.score_change is None else f'{result.score_change:+d}'}"
         )
+        console.print(
+            f"  lead channel: {result.lead_channel or '-'}; motion: {result.motion or '-'}",
+            highlight=False,
+        )
+        for buyer in result.buyers:
+            console.print(f"  likely buyer: {buyer}", highlight=False)
+        if not result.buyers:
+            console.print("  likely buyers: none found among the account's users", highlight=False)
         failed = False
         for name, destination in adapters.destinations.items():
             try:

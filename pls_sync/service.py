@@ -392,6 +392,18 @@ def find_leads(
     )
 
 
+def analyse(
+    adapters: Adapters, model: ScoringModel, channels: ChannelSettings | None, as_of: datetime
+) -> tuple[ScoredAccounts, LeadContext | None]:
+    """Score every account and find its buyers, channel and motion, writing nothing anywhere."""
+    scored = score_all(adapters.usage, model, adapters.state.load_account_states(), as_of)
+    leads = None
+    if channels is not None:
+        leads = find_leads(adapters, channels, scored, as_of, dry_run=True)
+        scored.results = leads.enrichment.results
+    return scored, leads
+
+
 def run_alerts(
     name: str, leads: LeadContext, scored: ScoredAccounts, outcome: DestinationOutcome
 ) -> dict[str, Any]:
