@@ -11,6 +11,7 @@ contacts, some marketing qualified. ``seed_salesforce`` loads that picture into 
 from __future__ import annotations
 
 import random
+import zlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -120,9 +121,19 @@ def website_variants(domain: str, label: str | None = None) -> list[str]:
 _VARIANT_WEIGHTS = (30, 20, 15, 8, 6, 12, 5, 4)
 
 
+_PERSONAL_MAIL = ("gmail.com", "yahoo.com", "outlook.com", "hotmail.com")
+
+
 def _person(rng: random.Random, domain: str | None) -> dict[str, str | None]:
     first, last = rng.choice(_FIRST), rng.choice(_LAST)
     email = f"{first.lower()}.{last.lower()}@{domain}" if domain else None
+    # Real CRMs hold leads who typed a personal address or junk; a hash (not the seeded
+    # stream, which the rest of the seed depends on) picks about 1 in 12 of them.
+    mark = zlib.crc32(f"{first}|{last}|{domain}".encode()) % 100
+    if email and mark < 7:
+        email = f"{first.lower()}{mark}@{_PERSONAL_MAIL[mark % len(_PERSONAL_MAIL)]}"
+    elif email and mark == 7:
+        email = f"{first.lower()} {last.lower()}"  # no @: typed into the wrong field
     return {"first_name": first, "last_name": last, "email": email, "title": rng.choice(_TITLES)}
 
 
