@@ -577,3 +577,37 @@ def test_loader_refuses_python_tags(tmp_path: Path) -> None:
     document, issues = load_document(path)
     assert len(issues) == 1
     assert (issues[0].line, issues[0].key) == (1, "a")
+
+
+def test_channels_file_converts_with_alerts_off_by_default(repo_copy: Path) -> None:
+    channels = load_settings(repo_copy, env={}).channels
+    assert channels.alerts_enabled is False and channels.alert_tier == "sales"
+    assert [rule.name for rule in channels.persona.rules][:2] == ["executive", "executive_title"]
+    assert channels.sf_lead_statuses == ("Marketing Qualified",)
+    assert channels.motions[0].motion == "sales"
+    assert load_settings(repo_copy, env={"PLS_SYNC_ALERTS_ENABLED": "true"}).channels.alerts_enabled
+
+
+def test_channels_errors_name_file_line_and_key(repo_copy: Path) -> None:
+    channels = repo_copy.parent / "channels.yaml"
+    edit(channels, "  - {tiers: [], buyer: null, motion: self_serve}\n", "")
+    edit(channels, "  tier: sales", "  tier: enterprise")
+    edit(
+        channels,
+        "      label: executive\n    - name: executive_title",
+        "      labl: executive\n    - name: executive_title",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(repo_copy, env={})
+    issues = [i for i in caught.value.issues if i.file.endswith("channels.yaml")]
+    keys = {i.key: i for i in issues}
+    assert "buyers.personas[0].labl" in keys
+    assert keys["buyers.personas[0].labl"].line == line_of(channels, "labl: executive")
+    # the motion table and the alert tier are checked once the file's shape is right
+    edit(channels, "labl: executive", "label: executive")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(repo_copy, env={})
+    keys = {i.key: i for i in caught.value.issues}
+    assert "no motion rule covers tier" in keys["motions"].message
+    assert keys["alerts.tier"].line == line_of(channels, "tier: enterprise")
+    assert "unknown tier 'enterprise'" in keys["alerts.tier"].message
