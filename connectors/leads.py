@@ -4,7 +4,7 @@ warehouse buyer query, the CRMs' MQL reads and task creation, and the alerts led
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from connectors import alerts_state
@@ -12,7 +12,11 @@ from connectors.buyers import read_buyer_candidates
 from connectors.hubspot import HubSpotDestination
 from connectors.hubspot_leads import create_hubspot_alert, read_hubspot_mqls
 from connectors.salesforce import SalesforceDestination
-from connectors.salesforce_leads import create_salesforce_alert, read_salesforce_mqls
+from connectors.salesforce_leads import (
+    create_salesforce_alert,
+    read_last_activity,
+    read_salesforce_mqls,
+)
 from connectors.warehouse import SqlUsageSource
 from pls_sync.channels import PersonaModel, UserProfile
 from pls_sync.models import CrmRecord
@@ -57,6 +61,17 @@ class SalesforceMqls:
         return read_salesforce_mqls(
             client, lead_statuses=self.lead_statuses, contact_field=self.contact_field
         )
+
+
+class SalesforceActivity:
+    """Last activity dates of Accounts, for reporting PQAs nobody touched."""
+
+    def __init__(self, dest: Any):
+        self.dest = dest
+
+    def __call__(self, account_ids: list[str]) -> dict[str, date | None]:
+        """LastActivityDate by account id (chunked IN queries)."""
+        return read_last_activity(unwrap(self.dest), account_ids)
 
 
 class HubSpotMqls:

@@ -94,6 +94,8 @@ def add_lead_adapters(
             adapters.alert_sinks[name] = leads.SalesforceAlerts(
                 destination, channels.sf_alert_key_field
             )
+        if channels.stale_after_days is not None:
+            adapters.activity_readers[name] = leads.SalesforceActivity(destination)
     elif name == "hubspot":
         adapters.mql_sources[name] = leads.HubSpotMqls(
             destination, channels.hs_lifecycle_stage, channels.hs_mql_property

@@ -98,6 +98,13 @@ def render_summary(console: Console, summary: Mapping[str, Any]) -> None:
             table.add_row("rejected", f"{rejected}" + (f" ({reasons})" if reasons else ""))
             if dest.get("not_attempted"):
                 table.add_row("left for the next run", str(dest["not_attempted"]))
+        stale = dest.get("stale_pqas")
+        if stale and "stale" in stale:
+            listed = ", ".join(a["domain"] for a in stale.get("accounts", [])[:5])
+            table.add_row(
+                f"PQAs untouched for {stale.get('after_days', '?')}+ days",
+                f"{stale['stale']}" + (f" ({listed})" if listed else ""),
+            )
         alerts = dest.get("alerts")
         if alerts:
             table.add_row(

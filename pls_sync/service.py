@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,10 @@ class Adapters:
     mql_sources: dict[str, MqlSource] = field(default_factory=dict)
     alert_sinks: dict[str, AlertSink] = field(default_factory=dict)
     alert_ledger: AlertLedger | None = None
+    # record ids -> date of the last activity on each (Salesforce LastActivityDate)
+    activity_readers: dict[str, Callable[[list[str]], Mapping[str, date | None]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(slots=True)
@@ -112,6 +116,7 @@ class DestinationOutcome:
     specs: dict[str, FieldSpec] = field(default_factory=dict)
     budget: int | None = None
     alerts: dict[str, Any] | None = None
+    stale: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -300,6 +305,8 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
         summary["write_budget_calls"] = outcome.budget
     if outcome.alerts is not None:
         summary["alerts"] = outcome.alerts
+    if outcome.stale is not None:
+        summary["stale_pqas"] = outcome.stale
     if write is not None:
         reasons = Counter(rejection.code for rejection in write.rejected)
         summary.update(
@@ -331,6 +338,10 @@ class LeadContext:
     ledger: AlertLedger | None
     alerts_tier: str | None
     errors: dict[str, str] = field(default_factory=dict)
+    stale_after_days: int | None = None
+    activity_readers: dict[str, Callable[[list[str]], Mapping[str, date | None]]] = field(
+        default_factory=dict
+    )
 
 
 def record_domains(record: CrmRecord) -> set[str]:
@@ -389,6 +400,8 @@ def find_leads(
         adapters.alert_ledger,
         channels.alert_tier if alerts_on else None,
         errors,
+        channels.stale_after_days,
+        adapters.activity_readers,
     )
 
 
@@ -402,6 +415,50 @@ def analyse(
         leads = find_leads(adapters, channels, scored, as_of, dry_run=True)
         scored.results = leads.enrichment.results
     return scored, leads
+
+
+def stale_pqas(
+    name: str,
+    leads: LeadContext,
+    scored: ScoredAccounts,
+    outcome: DestinationOutcome,
+    as_of: datetime,
+) -> dict[str, Any] | None:
+    """PQAs qualified for longer than ``stale_after_days`` that nobody has touched since.
+
+    Reads the matched records' last activity (one query per 500 records); None when the
+    destination cannot tell or the check is off.
+    """
+    reader = leads.activity_readers.get(name)
+    if leads.stale_after_days is None or reader is None or outcome.report is None:
+        return None
+    cutoff = as_of - timedelta(days=leads.stale_after_days)
+    old = {}
+    for result in scored.results:
+        since = result.state.qualified_since
+        record_id = outcome.report.record_for(result.account.key)
+        if since is not None and since <= cutoff and record_id is not None:
+            old[record_id] = result
+    if not old:
+        return {"stale": 0, "accounts": []}
+    try:
+        activity = reader(sorted(old))
+    except PlsSyncError as exc:
+        return {"error": str(exc)}
+    stale = [
+        (result.account.domain, record_id, activity.get(record_id))
+        for record_id, result in old.items()
+        if activity.get(record_id) is None or activity[record_id] < cutoff.date()  # type: ignore[operator]
+    ]
+    stale.sort(key=lambda item: (str(item[2] or ""), item[0]))
+    return {
+        "stale": len(stale),
+        "after_days": leads.stale_after_days,
+        "accounts": [
+            {"domain": d, "record_id": r, "last_activity": a.isoformat() if a else None}
+            for d, r, a in stale[:10]
+        ],
+    }
 
 
 def run_alerts(
@@ -479,6 +536,8 @@ def sync_destination(
         state.record_rejections(options.run_id, name, write.rejected, options.as_of)
         state.resolve_rejections(name, write.written)
         outcome.status = "succeeded" if not (write.rejected or write.not_attempted) else "partial"
+        if leads is not None:
+            outcome.stale = stale_pqas(name, leads, scored, outcome, options.as_of)
         if leads is not None and leads.alerts_tier is not None and name in leads.sinks:
             with timer.stage(f"{name}.alerts"):
                 outcome.alerts = run_alerts(name, leads, scored, outcome)

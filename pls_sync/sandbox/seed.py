@@ -11,8 +11,8 @@ contacts, some marketing qualified. ``seed_salesforce`` loads that picture into 
 from __future__ import annotations
 
 import random
-import zlib
 import re
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol

@@ -205,3 +205,29 @@ def test_dry_runs_send_no_alerts() -> None:
     adapters, sf = setup()
     run_sync(adapters, MODEL, RunOptions(as_of=AS_OF, dry_run=True), channels=ALERTS_ON)
     assert adapters.alert_sinks["salesforce"].tasks == {}  # type: ignore[attr-defined]
+
+
+def test_pqas_nobody_touched_are_reported_as_stale() -> None:
+    from dataclasses import replace
+
+    adapters, sf = setup(alerts=False)
+    run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF - timedelta(days=60)), channels=ChannelSettings()
+    )
+    asked: list[list[str]] = []
+
+    def last_activity(ids: list[str]):  # type: ignore[no-untyped-def]
+        asked.append(ids)
+        return {
+            "0010": None,
+            "0011": (AS_OF - timedelta(days=2)).date(),
+            "0012": (AS_OF - timedelta(days=90)).date(),
+        }
+
+    adapters.activity_readers["salesforce"] = last_activity
+    channels = replace(ChannelSettings(), stale_after_days=30)
+    result = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=channels)
+    stale = result.summary["destinations"]["salesforce"]["stale_pqas"]
+    assert asked == [["0010", "0011", "0012"]]  # only PQAs qualified more than 30 days ago
+    assert stale["stale"] == 2
+    assert [a["domain"] for a in stale["accounts"]] == ["buyer.com", "nobody.com"]
