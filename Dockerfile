@@ -1,6 +1,9 @@
 # pls-sync as a cron container: `pls-sync schedule` by default, `pls-sync run` as a one-shot job.
 FROM python:3.11-slim
 
+# Warehouse drivers to install: postgres, snowflake, bigquery (comma-separated extras).
+ARG EXTRAS=postgres
+
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -13,13 +16,13 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN mkdir -p pls_sync connectors \
     && touch pls_sync/__init__.py connectors/__init__.py \
-    && python -m pip install ".[postgres]" \
+    && python -m pip install ".[${EXTRAS}]" \
     && python -m pip uninstall -y pls-sync
 
 # The project itself, installed the same way as the README's first command.
 COPY pls_sync ./pls_sync
 COPY connectors ./connectors
-RUN python -m pip install --no-deps ".[postgres]"
+RUN python -m pip install --no-deps ".[${EXTRAS}]"
 
 # Config and mappings: mount your own over /app/config and /app/mappings.
 COPY config ./config

@@ -313,6 +313,40 @@ class SqlUsageSource:
         assert self._engine is not None
         return self._engine.url.render_as_string(hide_password=True)
 
+    def builtin_query(
+        self,
+        as_of: datetime,
+        *,
+        users_types: Mapping[str, TypeEngine[Any]] | None = None,
+        events_types: Mapping[str, TypeEngine[Any]] | None = None,
+    ) -> sa.Select[*tuple[Any, ...]]:
+        """The built-in model's statement as of ``as_of``, built without connecting or running.
+
+        It is the statement ``read_accounts`` executes once it has reflected the tables; the
+        column types (by lower-case name) default to the contract's: text ids and emails, naive
+        timestamps, a boolean ``is_admin``. Compile it with a dialect to see that warehouse's SQL.
+        """
+        defaults: dict[str, TypeEngine[Any]] = {
+            "user_id": sa.String(),
+            "email": sa.String(),
+            "workspace_id": sa.String(),
+            "created_at": sa.DateTime(),
+            "is_admin": sa.Boolean(),
+            "event_name": sa.String(),
+            "occurred_at": sa.DateTime(),
+        }
+
+        def columns(
+            table: str, names: Sequence[str], given: Mapping[str, TypeEngine[Any]] | None
+        ) -> _Columns:
+            types = {n: (given or {}).get(n, defaults[n]) for n in names}
+            return _Columns(table=table, names={n: n for n in names}, types=types)
+
+        extra = ("workspace_id",)
+        users = columns(self.users_table, (*_USER_COLUMNS, *extra), users_types)
+        events = columns(self.events_table, (*_EVENT_COLUMNS, *extra), events_types)
+        return self._builtin_query(users, events, _Windows.at(as_of))
+
     # -- engine and connection ----------------------------------------------------------------
 
     def _secrets(self) -> list[str]:
@@ -532,11 +566,12 @@ class SqlUsageSource:
             return sa.func.sum(sa.func.coalesce(per_user.c[column], 0))
 
         created = comparable_ts(u.c.created_at)
-        host = email_host(u.c.email)
+        # Labelled once and grouped by the label: BigQuery cannot group by an anonymous function.
+        host = email_host(u.c.email).label("host")
         group = (host, u.c.workspace_id) if by_workspace else (host,)
         return (
             sa.select(
-                host.label("host"),
+                host,
                 *(
                     (sa.type_coerce(u.c.workspace_id, NullType()).label("workspace_id"),)
                     if by_workspace

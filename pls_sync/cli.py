@@ -405,7 +405,7 @@ def status(
         )
         raise typer.Exit(EXIT_FAILED) from None
     for line in report.lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
     if not report.healthy:
         raise typer.Exit(EXIT_FAILED)
 
@@ -488,6 +488,7 @@ def schedule(
             plans_dir=settings.plans_dir,
             destinations=destinations,
             api_budget_share=settings.api_budget_share,
+            stop=scheduler.stopping,
         )
         try:
             result = run_sync(
@@ -507,7 +508,6 @@ def schedule(
         store.heartbeat("scheduler", now_utc(), detail)
 
     scheduler = SyncScheduler(settings, run_job, heartbeat=heartbeat)
-    heartbeat({"next_runs": scheduler.next_runs(), "runs": 0, "failures": 0})
     raise typer.Exit(scheduler.run_forever(run_now=run_now))
 
 
