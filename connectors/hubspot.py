@@ -598,8 +598,8 @@ class HubSpotDestination:
         """Batch-update changed properties, 100 companies a request; rejections per record.
 
         A daily-limit 429, or a batch that still fails after its retries, stops writing: that
-        batch and every later record go to ``not_attempted`` for the next run. Auth and other
-        fatal errors raise.
+        batch and every later record go to ``not_attempted`` for the next run; so does an auth
+        failure partway (``result.error`` says so). Other fatal errors raise.
         """
         self._check_object(object_name)
         result = WriteResult(method="batch_update")
@@ -611,7 +611,9 @@ class HubSpotDestination:
             for index, batch in enumerate(batches):
                 try:
                     self._write_batch(batch, specs, result)
-                except (QuotaExhaustedError, RetriableError) as exc:
+                except (QuotaExhaustedError, RetriableError, AuthError) as exc:
+                    if isinstance(exc, AuthError):
+                        result.error = str(exc)
                     settled = set(result.written) | {r.record_id for r in result.rejected}
                     result.not_attempted.extend(
                         change.record_id
@@ -621,7 +623,11 @@ class HubSpotDestination:
                     )
                     log.warning(
                         "hubspot_write_stopped",
-                        reason="daily_limit" if isinstance(exc, QuotaExhaustedError) else "retries",
+                        reason="daily_limit"
+                        if isinstance(exc, QuotaExhaustedError)
+                        else "auth"
+                        if isinstance(exc, AuthError)
+                        else "retries",
                         error=str(exc),
                         written=len(result.written),
                         not_attempted=len(result.not_attempted),

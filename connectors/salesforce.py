@@ -807,8 +807,9 @@ class SalesforceDestination:
         ``collections``); more go in Bulk API 2.0 jobs (``bulk2``). Records refused with
         ``UNABLE_TO_LOCK_ROW`` are sent once more through Collections, in half-size batches,
         before being reported. A request that still fails after retries (or hits the daily
-        quota), a job that times out, fails or is aborted, leaves the rest ``not_attempted``.
-        Auth and other fatal request errors raise.
+        quota), a job that times out, fails or is aborted, leaves the rest ``not_attempted``;
+        so does a session that cannot be renewed partway (``result.error`` says so). Other
+        fatal request errors raise.
 
         ``max_write_calls`` caps the HTTP requests: the first changes (the caller sorts them
         by priority) that fit are written, the rest are ``not_attempted`` and ``method`` gets
@@ -912,7 +913,9 @@ class SalesforceDestination:
             before = self._calls["write"]
             try:
                 saves = self._call("write", functools.partial(self._patch, body=body))
-            except (RetriableError, QuotaExhaustedError) as exc:
+            except (RetriableError, QuotaExhaustedError, AuthError) as exc:
+                if isinstance(exc, AuthError):
+                    result.error = self._redact(str(exc))
                 result.calls += self._calls["write"] - before
                 log.warning(
                     "salesforce_write_stopped",
@@ -963,7 +966,9 @@ class SalesforceDestination:
             before = self._calls["write"]
             try:
                 outcome = ingest.run(object_name, job)
-            except (RetriableError, QuotaExhaustedError) as exc:
+            except (RetriableError, QuotaExhaustedError, AuthError) as exc:
+                if isinstance(exc, AuthError):
+                    result.error = self._redact(str(exc))
                 result.calls += self._calls["write"] - before
                 log.warning(
                     "salesforce_bulk_stopped",

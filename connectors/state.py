@@ -509,7 +509,16 @@ class SqlStateStore:
         self, destination: str, record_ids: Iterable[str], at: datetime | None = None
     ) -> None:
         """Mark open rejections of records that have now been written as resolved at ``at``."""
-        rows = [{"b_id": record_id} for record_id in dict.fromkeys(record_ids)]
+        wanted = set(record_ids)
+        if not wanted:
+            return
+        # A run writes up to every record; only a few of them have an open rejection. Read those
+        # few rather than send one UPDATE per written record.
+        open_ids = select(rejections.c.record_id).where(
+            rejections.c.destination == destination, rejections.c.resolved_at.is_(None)
+        )
+        with self._transaction("read open rejections") as conn:
+            rows = [{"b_id": rid} for (rid,) in conn.execute(open_ids) if rid in wanted]
         if not rows:
             return
         statement = (

@@ -79,11 +79,13 @@ def enrich(
     mqls: Iterable[tuple[str, str, str]] | None,
     classify: Callable[[str], tuple[str | None, str | None]],
     motions: Sequence[MotionRule],
+    channels_known: bool = True,
 ) -> Enrichment:
     """Rank buyers per account, index MQLs by domain, and set each account's channel and motion.
 
     ``candidates`` or ``mqls`` ``None`` means that source is not available this run: accounts
-    then have no buyers (or no MQLs), and the channel says so.
+    then have no buyers (or no MQLs), and the channel says so. ``channels_known`` False (an
+    MQL source failed) leaves every channel unknown (``None``) rather than guessed.
     """
     by_account: dict[str, list[UserProfile]] = defaultdict(list)
     for key, profile in candidates or ():
@@ -98,7 +100,7 @@ def enrich(
             dataclasses.replace(
                 result,
                 buyers=tuple(describe_buyer(b) for b in found),
-                lead_channel=lead_channel(True, bool(found), has_mql),
+                lead_channel=lead_channel(True, bool(found), has_mql) if channels_known else None,
                 motion=motion_for(result.score.tier, bool(found), motions),
             )
         )

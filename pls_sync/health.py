@@ -97,9 +97,14 @@ def check_health(
     last = runs[0]
     destinations: dict[str, Any] = last.summary.get("destinations", {}) or {}
     failed = sorted(n for n, d in destinations.items() if (d or {}).get("status") == "failed")
+    holder = getattr(store, "lock_holder", lambda _name: None)("pls-sync:run")
     if last.status == "failed":
         report.healthy = False
         report.lines.append(f"UNHEALTHY: the last run ({last.run_id}) failed.")
+    elif last.status == "interrupted" or (last.status == "running" and holder is None):
+        # Running with nobody holding the run lock: its process died mid-way.
+        report.healthy = False
+        report.lines.append(f"UNHEALTHY: the last run ({last.run_id}) was interrupted.")
     elif failed:
         report.healthy = False
         report.lines.append(

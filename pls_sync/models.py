@@ -129,3 +129,6 @@ class WriteResult:
     not_attempted: list[str] = field(default_factory=list)
     calls: int = 0
     method: str = "collections"
+    # Set when a fatal error (an expired session, a revoked token) stopped the write partway:
+    # what was written is still reported, the rest is ``not_attempted``.
+    error: str | None = None

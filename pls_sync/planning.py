@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -46,8 +46,32 @@ class AccountResult:
         )
 
 
+# One getter per simple source: planning asks for every mapped field of every matched account,
+# so building all of them for each question (a dict of 15) was most of the planning time.
+_SIMPLE_SOURCES: dict[str, Callable[[AccountResult], Any]] = {
+    "score": lambda r: r.score.score,
+    "tier": lambda r: r.score.tier,
+    "raw_tier": lambda r: r.score.raw_tier,
+    "signals": lambda r: [signal.description for signal in r.score.signals],
+    "lead_channel": lambda r: r.lead_channel,
+    "motion": lambda r: r.motion,
+    "qualified_since": lambda r: r.state.qualified_since,
+    "tier_since": lambda r: r.state.tier_since,
+    "score_change": lambda r: r.score_change,
+    "previous_score": lambda r: r.previous.score if r.previous else None,
+    "scored_at": lambda r: r.score.scored_at,
+    "first_seen": lambda r: r.account.first_seen,
+    "domain": lambda r: r.account.domain,
+    "account_key": lambda r: r.account.key,
+    "buyers": lambda r: list(r.buyers),
+}
+
+
 def source_value(source: str, result: AccountResult) -> Any:
     """The value of a mapping source (``score``, ``signals``, ``metrics.active_users_28d``...)."""
+    getter = _SIMPLE_SOURCES.get(source)
+    if getter is not None:
+        return getter(result)
     score = result.score
     if source.startswith("metrics."):
         return score.metrics.get(source[len("metrics.") :])
@@ -57,26 +81,7 @@ def source_value(source: str, result: AccountResult) -> Any:
             if component.name == name:
                 return component.points
         return None
-    simple: dict[str, Any] = {
-        "score": score.score,
-        "tier": score.tier,
-        "raw_tier": score.raw_tier,
-        "signals": [signal.description for signal in score.signals],
-        "lead_channel": result.lead_channel,
-        "motion": result.motion,
-        "qualified_since": result.state.qualified_since,
-        "tier_since": result.state.tier_since,
-        "score_change": result.score_change,
-        "previous_score": result.previous.score if result.previous else None,
-        "scored_at": score.scored_at,
-        "first_seen": result.account.first_seen,
-        "domain": result.account.domain,
-        "account_key": result.account.key,
-        "buyers": list(result.buyers),
-    }
-    if source not in simple:
-        raise KeyError(f"unknown mapping source {source!r}")
-    return simple[source]
+    raise KeyError(f"unknown mapping source {source!r}")
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -254,16 +259,20 @@ class Plan:
             "records_unchanged": self.records_unchanged,
             "fields_changed": self.fields_changed,
             "field_changes": dict(sorted(self.field_changes.items())),
-            "changes": [
-                {
-                    "record_id": change.record_id,
-                    "account": change.account_key,
-                    "priority": change.priority,
-                    "fields": {k: _jsonable(v) for k, v in change.fields.items()},
-                }
-                for change in listed
-            ],
+            "changes": list(self.change_dicts(listed)),
         }
+
+    def change_dicts(
+        self, changes: Iterable[RecordChange] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Each change (default: all of them) in JSON-ready form, one at a time."""
+        for change in self.changes if changes is None else changes:
+            yield {
+                "record_id": change.record_id,
+                "account": change.account_key,
+                "priority": change.priority,
+                "fields": {k: _jsonable(v) for k, v in change.fields.items()},
+            }
 
 
 def _jsonable(value: Any) -> Any:

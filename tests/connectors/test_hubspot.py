@@ -478,12 +478,15 @@ def test_a_bad_token_is_an_auth_error_without_the_token(box: Any, clock: FakeTim
     assert count(box, "hs.companies.list") == 1  # not retried
 
 
-def test_an_injected_invalid_session_is_an_auth_error(box: Any, clock: FakeTime) -> None:
+def test_an_injected_invalid_session_stops_the_write_and_says_why(
+    box: Any, clock: FakeTime
+) -> None:
     box.faults.add("invalid_session", endpoint="hs.companies.batch_update")
-    with pytest.raises(AuthError):
-        destination(box, clock).write(
-            "companies", changes_for(box.hubspot.ids()[:3], pqa_score=1.0), SPECS
-        )
+    ids = box.hubspot.ids()[:3]
+    result = destination(box, clock).write("companies", changes_for(ids, pqa_score=1.0), SPECS)
+    assert result.error is not None and "access token" in result.error
+    assert result.written == [] and sorted(result.not_attempted) == sorted(ids)
+    assert box.hubspot_token not in result.error
 
 
 @pytest.mark.parametrize("kind", ["server_error", "unavailable", "drop"])

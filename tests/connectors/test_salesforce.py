@@ -778,12 +778,13 @@ def test_expired_session_without_a_way_to_reauthenticate_fails_at_once(
     assert len(rsps.calls) == 1 and sleeps == []
 
 
-def test_expired_session_during_a_write_raises(
+def test_expired_session_during_a_write_stops_it_and_reports_why(
     rsps: responses.RequestsMock, dest: SalesforceDestination
 ) -> None:
     rsps.patch(COLLECTIONS_URL, status=401, json=INVALID_SESSION)
-    with pytest.raises(AuthError):
-        dest.write("Account", changes_for(2), SPECS)
+    result = dest.write("Account", changes_for(2), SPECS)
+    assert result.error is not None and result.written == []
+    assert sorted(result.not_attempted) == sorted(c.record_id for c in changes_for(2))
 
 
 def test_daily_limit_exhausted_is_quota_exhausted_without_retry(

@@ -1,0 +1,1 @@
+"""Fault-injection and crash-convergence tests: the real connectors against the CRM sandbox."""
