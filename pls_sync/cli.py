@@ -81,7 +81,7 @@ def load_or_exit(config: Path) -> Settings:
     except ConfigError as exc:
         err_console.print(f"[bold red]Configuration error[/bold red] ({len(exc.issues)} issue(s)):")
         for issue in exc.issues:
-            err_console.print(f"  {issue}", markup=False, highlight=False)
+            err_console.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_CONFIG) from None
     configure_logging(settings.logging.level, settings.logging.format)
     return settings
