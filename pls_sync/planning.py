@@ -328,8 +328,39 @@ def plan_changes(
     return plan
 
 
+_TEXT = frozenset(TEXT_TYPES)
+_NUMBER = frozenset(NUMERIC_TYPES)
+_WHEN = frozenset((FieldType.DATE, FieldType.DATETIME))
+# The field types each source's values fit; text fields take anything (it is written as text).
+_SOURCE_TYPES: dict[str, frozenset[FieldType]] = {
+    "score": _NUMBER | _TEXT,
+    "score_change": _NUMBER | _TEXT,
+    "previous_score": _NUMBER | _TEXT,
+    "tier": _TEXT,
+    "raw_tier": _TEXT,
+    "lead_channel": _TEXT,
+    "motion": _TEXT,
+    "signals": _TEXT,
+    "buyers": _TEXT,
+    "domain": _TEXT,
+    "account_key": _TEXT,
+    "qualified_since": _WHEN | _TEXT,
+    "tier_since": _WHEN | _TEXT,
+    "scored_at": _WHEN | _TEXT,
+    "first_seen": _WHEN | _TEXT,
+}
+
+
+def source_fits(source: str, kind: FieldType) -> bool:
+    """Whether values of ``source`` can be written to a field of type ``kind``."""
+    if source.startswith(("metrics.", "components.")):
+        return kind in _NUMBER or kind in _TEXT
+    return kind in _SOURCE_TYPES.get(source, _TEXT)
+
+
 def missing_targets(mapping: DestinationMapping, specs: Mapping[str, FieldSpec]) -> list[str]:
-    """Problems with the mapping's targets against the live schema: missing or read-only."""
+    """Problems with the mapping's targets against the live schema: missing, read-only, or of a
+    type the source's values do not fit (a date into a number field...)."""
     problems = []
     for fm in mapping.fields:
         spec = specs.get(fm.target)
@@ -337,6 +368,10 @@ def missing_targets(mapping: DestinationMapping, specs: Mapping[str, FieldSpec])
             problems.append(f"{fm.target}: no such field on {mapping.object}")
         elif not spec.updateable:
             problems.append(f"{fm.target}: field on {mapping.object} is not writable")
+        elif not source_fits(fm.source, spec.type):
+            problems.append(
+                f"{fm.target}: a {spec.type.value} field cannot hold {fm.source!r} values"
+            )
     return problems
 
 

@@ -195,3 +195,15 @@ def test_applying_the_plan_yields_the_desired_state(
     for target, want in desired.items():
         have = canonical(applied["001A"].get(target), SPECS[target], join=by_target[target].join)
         assert values_equal(have, want, SPECS[target])
+
+
+def test_a_target_whose_type_does_not_fit_its_source_is_reported() -> None:
+    specs = dict(SPECS)
+    specs["PQA_Score__c"] = FieldSpec("PQA_Score__c", FieldType.DATE)
+    specs["PQA_Qualified_Since__c"] = FieldSpec("PQA_Qualified_Since__c", FieldType.BOOLEAN)
+    problems = missing_targets(MAPPING, specs)
+    assert "PQA_Score__c: a date field cannot hold 'score' values" in problems
+    assert (
+        "PQA_Qualified_Since__c: a boolean field cannot hold 'qualified_since' values" in problems
+    )
+    assert missing_targets(MAPPING, SPECS) == []
