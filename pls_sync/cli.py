@@ -451,6 +451,7 @@ def sandbox(
         f"  HUBSPOT_ACCESS_TOKEN={box.hubspot_token}\n"
         f"  request counts: GET http://127.0.0.1:{port}/__sandbox/counts",
         highlight=False,
+        soft_wrap=True,  # the session id must stay on one line to be copied
     )
     with contextlib.suppress(KeyboardInterrupt):
         box.serve_forever()
