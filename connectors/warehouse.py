@@ -47,29 +47,12 @@ from sqlalchemy.types import NullType, TypeEngine
 from connectors.sql_constructs import comparable_ts, email_host
 from pls_sync.domains import classify_host
 from pls_sync.errors import WarehouseError, redact
-from pls_sync.models import ProductAccount, UsageReadStats
+from pls_sync.models import BUILTIN_METRICS, ProductAccount, UsageReadStats
 
 __all__ = ["BUILTIN_METRICS", "CUSTOM_MODEL_PARAMETERS", "SqlUsageSource"]
 
 ACCOUNT_LEVELS = ("company", "workspace")
 
-BUILTIN_METRICS: tuple[str, ...] = (
-    "total_users",
-    "active_users_7d",
-    "active_users_28d",
-    "new_users_7d",
-    "usual_weekly_new_users",
-    "events_7d",
-    "usual_weekly_events",
-    "events_28d",
-    "events_prev_28d",
-    "core_features_28d",
-    "enterprise_features_28d",
-    "admin_changes_28d",
-    "legal_page_views_14d",
-    "pricing_page_views_14d",
-    "admins",
-)
 
 # Days back from as_of of each window start; "usual" weeks are the 8 weeks before the last 7 days.
 _WINDOW_DAYS = {"7d": 7, "14d": 14, "28d": 28, "56d": 56, "63d": 63}

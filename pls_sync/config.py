@@ -58,6 +58,7 @@ from pls_sync.mapping import (
     MatchRule,
     is_known_source,
 )
+from pls_sync.models import BUILTIN_METRICS
 from pls_sync.scoring import (
     OPERATORS,
     Component,
@@ -88,24 +89,6 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path("config/pls_sync.yaml")
 
-BUILTIN_METRICS: tuple[str, ...] = (
-    "total_users",
-    "active_users_7d",
-    "active_users_28d",
-    "new_users_7d",
-    "usual_weekly_new_users",
-    "events_7d",
-    "usual_weekly_events",
-    "events_28d",
-    "events_prev_28d",
-    "core_features_28d",
-    "enterprise_features_28d",
-    "admin_changes_28d",
-    "legal_page_views_14d",
-    "pricing_page_views_14d",
-    "admins",
-)
-"""The metrics the built-in warehouse model computes for every account."""
 
 TAXONOMY_CATEGORIES: tuple[str, ...] = (
     "legal_page_view",

@@ -12,6 +12,25 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+# The warehouse contract: the metrics the built-in model computes for every account.
+BUILTIN_METRICS: tuple[str, ...] = (
+    "total_users",
+    "active_users_7d",
+    "active_users_28d",
+    "new_users_7d",
+    "usual_weekly_new_users",
+    "events_7d",
+    "usual_weekly_events",
+    "events_28d",
+    "events_prev_28d",
+    "core_features_28d",
+    "enterprise_features_28d",
+    "admin_changes_28d",
+    "legal_page_views_14d",
+    "pricing_page_views_14d",
+    "admins",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ProductAccount:
