@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import requests
 
-from connectors.crm_snapshot import SnapshottingDestination
+from connectors.crm_snapshot import SnapshottingDestination, _decode, crm_snapshot
 from connectors.hubspot import HubSpotDestination
 from connectors.salesforce import SalesforceDestination
 from connectors.state import SqlStateStore
 from pls_sync.config import load_settings
 from pls_sync.demo_companies import demo_companies
-from pls_sync.models import RecordChange
+from pls_sync.models import CrmRecord, RecordChange
 from pls_sync.sandbox.server import Sandbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +39,7 @@ def store(tmp_path: Path) -> SqlStateStore:
 
 
 @pytest.fixture
-def settings():  # type: ignore[no-untyped-def]
+def settings():
     return load_settings(REPO / "config" / "pls_sync.yaml")
 
 
@@ -48,7 +51,7 @@ def salesforce(box: Sandbox) -> SalesforceDestination:
 
 def test_salesforce_steady_state_reads_only_what_changed(
     box: Sandbox, store: SqlStateStore, settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     mapping = settings.destinations["salesforce"].mapping
     sf = salesforce(box)
     snap = SnapshottingDestination(sf, store.engine, store, skew=timedelta(0))
@@ -78,7 +81,7 @@ def test_salesforce_steady_state_reads_only_what_changed(
 
 def test_writes_are_recorded_in_the_snapshot_and_gone_records_dropped(
     box: Sandbox, store: SqlStateStore, settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     mapping = settings.destinations["salesforce"].mapping
     sf = salesforce(box)
     snap = SnapshottingDestination(sf, store.engine, store)
@@ -106,7 +109,7 @@ def test_writes_are_recorded_in_the_snapshot_and_gone_records_dropped(
 
 def test_full_refresh_on_demand_on_age_and_on_mapping_change(
     box: Sandbox, store: SqlStateStore, settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     mapping = settings.destinations["salesforce"].mapping
     now = [datetime.now(UTC)]
     snap = SnapshottingDestination(salesforce(box), store.engine, store, clock=lambda: now[0])
@@ -120,8 +123,6 @@ def test_full_refresh_on_demand_on_age_and_on_mapping_change(
         "reason": "snapshot older than the maximum age",
         "records": snap.last_read["records"],
     }
-    from dataclasses import replace
-
     narrower = replace(mapping, fields=mapping.fields[:2])
     list(snap.read_records(narrower))
     assert snap.last_read["reason"] == "mapping changed"
@@ -132,7 +133,7 @@ def test_full_refresh_on_demand_on_age_and_on_mapping_change(
 
 def test_hubspot_incremental_read_by_last_modified_search(
     box: Sandbox, store: SqlStateStore, settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     mapping = settings.destinations["hubspot"].mapping
     hs = HubSpotDestination.from_env(
         {"HUBSPOT_ACCESS_TOKEN": box.hubspot_token, "HUBSPOT_BASE_URL": box.url}
@@ -150,3 +151,67 @@ def test_hubspot_incremental_read_by_last_modified_search(
     assert again[target].fields["pqa_tier"] == "sales"
     counts = box.counts()
     assert counts.get("hs.companies.search", 0) == 1 and "hs.companies.list" not in counts
+
+
+class _NoReads:
+    """A destination that is never read: the snapshot's store is exercised on its own."""
+
+    name = "salesforce"
+
+
+def test_records_round_trip_through_the_store_in_batches(store: SqlStateStore) -> None:
+    stamp = datetime(2026, 5, 6, 7, 8, 9, 123_000, tzinfo=UTC)
+    records = [
+        CrmRecord(
+            id=f"001{i:06d}",
+            domain_values=(f"acme{i}.com", "www.acme.io"),
+            fields={"PQA_Score__c": float(i), "PQA_Tier__c": "sales" if i % 2 else None},
+            name=f"Acme {i}",
+            last_modified=stamp - timedelta(minutes=i),
+            parent_id="001000000" if i % 3 == 0 else None,
+            owner_id="005000001",
+        )
+        for i in range(1_200)
+    ]
+    snap = SnapshottingDestination(_NoReads(), store.engine, store)  # type: ignore[arg-type]
+    snap._replace(records)
+    assert sorted(snap._load(), key=lambda r: r.id) == records
+    wanted = {r.id: None for r in records[100:1_150]}  # more ids than one IN (...) holds
+    assert sorted(r.id for r in snap._load(wanted)) == sorted(wanted)
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    updated = replace(
+        records[7], fields={"PQA_Score__c": Decimal("12.5"), "Since__c": when, "Set__c": {"b"}}
+    )
+    snap._upsert([updated])
+    loaded = {r.id: r for r in snap._load()}
+    assert len(loaded) == len(records)
+    assert loaded[updated.id].fields == {
+        "PQA_Score__c": 12.5,
+        "Since__c": when.isoformat(),
+        "Set__c": ["b"],
+    }
+    assert loaded[records[8].id] == records[8]
+
+
+def test_rows_stored_by_the_json_column_type_still_load(store: SqlStateStore) -> None:
+    snap = SnapshottingDestination(_NoReads(), store.engine, store)  # type: ignore[arg-type]
+    legacy = {
+        "domain_values": ["a.com"],
+        "fields": {"PQA_Score__c": 3.0},
+        "name": "A",
+        "last_modified": "2026-01-01T00:00:00+00:00",
+        "parent_id": None,
+        "owner_id": None,
+    }
+    with store.engine.begin() as conn:
+        conn.execute(
+            crm_snapshot.insert(),
+            [{"destination": "salesforce", "record_id": "001A", "data": json.dumps(legacy)}],
+        )
+    [record] = snap._load()
+    assert record == CrmRecord(
+        "001A", ("a.com",), {"PQA_Score__c": 3.0}, "A", datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    # a PostgreSQL json column hands the driver's dict back, not text
+    assert _decode("001A", legacy) == record

@@ -242,6 +242,82 @@ def test_read_modified_since_falls_back_to_a_full_read_beyond_the_search_cap(
     assert count(box, "hs.companies.list") == math.ceil(len(records) / 100)
 
 
+@pytest.mark.parametrize(
+    ("kind", "endpoint"),
+    [
+        ("rate_limit", "hs.companies.list"),
+        ("server_error", "hs.companies.list"),
+        ("drop", "hs.companies.list"),
+        ("rate_limit", "hs.companies.search"),
+        ("drop", "hs.companies.search"),
+    ],
+)
+def test_raw_json_reads_keep_the_retries(
+    box: Any, clock: FakeTime, kind: str, endpoint: str
+) -> None:
+    box.faults.add(kind, endpoint=endpoint, times=2, retry_after=2)
+    dest = destination(box, clock)
+    if endpoint == "hs.companies.list":
+        records = list(dest.read_records(MAPPING))
+        assert len(records) == len(box.hubspot.ids())
+        assert count(box, endpoint) == math.ceil(len(records) / 100) + 2
+    else:
+        since = datetime(2000, 1, 1, tzinfo=UTC)
+        records = list(dest.read_records_modified_since(MAPPING, since))
+        assert sorted(r.id for r in records) == sorted(box.hubspot.ids())
+        assert count(box, endpoint) == math.ceil(len(records) / 200) + 2
+    assert dest.api_calls()["read"] == count(box, endpoint)
+    assert len(clock.sleeps) >= 2
+    if kind == "rate_limit":
+        assert sum(1 for s in clock.sleeps if s >= 2.0) >= 2
+
+
+def test_raw_json_reads_translate_errors_and_read_the_daily_headers(
+    box: Any, clock: FakeTime
+) -> None:
+    box.faults.add("invalid_session", endpoint="hs.companies.list")
+    with pytest.raises(AuthError) as caught:
+        list(destination(box, clock).read_records(MAPPING))
+    assert box.hubspot_token not in str(caught.value)
+    box.faults.clear()
+    dest = destination(box, clock)
+    assert dest.daily_api_remaining() is None
+    list(dest.read_records(MAPPING))
+    assert dest.daily_api_remaining() is not None
+
+
+def test_a_record_without_hs_lastmodifieddate_takes_updated_at() -> None:
+    record = HubSpotDestination._record(
+        {
+            "id": 42,
+            "properties": {"domain": "a.com", "hs_additional_domains": "b.com;c.com"},
+            "updatedAt": "2026-03-04T05:06:07.089Z",
+        },
+        MAPPING,
+    )
+    assert record.id == "42"
+    assert record.domain_values == ("a.com", "b.com", "c.com")
+    assert record.last_modified == datetime(2026, 3, 4, 5, 6, 7, 89_000, tzinfo=UTC)
+    assert record.fields == dict.fromkeys(MAPPING.targets)
+    assert record.name is None and record.parent_id is None
+
+
+def test_a_body_that_is_not_json_is_retriable() -> None:
+    class Raw:
+        released = False
+        data = b"<html>bad gateway</html>"
+
+        def release_conn(self) -> None:
+            self.released = True
+
+    raw = Raw()
+    with pytest.raises(RetriableError):
+        hubspot_connector._read_json(lambda: raw)
+    assert raw.released
+    assert hubspot_connector._next_after({"paging": {"next": {"after": "300"}}}) == "300"
+    assert hubspot_connector._next_after({"results": []}) is None
+
+
 # --------------------------------------------------------------------------- writing
 
 
