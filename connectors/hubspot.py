@@ -20,7 +20,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -28,11 +28,9 @@ import structlog
 import urllib3
 from hubspot import HubSpot
 from hubspot.crm.companies import (
-    BatchInputSimplePublicObjectBatchInput,
     Filter,
     FilterGroup,
     PublicObjectSearchRequest,
-    SimplePublicObjectBatchInput,
 )
 from hubspot.crm.companies.exceptions import ApiException as CompaniesApiException
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
@@ -155,6 +153,15 @@ class RequestPacer:
                 # A sleep that does not move the clock (a test double) must still make progress.
                 self._sent.popleft()
 
+    def completed(self) -> None:
+        """Move the newest request's mark to now, when its answer has come back.
+
+        HubSpot counts a request when it arrives, which is after ``acquire`` and before the
+        answer: marking the answer's time keeps the window safe however slow the trip was.
+        """
+        if self._sent:
+            self._sent[-1] = max(self._sent[-1], self._clock())
+
     def observe(self, maximum: int | None, remaining: int | None) -> None:
         """Take in ``X-HubSpot-RateLimit-Max`` and ``-Remaining`` from a response."""
         if maximum is not None and maximum > 0:
@@ -264,6 +271,23 @@ def field_spec(prop: Any) -> FieldSpec:
         label=prop.label,
         picklist_values=options,
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _millis(moment: datetime | None) -> int | None:
+    """Milliseconds since the epoch, the unit of HubSpot's datetime filters."""
+    if moment is None:
+        return None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _version(record: CrmRecord) -> tuple[str, int]:
+    """A company as of one modification: its id and modification time in milliseconds."""
+    modified = _millis(record.last_modified)
+    return record.id, -1 if modified is None else modified
 
 
 def _parse_datetime(text: Any) -> datetime | None:
@@ -385,33 +409,47 @@ def translate_api_error(exc: Exception, secrets: Sequence[str] = ()) -> PlsSyncE
     )
 
 
-def _error_code(error: Any) -> str:
-    sub = getattr(error, "sub_category", None)
+def _error_code(error: Mapping[str, Any]) -> str:
+    """The most specific code of one ``errors`` item of a batch response (decoded JSON)."""
+    sub = error.get("subCategory")
     if isinstance(sub, str) and sub:
         return sub
-    for detail in getattr(error, "errors", None) or []:
-        code = getattr(detail, "code", None)
+    for detail in _dicts(error.get("errors")):
+        code = detail.get("code")
         if code:
             return str(code)
-    details = property_errors(str(getattr(error, "message", "") or ""))
+    details = property_errors(str(error.get("message") or ""))
     if details and details[0].get("error"):
         return str(details[0]["error"])
-    return str(getattr(error, "category", None) or "ERROR")
+    return str(error.get("category") or "ERROR")
 
 
-def _error_fields(error: Any) -> tuple[str, ...]:
-    context = getattr(error, "context", None) or {}
+def _error_fields(error: Mapping[str, Any]) -> tuple[str, ...]:
+    """The property names one ``errors`` item of a batch response blames."""
+    context: Mapping[str, Any] = _dict(error.get("context"))
     names = list(context.get("propertyName") or [])
     if not names:
-        for detail in getattr(error, "errors", None) or []:
-            names.extend((getattr(detail, "context", None) or {}).get("propertyName") or [])
+        for detail in _dicts(error.get("errors")):
+            detail_context = detail.get("context")
+            if isinstance(detail_context, dict):
+                names.extend(detail_context.get("propertyName") or [])
     if not names:
         names = [
             str(d["name"])
-            for d in property_errors(str(getattr(error, "message", "") or ""))
+            for d in property_errors(str(error.get("message") or ""))
             if d.get("name")
         ]
     return tuple(dict.fromkeys(str(n) for n in names))
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    """A decoded JSON object, or an empty one for anything else."""
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(items: Any) -> list[Mapping[str, Any]]:
+    """The JSON objects of a decoded JSON array; anything else is ignored."""
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 # --------------------------------------------------------------------------- raw reads
@@ -584,55 +622,88 @@ class HubSpotDestination:
     def read_records_modified_since(
         self, mapping: DestinationMapping, since: datetime
     ) -> Iterator[CrmRecord]:
-        """Companies modified at or after ``since``, by search (200 a page).
+        """Companies modified at or after ``since``, by search (200 a page), oldest change first.
 
-        The search API stops at 10,000 results: when more match, this falls back to a full read.
+        The search API returns at most 10,000 results per query. Sorted by
+        ``hs_lastmodifieddate``, the reader pages to that cap, then searches again from the last
+        modification time it saw, so the pages read stay in proportion to what changed. A
+        company seen twice at the edge of two windows is yielded once; only when more than
+        10,000 companies share one millisecond does it fall back to a full read.
         """
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
         targets = mapping.targets
         stamp = since.replace(tzinfo=UTC) if since.tzinfo is None else since
-        millis = str(int(stamp.timestamp() * 1000))
-        api = self._companies_search
-        after: str | None = None
+        window_start = _millis(stamp) or 0
+        seen: set[tuple[str, int]] = set()
         while True:
-            request = PublicObjectSearchRequest(
-                filter_groups=[
-                    FilterGroup(
-                        filters=[
-                            Filter(
-                                property_name="hs_lastmodifieddate", operator="GTE", value=millis
-                            )
-                        ]
-                    )
-                ],
-                sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
-                properties=properties,
-                limit=SEARCH_PAGE_SIZE,
-                after=after,
-            )
-            fetch = functools.partial(
-                api.do_search,
-                public_object_search_request=request,
-                _request_timeout=self._timeout,
-                _preload_content=False,
-            )
-            page = self._call("read", api, functools.partial(_read_json, fetch))
-            total = page.get("total") or 0
-            if after is None and isinstance(total, int) and total > SEARCH_RESULT_CAP:
+            window_end: int | None = None
+            in_window = 0
+            after: str | None = None
+            while True:
+                page = self._search_modified_page(properties, window_start, after)
+                for result in page.get("results") or ():
+                    record = self._record(result, mapping, targets)
+                    in_window += 1
+                    modified = _millis(record.last_modified)
+                    if modified is not None:
+                        window_end = modified
+                    key = _version(record)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    yield record
+                after = _next_after(page)
+                if not after:
+                    break
+                if after.isdigit() and int(after) + SEARCH_PAGE_SIZE > SEARCH_RESULT_CAP:
+                    break  # the next page lies beyond the cap: search again from window_end
+            total = page.get("total")
+            more = after is not None or (isinstance(total, int) and total > in_window)
+            if not more or in_window < SEARCH_RESULT_CAP:
+                return
+            if window_end is None or window_end <= window_start:
                 log.info(
                     "hubspot_search_cap",
                     matched=total,
                     cap=SEARCH_RESULT_CAP,
-                    action="full read instead",
+                    action="full read instead: more companies than the cap share one modification time",
                 )
-                yield from self.read_records(mapping)
+                for record in self.read_records(mapping):
+                    if _version(record) not in seen:
+                        yield record
                 return
-            for result in page.get("results") or ():
-                yield self._record(result, mapping, targets)
-            after = _next_after(page)
-            if not after:
-                return
+            window_start = window_end
+
+    def _search_modified_page(
+        self, properties: list[str], since_millis: int, after: str | None
+    ) -> dict[str, Any]:
+        """One search page of companies modified at or after ``since_millis``, oldest first."""
+        api = self._companies_search
+        request = PublicObjectSearchRequest(
+            filter_groups=[
+                FilterGroup(
+                    filters=[
+                        Filter(
+                            property_name="hs_lastmodifieddate",
+                            operator="GTE",
+                            value=str(since_millis),
+                        )
+                    ]
+                )
+            ],
+            sorts=[{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
+            properties=properties,
+            limit=SEARCH_PAGE_SIZE,
+            after=after,
+        )
+        fetch = functools.partial(
+            api.do_search,
+            public_object_search_request=request,
+            _request_timeout=self._timeout,
+            _preload_content=False,
+        )
+        return self._call("read", api, functools.partial(_read_json, fetch))
 
     def write(
         self,
@@ -688,21 +759,25 @@ class HubSpotDestination:
         self, batch: list[RecordChange], specs: Mapping[str, FieldSpec], result: WriteResult
     ) -> None:
         api = self._companies_batch
-        inputs = [
-            SimplePublicObjectBatchInput(
-                id=change.record_id,
-                properties={
-                    name: format_value(value, specs.get(name))
-                    for name, value in change.fields.items()
-                },
-            )
-            for change in batch
-        ]
-        body = BatchInputSimplePublicObjectBatchInput(inputs=inputs)
+        # Plain JSON, not generated model objects: the client serialises dicts as they are, and
+        # building 100k models (each with its own Configuration) costs more than the HTTP.
+        body = {
+            "inputs": [
+                {
+                    "id": change.record_id,
+                    "properties": {
+                        name: format_value(value, specs.get(name))
+                        for name, value in change.fields.items()
+                    },
+                }
+                for change in batch
+            ]
+        }
+        send = functools.partial(
+            api.update, body, _request_timeout=self._timeout, _preload_content=False
+        )
         try:
-            response = self._call(
-                "write", api, lambda: api.update(body, _request_timeout=self._timeout)
-            )
+            response = self._call("write", api, functools.partial(_read_json, send))
         except HubSpotValidationError as exc:
             if len(batch) == 1:
                 result.rejected.append(self._whole_request_rejection(batch[0], exc))
@@ -736,15 +811,21 @@ class HubSpotDestination:
         )
 
     @staticmethod
-    def _collect(batch: list[RecordChange], response: Any, result: WriteResult) -> None:
-        """Record by record: results are written, each error's context ids are rejected."""
+    def _collect(
+        batch: list[RecordChange], response: Mapping[str, Any], result: WriteResult
+    ) -> None:
+        """Record by record: results are written, each error's context ids are rejected.
+
+        ``response`` is the decoded 200 or 207 body: ``results`` and, on partial failure,
+        ``errors``, each naming the inputs it refused in ``context.ids``.
+        """
         sent = [change.record_id for change in batch]
         sent_set = set(sent)
         rejected: set[str] = set()
-        for error in getattr(response, "errors", None) or []:
-            context = getattr(error, "context", None) or {}
+        for error in _dicts(response.get("errors")):
+            context: Mapping[str, Any] = _dict(error.get("context"))
             code = _error_code(error)
-            message = f"{error.category}: {_readable(str(error.message or ''))}"
+            message = f"{error.get('category')}: {_readable(str(error.get('message') or ''))}"
             fields = _error_fields(error)
             for record_id in context.get("ids") or []:
                 record_id = str(record_id)
@@ -755,7 +836,7 @@ class HubSpotDestination:
                             record_id=record_id, code=code, message=message, fields=fields
                         )
                     )
-        written = {str(item.id) for item in response.results or []}
+        written = {str(item.get("id")) for item in _dicts(response.get("results"))}
         for record_id in sent:
             if record_id in rejected:
                 continue
@@ -824,14 +905,17 @@ class HubSpotDestination:
             try:
                 value = invoke()
             except _API_EXCEPTIONS as exc:
+                self.pacer.completed()
                 status = int(getattr(exc, "status", 0) or 0)
                 self._observe(getattr(exc, "headers", None), track_window=status != 429)
                 raise translate_api_error(exc, [self._token]) from None
             except _TRANSPORT_ERRORS as exc:
+                self.pacer.completed()
                 raise RetriableError(
                     redact(f"HubSpot unreachable: {type(exc).__name__}: {exc}", [self._token]),
                     code="TRANSPORT",
                 ) from None
+            self.pacer.completed()
             last = getattr(api.api_client, "last_response", None)
             if last is not None:
                 self._observe(_response_headers(last), track_window=True)

@@ -645,6 +645,10 @@ class HubSpotApi:
         self.objects: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
         # Every search request body received, by object type, so tests can see the filters sent.
         self.searches: list[tuple[str, dict[str, Any]]] = []
+        # The matches of the last search per query, so its later pages are not filtered and
+        # sorted again; any write through the API makes them stale (as an index would).
+        self._writes = 0
+        self._search_matches: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._next_id = dict(_ID_BASE)
         if companies is None:
             companies = _demo_companies(seed)
@@ -978,6 +982,7 @@ class HubSpotApi:
         return clean, errors
 
     def _apply(self, object_type: str, record: dict[str, Any], values: dict[str, str]) -> None:
+        self._writes += 1
         stamp = iso_ms(self._now())
         stored = record["properties"]
         for name, value in values.items():
@@ -997,6 +1002,7 @@ class HubSpotApi:
     def _new_record(
         self, object_type: str, values: dict[str, str], created: datetime | None = None
     ) -> dict[str, Any]:
+        self._writes += 1
         self._next_id[object_type] += 1
         object_id = str(self._next_id[object_type])
         stamp = iso_ms(created or self._now())
@@ -1318,6 +1324,38 @@ class HubSpotApi:
             raise HubSpotError(
                 400, "VALIDATION_ERROR", f"Too many filters: at most {SEARCH_MAX_FILTERS}"
             )
+        query_key = json.dumps(
+            [
+                object_type,
+                {k: v for k, v in body.items() if k not in ("after", "limit", "properties")},
+            ],
+            sort_keys=True,
+            default=str,
+        )
+        cached = self._search_matches.get(query_key)
+        if after > 0 and cached is not None and cached[0] == self._writes:
+            records = cached[1]
+        else:
+            records = self._search_records(object_type, body, groups, definitions)
+            self._search_matches = {query_key: (self._writes, records)}
+        names = self._requested(object_type, body.get("properties") or [])
+        end = min(after + limit, SEARCH_RESULT_CAP, len(records))
+        result: dict[str, Any] = {
+            "total": len(records),
+            "results": [self._view(object_type, r, names) for r in records[after:end]],
+        }
+        if end < min(len(records), SEARCH_RESULT_CAP):
+            result["paging"] = {"next": {"after": str(end), "link": ""}}
+        return result
+
+    def _search_records(
+        self,
+        object_type: str,
+        body: dict[str, Any],
+        groups: list[dict[str, Any]],
+        definitions: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """Every record matching a search's filters and query, in its sort order."""
         records = list(self.objects[object_type].values())
         if groups:
             records = [
@@ -1347,15 +1385,7 @@ class HubSpotApi:
                 key=functools.partial(self._sort_key, object_type, name), reverse=descending
             )
             records = present + absent
-        names = self._requested(object_type, body.get("properties") or [])
-        end = min(after + limit, SEARCH_RESULT_CAP, len(records))
-        result: dict[str, Any] = {
-            "total": len(records),
-            "results": [self._view(object_type, r, names) for r in records[after:end]],
-        }
-        if end < min(len(records), SEARCH_RESULT_CAP):
-            result["paging"] = {"next": {"after": str(end), "link": ""}}
-        return result
+        return records
 
     def _comparable(self, object_type: str, name: str, text: str) -> Any:
         kind = self.properties[object_type][name]["type"]

@@ -21,6 +21,7 @@ import json
 import math
 import threading
 import urllib.request
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +29,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 import connectors.hubspot as hubspot_connector
 from connectors.hubspot import (
@@ -231,15 +233,59 @@ def test_read_modified_since_uses_search(box: Any, clock: FakeTime) -> None:
     assert count(box, "hs.companies.search") == 1
 
 
-def test_read_modified_since_falls_back_to_a_full_read_beyond_the_search_cap(
+def _stamp_companies(box: Any, ids: Sequence[str], stamps: Sequence[datetime]) -> None:
+    """Give sandbox companies chosen modification times, as if written then."""
+    for record_id, moment in zip(ids, stamps, strict=True):
+        record = box.hubspot.objects["companies"][record_id]
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        record["properties"]["hs_lastmodifieddate"] = text
+        record["updatedAt"] = text
+
+
+def _small_search_cap(monkeypatch: pytest.MonkeyPatch, cap: int, page: int) -> None:
+    from pls_sync.sandbox import hubspot as sandbox_hubspot
+
+    monkeypatch.setattr(sandbox_hubspot, "SEARCH_RESULT_CAP", cap)
+    monkeypatch.setattr(hubspot_connector, "SEARCH_RESULT_CAP", cap)
+    monkeypatch.setattr(hubspot_connector, "SEARCH_PAGE_SIZE", page)
+
+
+def test_read_modified_since_walks_past_the_search_cap_in_time_windows(
     box: Any, clock: FakeTime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hubspot_connector, "SEARCH_RESULT_CAP", 50)
+    # Beyond 10,000 matches the search stops; sorted by modification time, the reader searches
+    # again from the last time it saw, so reads stay in proportion to the changes.
+    _small_search_cap(monkeypatch, cap=40, page=20)
+    changed = box.hubspot.ids()[:130]
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    # Three companies per millisecond: ties fall on the windows' edges.
+    _stamp_companies(box, changed, [base + timedelta(milliseconds=n // 3) for n in range(130)])
     dest = destination(box, clock)
-    records = list(dest.read_records_modified_since(MAPPING, datetime(2000, 1, 1, tzinfo=UTC)))
-    assert len(records) == len(box.hubspot.ids())
-    assert count(box, "hs.companies.search") == 1
+    records = list(dest.read_records_modified_since(MAPPING, base))
+    assert sorted(r.id for r in records) == sorted(changed)  # each once, none missing
+    assert count(box, "hs.companies.list") == 0
+    # Windows of 40 (two pages of 20) from 0, 13, 26 and 39 ms, each re-reading the ties at
+    # its start: 40 + 40 + 40 + 13 results, 2 + 2 + 2 + 1 pages.
+    assert count(box, "hs.companies.search") == 7
+
+
+def test_read_modified_since_falls_back_to_a_full_read_when_the_cap_shares_one_millisecond(
+    box: Any, clock: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _small_search_cap(monkeypatch, cap=40, page=20)
+    changed = box.hubspot.ids()[:60]
+    moment = datetime(2030, 1, 1, tzinfo=UTC)
+    _stamp_companies(box, changed, [moment] * 60)
+    dest = destination(box, clock)
+    with capture_logs() as events:
+        records = list(dest.read_records_modified_since(MAPPING, moment))
+    assert sorted(r.id for r in records) == sorted(box.hubspot.ids())
+    assert len(records) == len({r.id for r in records})  # the searched 40 are not repeated
+    assert count(box, "hs.companies.search") == 2
     assert count(box, "hs.companies.list") == math.ceil(len(records) / 100)
+    assert [e["event"] for e in events if e["event"] == "hubspot_search_cap"] == [
+        "hubspot_search_cap"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -650,6 +696,20 @@ def test_the_pacer_never_sends_more_than_the_limit_in_any_window(clock: FakeTime
     before = clock.now
     pacer.acquire()
     assert clock.now > before  # the server said the window is full: wait for it
+
+
+def test_the_pacer_counts_a_slow_request_from_when_its_answer_came(clock: FakeTime) -> None:
+    # HubSpot counts a request on arrival, somewhere between sending and the answer: a window
+    # measured from the answer can never overlap the server's.
+    pacer = RequestPacer(2, clock=clock, sleep=clock.sleep)
+    start = clock.now
+    pacer.acquire()
+    clock.now += 3.0  # a slow trip
+    pacer.completed()
+    pacer.acquire()
+    pacer.completed()
+    pacer.acquire()  # the window is full until ten seconds after the first answer
+    assert clock.now == pytest.approx(start + 13.0)
 
 
 def test_a_batch_failing_beyond_its_retries_leaves_the_rest_not_attempted(
