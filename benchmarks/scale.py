@@ -13,7 +13,8 @@ through ``pls_sync.bootstrap`` with the environment pointing at the sandbox.
 CRM wait is measured in the run process, around every HTTP call: ``requests.Session.send``
 (Salesforce, simple-salesforce) and ``urllib3.PoolManager.urlopen`` (HubSpot,
 hubspot-api-client), attributed by URL path, plus the time the HubSpot client sleeps in its
-request pacer (the 10-second burst limit). Both are time spent waiting on the CRM API.
+request pacer (the 10-second burst limit), body reads after a call returned, and Bulk API 2.0
+job polling. All are time spent waiting on the CRM API.
 
 The last line printed is one JSON object (see ``README.md`` next to this file).
 """
@@ -315,6 +316,7 @@ def install_crm_wait(wait: CrmWait) -> None:
     import urllib3
 
     from connectors.hubspot import RequestPacer
+    from connectors.salesforce_bulk import BulkIngest
 
     send = requests.Session.send
 
@@ -337,9 +339,26 @@ def install_crm_wait(wait: CrmWait) -> None:
         finally:
             wait.pacing += time.perf_counter() - started
 
+    # A body read after the call returned (HubSpot's raw-JSON reads and writes) is still the
+    # CRM's answer arriving; inside a timed call, the outermost timing already counts it.
+    read = urllib3.response.HTTPResponse.read
+
+    def timed_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with wait.timing(str(getattr(self, "url", None) or "")):
+            return read(self, *args, **kwargs)
+
+    # Polling a Bulk API 2.0 job is waiting for Salesforce to process it.
+    poll = BulkIngest._wait
+
+    def timed_poll(self: Any, job_id: str) -> Any:
+        with wait.timing("/services/data/bulk2-poll"):
+            return poll(self, job_id)
+
     requests.Session.send = timed_send  # type: ignore[method-assign]
     urllib3.PoolManager.urlopen = timed_urlopen  # type: ignore[method-assign]
+    urllib3.response.HTTPResponse.read = timed_read  # type: ignore[method-assign]
     RequestPacer.acquire = timed_acquire  # type: ignore[method-assign]
+    BulkIngest._wait = timed_poll  # type: ignore[method-assign]
 
 
 def install_stage_memory(marks: dict[str, float]) -> None:
@@ -731,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mib": peak,
             "crm_wait_measured_as": (
                 "client side: requests.Session.send + urllib3.PoolManager.urlopen per call, "
-                "by URL path, plus HubSpot request-pacer sleeps"
+                "by URL path, plus HubSpot request-pacer sleeps, body reads after a call "
+                "returned and Bulk API 2.0 job polling"
             ),
         }
         if crashed is not None:

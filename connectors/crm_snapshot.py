@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Column, MetaData, String, Table, Text, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from pls_sync.mapping import DestinationMapping
@@ -133,6 +134,8 @@ class SnapshottingDestination:
         self.force_full = force_full
         self.clock = clock
         self.last_read: dict[str, Any] = {}
+        # The records the last read returned, by id: what a write updates without reloading.
+        self._read: dict[str, CrmRecord] = {}
         _metadata.create_all(engine, checkfirst=True)
 
     def __getattr__(self, item: str) -> Any:
@@ -176,6 +179,7 @@ class SnapshottingDestination:
                 "watermark": started.isoformat(),
             }
         self.kv.set_value(self._key(), meta)
+        self._read = {record.id: record for record in records}
         log.info("crm_snapshot_read", destination=self.name, **self.last_read)
         return iter(records)
 
@@ -206,7 +210,10 @@ class SnapshottingDestination:
         written = set(result.written)
         by_id = {c.record_id: c for c in changes if c.record_id in written}
         if by_id:
-            current = {r.id: r for r in self._load(by_id)}
+            current = {rid: self._read[rid] for rid in by_id if rid in self._read}
+            missing = [rid for rid in by_id if rid not in current]
+            if missing:
+                current.update((r.id, r) for r in self._load(dict.fromkeys(missing)))
             updated = []
             for record_id, change in by_id.items():
                 record = current.get(record_id)
@@ -226,6 +233,7 @@ class SnapshottingDestination:
                     )
                 )
             self._upsert(updated)
+            self._read.update((record.id, record) for record in updated)
         gone = [r.record_id for r in result.rejected if r.code in GONE_CODES]
         if gone:
             with self.engine.begin() as conn:
@@ -260,7 +268,18 @@ class SnapshottingDestination:
     def _upsert(self, records: Sequence[CrmRecord]) -> None:
         if not records:
             return
+        dialect = self.engine.dialect.name
         with self.engine.begin() as conn:
+            if dialect in ("sqlite", "postgresql"):
+                # One INSERT ... ON CONFLICT per batch instead of a DELETE and an INSERT.
+                insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+                statement = insert(crm_snapshot)
+                statement = statement.on_conflict_do_update(
+                    index_elements=[crm_snapshot.c.destination, crm_snapshot.c.record_id],
+                    set_={"data": statement.excluded.data},
+                )
+                self._insert(conn, records, statement)
+                return
             ids = [r.id for r in records]
             for start in range(0, len(ids), DELETE_BATCH):
                 conn.execute(
@@ -271,10 +290,10 @@ class SnapshottingDestination:
                 )
             self._insert(conn, records)
 
-    def _insert(self, conn: Any, records: Sequence[CrmRecord]) -> None:
+    def _insert(self, conn: Any, records: Sequence[CrmRecord], statement: Any = None) -> None:
         # One executemany per batch, inside the caller's transaction.
         name = self.name
-        statement = crm_snapshot.insert()
+        statement = crm_snapshot.insert() if statement is None else statement
         for start in range(0, len(records), INSERT_BATCH):
             rows = [
                 {"destination": name, "record_id": r.id, "data": _encode(r)}

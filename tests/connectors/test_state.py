@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, insert, text
 
+from connectors.crm_snapshot import SnapshottingDestination
 from connectors.state import SCHEMA_VERSION, SqlStateStore, schema_version
 from pls_sync.errors import FatalError
-from pls_sync.models import RecordRejection
+from pls_sync.models import CrmRecord, RecordRejection
 from pls_sync.ports import AccountState, TierTransition
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -455,6 +456,32 @@ def test_key_values(store: SqlStateStore) -> None:
     assert store.value_updated_at("crm_snapshot") == T0 + timedelta(hours=1)
     assert store.get_value("last_full_refresh") == "2024-05-01"
     assert store.value_updated_at("missing") is None
+
+
+class _SnapshotOnly:
+    """A destination the snapshot never reads or writes through: its store on its own."""
+
+    name = "salesforce"
+
+
+def test_crm_snapshot_replaces_upserts_and_loads_on_each_backend(store: SqlStateStore) -> None:
+    snap = SnapshottingDestination(_SnapshotOnly(), store.engine, store)  # type: ignore[arg-type]
+    records = [
+        CrmRecord(f"001{i:04d}", (f"a{i}.com",), {"PQA_Score__c": float(i)}, f"A{i}", T0)
+        for i in range(30)
+    ]
+    snap._replace(records)
+    changed = [
+        CrmRecord(r.id, r.domain_values, {"PQA_Score__c": 99.0}, r.name, T0 + timedelta(hours=1))
+        for r in records[:10]
+    ]
+    added = CrmRecord("001NEW", ("new.com",), {"PQA_Score__c": None}, "New", None)
+    snap._upsert([*changed, added])  # ON CONFLICT on SQLite and PostgreSQL
+    loaded = {r.id: r for r in snap._load()}
+    assert len(loaded) == 31
+    assert [loaded[r.id] for r in changed] == changed
+    assert loaded[records[10].id] == records[10]
+    assert loaded["001NEW"] == added
 
 
 # --- errors -------------------------------------------------------------------------------
