@@ -124,6 +124,7 @@ def _sync(
         plans_dir=settings.plans_dir,
         destinations=only,
         api_budget_share=settings.api_budget_share,
+        history_days=settings.history_days,
     )
     # SIGTERM (docker stop, Kubernetes) lets the destination being written finish, then exits 0.
     previous_handler = signal.signal(signal.SIGTERM, lambda _sig, _frame: options.stop.set())
@@ -489,6 +490,7 @@ def schedule(
             plans_dir=settings.plans_dir,
             destinations=destinations,
             api_budget_share=settings.api_budget_share,
+            history_days=settings.history_days,
             stop=scheduler.stopping,
         )
         try:

@@ -225,6 +225,7 @@ class Settings:
     scoring_path: Path | None = None
     crm_snapshot: CrmSnapshotSettings = field(default_factory=lambda: CrmSnapshotSettings())
     channels: ChannelSettings = field(default_factory=lambda: ChannelSettings())
+    history_days: int | None = 730
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,6 +317,8 @@ class StateSpec(_Spec):
     """``state:``: the state store's database."""
 
     url: Name = "sqlite:///.pls-sync/state.sqlite"
+    # Score history older than this many days is deleted after each run; null keeps it all.
+    history_days: int | None = Field(default=730, ge=1)
 
     _url = field_validator("url")(_check_url)
 
@@ -1416,6 +1419,7 @@ class _Loader:
             state_url=main.state.url,
             plans_dir=Path(main.plans_dir),
             api_budget_share=main.api_budget.max_share_of_daily,
+            history_days=main.state.history_days,
             schedule=ScheduleSettings(
                 timezone=main.schedule.timezone,
                 jobs=tuple(

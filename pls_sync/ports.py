@@ -148,6 +148,10 @@ class StateStore(Protocol):
         """Upsert states, append score history and transitions, in one transaction."""
         ...
 
+    def prune_history(self, before: datetime) -> int:
+        """Delete score history entries scored before ``before``; return how many went."""
+        ...
+
     def record_rejections(
         self, run_id: str, destination: str, rejections: Iterable[RecordRejection], at: datetime
     ) -> None:

@@ -67,6 +67,7 @@ class RunOptions:
     lock_name: str = "pls-sync:run"
     lock_lease_seconds: float = 60.0
     api_budget_share: float | None = None  # share of the remaining daily API calls a run may use
+    history_days: int | None = None  # score history older than this is pruned after the run
     # Set by a SIGTERM handler: the destination being written finishes, the rest wait for
     # the next run (their diff will still be there).
     stop: threading.Event = field(default_factory=threading.Event)
@@ -790,6 +791,12 @@ def run_sync(
                     (r.state for r in scored.results if state_changed(r)),
                     scored.transitions,
                 )
+                if options.history_days is not None:
+                    pruned = state.prune_history(
+                        options.as_of - timedelta(days=options.history_days)
+                    )
+                    if pruned:
+                        log.info("score_history_pruned", entries=pruned, days=options.history_days)
         outcomes: dict[str, DestinationOutcome] = {}
         wanted = options.destinations
         for name, destination in adapters.destinations.items():

@@ -108,6 +108,7 @@ class FakeState:
         self.runs: dict[str, RunRecord] = {}
         self.states: dict[str, AccountState] = {}
         self.history: list[tuple[str, str, int]] = []
+        self.history_scored_at: list[datetime | None] = []
         self.transitions: list[TierTransition] = []
         self.rejections: dict[tuple[str, str], StoredRejection] = {}
         self.unavailable = False
@@ -147,7 +148,19 @@ class FakeState:
         for state in states:
             self.states[state.key] = state
             self.history.append((state.key, run_id, state.score))
+            self.history_scored_at.append(state.scored_at)
         self.transitions.extend(transitions)
+
+    def prune_history(self, before: datetime) -> int:
+        kept = [
+            (entry, at)
+            for entry, at in zip(self.history, self.history_scored_at, strict=True)
+            if at is None or at >= before
+        ]
+        pruned = len(self.history) - len(kept)
+        self.history = [entry for entry, _ in kept]
+        self.history_scored_at = [at for _, at in kept]
+        return pruned
 
     def record_rejections(
         self, run_id: str, destination: str, rejections: Iterable[RecordRejection], at: datetime

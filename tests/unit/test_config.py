@@ -95,6 +95,7 @@ def test_the_repository_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.state_url == "sqlite:///.pls-sync/state.sqlite"
     assert settings.plans_dir == Path(".pls-sync/plans")
     assert settings.api_budget_share == 0.5
+    assert settings.history_days == 730
     assert settings.schedule.timezone == "UTC"
     assert [(j.name, j.cron, j.grace_seconds) for j in settings.schedule.jobs] == [
         ("full_sync", "0 */4 * * *", 3600)
@@ -342,6 +343,14 @@ def test_wrong_type(repo_copy: Path) -> None:
     assert issue.line == line_of(repo_copy, "batch_size: abc")
     assert issue.key == "destinations.salesforce.batch_size"
     assert "integer" in issue.message
+
+
+def test_score_history_retention(repo_copy: Path) -> None:
+    edit(repo_copy, "history_days: 730 ", "history_days: null ")
+    assert load_settings(repo_copy, env={}).history_days is None
+    edit(repo_copy, "history_days: null ", "history_days: 0 ")
+    issue = only_issue(repo_copy)
+    assert (issue.key, issue.line) == ("state.history_days", line_of(repo_copy, "history_days:"))
 
 
 @pytest.mark.parametrize(("destination", "limit"), [("salesforce", 200), ("hubspot", 100)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from pls_sync.errors import AuthError, WarehouseError
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
@@ -272,6 +273,22 @@ def test_only_changed_account_states_are_saved_with_history() -> None:
     run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF + timedelta(hours=2)))
     assert [h[0] for h in state.history[2:]] == ["co1.com"]
     assert state.states["co1.com"].score == 50 and state.states["co1.com"].score_change == 20
+
+
+def test_score_history_older_than_the_retention_is_pruned_after_a_run() -> None:
+    usage = FakeUsage(accounts({"co0.com": 9, "co1.com": 3}))
+    state, sf = FakeState(), crm()
+    run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF, history_days=30))
+    usage.accounts = accounts({"co0.com": 9, "co1.com": 5})
+    later = AS_OF + timedelta(days=31)
+    with capture_logs() as events:
+        run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=later, history_days=30))
+    # Both first-run entries are 31 days old and go; co1.com moved, so it has a new one.
+    assert state.history_scored_at == [later]
+    assert [h[0] for h in state.history] == ["co1.com"]
+    assert state.states["co0.com"].score == 90  # the state itself is never pruned
+    [pruned] = [e for e in events if e["event"] == "score_history_pruned"]
+    assert pruned["entries"] == 2 and pruned["days"] == 30
 
 
 def test_a_write_budget_caps_the_run_and_leaves_the_rest_for_the_next() -> None:
