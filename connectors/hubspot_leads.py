@@ -2,8 +2,8 @@
 
 Built on a ``HubSpotDestination``: its token, pacing, call counting, error translation and
 retries. MQLs are read with the contacts search API, filtered by HubSpot (lifecycle stage, or a
-configurable property), 200 a page; the search API stops at 10,000 results, so above that the
-contacts are listed (100 a page) and the same filter applied here.
+configurable property), 200 a page in contact-id order; the search API stops at 10,000 results a
+query, so above that it searches on from the last id read.
 
 Alert tasks are idempotent by a key stored on the task (``pqa_alert_key``): a task search by the
 key comes first and the task is created only when none exists, associated with the company
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -46,7 +46,6 @@ from hubspot.crm.objects.tasks.exceptions import ApiException as TasksApiExcepti
 
 from connectors.alerts_state import TaskRejected
 from connectors.hubspot import (
-    PAGE_SIZE,
     SEARCH_PAGE_SIZE,
     SEARCH_RESULT_CAP,
     HubSpotDestination,
@@ -95,7 +94,6 @@ class _Apis:
         configuration = dest._companies_basic.api_client.configuration
         client = HubSpot(access_token=dest._token, host=configuration.host, retry=False)
         self.contacts_search = client.crm.contacts.search_api
-        self.contacts_basic = client.crm.contacts.basic_api
         self.tasks_search = client.crm.objects.tasks.search_api
         self.tasks_basic = client.crm.objects.tasks.basic_api
 
@@ -130,15 +128,25 @@ def _call(dest: HubSpotDestination, kind: str, api: Any, invoke: Callable[[], T]
 
 
 def mql_filter_groups(
-    lifecycle_stage: str, mql_property: str | None, mql_value: str
+    lifecycle_stage: str,
+    mql_property: str | None,
+    mql_value: str,
+    *,
+    after_id: str | None = None,
 ) -> list[FilterGroup]:
-    """Contacts at the lifecycle stage, OR with the property at ``mql_value``; with an email."""
-    has_email = Filter(property_name="email", operator="HAS_PROPERTY")
+    """Contacts at the lifecycle stage, OR with the property at ``mql_value``; with an email.
+
+    ``after_id`` keeps only contact ids above it, in every group (groups are OR'ed): the next
+    window of a search that reached the 10,000-result cap.
+    """
+    common = [Filter(property_name="email", operator="HAS_PROPERTY")]
+    if after_id is not None:
+        common.append(Filter(property_name="hs_object_id", operator="GT", value=after_id))
     groups = [
         FilterGroup(
             filters=[
                 Filter(property_name="lifecyclestage", operator="EQ", value=lifecycle_stage),
-                has_email,
+                *common,
             ]
         )
     ]
@@ -147,22 +155,11 @@ def mql_filter_groups(
             FilterGroup(
                 filters=[
                     Filter(property_name=mql_property, operator="EQ", value=mql_value),
-                    has_email,
+                    *common,
                 ]
             )
         )
     return groups
-
-
-def _is_mql(
-    props: Mapping[str, Any], lifecycle_stage: str, mql_property: str | None, mql_value: str
-) -> bool:
-    """The search filter, applied here (the list-scan fallback); HubSpot compares case-blind."""
-    if str(props.get("lifecyclestage") or "").lower() == lifecycle_stage.lower():
-        return True
-    if mql_property:
-        return str(props.get(mql_property) or "").lower() == mql_value.lower()
-    return False
 
 
 def read_hubspot_mqls(
@@ -176,81 +173,54 @@ def read_hubspot_mqls(
 
     A contact qualifies when its ``lifecyclestage`` is ``lifecycle_stage`` or (when
     ``mql_property`` is set) that property equals ``mql_value`` (``"true"`` for a checkbox).
-    Searched 200 a page with the filters sent to HubSpot; when more than 10,000 match, the
-    contacts are listed instead and the same filter applied here (logged as
+    Searched 200 a page with the filters sent to HubSpot, in contact-id order. The search API
+    returns at most 10,000 results per query: past that, the search goes on from the last id
+    read (``hs_object_id`` GT it), so only MQLs are ever read (logged as
     ``hubspot_search_cap``). Emails are returned as stored; free-mail ones are the caller's
     to skip and count.
     """
-    apis = _apis_of(dest)
-    api = apis.contacts_search
-    groups = mql_filter_groups(lifecycle_stage, mql_property, mql_value)
-    after: str | None = None
+    api = _apis_of(dest).contacts_search
+    last_id: str | None = None  # the window's lower bound: ids above the last one read
     while True:
-        request = PublicObjectSearchRequest(
-            filter_groups=groups,
-            sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
-            properties=["email"],
-            limit=SEARCH_PAGE_SIZE,
-            after=after,
-        )
-        page = _call(
-            dest,
-            "read",
-            api,
-            functools.partial(
-                api.do_search, public_object_search_request=request, _request_timeout=dest._timeout
-            ),
-        )
-        if after is None and (page.total or 0) > SEARCH_RESULT_CAP:
-            log.info(
-                "hubspot_search_cap",
-                object="contacts",
-                matched=page.total,
-                cap=SEARCH_RESULT_CAP,
-                action="list scan with the filter applied client-side",
+        groups = mql_filter_groups(lifecycle_stage, mql_property, mql_value, after_id=last_id)
+        after: str | None = None
+        in_window = 0
+        while True:
+            request = PublicObjectSearchRequest(
+                filter_groups=groups,
+                sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+                properties=["email"],
+                limit=SEARCH_PAGE_SIZE,
+                after=after,
             )
-            yield from _scan_mqls(dest, apis, lifecycle_stage, mql_property, mql_value)
-            return
-        for result in page.results or []:
-            email = (result.properties or {}).get("email")
-            if isinstance(email, str) and email.strip():
-                yield CONTACT_SOURCE, str(result.id), email.strip()
-        after = page.paging.next.after if page.paging and page.paging.next else None
-        if not after:
-            return
-
-
-def _scan_mqls(
-    dest: HubSpotDestination,
-    apis: _Apis,
-    lifecycle_stage: str,
-    mql_property: str | None,
-    mql_value: str,
-) -> Iterator[tuple[str, str, str]]:
-    api = apis.contacts_basic
-    properties = ["email", "lifecyclestage", *([mql_property] if mql_property else [])]
-    after: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "properties": properties, "archived": False}
-        if after:
-            kwargs["after"] = after
-        page = _call(
-            dest,
-            "read",
-            api,
-            functools.partial(api.get_page, _request_timeout=dest._timeout, **kwargs),
-        )
-        for result in page.results or []:
-            props = result.properties or {}
-            email = props.get("email")
-            if (
-                isinstance(email, str)
-                and email.strip()
-                and _is_mql(props, lifecycle_stage, mql_property, mql_value)
-            ):
-                yield CONTACT_SOURCE, str(result.id), email.strip()
-        after = page.paging.next.after if page.paging and page.paging.next else None
-        if not after:
+            page = _call(
+                dest,
+                "read",
+                api,
+                functools.partial(
+                    api.do_search,
+                    public_object_search_request=request,
+                    _request_timeout=dest._timeout,
+                ),
+            )
+            if after is None and last_id is None and (page.total or 0) > SEARCH_RESULT_CAP:
+                log.info(
+                    "hubspot_search_cap",
+                    object="contacts",
+                    matched=page.total,
+                    cap=SEARCH_RESULT_CAP,
+                    action="searching on in windows of contact ids",
+                )
+            for result in page.results or []:
+                in_window += 1
+                last_id = str(result.id)
+                email = (result.properties or {}).get("email")
+                if isinstance(email, str) and email.strip():
+                    yield CONTACT_SOURCE, str(result.id), email.strip()
+            after = page.paging.next.after if page.paging and page.paging.next else None
+            if not after or (after.isdigit() and int(after) + SEARCH_PAGE_SIZE > SEARCH_RESULT_CAP):
+                break
+        if in_window < SEARCH_RESULT_CAP or (page.total or 0) <= in_window:
             return
 
 

@@ -198,7 +198,7 @@ def test_mql_search_pages_at_200(box: Any, clock: FakeTime) -> None:
     assert all(body["limit"] == 200 for _, body in box.hubspot.searches)
 
 
-def test_above_the_search_cap_contacts_are_listed_and_filtered_here(
+def test_above_the_search_cap_the_search_goes_on_in_windows_of_contact_ids(
     box: Any, clock: FakeTime
 ) -> None:
     add_contacts(box, 10_050, lifecyclestage=MQL)
@@ -215,8 +215,16 @@ def test_above_the_search_cap_contacts_are_listed_and_filtered_here(
 
     assert set(got) == expected and len(got) == len(expected)
     counts = box.counts()
-    assert counts["hs.contacts.search"] == 1
-    assert counts["hs.contacts.list"] == -(-len(contacts(box)) // 100)
+    # 10,000 in the first window (50 pages), the rest above its last id; never a list scan.
+    assert counts["hs.contacts.search"] == 50 + -(-(len(expected) - 10_000) // 200)
+    assert counts.get("hs.contacts.list", 0) == 0
+    windows = [body for _, body in box.hubspot.searches if body.get("after") in (None, "0")]
+    assert len(windows) == 2
+    assert all(
+        {"propertyName": "hs_object_id", "operator": "GT", "value": got[9_999][1]}
+        in group["filters"]
+        for group in windows[1]["filterGroups"]
+    )
 
 
 # --------------------------------------------------------------------------- alert tasks
