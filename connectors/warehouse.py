@@ -684,24 +684,39 @@ class SqlUsageSource:
             else:
                 domain = key
                 workspace_id = None
-            c = dict(zip(_COUNT_COLUMNS, (float(v or 0) for v in account.counts), strict=True))
+            # Unpacked in _COUNT_COLUMNS order: this runs once per account (100k+).
+            (
+                total_users,
+                active_7d,
+                active_28d,
+                new_7d,
+                new_usual,
+                events_7d,
+                events_usual,
+                events_28d,
+                events_prev_28d,
+                admin_changes,
+                legal_views,
+                pricing_views,
+                admins,
+            ) = [float(v or 0) for v in account.counts]
             flags = [int(v or 0).bit_count() for v in account.flags]
             metrics = {
-                "total_users": c["total_users"],
-                "active_users_7d": c["active_users_7d"],
-                "active_users_28d": c["active_users_28d"],
-                "new_users_7d": c["new_users_7d"],
-                "usual_weekly_new_users": c["new_users_usual"] / _USUAL_WEEKS,
-                "events_7d": c["events_7d"],
-                "usual_weekly_events": c["events_usual"] / _USUAL_WEEKS,
-                "events_28d": c["events_28d"],
-                "events_prev_28d": c["events_prev_28d"],
+                "total_users": total_users,
+                "active_users_7d": active_7d,
+                "active_users_28d": active_28d,
+                "new_users_7d": new_7d,
+                "usual_weekly_new_users": new_usual / _USUAL_WEEKS,
+                "events_7d": events_7d,
+                "usual_weekly_events": events_usual / _USUAL_WEEKS,
+                "events_28d": events_28d,
+                "events_prev_28d": events_prev_28d,
                 "core_features_28d": float(sum(flags[:n_core])),
                 "enterprise_features_28d": float(sum(flags[n_core:])),
-                "admin_changes_28d": c["admin_changes_28d"],
-                "legal_page_views_14d": c["legal_page_views_14d"],
-                "pricing_page_views_14d": c["pricing_page_views_14d"],
-                "admins": c["admins"],
+                "admin_changes_28d": admin_changes,
+                "legal_page_views_14d": legal_views,
+                "pricing_page_views_14d": pricing_views,
+                "admins": admins,
             }
             stats.users += account.users
             out.append(
