@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -710,12 +711,15 @@ class HubSpotDestination:
         object_name: str,
         changes: Sequence[RecordChange],
         specs: Mapping[str, FieldSpec],
+        *,
+        stop: threading.Event | None = None,
     ) -> WriteResult:
         """Batch-update changed properties, 100 companies a request; rejections per record.
 
         A daily-limit 429, or a batch that still fails after its retries, stops writing: that
         batch and every later record go to ``not_attempted`` for the next run; so does an auth
-        failure partway (``result.error`` says so). Other fatal errors raise.
+        failure partway (``result.error`` says so), and every batch after ``stop`` is set.
+        Other fatal errors raise.
         """
         self._check_object(object_name)
         result = WriteResult(method="batch_update")
@@ -725,6 +729,15 @@ class HubSpotDestination:
         ]
         try:
             for index, batch in enumerate(batches):
+                if stop is not None and stop.is_set():
+                    result.not_attempted.extend(c.record_id for b in batches[index:] for c in b)
+                    log.warning(
+                        "hubspot_write_stopped",
+                        reason="stop",
+                        written=len(result.written),
+                        not_attempted=len(result.not_attempted),
+                    )
+                    break
                 try:
                     self._write_batch(batch, specs, result)
                 except (QuotaExhaustedError, RetriableError, AuthError) as exc:

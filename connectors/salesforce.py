@@ -18,6 +18,7 @@ import ipaddress
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -800,6 +801,7 @@ class SalesforceDestination:
         specs: Mapping[str, FieldSpec],
         *,
         max_write_calls: int | None = None,
+        stop: threading.Event | None = None,
     ) -> WriteResult:
         """Write the changed fields; per-record failures come back as rejections.
 
@@ -815,6 +817,9 @@ class SalesforceDestination:
         by priority) that fit are written, the rest are ``not_attempted`` and ``method`` gets
         a ``+budget`` suffix. A bulk job needs at least ``CALLS_PER_JOB`` requests; below that
         the write falls back to Collections. Polls of a running job are not cut short.
+
+        Once ``stop`` is set, the batch or bulk job in flight finishes and the rest is
+        ``not_attempted``.
         """
         from connectors.salesforce_bulk import CALLS_PER_JOB
 
@@ -830,7 +835,9 @@ class SalesforceDestination:
         bulk = len(pending) > self._bulk_threshold and (limit is None or limit >= CALLS_PER_JOB)
         if bulk:
             result.method = "bulk2"
-            locked, stopped, budget_hit = self._write_bulk(name, pending, specs, result, limit)
+            locked, stopped, budget_hit = self._write_bulk(
+                name, pending, specs, result, limit, stop
+            )
         else:
             cut: list[RecordChange] = []
             if limit is not None and len(pending) > limit * self._batch_size:
@@ -840,13 +847,14 @@ class SalesforceDestination:
                 )
             locked = []
             unsent, budget_hit = self._write_round(
-                name, pending, self._batch_size, specs, result, locked, limit
+                name, pending, self._batch_size, specs, result, locked, limit, stop
             )
             result.not_attempted.extend(change.record_id for change in unsent)
             result.not_attempted.extend(change.record_id for change in cut)
             stopped = bool(unsent)
             budget_hit = budget_hit or bool(cut)
-        if self._retry_locked(name, locked, specs, result, limit, give_up=stopped):
+        give_up = stopped or (stop is not None and stop.is_set())
+        if self._retry_locked(name, locked, specs, result, limit, give_up=give_up):
             budget_hit = True
         if budget_hit:
             result.method += "+budget"
@@ -890,11 +898,15 @@ class SalesforceDestination:
         result: WriteResult,
         locked: list[tuple[RecordChange, RecordRejection]],
         limit: int | None = None,
+        stop: threading.Event | None = None,
     ) -> tuple[list[RecordChange], bool]:
         """Send ``changes`` in batches of ``size``: (the changes left unsent, budget reached)."""
         for start in range(0, len(changes), size):
             if limit is not None and result.calls >= limit:
                 return changes[start:], True
+            if stop is not None and stop.is_set():
+                log.warning("salesforce_write_stopped", reason="stop", unsent=len(changes) - start)
+                return changes[start:], False
             batch = changes[start : start + size]
             body = {
                 "allOrNone": False,
@@ -935,6 +947,7 @@ class SalesforceDestination:
         specs: Mapping[str, FieldSpec],
         result: WriteResult,
         limit: int | None,
+        stop: threading.Event | None = None,
     ) -> tuple[list[tuple[RecordChange, RecordRejection]], bool, bool]:
         """Run Bulk API 2.0 jobs: (locked records, stopped early, budget reached)."""
         from connectors.salesforce_bulk import (
@@ -963,6 +976,14 @@ class SalesforceDestination:
             if limit is not None and result.calls + CALLS_PER_JOB > limit:
                 skip(jobs[index:])
                 return locked, False, True
+            if stop is not None and stop.is_set():
+                log.warning(
+                    "salesforce_bulk_stopped",
+                    reason="stop",
+                    unsent=sum(len(j.changes) for j in jobs[index:]),
+                )
+                skip(jobs[index:])
+                return locked, True, False
             before = self._calls["write"]
             try:
                 outcome = ingest.run(object_name, job)

@@ -6,6 +6,7 @@ Real adapters live in ``connectors/``; tests pass hand-written fakes. The bootst
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,8 +51,14 @@ class CrmDestination(Protocol):
         object_name: str,
         changes: Sequence[RecordChange],
         specs: Mapping[str, FieldSpec],
+        *,
+        stop: threading.Event | None = None,
     ) -> WriteResult:
-        """Write changed fields; per-record failures come back as rejections, not exceptions."""
+        """Write changed fields; per-record failures come back as rejections, not exceptions.
+
+        Once ``stop`` is set (SIGTERM), the batch in flight finishes and the rest is left
+        ``not_attempted``: still in the diff, so the next run writes it.
+        """
         ...
 
     def api_calls(self) -> dict[str, int]:

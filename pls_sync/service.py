@@ -547,15 +547,23 @@ def sync_destination(
             budget = write_budget(destination, options.api_budget_share)
             outcome.budget = budget
             if budget is None:
-                outcome.write = destination.write(mapping.object, outcome.plan.changes, specs)
+                outcome.write = destination.write(
+                    mapping.object, outcome.plan.changes, specs, stop=options.stop
+                )
             else:
                 outcome.write = destination.write(  # type: ignore[call-arg]
-                    mapping.object, outcome.plan.changes, specs, max_write_calls=budget
+                    mapping.object,
+                    outcome.plan.changes,
+                    specs,
+                    max_write_calls=budget,
+                    stop=options.stop,
                 )
         write = outcome.write
         state.record_rejections(options.run_id, name, write.rejected, options.as_of)
         state.resolve_rejections(name, write.written)
         outcome.status = "succeeded" if not (write.rejected or write.not_attempted) else "partial"
+        if write.not_attempted and options.stop.is_set():
+            outcome.status = "stopped"  # SIGTERM: the rest of the diff waits for the next run
         if write.error:
             outcome.status, outcome.error = "failed", write.error
         if leads is not None:

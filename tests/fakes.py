@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +39,8 @@ class FakeCrm:
     """An in-memory CRM: records by id, a schema, writes applied, calls counted.
 
     ``reject`` maps record ids to an error code the CRM answers for them;
-    ``fail_with`` makes every call raise that error.
+    ``fail_with`` makes every call raise that error; ``before_batch`` is called with each
+    write batch's offset before it is sent (a test's hook, e.g. to deliver SIGTERM).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class FakeCrm:
         self.calls: dict[str, int] = {"read": 0, "write": 0, "describe": 0}
         self.reject: dict[str, str] = {}
         self.fail_with: Exception | None = None
+        self.before_batch: Callable[[int], None] = lambda _offset: None
 
     def describe(self, object_name: str) -> dict[str, FieldSpec]:
         self._maybe_fail()
@@ -67,11 +70,20 @@ class FakeCrm:
         return iter(list(self.records.values()))
 
     def write(
-        self, object_name: str, changes: Sequence[RecordChange], specs: Mapping[str, FieldSpec]
+        self,
+        object_name: str,
+        changes: Sequence[RecordChange],
+        specs: Mapping[str, FieldSpec],
+        *,
+        stop: threading.Event | None = None,
     ) -> WriteResult:
         self._maybe_fail()
         result = WriteResult()
         for start in range(0, len(changes), self.batch_size):
+            if stop is not None and stop.is_set():
+                result.not_attempted.extend(c.record_id for c in changes[start:])
+                break
+            self.before_batch(start)
             result.calls += 1
             self.calls["write"] += 1
             for change in changes[start : start + self.batch_size]:
@@ -314,3 +326,15 @@ class FakeAlertLedger:
             for k, r in self.rows.items()
             if r["status"] != "created" and r["destination"] == destination
         ]
+
+
+class StopAfter(threading.Event):
+    """A stop event that reads as set after ``checks`` looks: SIGTERM between two batches."""
+
+    def __init__(self, checks: int):
+        super().__init__()
+        self.checks_left = checks
+
+    def is_set(self) -> bool:
+        self.checks_left -= 1
+        return self.checks_left < 0 or super().is_set()

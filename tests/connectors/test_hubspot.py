@@ -48,6 +48,7 @@ from pls_sync.errors import (
 )
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.models import FieldSpec, FieldType, RecordChange
+from tests.fakes import StopAfter
 
 MAPPING = DestinationMapping(
     destination="hubspot",
@@ -405,6 +406,18 @@ def test_no_changes_make_no_calls(box: Any, clock: FakeTime) -> None:
     result = dest.write("companies", [], SPECS)
     assert result.calls == 0
     assert count(box, "hs.companies.batch_update") == 0
+
+
+def test_a_stop_request_finishes_the_batch_in_flight(box: Any, clock: FakeTime) -> None:
+    ids = box.hubspot.ids()[:250]
+    result = destination(box, clock).write(
+        "companies", changes_for(ids, pqa_score=12.0), SPECS, stop=StopAfter(1)
+    )
+    assert result.calls == 1 == count(box, "hs.companies.batch_update")
+    assert result.written == ids[:100]
+    assert result.not_attempted == ids[100:]
+    assert box.hubspot.company(ids[0])["pqa_score"] == "12"
+    assert box.hubspot.company(ids[100]).get("pqa_score") != "12"
 
 
 def test_207_partial_failures_become_rejections_record_by_record(box: Any, clock: FakeTime) -> None:

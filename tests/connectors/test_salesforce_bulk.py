@@ -68,6 +68,7 @@ from tests.connectors.test_salesforce import (
     rid,
     save_error,
 )
+from tests.fakes import StopAfter
 
 SPECS = {spec.name: spec for spec in (field_spec(f) for f in ACCOUNT_FIELDS)}
 INGEST_URL = f"{BASE}/jobs/ingest/"
@@ -295,6 +296,37 @@ def test_2000_changes_go_through_collections(
     assert result.calls == 10 == len(rsps.calls)
     assert fake.jobs == []
     assert len(result.written) == 2000
+
+
+def test_a_stop_request_finishes_the_collections_batch_in_flight(
+    rsps: responses.RequestsMock, sf: Salesforce, sleeps: list[float]
+) -> None:
+    rsps.add_callback(responses.PATCH, COLLECTIONS_URL, callback=collections_echo())
+    dest = SalesforceDestination(sf, sleep=sleeps.append)
+    changes = changes_for(450)
+
+    result = dest.write("Account", changes, SPECS, stop=StopAfter(1))
+
+    assert result.calls == 1 == len(rsps.calls)
+    assert result.written == [c.record_id for c in changes[:200]]
+    assert result.not_attempted == [c.record_id for c in changes[200:]]
+
+
+def test_a_stop_request_finishes_the_bulk_job_in_flight(
+    rsps: responses.RequestsMock, sf: Salesforce, sleeps: list[float]
+) -> None:
+    fake = FakeBulk(rsps, states=("JobComplete",))
+    dest = destination(sf, sleeps, bulk_max_job_bytes=150)
+    changes = changes_for(12)
+
+    result = dest.write("Account", changes, SPECS, stop=StopAfter(1))
+
+    assert len(fake.jobs) == 1  # the job in flight ran to the end; no second job was created
+    sent = len(uploaded_rows(fake)) - 1
+    assert 0 < sent < 12
+    assert calls_of(rsps) == lifecycle(job_id(0))
+    assert sorted(result.written) == sorted(c.record_id for c in changes[:sent])
+    assert result.not_attempted == [c.record_id for c in changes[sent:]]
 
 
 def test_2001_changes_go_through_one_bulk_job(

@@ -241,25 +241,30 @@ def test_the_lease_is_renewed_while_the_run_is_alive() -> None:
     assert "pls-sync:run" not in state.locks
 
 
-def test_a_stop_request_leaves_the_remaining_destinations_for_the_next_run() -> None:
-    usage = FakeUsage(accounts({"co0.com": 9}))
-    state, sf, hs = FakeState(), crm(), crm(name="hubspot")
+def test_a_stop_request_finishes_the_batch_in_flight_and_leaves_the_rest() -> None:
+    usage = FakeUsage(accounts({"co0.com": 9, "co1.com": 8, "co2.com": 7}))
+    state, sf, hs = FakeState(), crm(batch_size=2), crm(name="hubspot")
     options = RunOptions(as_of=AS_OF)
-    sf_write = sf.write
 
-    def write_then_sigterm(*args, **kwargs):  # type: ignore[no-untyped-def]
-        options.stop.set()  # SIGTERM arrives while Salesforce is being written
-        return sf_write(*args, **kwargs)
+    def sigterm_during_the_first_batch(offset: int) -> None:
+        if offset == 0:
+            options.stop.set()  # SIGTERM arrives while Salesforce's first batch is sent
 
-    sf.write = write_then_sigterm  # type: ignore[method-assign]
+    sf.before_batch = sigterm_during_the_first_batch
     result = run_sync(adapters(usage, state, sf, hs), MODEL, options)
     assert result.status == "stopped"
-    assert result.summary["destinations"]["salesforce"]["records_written"] == 1
+    salesforce = result.summary["destinations"]["salesforce"]
+    assert salesforce["status"] == "stopped"
+    assert (salesforce["records_written"], salesforce["not_attempted"]) == (2, 1)
+    assert salesforce["write_calls"] == 1
     assert result.summary["destinations"]["hubspot"]["status"] == "stopped"
     assert hs.calls["write"] == 0
+    # The next run writes what was left, and only that.
+    sf.before_batch = lambda _offset: None
     follow_up = run_sync(adapters(usage, state, sf, hs), MODEL, RunOptions(as_of=AS_OF))
-    assert follow_up.summary["destinations"]["hubspot"]["records_written"] == 1
-    assert follow_up.summary["destinations"]["salesforce"]["write_calls"] == 0
+    assert follow_up.status == "succeeded"
+    assert follow_up.summary["destinations"]["salesforce"]["records_written"] == 1
+    assert follow_up.summary["destinations"]["hubspot"]["records_written"] == 3
 
 
 def test_only_changed_account_states_are_saved_with_history() -> None:
@@ -298,7 +303,7 @@ def test_a_write_budget_caps_the_run_and_leaves_the_rest_for_the_next() -> None:
         def write_budget(self, share: float) -> int:
             return int(self.remaining * share)
 
-        def write(self, object_name, changes, specs, *, max_write_calls=None):  # type: ignore[no-untyped-def,override]
+        def write(self, object_name, changes, specs, *, max_write_calls=None, stop=None):  # type: ignore[no-untyped-def,override]
             allowed = list(changes)[: (max_write_calls or 0) * self.batch_size]
             result = super().write(object_name, allowed, specs)
             result.not_attempted = [c.record_id for c in changes[len(allowed) :]]
