@@ -126,7 +126,7 @@ def _sync(
         api_budget_share=settings.api_budget_share,
         history_days=settings.history_days,
     )
-    # SIGTERM (docker stop, Kubernetes) lets the destination being written finish, then exits 0.
+    # SIGTERM (docker stop, Kubernetes) lets the write batch in flight finish, then exits 0.
     previous_handler = signal.signal(signal.SIGTERM, lambda _sig, _frame: options.stop.set())
     try:
         adapters = build_adapters(settings, only=only, full_refresh=full_refresh)

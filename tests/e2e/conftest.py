@@ -52,9 +52,13 @@ class Workdir:
             raise result.exception
         return result
 
-    def sync(self, command: str, *extra: str, summary: str) -> tuple[Result, dict[str, Any]]:
+    def sync(
+        self, command: str, *extra: str, summary: str, config: Path = CONFIG
+    ) -> tuple[Result, dict[str, Any]]:
         """``run`` or ``plan`` at the demo's as-of, with the summary JSON loaded."""
-        result = self.invoke(command, "--as-of", self.as_of_arg, "--summary-json", summary, *extra)
+        result = self.invoke(
+            command, "--as-of", self.as_of_arg, "--summary-json", summary, *extra, config=config
+        )
         path = self.root / summary
         data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         return result, data

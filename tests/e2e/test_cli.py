@@ -11,7 +11,12 @@ import copy
 import csv
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,7 @@ import requests
 from connectors.state import SqlStateStore
 from pls_sync.config import load_settings
 from pls_sync.sandbox.server import Sandbox
-from tests.e2e.conftest import CONFIG, DEMO_COMPANIES, Workdir, copy_config
+from tests.e2e.conftest import CONFIG, DEMO_COMPANIES, REPO_ROOT, Workdir, copy_config
 
 SF_WRITE = "sf.composite.sobjects.patch"
 HS_WRITE = "hs.companies.batch_update"
@@ -322,8 +327,8 @@ def test_explain_shows_breakdown_signals_and_matched_records(
     for component in ("team_size", "volume", "velocity", "breadth"):
         points = float(top[f"{component}_points"])
         assert re.search(rf"{component}\s+{points:5.1f} pts", out), component
-    for signal in top["signals"].split("; "):
-        assert signal in out
+    for described in top["signals"].split("; "):
+        assert described in out
     assert re.search(rf"salesforce: \w+ -> {top['salesforce_id']}", out)
     assert re.search(rf"hubspot: \w+ -> {top['hubspot_id']}", out)
     # Nothing was synced yet, so the score is among the fields still to write.
@@ -626,3 +631,70 @@ def test_an_unreachable_warehouse_exits_1_with_a_clear_message(
     assert not Path("/nonexistent/x.duckdb").exists()
     assert writes(crm.counts()) == {}
     assert not (workdir.root / "accounts.csv").exists()
+
+
+def test_sigterm_mid_write_finishes_the_batch_in_flight_and_the_next_run_converges(
+    workdir: Workdir, crm: Sandbox
+) -> None:
+    # A real `pls-sync run` process, SIGTERMed while its first Salesforce batch is in flight
+    # (the sandbox holds that request for two seconds).
+    config = copy_config(workdir.root)
+    text = config.read_text()
+    config.write_text(text.replace("batch_size: 200 ", "batch_size: 20 ", 1))
+    crm.faults.add("slow", endpoint=SF_WRITE, times=1, delay=2.0)
+    command = [
+        sys.executable,
+        "-c",
+        "from pls_sync.cli import main; main()",
+        "run",
+        "--as-of",
+        workdir.as_of_arg,
+        "--summary-json",
+        "stopped.json",
+        "--config",
+        str(config),
+    ]
+    child = subprocess.Popen(
+        command,
+        cwd=workdir.root,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while crm.counts().get(SF_WRITE, 0) < 1 and child.poll() is None:
+            assert time.monotonic() < deadline, "the run never started writing"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGTERM)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    assert child.returncode == 0, err
+    summary = json.loads((workdir.root / "stopped.json").read_text())
+    assert summary["status"] == "stopped"
+    sf, hs = summary["destinations"]["salesforce"], summary["destinations"]["hubspot"]
+    assert sf["status"] == "stopped"
+    assert (sf["write_calls"], sf["records_written"]) == (1, 20)  # the batch in flight, whole
+    assert sf["not_attempted"] == sf["records_changed"] - 20 > 0
+    assert hs["status"] == "stopped" and not hs.get("write_calls")  # never started
+    assert writes(crm.counts()) == {SF_WRITE: 1}
+
+    # The next run writes exactly what was left; the one after has nothing to do.
+    crm.reset_counts()
+    second, s2 = workdir.sync("run", summary="s2.json", config=config)
+    assert second.exit_code == 0, second.output
+    left = sf["records_changed"] - 20
+    assert s2["destinations"]["salesforce"]["records_changed"] == left
+    assert s2["destinations"]["salesforce"]["records_written"] == left
+    assert writes(crm.counts())[SF_WRITE] == math.ceil(left / 20)
+    hubspot = s2["destinations"]["hubspot"]
+    assert hubspot["status"] == "succeeded"
+    assert hubspot["records_written"] == hubspot["records_changed"] > 0
+    crm.reset_counts()
+    third, s3 = workdir.sync("run", summary="s3.json", config=config)
+    assert third.exit_code == 0 and writes(crm.counts()) == {}
