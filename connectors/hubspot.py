@@ -285,12 +285,6 @@ def _millis(moment: datetime | None) -> int | None:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _version(record: CrmRecord) -> tuple[str, int]:
-    """A company as of one modification: its id and modification time in milliseconds."""
-    modified = _millis(record.last_modified)
-    return record.id, -1 if modified is None else modified
-
-
 def _parse_datetime(text: Any) -> datetime | None:
     if isinstance(text, datetime):
         return text if text.tzinfo else text.replace(tzinfo=UTC)
@@ -623,77 +617,61 @@ class HubSpotDestination:
     def read_records_modified_since(
         self, mapping: DestinationMapping, since: datetime
     ) -> Iterator[CrmRecord]:
-        """Companies modified at or after ``since``, by search (200 a page), oldest change first.
+        """Companies modified at or after ``since``, by search (200 a page), in id order.
 
-        The search API returns at most 10,000 results per query. Sorted by
-        ``hs_lastmodifieddate``, the reader pages to that cap, then searches again from the last
-        modification time it saw, so the pages read stay in proportion to what changed. A
-        company seen twice at the edge of two windows is yielded once; only when more than
-        10,000 companies share one millisecond does it fall back to a full read.
+        The search API returns at most 10,000 results per query: past that, the search goes on
+        in windows of ids (``hs_object_id`` above the last one read), so the pages read stay in
+        proportion to what changed. Id order does not move when a company is modified during
+        the read, so paging never skips one.
         """
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
         targets = mapping.targets
         stamp = since.replace(tzinfo=UTC) if since.tzinfo is None else since
-        window_start = _millis(stamp) or 0
-        seen: set[tuple[str, int]] = set()
+        since_millis = _millis(stamp) or 0
+        last_id: str | None = None
         while True:
-            window_end: int | None = None
+            above_id = last_id  # this window's lower bound, fixed while it is paged
             in_window = 0
             after: str | None = None
             while True:
-                page = self._search_modified_page(properties, window_start, after)
+                page = self._search_modified_page(properties, since_millis, above_id, after)
+                if after is None and above_id is None:
+                    total = page.get("total")
+                    if isinstance(total, int) and total > SEARCH_RESULT_CAP:
+                        log.info(
+                            "hubspot_search_cap",
+                            matched=total,
+                            cap=SEARCH_RESULT_CAP,
+                            action="searching on in windows of company ids",
+                        )
                 for result in page.get("results") or ():
-                    record = self._record(result, mapping, targets)
                     in_window += 1
-                    modified = _millis(record.last_modified)
-                    if modified is not None:
-                        window_end = modified
-                    key = _version(record)
-                    if key in seen:
-                        continue
-                    seen.add(key)
+                    record = self._record(result, mapping, targets)
+                    last_id = record.id
                     yield record
                 after = _next_after(page)
                 if not after:
                     break
                 if after.isdigit() and int(after) + SEARCH_PAGE_SIZE > SEARCH_RESULT_CAP:
-                    break  # the next page lies beyond the cap: search again from window_end
+                    break  # the next page lies beyond the cap: search on above last_id
             total = page.get("total")
-            more = after is not None or (isinstance(total, int) and total > in_window)
-            if not more or in_window < SEARCH_RESULT_CAP:
+            if in_window < SEARCH_RESULT_CAP or (isinstance(total, int) and total <= in_window):
                 return
-            if window_end is None or window_end <= window_start:
-                log.info(
-                    "hubspot_search_cap",
-                    matched=total,
-                    cap=SEARCH_RESULT_CAP,
-                    action="full read instead: more companies than the cap share one modification time",
-                )
-                for record in self.read_records(mapping):
-                    if _version(record) not in seen:
-                        yield record
-                return
-            window_start = window_end
 
     def _search_modified_page(
-        self, properties: list[str], since_millis: int, after: str | None
+        self, properties: list[str], since_millis: int, above_id: str | None, after: str | None
     ) -> dict[str, Any]:
-        """One search page of companies modified at or after ``since_millis``, oldest first."""
+        """One search page of companies modified at or after ``since_millis``, in id order."""
         api = self._companies_search
+        filters = [
+            Filter(property_name="hs_lastmodifieddate", operator="GTE", value=str(since_millis))
+        ]
+        if above_id is not None:
+            filters.append(Filter(property_name="hs_object_id", operator="GT", value=above_id))
         request = PublicObjectSearchRequest(
-            filter_groups=[
-                FilterGroup(
-                    filters=[
-                        Filter(
-                            property_name="hs_lastmodifieddate",
-                            operator="GTE",
-                            value=str(since_millis),
-                        )
-                    ]
-                )
-            ],
-            sorts=[{"propertyName": "hs_lastmodifieddate", "direction": "ASCENDING"}],
+            filter_groups=[FilterGroup(filters=filters)],
+            sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
             properties=properties,
             limit=SEARCH_PAGE_SIZE,
             after=after,

@@ -251,42 +251,48 @@ def _small_search_cap(monkeypatch: pytest.MonkeyPatch, cap: int, page: int) -> N
     monkeypatch.setattr(hubspot_connector, "SEARCH_PAGE_SIZE", page)
 
 
-def test_read_modified_since_walks_past_the_search_cap_in_time_windows(
+def test_read_modified_since_walks_past_the_search_cap_in_windows_of_ids(
     box: Any, clock: FakeTime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Beyond 10,000 matches the search stops; sorted by modification time, the reader searches
-    # again from the last time it saw, so reads stay in proportion to the changes.
+    # Beyond 10,000 matches the search stops; in id order, the reader searches on above the
+    # last id it read, so reads stay in proportion to the changes.
     _small_search_cap(monkeypatch, cap=40, page=20)
     changed = box.hubspot.ids()[:130]
     base = datetime(2030, 1, 1, tzinfo=UTC)
-    # Three companies per millisecond: ties fall on the windows' edges.
-    _stamp_companies(box, changed, [base + timedelta(milliseconds=n // 3) for n in range(130)])
-    dest = destination(box, clock)
-    records = list(dest.read_records_modified_since(MAPPING, base))
-    assert sorted(r.id for r in records) == sorted(changed)  # each once, none missing
-    assert count(box, "hs.companies.list") == 0
-    # Windows of 40 (two pages of 20) from 0, 13, 26 and 39 ms, each re-reading the ties at
-    # its start: 40 + 40 + 40 + 13 results, 2 + 2 + 2 + 1 pages.
-    assert count(box, "hs.companies.search") == 7
-
-
-def test_read_modified_since_falls_back_to_a_full_read_when_the_cap_shares_one_millisecond(
-    box: Any, clock: FakeTime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _small_search_cap(monkeypatch, cap=40, page=20)
-    changed = box.hubspot.ids()[:60]
-    moment = datetime(2030, 1, 1, tzinfo=UTC)
-    _stamp_companies(box, changed, [moment] * 60)
+    _stamp_companies(box, changed, [base + timedelta(milliseconds=n % 7) for n in range(130)])
     dest = destination(box, clock)
     with capture_logs() as events:
-        records = list(dest.read_records_modified_since(MAPPING, moment))
-    assert sorted(r.id for r in records) == sorted(box.hubspot.ids())
-    assert len(records) == len({r.id for r in records})  # the searched 40 are not repeated
-    assert count(box, "hs.companies.search") == 2
-    assert count(box, "hs.companies.list") == math.ceil(len(records) / 100)
-    assert [e["event"] for e in events if e["event"] == "hubspot_search_cap"] == [
-        "hubspot_search_cap"
-    ]
+        records = list(dest.read_records_modified_since(MAPPING, base))
+    assert sorted(r.id for r in records) == sorted(changed)
+    assert len(records) == 130  # each once
+    assert count(box, "hs.companies.list") == 0
+    # Windows of 40 (two pages of 20): 40 + 40 + 40 + 10 results, 2 + 2 + 2 + 1 pages.
+    assert count(box, "hs.companies.search") == 7
+    windows = [body for _, body in box.hubspot.searches if body.get("after") in (None, "0")]
+    ordered = sorted(changed, key=int)
+    assert [
+        [f["value"] for f in w["filterGroups"][0]["filters"] if f["propertyName"] == "hs_object_id"]
+        for w in windows
+    ] == [[], [ordered[39]], [ordered[79]], [ordered[119]]]
+    assert [e["event"] for e in events].count("hubspot_search_cap") == 1
+
+
+def test_a_company_modified_during_the_read_never_makes_paging_skip_another(
+    box: Any, clock: FakeTime
+) -> None:
+    # Offsets in id order do not move when a company already read is modified again (sorted
+    # by modification time, it would jump to the end and shift the next page by one).
+    changed = sorted(box.hubspot.ids(), key=int)
+    assert len(changed) > 200  # two pages at least
+    base = datetime(2020, 1, 1, tzinfo=UTC)
+    _stamp_companies(box, changed, [base + timedelta(seconds=n) for n in range(len(changed))])
+    dest = destination(box, clock)
+    reader = dest.read_records_modified_since(MAPPING, base)
+    first = [next(reader) for _ in range(200)]
+    # A rep edits an account already read, through the API, before the next page is fetched.
+    dest.write("companies", [RecordChange(first[0].id, {"pqa_score": 5.0}, "edit")], SPECS)
+    rest = list(reader)
+    assert {r.id for r in first + rest} == set(changed)
 
 
 @pytest.mark.parametrize(
