@@ -9,12 +9,9 @@ goes on, and SIGTERM/SIGINT let the current run finish before the process exits 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
@@ -49,11 +46,6 @@ logging.getLogger("apscheduler").addHandler(logging.NullHandler())
 
 class LockedOut(Exception):
     """Another process holds the run lock."""
-
-
-def owner_id() -> str:
-    """Who holds a lock: host, pid and a random suffix, readable in ``status``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class SyncScheduler:

@@ -183,7 +183,7 @@ class RunLock:
         self.state = state
         self.name = name
         self.lease = lease_seconds
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.owner = lock_owner()
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -231,10 +231,28 @@ class RunLock:
         self.state.release_lock(self.name, self.owner)
 
 
+def this_host() -> str:
+    """This process's host as lock owners name it: the hostname and, on Linux, the pid namespace.
+
+    Containers sharing a hostname (host networking) have their own pid namespaces: a pid in
+    another one says nothing about processes here, so its owner is never judged dead from here.
+    """
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}@{namespace}" if namespace else socket.gethostname()
+
+
+def lock_owner() -> str:
+    """A unique lock owner for this process: host (see ``this_host``), pid and a random suffix."""
+    return f"{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 def _owner_is_dead(owner: str) -> bool:
     """True when ``owner`` (host:pid:nonce) is a process on this host that no longer exists."""
     parts = owner.split(":")
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != this_host() or not parts[1].isdigit():
         return False
     pid = int(parts[1])
     if pid == os.getpid():

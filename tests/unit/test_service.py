@@ -211,18 +211,40 @@ def test_a_second_run_is_refused_while_the_lock_is_held() -> None:
 
 
 def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over() -> None:
-    import socket
     import subprocess
     import sys
+
+    from pls_sync.service import this_host
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # its pid is now free: the lock's owner is dead
     usage = FakeUsage(accounts({"co0.com": 9}))
     state, sf = FakeState(), crm()
-    dead_owner = f"{socket.gethostname()}:{child.pid}:abcdef"
+    dead_owner = f"{this_host()}:{child.pid}:abcdef"
     assert state.acquire_lock("pls-sync:run", dead_owner, 600)
     result = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
     assert result.status == "succeeded"
+
+
+def test_a_lock_held_from_another_pid_namespace_with_our_hostname_is_left_alone() -> None:
+    # Two containers with host networking share a hostname, not their processes: a pid that
+    # does not exist here may be alive there, so only the lease frees its lock.
+    import socket
+    import subprocess
+    import sys
+
+    from pls_sync.errors import RunLockedError
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    state, sf = FakeState(), crm()
+    elsewhere = f"{socket.gethostname()}@4026500000:{child.pid}:abcdef"
+    assert state.acquire_lock("pls-sync:run", elsewhere, 600)
+    with pytest.raises(RunLockedError):
+        run_sync(
+            adapters(FakeUsage(accounts({"co0.com": 9})), state, sf), MODEL, RunOptions(as_of=AS_OF)
+        )
+    assert sf.calls["write"] == 0
 
 
 def test_the_lease_is_renewed_while_the_run_is_alive() -> None:
