@@ -44,7 +44,7 @@ from pls_sync.channels import (
     persona_columns,
 )
 from pls_sync.domains import classify_host, email_host
-from pls_sync.errors import WarehouseError, redact
+from pls_sync.errors import WarehouseError
 from pls_sync.models import UsageReadStats
 
 __all__ = ["glob_to_like", "read_buyer_candidates", "title_like"]
@@ -399,14 +399,14 @@ def read_buyer_candidates(
     source = _source(engine_or_source, taxonomy, account_level, users_table, events_table, schema)
     buyer_events = _buyer_events(taxonomy if taxonomy is not None else source.taxonomy)
     by_workspace = source.account_level == "workspace"
-    engine, owned = source._connect_engine()
+    engine, owned = source.connect_engine()
     try:
         with engine.connect() as conn:
-            source._begin_read(conn, owned)
+            source.begin_read(conn, owned)
             tables = {}
             problems: list[str] = []
             for kind, table in (("users", source.users_table), ("events", source.events_table)):
-                reflected = source._reflect(conn, table)
+                reflected = source.reflect(conn, table)
                 if reflected is None:
                     problems.append(f"table {table!r} not found")
                     continue
@@ -435,11 +435,11 @@ def read_buyer_candidates(
     except DBAPIError as exc:
         original = str(exc.orig) if exc.orig is not None else str(exc)
         raise WarehouseError(
-            redact(f"buyer query failed on {source.describe()}: {original}", source._secrets())
+            source.redact_secrets(f"buyer query failed on {source.describe()}: {original}")
         ) from None
     except SQLAlchemyError as exc:
         raise WarehouseError(
-            redact(f"cannot read buyers from {source.describe()}: {exc}", source._secrets())
+            source.redact_secrets(f"cannot read buyers from {source.describe()}: {exc}")
         ) from None
     finally:
         if owned:

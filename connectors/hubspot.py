@@ -516,10 +516,10 @@ class HubSpotDestination:
         register_secret(access_token)
         self._token = access_token
         self.batch_size = max(1, min(int(batch_size), BATCH_MAX))
-        self._sleep = sleep
+        self.sleep = sleep
         self._attempts = attempts
-        self._timeout = timeout
-        self.pacer = RequestPacer(requests_per_10s, clock=clock, sleep=self._sleep)
+        self.timeout = timeout
+        self.pacer = RequestPacer(requests_per_10s, clock=clock, sleep=self.sleep)
         self._calls: dict[str, int] = {"read": 0, "write": 0, "describe": 0}
         self._daily_remaining: int | None = None
         self._daily_limit: int | None = None
@@ -575,11 +575,11 @@ class HubSpotDestination:
     def describe(self, object_name: str) -> dict[str, FieldSpec]:
         """Every property of ``object_name`` (``companies``) as a ``FieldSpec``, by name."""
         api = self._properties
-        response = self._call(
+        response = self.call(
             "describe",
             api,
             lambda: api.get_all(
-                object_type=object_name, archived=False, _request_timeout=self._timeout
+                object_type=object_name, archived=False, _request_timeout=self.timeout
             ),
         )
         specs = [field_spec(prop) for prop in response.results or []]
@@ -603,11 +603,9 @@ class HubSpotDestination:
                 }
                 if cursor:
                     kwargs["after"] = cursor
-                return api.get_page(
-                    _request_timeout=self._timeout, _preload_content=False, **kwargs
-                )
+                return api.get_page(_request_timeout=self.timeout, _preload_content=False, **kwargs)
 
-            page = self._call("read", api, functools.partial(_read_json, fetch))
+            page = self.call("read", api, functools.partial(_read_json, fetch))
             for result in page.get("results") or ():
                 yield self._record(result, mapping, targets)
             after = _next_after(page)
@@ -679,10 +677,10 @@ class HubSpotDestination:
         fetch = functools.partial(
             api.do_search,
             public_object_search_request=request,
-            _request_timeout=self._timeout,
+            _request_timeout=self.timeout,
             _preload_content=False,
         )
-        return self._call("read", api, functools.partial(_read_json, fetch))
+        return self.call("read", api, functools.partial(_read_json, fetch))
 
     def write(
         self,
@@ -765,10 +763,10 @@ class HubSpotDestination:
             ]
         }
         send = functools.partial(
-            api.update, body, _request_timeout=self._timeout, _preload_content=False
+            api.update, body, _request_timeout=self.timeout, _preload_content=False
         )
         try:
-            response = self._call("write", api, functools.partial(_read_json, send))
+            response = self.call("write", api, functools.partial(_read_json, send))
         except HubSpotValidationError as exc:
             if len(batch) == 1:
                 result.rejected.append(self._whole_request_rejection(batch[0], exc))
@@ -887,7 +885,23 @@ class HubSpotDestination:
             owner_id=props.get("hubspot_owner_id") or None,
         )
 
-    def _call(self, kind: str, api: Any, invoke: Callable[[], T]) -> T:
+    def client(self) -> HubSpot:
+        """A new hubspot-api-client on this portal (same token and host), for other objects.
+
+        Its own retries are off: calls go through :meth:`call` for pacing and retries.
+        """
+        host = self._companies_basic.api_client.configuration.host
+        return HubSpot(access_token=self._token, host=host, retry=False)
+
+    def translate(self, exc: Exception) -> PlsSyncError:
+        """``translate_api_error`` with this client's token kept out of every message."""
+        return translate_api_error(exc, [self._token])
+
+    def redact_secrets(self, text: str) -> str:
+        """``text`` with the access token masked."""
+        return redact(text, [self._token])
+
+    def call(self, kind: str, api: Any, invoke: Callable[[], T]) -> T:
         """One API call: paced, counted, translated, retried when the error is transient."""
 
         def attempt() -> T:
@@ -923,7 +937,7 @@ class HubSpotDestination:
             )
 
         return call_with_retries(
-            attempt, attempts=self._attempts, sleep=self._sleep, on_retry=on_retry
+            attempt, attempts=self._attempts, sleep=self.sleep, on_retry=on_retry
         )
 
     def _observe(self, headers: Any, *, track_window: bool) -> None:

@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 import structlog
 import urllib3
-from hubspot import HubSpot
 from hubspot.crm.contacts import Filter, FilterGroup, PublicObjectSearchRequest
 from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
 from hubspot.crm.objects.tasks import (
@@ -50,10 +49,9 @@ from connectors.hubspot import (
     SEARCH_RESULT_CAP,
     HubSpotDestination,
     HubSpotValidationError,
-    translate_api_error,
 )
 from connectors.retrying import backoff_delay
-from pls_sync.errors import FatalError, RetriableError, redact
+from pls_sync.errors import FatalError, RetriableError
 from pls_sync.models import RecordRejection
 from pls_sync.planning import truncate
 
@@ -91,8 +89,7 @@ class _Apis:
     """The contacts and tasks APIs of one destination, built once (each builds a pool)."""
 
     def __init__(self, dest: HubSpotDestination):
-        configuration = dest._companies_basic.api_client.configuration
-        client = HubSpot(access_token=dest._token, host=configuration.host, retry=False)
+        client = dest.client()
         self.contacts_search = client.crm.contacts.search_api
         self.tasks_search = client.crm.objects.tasks.search_api
         self.tasks_basic = client.crm.objects.tasks.basic_api
@@ -119,9 +116,9 @@ def _call(dest: HubSpotDestination, kind: str, api: Any, invoke: Callable[[], T]
         try:
             return invoke()
         except (ContactsApiException, TasksApiException) as exc:
-            raise translate_api_error(exc, [dest._token]) from None
+            raise dest.translate(exc) from None
 
-    return dest._call(kind, api, translated)
+    return dest.call(kind, api, translated)
 
 
 # --- MQLs ---------------------------------------------------------------------------------
@@ -200,7 +197,7 @@ def read_hubspot_mqls(
                 functools.partial(
                     api.do_search,
                     public_object_search_request=request,
-                    _request_timeout=dest._timeout,
+                    _request_timeout=dest.timeout,
                 ),
             )
             if after is None and last_id is None and (page.total or 0) > SEARCH_RESULT_CAP:
@@ -246,7 +243,7 @@ def find_alert_task(
         dest,
         "read",
         api,
-        lambda: api.do_search(public_object_search_request=request, _request_timeout=dest._timeout),
+        lambda: api.do_search(public_object_search_request=request, _request_timeout=dest.timeout),
     )
     for result in page.results or []:
         return str(result.id)
@@ -317,13 +314,13 @@ def create_hubspot_alert(
     def create() -> Any:
         try:
             return api.create(
-                simple_public_object_input_for_create=task, _request_timeout=dest._timeout
+                simple_public_object_input_for_create=task, _request_timeout=dest.timeout
             )
         except TasksApiException as exc:
             status = int(getattr(exc, "status", 0) or 0)
             if status == 0 or status >= 500:
-                raise _OutcomeUnknown(str(translate_api_error(exc, [dest._token]))) from None
-            error = translate_api_error(exc, [dest._token])
+                raise _OutcomeUnknown(str(dest.translate(exc))) from None
+            error = dest.translate(exc)
             if isinstance(error, HubSpotValidationError):
                 rejection = _rejection(key, error)
                 if rejection.code in _SETUP_ERRORS:
@@ -335,7 +332,7 @@ def create_hubspot_alert(
                 raise TaskRejected(rejection) from None
             raise error from None
         except _TRANSPORT_ERRORS as exc:
-            raise _OutcomeUnknown(redact(f"{type(exc).__name__}: {exc}", [dest._token])) from None
+            raise _OutcomeUnknown(dest.redact_secrets(f"{type(exc).__name__}: {exc}")) from None
 
     last = ""
     for attempt in range(1, CREATE_ATTEMPTS + 1):
@@ -344,7 +341,7 @@ def create_hubspot_alert(
             # Found after an attempt of ours whose answer was lost: it was created just now.
             return existing, attempt > 1
         try:
-            created = dest._call("write", api, create)
+            created = dest.call("write", api, create)
         except _OutcomeUnknown as unknown:
             last = str(unknown)
             wait = backoff_delay(attempt, base=0.5, cap=10.0)
@@ -355,7 +352,7 @@ def create_hubspot_alert(
                 error=last,
                 wait_seconds=round(wait, 3),
             )
-            dest._sleep(wait)
+            dest.sleep(wait)
             continue
         return str(created.id), True
     existing = find_alert_task(dest, key, key_property)

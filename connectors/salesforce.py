@@ -510,8 +510,8 @@ class SalesforceDestination:
         self._bulk_max_job_bytes = bulk_max_job_bytes
         self._reauthenticate = reauthenticate
         self._batch_size = batch_size
-        self._sleep = sleep
-        self._timeout = timeout
+        self.sleep = sleep
+        self.timeout = timeout
         self._attempts = attempts
         self._lock_retry_delay = lock_retry_delay
         self._secrets: list[str] = []
@@ -653,7 +653,8 @@ class SalesforceDestination:
         if usage is not None:
             self._usage = usage
 
-    def _redact(self, text: str) -> str:
+    def redact_secrets(self, text: str) -> str:
+        """``text`` with this client's session id, password and token masked."""
         return redact(text, self._secrets)
 
     def translate(self, exc: BaseException) -> PlsSyncError:
@@ -671,13 +672,15 @@ class SalesforceDestination:
             if isinstance(error, RetriableError):
                 raise error from None
             raise AuthError(
-                self._redact(f"Salesforce re-authentication failed: {error}"), code="AUTH_FAILED"
+                self.redact_secrets(f"Salesforce re-authentication failed: {error}"),
+                code="AUTH_FAILED",
             ) from None
         except RetriableError:
             raise
         except PlsSyncError as exc:
             raise AuthError(
-                self._redact(f"Salesforce re-authentication failed: {exc}"), code="AUTH_FAILED"
+                self.redact_secrets(f"Salesforce re-authentication failed: {exc}"),
+                code="AUTH_FAILED",
             ) from None
         self._adopt(sf)
         log.info("salesforce_reauthenticated")
@@ -685,13 +688,13 @@ class SalesforceDestination:
     def _on_retry(self, error: RetriableError, attempt: int, wait: float) -> None:
         log.warning(
             "salesforce_retry",
-            error=self._redact(str(error)),
+            error=self.redact_secrets(str(error)),
             code=error.code,
             attempt=attempt,
             wait_seconds=round(wait, 3),
         )
 
-    def _call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
+    def call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
         """Run ``fn(sf)``: count it, translate errors, re-authenticate once, retry transients."""
         reauthenticated = False
 
@@ -711,14 +714,16 @@ class SalesforceDestination:
                             continue
                         suffix = " after re-authenticating" if reauthenticated else ""
                         raise AuthError(
-                            self._redact(f"Salesforce session expired or invalid{suffix}: {error}"),
+                            self.redact_secrets(
+                                f"Salesforce session expired or invalid{suffix}: {error}"
+                            ),
                             code="INVALID_SESSION_ID",
                         ) from None
                     raise error from None
                 return result
 
         return call_with_retries(
-            attempt, attempts=self._attempts, sleep=self._sleep, on_retry=self._on_retry
+            attempt, attempts=self._attempts, sleep=self.sleep, on_retry=self._on_retry
         )
 
     # CrmDestination
@@ -734,7 +739,7 @@ class SalesforceDestination:
         if cached is not None:
             return dict(cached)
         path = f"sobjects/{name}/describe/"
-        payload = self._call("describe", lambda sf: sf.restful(path, timeout=self._timeout))
+        payload = self.call("describe", lambda sf: sf.restful(path, timeout=self.timeout))
         if not isinstance(payload, Mapping) or not isinstance(payload.get("fields"), list):
             raise FatalError(f"Salesforce describe of {name} returned no fields")
         specs = {
@@ -779,20 +784,21 @@ class SalesforceDestination:
         )
 
     def _read(self, mapping: DestinationMapping, soql: str) -> Iterator[CrmRecord]:
-        page = self._call("read", lambda sf: sf.query(soql, timeout=self._timeout))
+        page = self.call("read", lambda sf: sf.query(soql, timeout=self.timeout))
         while True:
             for record in page.get("records") or ():
                 yield _record(record, mapping)
             next_url = page.get("nextRecordsUrl")
             if page.get("done", True) or not next_url:
                 return
-            page = self._call("read", functools.partial(self._query_more, next_url=next_url))
+            page = self.call("read", functools.partial(self.query_more, next_url=next_url))
 
-    def _query_more(self, sf: Salesforce, next_url: str) -> Any:
+    def query_more(self, sf: Salesforce, next_url: str) -> Any:
+        """The next page of a SOQL result (for ``call("read", partial(query_more, ...))``)."""
         if sf.base_url.startswith("https://"):
-            return sf.query_more(next_url, identifier_is_url=True, timeout=self._timeout)
+            return sf.query_more(next_url, identifier_is_url=True, timeout=self.timeout)
         # simple-salesforce makes nextRecordsUrl https; over the sandbox's http use the locator.
-        return sf.query_more(next_url.rstrip("/").rsplit("/", 1)[-1], timeout=self._timeout)
+        return sf.query_more(next_url.rstrip("/").rsplit("/", 1)[-1], timeout=self.timeout)
 
     def write(
         self,
@@ -879,7 +885,7 @@ class SalesforceDestination:
             return False
         first = {change.record_id: rejection for change, rejection in locked}
         log.info("salesforce_lock_retry", records=len(locked))
-        self._sleep(self._lock_retry_delay)
+        self.sleep(self._lock_retry_delay)
         still_locked: list[tuple[RecordChange, RecordRejection]] = []
         retry = [change for change, _ in locked]
         unsent, budget_hit = self._write_round(
@@ -924,14 +930,14 @@ class SalesforceDestination:
             }
             before = self._calls["write"]
             try:
-                saves = self._call("write", functools.partial(self._patch, body=body))
+                saves = self.call("write", functools.partial(self._patch, body=body))
             except (RetriableError, QuotaExhaustedError, AuthError) as exc:
                 if isinstance(exc, AuthError):
-                    result.error = self._redact(str(exc))
+                    result.error = self.redact_secrets(str(exc))
                 result.calls += self._calls["write"] - before
                 log.warning(
                     "salesforce_write_stopped",
-                    error=self._redact(str(exc)),
+                    error=self.redact_secrets(str(exc)),
                     code=exc.code,
                     unsent=len(changes) - start,
                 )
@@ -961,7 +967,7 @@ class SalesforceDestination:
         jobs = build_jobs(changes, specs, max_job_bytes=self._bulk_max_job_bytes or MAX_JOB_BYTES)
         ingest = BulkIngest(
             self._bulk_call,
-            sleep=self._sleep,
+            sleep=self.sleep,
             poll_interval=self._bulk_poll_interval,
             max_poll_interval=self._bulk_max_poll_interval,
             timeout=self._bulk_timeout,
@@ -989,11 +995,11 @@ class SalesforceDestination:
                 outcome = ingest.run(object_name, job)
             except (RetriableError, QuotaExhaustedError, AuthError) as exc:
                 if isinstance(exc, AuthError):
-                    result.error = self._redact(str(exc))
+                    result.error = self.redact_secrets(str(exc))
                 result.calls += self._calls["write"] - before
                 log.warning(
                     "salesforce_bulk_stopped",
-                    error=self._redact(str(exc)),
+                    error=self.redact_secrets(str(exc)),
                     code=exc.code,
                     unsent=sum(len(j.changes) for j in jobs[index:]),
                 )
@@ -1011,10 +1017,10 @@ class SalesforceDestination:
         """One Bulk API 2.0 request on the current session (rebuilt after re-authenticating)."""
         from connectors.salesforce_bulk import Bulk2Api
 
-        return self._call("write", lambda sf: fn(Bulk2Api(sf, self._timeout)))
+        return self.call("write", lambda sf: fn(Bulk2Api(sf, self.timeout)))
 
     def _patch(self, sf: Salesforce, body: dict[str, Any]) -> Any:
-        return sf.restful("composite/sobjects", method="PATCH", json=body, timeout=self._timeout)
+        return sf.restful("composite/sobjects", method="PATCH", json=body, timeout=self.timeout)
 
     def daily_api_remaining(self) -> tuple[int, int] | None:
         """(remaining, max) daily API requests: from the last Sforce-Limit-Info header seen,
@@ -1022,11 +1028,11 @@ class SalesforceDestination:
         if self._usage is not None:
             return self._usage
         try:
-            payload = self._call("limits", lambda sf: sf.limits(timeout=self._timeout))
+            payload = self.call("limits", lambda sf: sf.limits(timeout=self.timeout))
         except (AuthError, QuotaExhaustedError):
             raise
         except (FatalError, RetriableError) as exc:
-            log.warning("salesforce_limits_unavailable", error=self._redact(str(exc)))
+            log.warning("salesforce_limits_unavailable", error=self.redact_secrets(str(exc)))
             return None
         daily = payload.get("DailyApiRequests") if isinstance(payload, Mapping) else None
         if not isinstance(daily, Mapping):

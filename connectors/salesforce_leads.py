@@ -38,7 +38,7 @@ from connectors.salesforce import (
     check_field_name,
     soql_quote,
 )
-from pls_sync.errors import FatalError, RetriableError, redact
+from pls_sync.errors import FatalError, RetriableError
 from pls_sync.models import RecordRejection
 from pls_sync.planning import truncate
 
@@ -80,8 +80,8 @@ def _query(
     dest: SalesforceDestination, soql: str, *, include_deleted: bool = False
 ) -> Iterator[Mapping[str, Any]]:
     """Every record of ``soql``, page by page, through the destination's retrying calls."""
-    timeout = dest._timeout
-    page = dest._call(
+    timeout = dest.timeout
+    page = dest.call(
         "read", lambda sf: sf.query(soql, include_deleted=include_deleted, timeout=timeout)
     )
     while True:
@@ -89,7 +89,7 @@ def _query(
         next_url = page.get("nextRecordsUrl")
         if page.get("done", True) or not next_url:
             return
-        page = dest._call("read", functools.partial(dest._query_more, next_url=next_url))
+        page = dest.call("read", functools.partial(dest.query_more, next_url=next_url))
 
 
 _CHECKSUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
@@ -256,14 +256,14 @@ def create_salesforce_alert(
         "ActivityDate": (today or datetime.now(UTC).date()).isoformat(),
         field: key,
     }
-    timeout = dest._timeout
+    timeout = dest.timeout
 
     def create(sf: Salesforce) -> Any:
         try:
             return sf.restful("sobjects/Task/", method="POST", json=body, timeout=timeout)
         except SalesforceMalformedRequest as exc:
             code, message, fields = _rejection_details(exc)
-            message = redact(message, dest._secrets)
+            message = dest.redact_secrets(message)
             if code in _SETUP_CODES:
                 raise FatalError(
                     f"Salesforce cannot store alert tasks ({code}): {message}; "
@@ -287,7 +287,7 @@ def create_salesforce_alert(
             # Found after an attempt of ours whose answer was lost: it was created just now.
             return existing, attempt > 1
         try:
-            result = dest._call("write", create)
+            result = dest.call("write", create)
         except _OutcomeUnknown as unknown:
             last = unknown.error
             wait = backoff_delay(attempt, base=0.5, cap=10.0)
@@ -295,10 +295,10 @@ def create_salesforce_alert(
                 "salesforce_alert_outcome_unknown",
                 key=key,
                 attempt=attempt,
-                error=redact(str(unknown.error), dest._secrets),
+                error=dest.redact_secrets(str(unknown.error)),
                 wait_seconds=round(wait, 3),
             )
-            dest._sleep(wait)
+            dest.sleep(wait)
             continue
         task_id = result.get("id") if isinstance(result, Mapping) else None
         if not task_id:
@@ -308,6 +308,6 @@ def create_salesforce_alert(
     if existing is not None:
         return existing, True
     raise RetriableError(
-        redact(f"Salesforce alert task {key!r} not confirmed: {last}", dest._secrets),
+        dest.redact_secrets(f"Salesforce alert task {key!r} not confirmed: {last}"),
         code="OUTCOME_UNKNOWN",
     )

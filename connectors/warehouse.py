@@ -128,7 +128,7 @@ class _Windows:
 
 
 @dataclass(slots=True)
-class _Columns:
+class TableColumns:
     """A table's reflected columns: actual name and type by lower-case name."""
 
     table: str
@@ -136,10 +136,12 @@ class _Columns:
     types: dict[str, TypeEngine[Any]]
 
     def table_clause(self, schema: str | None, wanted: Sequence[str]) -> sa.TableClause:
+        """A table clause over the ``wanted`` columns that exist, by their actual names."""
         cols = [sa.column(self.names[c], self.types[c]) for c in wanted if c in self.names]
         return sa.table(self.table, *cols, schema=schema)
 
     def is_tz_aware(self, column: str) -> bool:
+        """Whether ``column`` is a timezone-aware timestamp."""
         return bool(getattr(self.types.get(column), "timezone", False))
 
 
@@ -273,7 +275,7 @@ class SqlUsageSource:
                 ) from None
             except (ArgumentError, ValueError) as exc:
                 raise WarehouseError(
-                    f"invalid warehouse URL {self._safe_url(url)}: {self._redact(str(exc))}"
+                    f"invalid warehouse URL {self._safe_url(url)}: {self.redact_secrets(str(exc))}"
                 ) from None
 
     # -- public -------------------------------------------------------------------------------
@@ -321,9 +323,9 @@ class SqlUsageSource:
 
         def columns(
             table: str, names: Sequence[str], given: Mapping[str, TypeEngine[Any]] | None
-        ) -> _Columns:
+        ) -> TableColumns:
             types = {n: (given or {}).get(n, defaults[n]) for n in names}
-            return _Columns(table=table, names={n: n for n in names}, types=types)
+            return TableColumns(table=table, names={n: n for n in names}, types=types)
 
         extra = ("workspace_id",)
         users = columns(self.users_table, (*_USER_COLUMNS, *extra), users_types)
@@ -336,7 +338,8 @@ class SqlUsageSource:
         url = self._url if self._url is not None else (self._engine.url if self._engine else None)
         return [url.password] if url is not None and url.password else []
 
-    def _redact(self, text: str) -> str:
+    def redact_secrets(self, text: str) -> str:
+        """``text`` with the warehouse URL's password masked."""
         return redact(text, self._secrets())
 
     def _safe_url(self, url: str) -> str:
@@ -345,7 +348,7 @@ class SqlUsageSource:
         except Exception:
             return redact(url)
 
-    def _connect_engine(self) -> tuple[Engine, bool]:
+    def connect_engine(self) -> tuple[Engine, bool]:
         """The engine to read with and whether it is ours (disposed after the read)."""
         if self._engine is not None:
             return self._engine, False
@@ -381,10 +384,10 @@ class SqlUsageSource:
             return sa.create_engine(url, **kwargs), True
         except (SQLAlchemyError, ValueError, TypeError) as exc:
             raise WarehouseError(
-                f"cannot open warehouse {self.describe()}: {self._redact(str(exc))}"
+                f"cannot open warehouse {self.describe()}: {self.redact_secrets(str(exc))}"
             ) from None
 
-    def _begin_read(self, conn: Connection, owned: bool) -> None:
+    def begin_read(self, conn: Connection, owned: bool) -> None:
         """Make the transaction read-only and UTC where the dialect allows it."""
         name = conn.dialect.name
         if name == "postgresql":
@@ -396,10 +399,10 @@ class SqlUsageSource:
                 conn.exec_driver_sql("SET TimeZone = 'UTC'")
 
     def _collect(self, windows: _Windows, stats: UsageReadStats) -> list[ProductAccount]:
-        engine, owned = self._connect_engine()
+        engine, owned = self.connect_engine()
         try:
             with engine.connect() as conn:
-                self._begin_read(conn, owned)
+                self.begin_read(conn, owned)
                 if self.model_path is not None:
                     return self._read_custom(conn, windows, stats)
                 return self._read_builtin(conn, windows, stats)
@@ -411,10 +414,10 @@ class SqlUsageSource:
                 message = f"cannot read the warehouse {self.describe()}: {original}"
             else:
                 message = f"warehouse query failed on {self.describe()}: {original}"
-            raise WarehouseError(self._redact(message.strip())) from None
+            raise WarehouseError(self.redact_secrets(message.strip())) from None
         except (SQLAlchemyError, OSError) as exc:
             raise WarehouseError(
-                self._redact(f"cannot read the warehouse {self.describe()}: {exc}")
+                self.redact_secrets(f"cannot read the warehouse {self.describe()}: {exc}")
             ) from None
         finally:
             if owned:
@@ -422,7 +425,7 @@ class SqlUsageSource:
 
     # -- schema check ------------------------------------------------------------------------
 
-    def _reflect(self, conn: Connection, table: str) -> _Columns | None:
+    def reflect(self, conn: Connection, table: str) -> TableColumns | None:
         """The table's columns, or ``None`` when the table does not exist."""
         inspector = sa.inspect(conn)
         if not inspector.has_table(table, schema=self.schema):
@@ -434,7 +437,7 @@ class SqlUsageSource:
             # Some dialects (duckdb-engine on recent DuckDB) fail to reflect through pg_catalog;
             # information_schema holds the same answer on every SQL-standard warehouse.
             conn.rollback()
-            self._begin_read(conn, owned=False)
+            self.begin_read(conn, owned=False)
             query = sa.text(
                 "SELECT column_name, data_type FROM information_schema.columns "
                 "WHERE table_name = :table"
@@ -443,13 +446,13 @@ class SqlUsageSource:
             )
             params = {"table": table, **({"schema": self.schema} if self.schema else {})}
             pairs = [(str(n), _type_from_name(str(t))) for n, t in conn.execute(query, params)]
-        return _Columns(
+        return TableColumns(
             table=table,
             names={name.lower(): name for name, _ in pairs},
             types={name.lower(): type_ for name, type_ in pairs},
         )
 
-    def _check_tables(self, conn: Connection) -> tuple[_Columns, _Columns]:
+    def _check_tables(self, conn: Connection) -> tuple[TableColumns, TableColumns]:
         """Reflect both tables; report every missing table and column at once."""
         workspace = ("workspace_id",) if self.account_level == "workspace" else ()
         required = {
@@ -458,9 +461,9 @@ class SqlUsageSource:
         }
         where = f" in schema {self.schema!r}" if self.schema else ""
         problems: list[str] = []
-        found: dict[str, _Columns] = {}
+        found: dict[str, TableColumns] = {}
         for table, columns in required.items():
-            reflected = self._reflect(conn, table)
+            reflected = self.reflect(conn, table)
             if reflected is None:
                 problems.append(f"table {table!r} not found{where}")
                 continue
@@ -478,7 +481,7 @@ class SqlUsageSource:
     # -- built-in model ------------------------------------------------------------------------
 
     def _builtin_query(
-        self, users: _Columns, events: _Columns, windows: _Windows
+        self, users: TableColumns, events: TableColumns, windows: _Windows
     ) -> sa.Select[*tuple[Any, ...]]:
         """The grouped query: events per user, joined to users, grouped by host (and workspace)."""
         by_workspace = self.account_level == "workspace"

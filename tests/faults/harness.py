@@ -332,11 +332,11 @@ def tune_connectors(adapters: Adapters, sleep: Callable[[float], None], timeout:
     """
     for destination in adapters.destinations.values():
         inner = inner_destination(destination)
-        inner._sleep = sleep
+        inner.sleep = sleep
         if inner.name == "salesforce":
-            inner._timeout = timeout
+            inner.timeout = timeout
         else:
-            inner._timeout = (timeout, timeout)
+            inner.timeout = (timeout, timeout)
             inner.pacer._sleep = sleep
 
 

@@ -320,5 +320,5 @@ def test_connectors_are_built_by_bootstrap(rig: Rig) -> None:
     _settings, adapters = rig.adapters()
     inner = inner_destination(adapters.destinations["hubspot"])
     assert isinstance(inner, HubSpotDestination)
-    assert inner._sleep is rig.sleep and inner.pacer._sleep is rig.sleep
-    assert inner._timeout == (TEST_TIMEOUT, TEST_TIMEOUT)
+    assert inner.sleep is rig.sleep and inner.pacer._sleep is rig.sleep
+    assert inner.timeout == (TEST_TIMEOUT, TEST_TIMEOUT)

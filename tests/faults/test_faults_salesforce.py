@@ -458,7 +458,7 @@ def test_connectors_are_built_by_bootstrap(rig: Rig) -> None:
     inner = inner_destination(adapters.destinations["salesforce"])
     assert isinstance(adapters.destinations["salesforce"], SnapshottingDestination)
     assert isinstance(inner, SalesforceDestination)
-    assert inner._sleep is rig.sleep and inner._timeout == TEST_TIMEOUT
+    assert inner.sleep is rig.sleep and inner.timeout == TEST_TIMEOUT
 
 
 def test_failed_mql_read_does_not_overwrite_lead_channels_with_guesses(
