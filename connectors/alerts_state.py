@@ -3,14 +3,17 @@
 The protocol that makes an alert happen exactly once per sales-tier entry:
 
 1. ``mark_pending(store, key, ...)`` records the intent (and the task's text) before any call;
-2. the CRM connector creates the task idempotently: it first looks the task up by the same key,
+2. ``mark_sending(store, key)`` marks the moment a create is about to be sent;
+3. the CRM connector creates the task idempotently: it first looks the task up by the same key,
    stored on the task itself, and only creates it when none exists;
-3. ``mark_created(store, key, task_id)`` records the outcome, or ``mark_rejected`` the CRM's
+4. ``mark_created(store, key, task_id)`` records the outcome, or ``mark_rejected`` the CRM's
    refusal with its reason.
 
-A crash between 2 and 3 leaves the row ``pending``; the next run retries it, the connector finds
-the task by its key and returns it without creating a second one. Rejected alerts are retried on
-later runs (``alerts_to_retry``) and never duplicated, for the same reason.
+A crash between 2 and 4 leaves the row ``sending``; the next run retries it, the connector finds
+the task by its key and returns it without creating a second one. Where the CRM's lookup lags
+behind its writes (HubSpot's search index), ``sending_since`` tells the caller to wait until a
+task created just before the crash can be found. Rejected alerts are retried on later runs
+(``alerts_to_retry``) and never duplicated, for the same reason.
 
 The ``alerts`` table lives in the state store's database, on its own ``MetaData``, and is created
 on first use. Every database failure surfaces as ``FatalError`` with secrets removed.
@@ -50,17 +53,21 @@ __all__ = [
     "CREATED",
     "PENDING",
     "REJECTED",
+    "SENDING",
     "AlertRow",
     "TaskRejected",
     "alerts_to_retry",
     "get_alert",
     "mark_created",
     "mark_pending",
+    "mark_sending",
+    "sending_since",
     "mark_rejected",
     "pending_or_missing",
 ]
 
 PENDING = "pending"
+SENDING = "sending"
 CREATED = "created"
 REJECTED = "rejected"
 _KEY = 255
@@ -243,6 +250,8 @@ def mark_pending(
             return True
         if current.status == CREATED:
             return False
+        if current.status == SENDING:
+            return True  # a create may be in the CRM already: keep when it was sent
         values: dict[str, Any] = {
             "status": PENDING,
             "attempts": int(current.attempts or 0) + 1,
@@ -279,6 +288,21 @@ def mark_created(store: HasEngine, key: str, task_id: str, *, now: datetime | No
     )
 
 
+def mark_sending(store: HasEngine, key: str, *, now: datetime | None = None) -> None:
+    """Record that the task for alert ``key`` is about to be created in the CRM."""
+    _finish(store, key, "mark an alert sending", {"status": SENDING, "updated_at": now or _now()})
+
+
+def sending_since(store: HasEngine, key: str) -> datetime | None:
+    """When a create for alert ``key`` was sent without its outcome being recorded, or ``None``."""
+    engine = _engine(store)
+    with _transaction(engine, "read an alert") as conn:
+        row = conn.execute(
+            select(alerts.c.status, alerts.c.updated_at).where(alerts.c.key == key)
+        ).first()
+    return row.updated_at if row is not None and row.status == SENDING else None
+
+
 def mark_rejected(store: HasEngine, key: str, reason: str, *, now: datetime | None = None) -> None:
     """Record that the CRM refused the task for alert ``key``, and why; it is retried later."""
     _finish(
@@ -292,13 +316,13 @@ def mark_rejected(store: HasEngine, key: str, reason: str, *, now: datetime | No
 def alerts_to_retry(
     store: HasEngine, *, destination: str | None = None, max_attempts: int | None = None
 ) -> list[AlertRow]:
-    """Alerts without a created task (``pending`` and ``rejected``), oldest first.
+    """Alerts without a created task (``pending``, ``sending`` and ``rejected``), oldest first.
 
     ``destination`` keeps one CRM's alerts; ``max_attempts`` leaves out alerts already tried
     that many times (a permanent refusal stays recorded, with its reason, for the report).
     """
     engine = _engine(store)
-    query = select(alerts).where(alerts.c.status.in_((PENDING, REJECTED)))
+    query = select(alerts).where(alerts.c.status.in_((PENDING, SENDING, REJECTED)))
     if destination is not None:
         query = query.where(alerts.c.destination == destination)
     if max_attempts is not None:

@@ -93,6 +93,8 @@ class HubSpotMqls:
 class SalesforceAlerts:
     """``AlertSink``: a Task for the account owner, keyed by a custom field."""
 
+    lookup_lag_seconds = 0.0  # SOQL sees a created Task at once
+
     def __init__(self, dest: Any, key_field: str):
         self.dest = dest
         self.key_field = key_field
@@ -117,6 +119,9 @@ class SalesforceAlerts:
 
 class HubSpotAlerts:
     """``AlertSink``: a HubSpot task on the company, keyed by a task property."""
+
+    # The search API finds a new object only once it is indexed, usually within seconds.
+    lookup_lag_seconds = 60.0
 
     def __init__(self, dest: Any, key_property: str):
         self.dest = dest
@@ -168,6 +173,14 @@ class StateAlertLedger:
             record_id=record_id,
             payload=payload,
         )
+
+    def mark_sending(self, key: str) -> None:
+        """Record that the create is about to be sent."""
+        alerts_state.mark_sending(self.store, key)
+
+    def sending_since(self, key: str) -> datetime | None:
+        """When a create was sent without its outcome recorded."""
+        return alerts_state.sending_since(self.store, key)
 
     def mark_created(self, key: str, task_id: str) -> None:
         """Record the task."""

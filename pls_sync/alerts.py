@@ -9,8 +9,8 @@ crash between "task created" and "ledger updated" is repaired without a second t
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pls_sync.channels import Buyer, alert_key, alert_text, with_alert_key
@@ -72,18 +72,29 @@ def send_alerts(
     ledger: AlertLedger,
     report: MatchReport,
     records: Mapping[str, CrmRecord],
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dict[str, Any]:
     """Create the queued tasks of ``destination`` (this run's and earlier runs' leftovers).
 
-    An account without a matched CRM record keeps its alert queued until it has one.
+    An account without a matched CRM record keeps its alert queued until it has one. A create
+    sent by a run that died before recording its outcome is retried only once the sink's lookup
+    can see a task that create made (``lookup_lag_seconds``); until then it is ``settling``.
     """
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    lag = float(sink.lookup_lag_seconds)
     for key, account_key, record_id, payload in ledger.alerts_to_retry(destination):
         record = records.get(report.record_for(account_key) or record_id or "")
         if record is None or not payload.get("subject"):
             counts["waiting_for_a_record"] += 1
             continue
+        if lag > 0:
+            sent = ledger.sending_since(key)
+            if sent is not None and (clock() - sent).total_seconds() < lag:
+                counts["settling"] += 1
+                continue
+        ledger.mark_sending(key)
         try:
             task_id, created = sink.create_alert(
                 record, payload["subject"], with_alert_key(payload["body"], key), key
@@ -95,7 +106,7 @@ def send_alerts(
             continue
         ledger.mark_created(key, task_id)
         counts["created" if created else "found_existing"] += 1
-    names = ("created", "found_existing", "rejected", "waiting_for_a_record")
+    names = ("created", "found_existing", "rejected", "waiting_for_a_record", "settling")
     summary: dict[str, Any] = {name: counts.get(name, 0) for name in names}
     if reasons:
         summary["rejection_reasons"] = dict(reasons)

@@ -211,7 +211,13 @@ class MqlSource(Protocol):
 
 
 class AlertSink(Protocol):
-    """Creates the rep's task in one CRM, idempotently by key."""
+    """Creates the rep's task in one CRM, idempotently by key.
+
+    ``lookup_lag_seconds``: how long a created task may stay invisible to the lookup by key
+    (a search index); 0 when the lookup is consistent.
+    """
+
+    lookup_lag_seconds: float
 
     def create_alert(
         self, record: CrmRecord, subject: str, body: str, key: str
@@ -247,6 +253,14 @@ class AlertLedger(Protocol):
         payload: dict[str, Any],
     ) -> bool:
         """Record the intent before creating; False when already created."""
+        ...
+
+    def mark_sending(self, key: str) -> None:
+        """Record that the create is about to be sent."""
+        ...
+
+    def sending_since(self, key: str) -> datetime | None:
+        """When a create was sent whose outcome was never recorded, or ``None``."""
         ...
 
     def mark_created(self, key: str, task_id: str) -> None:

@@ -258,11 +258,18 @@ class FakeMqls:
 
 
 class FakeAlertSink:
-    """Tasks kept by key, like a CRM searching its tasks by the key field."""
+    """Tasks kept by key, like a CRM searching its tasks by the key field.
 
-    def __init__(self) -> None:
+    With ``lookup_lag_seconds`` set, tasks in ``unindexed`` are not found by their key yet (a
+    search index behind its writes): creating one of them again makes a duplicate.
+    """
+
+    def __init__(self, lookup_lag_seconds: float = 0.0) -> None:
         self.tasks: dict[str, tuple[str, str, str]] = {}
         self.reject: dict[str, str] = {}
+        self.lookup_lag_seconds = lookup_lag_seconds
+        self.unindexed: set[str] = set()
+        self.duplicates = 0
 
     def create_alert(
         self, record: CrmRecord, subject: str, body: str, key: str
@@ -272,8 +279,10 @@ class FakeAlertSink:
         if record.id in self.reject:
             code = self.reject[record.id]
             raise AlertRejected(RecordRejection(record.id, code, f"{code} for {record.id}"))
-        if key in self.tasks:
+        if key in self.tasks and key not in self.unindexed:
             return f"task-{key}", False
+        if key in self.tasks:
+            self.duplicates += 1
         self.tasks[key] = (record.id, subject, body)
         return f"task-{key}", True
 
@@ -284,6 +293,7 @@ class FakeAlertLedger:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.crash_on_created = False
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def pending_or_missing(self, keys: Iterable[str]) -> set[str]:
         return {k for k in keys if self.rows.get(k, {}).get("status") != "created"}
@@ -300,6 +310,8 @@ class FakeAlertLedger:
         row = self.rows.get(key)
         if row and row["status"] == "created":
             return False
+        if row and row["status"] == "sending":
+            return True
         self.rows[key] = {
             "status": "pending",
             "destination": destination,
@@ -308,6 +320,14 @@ class FakeAlertLedger:
             "payload": dict(payload),
         }
         return True
+
+    def mark_sending(self, key: str) -> None:
+        self.rows[key]["status"] = "sending"
+        self.rows[key]["sent_at"] = self.clock()
+
+    def sending_since(self, key: str) -> datetime | None:
+        row = self.rows.get(key, {})
+        return row.get("sent_at") if row.get("status") == "sending" else None
 
     def mark_created(self, key: str, task_id: str) -> None:
         if self.crash_on_created:

@@ -17,13 +17,16 @@ from connectors.alerts_state import (
     CREATED,
     PENDING,
     REJECTED,
+    SENDING,
     TaskRejected,
     alerts_to_retry,
     get_alert,
     mark_created,
     mark_pending,
     mark_rejected,
+    mark_sending,
     pending_or_missing,
+    sending_since,
 )
 from connectors.state import SqlStateStore
 from pls_sync.errors import FatalError
@@ -88,6 +91,24 @@ def test_the_lifecycle_of_one_alert(store: SqlStateStore) -> None:
     assert row_after is not None and row_after.attempts == 2
     assert pending_or_missing(store, [key]) == set()
     assert alerts_to_retry(store) == []
+
+
+def test_a_create_sent_without_its_outcome_is_remembered_until_it_has_one(
+    store: SqlStateStore,
+) -> None:
+    key = "pqa:sent.io:2026-01-15"
+    assert pending(store, key, now=T0)
+    assert sending_since(store, key) is None  # queued, nothing sent yet
+    sent = T0 + timedelta(minutes=1)
+    mark_sending(store, key, now=sent)
+    assert sending_since(store, key) == sent
+    (row,) = alerts_to_retry(store)
+    assert row.status == SENDING
+    # Queued again by a rerun (the run died before its state commit): the mark stays.
+    assert pending(store, key, now=sent + timedelta(seconds=5))
+    assert sending_since(store, key) == sent
+    mark_created(store, key, "T1", now=sent + timedelta(minutes=2))
+    assert sending_since(store, key) is None and alerts_to_retry(store) == []
 
 
 def test_outcomes_need_a_pending_row(store: SqlStateStore) -> None:
@@ -197,6 +218,8 @@ def test_on_postgres(postgres_url: str) -> None:
         (row,) = alerts_to_retry(state)
         assert row.created_at == T0 and row.payload == {"owner_id": "005"}
         pending(state, "pqa:pg.io:1")
+        mark_sending(state, "pqa:pg.io:1", now=T0)
+        assert sending_since(state, "pqa:pg.io:1") == T0
         mark_created(state, "pqa:pg.io:1", "00T1")
         assert pending_or_missing(state, ["pqa:pg.io:1", "pqa:pg.io:2"]) == {"pqa:pg.io:2"}
         engine.dispose()

@@ -176,6 +176,37 @@ def test_a_crash_between_task_creation_and_the_ledger_leaves_exactly_one_task() 
     assert len(sink.tasks) == 3
 
 
+def test_a_create_the_crm_cannot_find_yet_is_left_to_settle_not_sent_again() -> None:
+    # HubSpot finds a task by its key through a search index that lags its writes: a rerun
+    # seconds after a crash would not see the task it made and would create a second one.
+    adapters, sf = setup()
+    ledger = adapters.alert_ledger
+    sink = adapters.alert_sinks["salesforce"] = FakeAlertSink(lookup_lag_seconds=60)
+    ledger.crash_on_created = True  # type: ignore[union-attr]
+    with pytest.raises(KeyboardInterrupt):
+        run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    (made,) = sink.tasks
+    sink.unindexed.add(made)  # not searchable yet
+    ledger.crash_on_created = False  # type: ignore[union-attr]
+    adapters.state.locks.clear()  # type: ignore[attr-defined]  # the dead run's lock
+
+    soon = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(seconds=10)), channels=ALERTS_ON
+    )
+    alerts = soon.summary["destinations"]["salesforce"]["alerts"]
+    assert (alerts["settling"], alerts["created"], alerts["found_existing"]) == (1, 2, 0)
+    assert sink.duplicates == 0 and len(sink.tasks) == 3
+
+    sink.unindexed.clear()  # indexed now, and the lag has passed
+    ledger.rows[made]["sent_at"] -= timedelta(seconds=61)  # type: ignore[union-attr]
+    later = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(minutes=5)), channels=ALERTS_ON
+    )
+    alerts = later.summary["destinations"]["salesforce"]["alerts"]
+    assert (alerts["settling"], alerts["found_existing"], alerts["created"]) == (0, 1, 0)
+    assert sink.duplicates == 0 and len(sink.tasks) == 3
+
+
 def test_a_rejected_task_is_recorded_and_retried_never_duplicated() -> None:
     adapters, sf = setup()
     sink = adapters.alert_sinks["salesforce"]
