@@ -8,11 +8,7 @@ behind the state, and the next run's diff sends exactly what is missing.
 from __future__ import annotations
 
 import gc
-import json
 import math
-import os
-import shutil
-import socket
 import threading
 import time
 import uuid
@@ -22,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 
@@ -34,6 +30,7 @@ from pls_sync.errors import PlsSyncError, QuotaExhaustedError, RunLockedError, r
 from pls_sync.mapping import DestinationMapping
 from pls_sync.matching import MatchReport, build_index, match_accounts
 from pls_sync.models import CrmRecord, FieldSpec, UsageReadStats, WriteResult
+from pls_sync.plan_files import save_plan
 from pls_sync.planning import AccountResult, Plan, missing_targets, plan_changes, plan_mql_only
 from pls_sync.ports import (
     AccountState,
@@ -46,6 +43,7 @@ from pls_sync.ports import (
     TierTransition,
     UsageSource,
 )
+from pls_sync.run_lock import RunLock
 from pls_sync.scoring import ScoringModel, score_account, tier_counts
 from pls_sync.transitions import advance
 
@@ -169,101 +167,6 @@ def state_changed(result: AccountResult) -> bool:
         previous.qualified_since,
         previous.score_change,
     )
-
-
-class RunLock:
-    """The state-store lock that keeps two runs from writing at once, here or in another container.
-
-    The lease is short and a background thread renews it while the run is alive, so a
-    container that dies holding the lock frees it within one lease. A holder on this same
-    host whose process is gone (killed with SIGKILL) is taken over at once.
-    """
-
-    def __init__(self, state: StateStore, name: str, lease_seconds: float):
-        self.state = state
-        self.name = name
-        self.lease = lease_seconds
-        self.owner = lock_owner()
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise ``RunLockedError`` naming the holder."""
-        if not self.state.acquire_lock(self.name, self.owner, self.lease):
-            holder = self.state.lock_holder(self.name)
-            if holder is not None and _owner_is_dead(holder[0]):
-                log.warning("lock_taken_over", lock=self.name, dead_owner=holder[0])
-                self.state.release_lock(self.name, holder[0])
-                if self.state.acquire_lock(self.name, self.owner, self.lease):
-                    self._start_renewing()
-                    return
-                holder = self.state.lock_holder(self.name)
-            who = f"{holder[0]} until {holder[1].isoformat()}" if holder else "another run"
-            raise RunLockedError(f"another run holds the lock {self.name!r} ({who})", code="locked")
-        self._start_renewing()
-
-    def _start_renewing(self) -> None:
-        self._renewer = threading.Thread(target=self._renew_loop, name="run-lock", daemon=True)
-        self._renewer.start()
-
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.lease / 3):
-            try:
-                if not self.state.renew_lock(self.name, self.owner, self.lease):
-                    self.lost.set()
-                    return
-            except Exception as exc:  # a store hiccup: try again next tick, the lease has slack
-                log.warning("lock_renew_failed", lock=self.name, error=str(exc))
-
-    def check(self) -> None:
-        """Raise when the lease was lost (another run may have taken over)."""
-        if self.lost.is_set():
-            raise RunLockedError(
-                f"lost the lock {self.name!r}: the lease ran out", code="lock_lost"
-            )
-
-    def release(self) -> None:
-        """Stop renewing and give the lock back."""
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(timeout=5)
-        self.state.release_lock(self.name, self.owner)
-
-
-def this_host() -> str:
-    """This process's host as lock owners name it: the hostname and, on Linux, the pid namespace.
-
-    Containers sharing a hostname (host networking) have their own pid namespaces: a pid in
-    another one says nothing about processes here, so its owner is never judged dead from here.
-    """
-    try:
-        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
-    except OSError:
-        namespace = ""
-    return f"{socket.gethostname()}@{namespace}" if namespace else socket.gethostname()
-
-
-def lock_owner() -> str:
-    """A unique lock owner for this process: host (see ``this_host``), pid and a random suffix."""
-    return f"{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def _owner_is_dead(owner: str) -> bool:
-    """True when ``owner`` (host:pid:nonce) is a process on this host that no longer exists."""
-    parts = owner.split(":")
-    if len(parts) != 3 or parts[0] != this_host() or not parts[1].isdigit():
-        return False
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def close_interrupted_runs(state: StateStore, now: datetime) -> None:
@@ -622,41 +525,6 @@ def write_budget(destination: CrmDestination, share: float | None) -> int | None
         return None
     budget = destination.write_budget(share)
     return None if budget is None else int(budget)
-
-
-def save_plan(plans_dir: Path, run_id: str, plans: list[Plan], as_of: datetime) -> Path:
-    """Write the plans as JSON (``plan-<run_id>.json`` and ``latest.json``); return the file."""
-    plans_dir.mkdir(parents=True, exist_ok=True)
-    path = plans_dir / f"plan-{run_id}.json"
-    with path.open("w", encoding="utf-8") as out:
-        write_plans_json(out, run_id, plans, as_of)
-    shutil.copyfile(path, plans_dir / "latest.json")
-    return path
-
-
-def write_plans_json(out: TextIO, run_id: str, plans: list[Plan], as_of: datetime) -> None:
-    """Stream the plans as indented JSON with one change per line.
-
-    A full run at 100k accounts plans 150k changes: ``json.dumps(indent=2)`` of that took
-    seconds in the pure-Python encoder and held the whole text (and its pieces) in memory.
-    """
-
-    def dump(value: Any) -> str:
-        return json.dumps(value, default=str)
-
-    out.write(f'{{\n  "run_id": {dump(run_id)},\n  "as_of": {dump(as_of.isoformat())},\n')
-    out.write('  "destinations": [')
-    for number, plan in enumerate(plans):
-        head = plan.to_dict(limit=0)
-        del head["changes"]
-        out.write(("," if number else "") + "\n    {")
-        for key, value in head.items():
-            out.write(f"\n      {dump(key)}: {dump(value)},")
-        out.write('\n      "changes": [')
-        for index, change in enumerate(plan.change_dicts()):
-            out.write(("," if index else "") + "\n        " + dump(change))
-        out.write("\n      ]\n    }" if plan.changes else "]\n    }")
-    out.write("\n  ]\n}\n" if plans else "]\n}\n")
 
 
 def build_summary(

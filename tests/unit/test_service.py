@@ -214,7 +214,7 @@ def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over() -> None:
     import subprocess
     import sys
 
-    from pls_sync.service import this_host
+    from pls_sync.run_lock import this_host
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # its pid is now free: the lock's owner is dead
@@ -250,7 +250,7 @@ def test_a_lock_held_from_another_pid_namespace_with_our_hostname_is_left_alone(
 def test_the_lease_is_renewed_while_the_run_is_alive() -> None:
     import time
 
-    from pls_sync.service import RunLock
+    from pls_sync.run_lock import RunLock
 
     state = FakeState()
     lock = RunLock(state, "pls-sync:run", lease_seconds=0.3)
