@@ -487,9 +487,16 @@ def sync_destination(
             outcome.status = "stopped"  # SIGTERM: the rest of the diff waits for the next run
         if write.error:
             outcome.status, outcome.error = "failed", write.error
-        if leads is not None:
+        # After SIGTERM, no more CRM calls: queued alerts wait in the ledger for the next run.
+        stopping = options.stop.is_set()
+        if leads is not None and not stopping:
             outcome.stale = stale_pqas(name, leads, scored, outcome, options.as_of)
-        if leads is not None and leads.alerts_tier is not None and name in leads.sinks:
+        if (
+            leads is not None
+            and leads.alerts_tier is not None
+            and name in leads.sinks
+            and not stopping
+        ):
             with timer.stage(f"{name}.alerts"):
                 outcome.alerts = run_alerts(name, leads, scored, outcome)
         log.info(

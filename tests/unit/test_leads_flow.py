@@ -207,6 +207,22 @@ def test_a_create_the_crm_cannot_find_yet_is_left_to_settle_not_sent_again() -> 
     assert sink.duplicates == 0 and len(sink.tasks) == 3
 
 
+def test_after_sigterm_queued_alerts_wait_for_the_next_run() -> None:
+    adapters, sf = setup()
+    sink = adapters.alert_sinks["salesforce"]
+    options = RunOptions(as_of=AS_OF)
+    sf.before_batch = lambda _offset: options.stop.set()  # SIGTERM while writing
+    stopped = run_sync(adapters, MODEL, options, channels=ALERTS_ON)
+    assert stopped.summary["destinations"]["salesforce"].get("alerts") is None
+    assert sink.tasks == {}  # no CRM calls after the batch in flight
+    sf.before_batch = lambda _offset: None
+    later = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(minutes=5)), channels=ALERTS_ON
+    )
+    assert later.summary["destinations"]["salesforce"]["alerts"]["created"] == 3
+    assert len(sink.tasks) == 3
+
+
 def test_a_rejected_task_is_recorded_and_retried_never_duplicated() -> None:
     adapters, sf = setup()
     sink = adapters.alert_sinks["salesforce"]
