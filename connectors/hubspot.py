@@ -277,10 +277,8 @@ def field_spec(prop: Any) -> FieldSpec:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _millis(moment: datetime | None) -> int | None:
-    """Milliseconds since the epoch, the unit of HubSpot's datetime filters."""
-    if moment is None:
-        return None
+def _millis(moment: datetime) -> int:
+    """Milliseconds since the epoch (naive means UTC), the unit of HubSpot's datetime filters."""
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
@@ -458,7 +456,7 @@ def _response_headers(response: Any) -> Any:
     return response.getheaders()
 
 
-def _read_json(fetch: Callable[[], Any]) -> dict[str, Any]:
+def read_json(fetch: Callable[[], Any]) -> dict[str, Any]:
     """Send a ``_preload_content=False`` request and decode its body with ``json.loads``.
 
     The generated client turns every record into model objects and parses every date with
@@ -487,6 +485,46 @@ def _next_after(page: Mapping[str, Any]) -> str | None:
     following = (paging.get("next") or {}) if isinstance(paging, dict) else {}
     after = following.get("after") if isinstance(following, dict) else None
     return str(after) if after else None
+
+
+def search_in_id_windows(
+    fetch: Callable[[str | None, str | None], Mapping[str, Any]], *, object_name: str
+) -> Iterator[Mapping[str, Any]]:
+    """Every result of a search sorted by ``hs_object_id``, past the 10,000-result cap.
+
+    ``fetch(above_id, after)`` sends one search page: ids above ``above_id`` (when given),
+    cursor ``after``, sorted by ``hs_object_id``, decoded. A query returns at most 10,000
+    results; at that cap the search goes on above the last id read. Id order does not move when
+    a record is modified during the read, so paging never skips one.
+    """
+    last_id: str | None = None
+    while True:
+        above_id = last_id  # this window's lower bound, fixed while it is paged
+        in_window = 0
+        after: str | None = None
+        while True:
+            page = fetch(above_id, after)
+            total = page.get("total")
+            first_page = after is None and above_id is None
+            if first_page and isinstance(total, int) and total > SEARCH_RESULT_CAP:
+                log.info(
+                    "hubspot_search_cap",
+                    object=object_name,
+                    matched=total,
+                    cap=SEARCH_RESULT_CAP,
+                    action="searching on in windows of ids",
+                )
+            for result in _dicts(page.get("results")):
+                in_window += 1
+                last_id = str(result.get("id"))
+                yield result
+            after = _next_after(page)
+            if not after:
+                break
+            if after.isdigit() and int(after) + SEARCH_PAGE_SIZE > SEARCH_RESULT_CAP:
+                break  # the next page lies beyond the cap: search on above last_id
+        if in_window < SEARCH_RESULT_CAP or (isinstance(total, int) and total <= in_window):
+            return
 
 
 # --------------------------------------------------------------------------- the destination
@@ -605,7 +643,7 @@ class HubSpotDestination:
                     kwargs["after"] = cursor
                 return api.get_page(_request_timeout=self.timeout, _preload_content=False, **kwargs)
 
-            page = self.call("read", api, functools.partial(_read_json, fetch))
+            page = self.call("read", api, functools.partial(read_json, fetch))
             for result in page.get("results") or ():
                 yield self._record(result, mapping, targets)
             after = _next_after(page)
@@ -625,37 +663,9 @@ class HubSpotDestination:
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
         targets = mapping.targets
-        stamp = since.replace(tzinfo=UTC) if since.tzinfo is None else since
-        since_millis = _millis(stamp) or 0
-        last_id: str | None = None
-        while True:
-            above_id = last_id  # this window's lower bound, fixed while it is paged
-            in_window = 0
-            after: str | None = None
-            while True:
-                page = self._search_modified_page(properties, since_millis, above_id, after)
-                if after is None and above_id is None:
-                    total = page.get("total")
-                    if isinstance(total, int) and total > SEARCH_RESULT_CAP:
-                        log.info(
-                            "hubspot_search_cap",
-                            matched=total,
-                            cap=SEARCH_RESULT_CAP,
-                            action="searching on in windows of company ids",
-                        )
-                for result in page.get("results") or ():
-                    in_window += 1
-                    record = self._record(result, mapping, targets)
-                    last_id = record.id
-                    yield record
-                after = _next_after(page)
-                if not after:
-                    break
-                if after.isdigit() and int(after) + SEARCH_PAGE_SIZE > SEARCH_RESULT_CAP:
-                    break  # the next page lies beyond the cap: search on above last_id
-            total = page.get("total")
-            if in_window < SEARCH_RESULT_CAP or (isinstance(total, int) and total <= in_window):
-                return
+        fetch = functools.partial(self._search_modified_page, properties, _millis(since))
+        for result in search_in_id_windows(fetch, object_name="companies"):
+            yield self._record(result, mapping, targets)
 
     def _search_modified_page(
         self, properties: list[str], since_millis: int, above_id: str | None, after: str | None
@@ -680,7 +690,7 @@ class HubSpotDestination:
             _request_timeout=self.timeout,
             _preload_content=False,
         )
-        return self.call("read", api, functools.partial(_read_json, fetch))
+        return self.call("read", api, functools.partial(read_json, fetch))
 
     def write(
         self,
@@ -766,7 +776,7 @@ class HubSpotDestination:
             api.update, body, _request_timeout=self.timeout, _preload_content=False
         )
         try:
-            response = self.call("write", api, functools.partial(_read_json, send))
+            response = self.call("write", api, functools.partial(read_json, send))
         except HubSpotValidationError as exc:
             if len(batch) == 1:
                 result.rejected.append(self._whole_request_rejection(batch[0], exc))

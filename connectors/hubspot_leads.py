@@ -46,9 +46,10 @@ from hubspot.crm.objects.tasks.exceptions import ApiException as TasksApiExcepti
 from connectors.alerts_state import TaskRejected
 from connectors.hubspot import (
     SEARCH_PAGE_SIZE,
-    SEARCH_RESULT_CAP,
     HubSpotDestination,
     HubSpotValidationError,
+    read_json,
+    search_in_id_windows,
 )
 from connectors.retrying import backoff_delay
 from pls_sync.errors import FatalError, RetriableError
@@ -177,48 +178,30 @@ def read_hubspot_mqls(
     to skip and count.
     """
     api = _apis_of(dest).contacts_search
-    last_id: str | None = None  # the window's lower bound: ids above the last one read
-    while True:
-        groups = mql_filter_groups(lifecycle_stage, mql_property, mql_value, after_id=last_id)
-        after: str | None = None
-        in_window = 0
-        while True:
-            request = PublicObjectSearchRequest(
-                filter_groups=groups,
-                sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
-                properties=["email"],
-                limit=SEARCH_PAGE_SIZE,
-                after=after,
-            )
-            page = _call(
-                dest,
-                "read",
-                api,
-                functools.partial(
-                    api.do_search,
-                    public_object_search_request=request,
-                    _request_timeout=dest.timeout,
-                ),
-            )
-            if after is None and last_id is None and (page.total or 0) > SEARCH_RESULT_CAP:
-                log.info(
-                    "hubspot_search_cap",
-                    object="contacts",
-                    matched=page.total,
-                    cap=SEARCH_RESULT_CAP,
-                    action="searching on in windows of contact ids",
-                )
-            for result in page.results or []:
-                in_window += 1
-                last_id = str(result.id)
-                email = (result.properties or {}).get("email")
-                if isinstance(email, str) and email.strip():
-                    yield CONTACT_SOURCE, str(result.id), email.strip()
-            after = page.paging.next.after if page.paging and page.paging.next else None
-            if not after or (after.isdigit() and int(after) + SEARCH_PAGE_SIZE > SEARCH_RESULT_CAP):
-                break
-        if in_window < SEARCH_RESULT_CAP or (page.total or 0) <= in_window:
-            return
+
+    def fetch(above_id: str | None, after: str | None) -> dict[str, Any]:
+        request = PublicObjectSearchRequest(
+            filter_groups=mql_filter_groups(
+                lifecycle_stage, mql_property, mql_value, after_id=above_id
+            ),
+            sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+            properties=["email"],
+            limit=SEARCH_PAGE_SIZE,
+            after=after,
+        )
+        send = functools.partial(
+            api.do_search,
+            public_object_search_request=request,
+            _request_timeout=dest.timeout,
+            _preload_content=False,
+        )
+        return _call(dest, "read", api, functools.partial(read_json, send))
+
+    for result in search_in_id_windows(fetch, object_name="contacts"):
+        properties = result.get("properties")
+        email = properties.get("email") if isinstance(properties, dict) else None
+        if isinstance(email, str) and email.strip():
+            yield CONTACT_SOURCE, str(result.get("id")), email.strip()
 
 
 # --- alert tasks ----------------------------------------------------------------------------

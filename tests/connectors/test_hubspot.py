@@ -365,7 +365,7 @@ def test_a_body_that_is_not_json_is_retriable() -> None:
 
     raw = Raw()
     with pytest.raises(RetriableError):
-        hubspot_connector._read_json(lambda: raw)
+        hubspot_connector.read_json(lambda: raw)
     assert raw.released
     assert hubspot_connector._next_after({"paging": {"next": {"after": "300"}}}) == "300"
     assert hubspot_connector._next_after({"results": []}) is None
