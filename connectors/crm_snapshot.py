@@ -22,9 +22,9 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Column, MetaData, String, Table, Text, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from connectors.state import NATIVE_UPSERT_DIALECTS, dialect_insert
 from pls_sync.mapping import DestinationMapping
 from pls_sync.models import CrmRecord, FieldSpec, RecordChange, WriteResult
 from pls_sync.ports import CrmDestination
@@ -270,10 +270,9 @@ class SnapshottingDestination:
             return
         dialect = self.engine.dialect.name
         with self.engine.begin() as conn:
-            if dialect in ("sqlite", "postgresql"):
+            if dialect in NATIVE_UPSERT_DIALECTS:
                 # One INSERT ... ON CONFLICT per batch instead of a DELETE and an INSERT.
-                insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-                statement = insert(crm_snapshot)
+                statement = dialect_insert(dialect)(crm_snapshot)
                 statement = statement.on_conflict_do_update(
                     index_elements=[crm_snapshot.c.destination, crm_snapshot.c.record_id],
                     set_={"data": statement.excluded.data},

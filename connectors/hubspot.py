@@ -923,11 +923,11 @@ class HubSpotDestination:
                 self.pacer.completed()
                 status = int(getattr(exc, "status", 0) or 0)
                 self._observe(getattr(exc, "headers", None), track_window=status != 429)
-                raise translate_api_error(exc, [self._token]) from None
+                raise self.translate(exc) from None
             except _TRANSPORT_ERRORS as exc:
                 self.pacer.completed()
                 raise RetriableError(
-                    redact(f"HubSpot unreachable: {type(exc).__name__}: {exc}", [self._token]),
+                    self.redact_secrets(f"HubSpot unreachable: {type(exc).__name__}: {exc}"),
                     code="TRANSPORT",
                 ) from None
             self.pacer.completed()

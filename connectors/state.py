@@ -58,6 +58,8 @@ from pls_sync.ports import AccountState, RunRecord, StoredRejection, TierTransit
 
 SCHEMA_VERSION = 1
 _BATCH = 10_000
+# Dialects whose INSERT takes ON CONFLICT ... DO UPDATE; others delete then insert.
+NATIVE_UPSERT_DIALECTS = ("sqlite", "postgresql")
 _SQLITE_TIMEOUT_SECONDS = 30.0
 _KEY = 255
 
@@ -240,7 +242,7 @@ class SqlStateStore:
         self._url = parsed
         self._engine = engine if engine is not None else self._create_engine(parsed)
         self._dialect = self._engine.dialect.name
-        self._native_upsert = self._dialect in ("sqlite", "postgresql")
+        self._native_upsert = self._dialect in NATIVE_UPSERT_DIALECTS
 
     @classmethod
     def open(cls, url: str, *, engine: Engine | None = None) -> SqlStateStore:
@@ -576,8 +578,7 @@ class SqlStateStore:
         }
         with self._transaction("acquire lock", write=True) as conn:
             if self._native_upsert:
-                dialect_insert = _dialect_insert(self._dialect)
-                statement = dialect_insert(locks).values(row)
+                statement = dialect_insert(self._dialect)(locks).values(row)
                 excluded = statement.excluded
                 statement = statement.on_conflict_do_update(
                     index_elements=[locks.c.name],
@@ -727,7 +728,7 @@ class SqlStateStore:
         if not rows:
             return
         if self._native_upsert:
-            statement = _dialect_insert(self._dialect)(table)
+            statement = dialect_insert(self._dialect)(table)
             excluded = statement.excluded
             statement = statement.on_conflict_do_update(
                 index_elements=[table.c[k] for k in keys],
@@ -748,7 +749,7 @@ class SqlStateStore:
             conn.execute(insert(table), chunk)
 
     def _upsert_rejections_native(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        statement = _dialect_insert(self._dialect)(rejections)
+        statement = dialect_insert(self._dialect)(rejections)
         excluded = statement.excluded
         still_open = rejections.c.resolved_at.is_(None)
         statement = statement.on_conflict_do_update(
@@ -868,7 +869,8 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
         conn.exec_driver_sql(conn.get_execution_options().get("pls_sync_begin", "BEGIN"))
 
 
-def _dialect_insert(dialect: str) -> Callable[[Table], Any]:
+def dialect_insert(dialect: str) -> Callable[[Table], Any]:
+    """The INSERT with ``ON CONFLICT`` of a dialect in ``NATIVE_UPSERT_DIALECTS``."""
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
