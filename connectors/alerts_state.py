@@ -11,7 +11,7 @@ The protocol that makes an alert happen exactly once per sales-tier entry:
 
 A crash between 2 and 4 leaves the row ``sending``; the next run retries it, the connector finds
 the task by its key and returns it without creating a second one. Where the CRM's lookup lags
-behind its writes (HubSpot's search index), ``sending_since`` tells the caller to wait until a
+behind its writes (HubSpot's search index), a row's ``sending_since`` tells the caller to wait until a
 task created just before the crash can be found. Rejected alerts are retried on later runs
 (``alerts_to_retry``) and never duplicated, for the same reason.
 
@@ -61,7 +61,6 @@ __all__ = [
     "mark_created",
     "mark_pending",
     "mark_sending",
-    "sending_since",
     "mark_rejected",
     "pending_or_missing",
 ]
@@ -138,6 +137,11 @@ class AlertRow:
     created_at: datetime
     updated_at: datetime
     payload: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def sending_since(self) -> datetime | None:
+        """When a create was sent without its outcome being recorded, or ``None``."""
+        return self.updated_at if self.status == SENDING else None
 
 
 def _now() -> datetime:
@@ -291,16 +295,6 @@ def mark_created(store: HasEngine, key: str, task_id: str, *, now: datetime | No
 def mark_sending(store: HasEngine, key: str, *, now: datetime | None = None) -> None:
     """Record that the task for alert ``key`` is about to be created in the CRM."""
     _finish(store, key, "mark an alert sending", {"status": SENDING, "updated_at": now or _now()})
-
-
-def sending_since(store: HasEngine, key: str) -> datetime | None:
-    """When a create for alert ``key`` was sent without its outcome being recorded, or ``None``."""
-    engine = _engine(store)
-    with _transaction(engine, "read an alert") as conn:
-        row = conn.execute(
-            select(alerts.c.status, alerts.c.updated_at).where(alerts.c.key == key)
-        ).first()
-    return row.updated_at if row is not None and row.status == SENDING else None
 
 
 def mark_rejected(store: HasEngine, key: str, reason: str, *, now: datetime | None = None) -> None:

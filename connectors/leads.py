@@ -178,10 +178,6 @@ class StateAlertLedger:
         """Record that the create is about to be sent."""
         alerts_state.mark_sending(self.store, key)
 
-    def sending_since(self, key: str) -> datetime | None:
-        """When a create was sent without its outcome recorded."""
-        return alerts_state.sending_since(self.store, key)
-
     def mark_created(self, key: str, task_id: str) -> None:
         """Record the task."""
         alerts_state.mark_created(self.store, key, task_id)
@@ -192,9 +188,9 @@ class StateAlertLedger:
 
     def alerts_to_retry(
         self, destination: str
-    ) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+    ) -> list[tuple[str, str, str | None, dict[str, Any], datetime | None]]:
         """Alerts of ``destination`` still without a task."""
         return [
-            (row.key, row.account_key, row.record_id, dict(row.payload or {}))
+            (row.key, row.account_key, row.record_id, dict(row.payload or {}), row.sending_since)
             for row in alerts_state.alerts_to_retry(self.store, destination=destination)
         ]

@@ -84,16 +84,14 @@ def send_alerts(
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     lag = float(sink.lookup_lag_seconds)
-    for key, account_key, record_id, payload in ledger.alerts_to_retry(destination):
+    for key, account_key, record_id, payload, sent in ledger.alerts_to_retry(destination):
         record = records.get(report.record_for(account_key) or record_id or "")
         if record is None or not payload.get("subject"):
             counts["waiting_for_a_record"] += 1
             continue
-        if lag > 0:
-            sent = ledger.sending_since(key)
-            if sent is not None and (clock() - sent).total_seconds() < lag:
-                counts["settling"] += 1
-                continue
+        if sent is not None and (clock() - sent).total_seconds() < lag:
+            counts["settling"] += 1
+            continue
         ledger.mark_sending(key)
         try:
             task_id, created = sink.create_alert(

@@ -259,10 +259,6 @@ class AlertLedger(Protocol):
         """Record that the create is about to be sent."""
         ...
 
-    def sending_since(self, key: str) -> datetime | None:
-        """When a create was sent whose outcome was never recorded, or ``None``."""
-        ...
-
     def mark_created(self, key: str, task_id: str) -> None:
         """Record the created task."""
         ...
@@ -273,6 +269,9 @@ class AlertLedger(Protocol):
 
     def alerts_to_retry(
         self, destination: str
-    ) -> list[tuple[str, str, str | None, dict[str, Any]]]:
-        """(key, account key, record id, payload) of alerts not yet created."""
+    ) -> list[tuple[str, str, str | None, dict[str, Any], datetime | None]]:
+        """(key, account key, record id, payload, sending since) of alerts not yet created.
+
+        "Sending since" is when a create was sent whose outcome was never recorded, or ``None``.
+        """
         ...

@@ -325,10 +325,6 @@ class FakeAlertLedger:
         self.rows[key]["status"] = "sending"
         self.rows[key]["sent_at"] = self.clock()
 
-    def sending_since(self, key: str) -> datetime | None:
-        row = self.rows.get(key, {})
-        return row.get("sent_at") if row.get("status") == "sending" else None
-
     def mark_created(self, key: str, task_id: str) -> None:
         if self.crash_on_created:
             raise KeyboardInterrupt  # the process dies between task creation and the ledger commit
@@ -340,9 +336,15 @@ class FakeAlertLedger:
 
     def alerts_to_retry(
         self, destination: str
-    ) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+    ) -> list[tuple[str, str, str | None, dict[str, Any], datetime | None]]:
         return [
-            (k, r["account_key"], r["record_id"], r["payload"])
+            (
+                k,
+                r["account_key"],
+                r["record_id"],
+                r["payload"],
+                r.get("sent_at") if r["status"] == "sending" else None,
+            )
             for k, r in self.rows.items()
             if r["status"] != "created" and r["destination"] == destination
         ]

@@ -26,7 +26,6 @@ from connectors.alerts_state import (
     mark_rejected,
     mark_sending,
     pending_or_missing,
-    sending_since,
 )
 from connectors.state import SqlStateStore
 from pls_sync.errors import FatalError
@@ -91,6 +90,12 @@ def test_the_lifecycle_of_one_alert(store: SqlStateStore) -> None:
     assert row_after is not None and row_after.attempts == 2
     assert pending_or_missing(store, [key]) == set()
     assert alerts_to_retry(store) == []
+
+
+def sending_since(store: SqlStateStore, key: str) -> datetime | None:
+    row = get_alert(store, key)
+    assert row is not None
+    return row.sending_since
 
 
 def test_a_create_sent_without_its_outcome_is_remembered_until_it_has_one(
