@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from connectors.state import SqlStateStore
 from pls_sync.config import load_settings
 from pls_sync.sandbox.server import Sandbox
 from tests.e2e.conftest import CONFIG, DEMO_COMPANIES, REPO_ROOT, Workdir, copy_config
+from tests.processes import signal_when_ready
 
 SF_WRITE = "sf.composite.sobjects.patch"
 HS_WRITE = "hs.companies.batch_update"
@@ -662,17 +662,9 @@ def test_sigterm_mid_write_finishes_the_batch_in_flight_and_the_next_run_converg
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while crm.counts().get(SF_WRITE, 0) < 1 and child.poll() is None:
-            assert time.monotonic() < deadline, "the run never started writing"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGTERM)
-        _out, err = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    err = signal_when_ready(
+        child, lambda: crm.counts().get(SF_WRITE, 0) >= 1, signal.SIGTERM, timeout=60
+    )
 
     assert child.returncode == 0, err
     summary = json.loads((workdir.root / "stopped.json").read_text())

@@ -33,6 +33,7 @@ from pls_sync.health import check_health
 from pls_sync.models import ProductAccount, UsageReadStats
 from pls_sync.scheduler import LockedOut, SyncScheduler, now_utc
 from pls_sync.service import Adapters, RunOptions, run_sync
+from tests.processes import signal_when_ready
 
 REPO = Path(__file__).resolve().parents[2]
 NEVER = "0 0 1 1 *"  # once a year: a job the clock will not fire during a test
@@ -448,15 +449,7 @@ def test_a_signal_lets_the_run_finish_and_exits_0(
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        wait_for(lambda: (tmp_path / "entered").exists() or child.poll() is not None, 10)
-        assert child.poll() is None, child.communicate()[1]
-        child.send_signal(signum)
-        _out, err = child.communicate(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    err = signal_when_ready(child, (tmp_path / "entered").exists, signum, timeout=10)
 
     assert child.returncode == 0, err
     assert (tmp_path / "finished").exists()
