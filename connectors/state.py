@@ -160,6 +160,8 @@ score_history = Table(
     Column("score", Integer, nullable=False),
     Column("tier", String(64), nullable=False),
     Index("ix_score_history_account_scored", "account_key", "scored_at"),
+    # prune_history deletes by age after every run: a range on scored_at, not a table scan.
+    Index("ix_score_history_scored_at", "scored_at"),
 )
 
 tier_transitions = Table(
@@ -283,6 +285,10 @@ class SqlStateStore:
                 ) from None
         with self._transaction("create tables", write=True) as conn:
             metadata.create_all(conn, checkfirst=True)
+            # create_all adds indexes only with a new table: add those an older store lacks.
+            for table in metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
         with self._transaction("check schema version", write=True) as conn:
             current = conn.execute(select(func.max(schema_version.c.version))).scalar()
             if current is None:

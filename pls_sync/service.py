@@ -467,18 +467,11 @@ def sync_destination(
         with timer.stage(f"{name}.write"):
             budget = write_budget(destination, options.api_budget_share)
             outcome.budget = budget
-            if budget is None:
-                outcome.write = destination.write(
-                    mapping.object, outcome.plan.changes, specs, stop=options.stop
-                )
-            else:
-                outcome.write = destination.write(  # type: ignore[call-arg]
-                    mapping.object,
-                    outcome.plan.changes,
-                    specs,
-                    max_write_calls=budget,
-                    stop=options.stop,
-                )
+            # Only destinations that report a write budget take max_write_calls.
+            capped = {} if budget is None else {"max_write_calls": budget}
+            outcome.write = destination.write(
+                mapping.object, outcome.plan.changes, specs, stop=options.stop, **capped
+            )
         write = outcome.write
         state.record_rejections(options.run_id, name, write.rejected, options.as_of)
         state.resolve_rejections(name, write.written)

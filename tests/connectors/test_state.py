@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, create_engine, insert, inspect, text
 
 from connectors.crm_snapshot import SnapshottingDestination
 from connectors.state import SCHEMA_VERSION, SqlStateStore, schema_version
@@ -240,6 +240,15 @@ def test_history_and_transitions_are_appended(store: SqlStateStore) -> None:
     ]
     assert store.prune_history(T0 + timedelta(days=2)) == 2
     assert len(store.score_history_for("a.com")) == 3
+
+
+def test_an_older_store_gets_the_indexes_it_lacks(backend: Backend) -> None:
+    store = backend.new_store()
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_score_history_scored_at"))
+    backend.new_store()  # opening it again creates what is missing
+    names = {i["name"] for i in inspect(store.engine).get_indexes("score_history")}
+    assert "ix_score_history_scored_at" in names
 
 
 def test_a_failed_save_leaves_nothing_behind(store: SqlStateStore) -> None:
