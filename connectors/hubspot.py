@@ -423,9 +423,7 @@ def _error_fields(error: Mapping[str, Any]) -> tuple[str, ...]:
     names = list(context.get("propertyName") or [])
     if not names:
         for detail in _dicts(error.get("errors")):
-            detail_context = detail.get("context")
-            if isinstance(detail_context, dict):
-                names.extend(detail_context.get("propertyName") or [])
+            names.extend(_dict(detail.get("context")).get("propertyName") or [])
     if not names:
         names = [
             str(d["name"])
