@@ -50,6 +50,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, RowMapping, make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.types import TypeEngine
 
 from pls_sync.errors import FatalError, redact
@@ -286,9 +287,13 @@ class SqlStateStore:
         with self._transaction("create tables", write=True) as conn:
             metadata.create_all(conn, checkfirst=True)
             # create_all adds indexes only with a new table: add those an older store lacks.
+            # SQLite and PostgreSQL say IF NOT EXISTS themselves, with no catalogue reflection.
             for table in metadata.sorted_tables:
                 for index in table.indexes:
-                    index.create(conn, checkfirst=True)
+                    if self._dialect in ("sqlite", "postgresql"):
+                        conn.execute(CreateIndex(index, if_not_exists=True))
+                    else:
+                        index.create(conn, checkfirst=True)
         with self._transaction("check schema version", write=True) as conn:
             current = conn.execute(select(func.max(schema_version.c.version))).scalar()
             if current is None:
