@@ -271,6 +271,8 @@ def field_spec(prop: Any) -> FieldSpec:
         updateable=not read_only and not bool(prop.calculated),
         label=prop.label,
         picklist_values=options,
+        # HubSpot refuses a value that is not one of an enumeration's options.
+        restricted=mapped in (FieldType.PICKLIST, FieldType.MULTIPICKLIST),
     )
 
 

@@ -258,6 +258,7 @@ def field_spec(field: Mapping[str, Any]) -> FieldSpec:
         and entry.get("value") is not None
         and entry.get("active", True)
     )
+    precision = field.get("precision") or field.get("digits") if kind in _NUMBER_TYPES else None
     return FieldSpec(
         name=str(field["name"]),
         type=kind,
@@ -266,6 +267,8 @@ def field_spec(field: Mapping[str, Any]) -> FieldSpec:
         label=field.get("label"),
         scale=int(scale) if scale is not None else None,
         picklist_values=picklist,
+        restricted=bool(field.get("restrictedPicklist", False)),
+        precision=int(precision) if precision else None,
     )
 
 

@@ -94,6 +94,10 @@ class FieldSpec:
     label: str | None = None
     scale: int | None = None
     picklist_values: tuple[str, ...] = ()
+    # A restricted picklist (every HubSpot enumeration, a Salesforce restricted picklist)
+    # refuses values it does not list; an unrestricted one stores them as inactive values.
+    restricted: bool = False
+    precision: int | None = None  # total digits of a number field, when the schema says
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,9 @@ class RecordChange:
     fields: Mapping[str, Any]
     account_key: str
     priority: float = 0.0
+    # What the CRM held for each changed field when the plan was made (canonical values),
+    # for showing a plan as a diff; connectors never send it.
+    current: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
