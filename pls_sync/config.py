@@ -47,6 +47,7 @@ from pls_sync.channels import (
     validate_motion_table,
 )
 from pls_sync.config_yaml import Document, Interpolator, KeyPath, load_document
+from pls_sync.cron import CronError, parse_cron
 from pls_sync.errors import ConfigError, ConfigIssue, redact
 from pls_sync.mapping import (
     FORBIDDEN_TARGETS,
@@ -158,7 +159,8 @@ class DestinationSettings:
 
 @dataclass(frozen=True, slots=True)
 class JobSettings:
-    """A scheduled job: its name, its five-field cron expression and its misfire grace."""
+    """A scheduled job: its name, its standard five-field cron expression (``pls_sync.cron``)
+    and its misfire grace."""
 
     name: str
     cron: str
@@ -425,12 +427,10 @@ class JobSpec(_Spec):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
-
         # Whether an expression is valid does not depend on the zone it is read in.
         try:
-            CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
+            parse_cron(value)
+        except CronError as exc:
             raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
         return value
 

@@ -30,14 +30,14 @@ class HealthReport:
 
 def next_due(settings: Settings, after: datetime) -> tuple[datetime, float] | None:
     """The earliest scheduled fire time after ``after`` over all jobs, with that job's grace."""
-    from apscheduler.triggers.cron import CronTrigger
+    from pls_sync.cron import cron_trigger
 
     best: tuple[datetime, float] | None = None
     # Fire times are inclusive: a run that started on the dot of its own fire time is not due
     # again at that same instant.
     after = after + timedelta(microseconds=1)
     for job in settings.schedule.jobs:
-        trigger = CronTrigger.from_crontab(job.cron, timezone=settings.schedule.timezone)
+        trigger = cron_trigger(job.cron, settings.schedule.timezone)
         fire = trigger.get_next_fire_time(None, after)
         if fire is not None and (best is None or fire < best[0]):
             best = (fire, float(job.grace_seconds))
@@ -56,10 +56,14 @@ def check_health(
 
     A last run whose status is ``failed``, or in which a destination failed outright, is
     unhealthy; rejected records alone only add a warning line. With no run yet, a scheduler
-    heartbeat fresher than ``HEARTBEAT_FRESH_SECONDS`` is healthy. The state store's own errors
+    heartbeat fresher than ``HEARTBEAT_FRESH_SECONDS`` is healthy. ``limit`` runs are listed
+    (0: none; the verdict still looks at the last run). The state store's own errors
     (``FatalError`` when it cannot be reached) propagate to the caller.
     """
-    runs = store.recent_runs(limit)
+    if limit < 0:
+        raise ValueError(f"limit must be 0 or more, not {limit}")
+    # The verdict always needs the last run, even when no run is to be listed.
+    runs = store.recent_runs(max(limit, 1))
     report = HealthReport(healthy=True)
     beat: tuple[datetime, dict[str, Any]] | None = getattr(
         store, "last_heartbeat", lambda _name: None
@@ -78,7 +82,7 @@ def check_health(
                 f"than {HEARTBEAT_FRESH_SECONDS} s."
             )
         return report
-    for run in runs:
+    for run in runs[:limit]:
         written = sum(
             int(d.get("records_written", 0)) for d in run.summary.get("destinations", {}).values()
         )

@@ -26,9 +26,9 @@ from apscheduler.events import (
     JobExecutionEvent,
 )
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 
 from pls_sync.config import Settings
+from pls_sync.cron import cron_trigger
 from pls_sync.errors import PlsSyncError, RunLockedError, redact
 
 log = structlog.get_logger("pls_sync.scheduler")
@@ -83,7 +83,7 @@ class SyncScheduler:
         for job in settings.schedule.jobs:
             self.scheduler.add_job(
                 self._run,
-                CronTrigger.from_crontab(job.cron, timezone=settings.schedule.timezone),
+                cron_trigger(job.cron, settings.schedule.timezone),
                 args=(job.name, job.destinations or None),
                 id=job.name,
                 name=job.name,
@@ -149,10 +149,14 @@ class SyncScheduler:
         elif isinstance(event, JobExecutionEvent) and event.exception is not None:
             log.error("job_error", job=event.job_id, error=redact(str(event.exception)))
 
-    def next_runs(self) -> dict[str, str]:
-        """Each job's next fire time, ISO formatted in UTC (also before the scheduler starts)."""
+    def next_runs(self, now: datetime | None = None) -> dict[str, str]:
+        """Each job's next fire time, ISO formatted in UTC (also before the scheduler starts).
+
+        Before the scheduler starts, the next fire time is counted from ``now`` (default: the
+        clock); once it runs, APScheduler's own next run time is reported.
+        """
         out: dict[str, str] = {}
-        now = datetime.now(UTC)
+        now = now if now is not None else datetime.now(UTC)
         for job in self.scheduler.get_jobs():
             # A job added before start() has no next_run_time attribute yet.
             when = getattr(job, "next_run_time", None)

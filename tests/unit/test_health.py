@@ -265,3 +265,32 @@ def test_a_missing_sqlite_state_store_is_not_created(tmp_path: Path) -> None:
         open_existing_state_store(f"sqlite:///{missing}")
 
     assert not missing.parent.exists()
+
+
+def test_a_weekday_job_run_on_friday_is_next_due_on_monday(
+    store: SqlStateStore, base_settings: Settings
+) -> None:
+    """``1-5`` is Monday to Friday, as in every cron: nothing is overdue over the weekend."""
+    settings = with_jobs(base_settings, JobSettings("weekdays", "0 9 * * 1-5", 600))
+    friday = datetime(2026, 12, 4, 9, 0, 3, tzinfo=UTC)
+    record_run(store, "r1", friday)
+
+    assert next_due(settings, friday) == (datetime(2026, 12, 7, 9, 0, tzinfo=UTC), 600.0)
+    sunday_night = datetime(2026, 12, 6, 23, 0, tzinfo=UTC)
+    assert check_health(store, settings, sunday_night).healthy
+    monday_late = datetime(2026, 12, 7, 9, 10, 1, tzinfo=UTC)
+    assert not check_health(store, settings, monday_late).healthy
+
+
+def test_limit_zero_lists_no_run_but_still_judges_the_last_one(
+    store: SqlStateStore, settings: Settings
+) -> None:
+    record_run(store, "r1", T0, status="failed", error="boom")
+
+    report = check_health(store, settings, T0 + timedelta(minutes=1), limit=0)
+
+    assert not report.healthy
+    assert not any("schedule:full_sync" in line for line in report.lines)
+    assert "UNHEALTHY: the last run (r1) failed." in report.lines
+    with pytest.raises(ValueError, match="limit must be 0 or more"):
+        check_health(store, settings, T0, limit=-1)

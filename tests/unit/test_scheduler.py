@@ -28,6 +28,7 @@ import structlog
 
 from connectors.state import SqlStateStore
 from pls_sync.config import JobSettings, ScheduleSettings, Settings, load_settings
+from pls_sync.cron import next_fire_times
 from pls_sync.errors import WarehouseError
 from pls_sync.health import check_health
 from pls_sync.models import ProductAccount, UsageReadStats
@@ -161,13 +162,18 @@ def test_jobs_come_from_config_with_their_time_zone(tmp_path: Path) -> None:
     assert refresh.misfire_grace_time == 1  # APScheduler refuses 0: one second is "no grace"
     assert full.args == ("full_sync", None)
     assert refresh.args == ("pqa_refresh", ("salesforce",))
-    # Before start() too: the heartbeat written at start up needs the next runs.
-    nexts = {job: datetime.fromisoformat(at) for job, at in scheduler.next_runs().items()}
+    # Before start() too: the heartbeat written at start up needs the next runs. From a fixed
+    # Friday evening in New York, "1-5" (Monday to Friday) next fires on Monday morning.
+    friday_evening = datetime(2026, 12, 4, 18, 0, tzinfo=new_york)
+    nexts = {
+        job: datetime.fromisoformat(at)
+        for job, at in scheduler.next_runs(now=friday_evening).items()
+    }
     assert all(at.utcoffset() == timedelta(0) for at in nexts.values())
-    local = nexts["full_sync"].astimezone(new_york)
-    assert (local.hour, local.minute) == (9, 0) and local.weekday() < 5
-    assert nexts["pqa_refresh"].astimezone(new_york).minute == 30
-    assert nexts["full_sync"] > datetime.now(UTC)
+    assert nexts["full_sync"].astimezone(new_york) == datetime(2026, 12, 7, 9, 0, tzinfo=new_york)
+    assert nexts["pqa_refresh"].astimezone(new_york) == datetime(
+        2026, 12, 4, 18, 30, tzinfo=new_york
+    )
 
 
 # --------------------------------------------------------------------------- run now
@@ -485,7 +491,8 @@ def test_heartbeat_is_written_to_the_state_store(
     assert beat is not None
     at, detail = beat
     assert abs(datetime.now(UTC) - at) < timedelta(seconds=5)
-    assert detail["next_runs"]["full_sync"] == f"{datetime.now(UTC).year + 1}-01-01T00:00:00+00:00"
+    (expected,) = next_fire_times(NEVER, "UTC", at - timedelta(seconds=5), count=1)
+    assert detail["next_runs"]["full_sync"] == expected.isoformat()
     assert (detail["runs"], detail["failures"], detail["running"]) == (0, 0, [])
     assert events(logs, "heartbeat_failed")[0]["error"] == "state store hiccup"
     # No run yet, but a fresh heartbeat: the container is healthy.
