@@ -46,7 +46,7 @@ from pls_sync.channels import (
     persona_model_problems,
     validate_motion_table,
 )
-from pls_sync.config_yaml import Document, Interpolator, KeyPath, load_document
+from pls_sync.config_yaml import ConfigLines, Document, Interpolator, KeyPath, load_document
 from pls_sync.cron import CronError, parse_cron
 from pls_sync.errors import ConfigError, ConfigIssue, redact
 from pls_sync.mapping import (
@@ -228,6 +228,9 @@ class Settings:
     crm_snapshot: CrmSnapshotSettings = field(default_factory=lambda: CrmSnapshotSettings())
     channels: ChannelSettings = field(default_factory=lambda: ChannelSettings())
     history_days: int | None = 730
+    channels_path: Path | None = None
+    # Where every key of every file is, for problems found after loading (validate, run).
+    lines: ConfigLines = field(default_factory=ConfigLines, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1036,6 +1039,45 @@ def _check_scoring(
         _check_label(document, signal.label, ("signals", index, "label"), metrics, issues)
 
     _check_tiers(document, parts, issues)
+    _check_tier_reach(document, parts, issues)
+
+
+# The playbook's tiers, highest first: when a model names them, their bounds keep this order.
+_PLAYBOOK_TIERS = ("sales", "success", "self_serve")
+
+
+def _check_tier_reach(document: Document, parts: _Parts, issues: list[ConfigIssue]) -> None:
+    """Tiers in the playbook's order, and none above the highest score the model can give."""
+    tiers: dict[str, float] = parts.get("tiers", {})
+    named = [(name, tiers[name]) for name in _PLAYBOOK_TIERS if name in tiers]
+    for (upper, upper_bound), (lower, lower_bound) in zip(named, named[1:], strict=False):
+        if lower_bound > upper_bound:
+            issues.append(
+                document.issue(
+                    ("tiers", lower),
+                    f"tier {lower!r} ({lower_bound:g}) is above {upper!r} ({upper_bound:g}): "
+                    "the tiers go sales, then success, then self_serve, highest first",
+                )
+            )
+    components: dict[str, ComponentSpec] = parts.get("components", {})
+    signals: list[SignalSpec | None] = parts.get("signals", [])
+    if not (parts.complete("components") and parts.complete("signals") and components):
+        return
+    # Each component gives at most its curve's last (highest) points times its weight; every
+    # signal that can fire adds its points. Scores are clamped to 100 and rounded half up.
+    from_components = sum(c.weight * c.curve[-1][1] for c in components.values())
+    from_signals = sum(max(0.0, s.points) for s in signals if s is not None)
+    best = min(100, int(round(from_components + from_signals, 9) + 0.5))
+    for name, bound in tiers.items():
+        if bound > best:
+            issues.append(
+                document.issue(
+                    ("tiers", name),
+                    f"tier {name!r} starts at {bound:g} but the model scores at most {best} "
+                    f"(components {from_components:g} + signals {from_signals:g}): "
+                    "no account can reach it",
+                )
+            )
 
 
 def _check_taxonomy(document: Document, parts: _Parts, issues: list[ConfigIssue]) -> None:
@@ -1177,7 +1219,7 @@ def _scoring_model(spec: ScoringSpec) -> ScoringModel:
     )
 
 
-def _mapping(destination: str, spec: MappingSpec, path: Path) -> DestinationMapping:
+def _mapping(destination: str, spec: MappingSpec, document: Document) -> DestinationMapping:
     return DestinationMapping(
         destination=destination,
         object=spec.object,
@@ -1186,7 +1228,8 @@ def _mapping(destination: str, spec: MappingSpec, path: Path) -> DestinationMapp
             FieldMapping(target, f.source, f.null, f.join, f.max_length)
             for target, f in spec.fields.items()
         ),
-        source_file=str(path),
+        source_file=document.file,
+        lines=dict(document.lines),
     )
 
 
@@ -1258,11 +1301,14 @@ class _Loader:
         self.path = path
         self.interpolator = Interpolator(env)
         self.issues: list[ConfigIssue] = []
+        self.lines = ConfigLines()
 
     def document(self, path: Path, issues: list[ConfigIssue]) -> Document | None:
         """``path`` parsed, its problems added to ``issues``."""
         document, problems = load_document(path, self.interpolator)
         issues.extend(problems)
+        if document is not None:
+            self.lines.add(document)
         return document
 
     def load(self) -> Settings:
@@ -1318,7 +1364,9 @@ class _Loader:
         settings = self._settings(
             main, model, scoring, scoring_path, taxonomy, taxonomy_path, mappings
         )
-        return dataclasses.replace(settings, channels=channels)
+        return dataclasses.replace(
+            settings, channels=channels, channels_path=channels_path, lines=self.lines
+        )
 
     def _path(self, value: Any) -> Path | None:
         """A path the main file names, resolved against it; None when not a string."""
@@ -1371,7 +1419,8 @@ class _Loader:
             if spec is None or issues is not self.issues and issues:
                 result[name] = (enabled, path, _empty_mapping(name, path))
             else:
-                result[name] = (enabled, path, _mapping(name, spec, path))
+                assert document is not None
+                result[name] = (enabled, path, _mapping(name, spec, document))
         return result
 
     def _settings(

@@ -22,11 +22,13 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
-from pls_sync.errors import ConfigIssue
+from pls_sync.errors import ConfigIssue, format_key
 
 __all__ = [
     "DEFAULT_SECRETS_DIR",
+    "MAX_VALUES",
     "SECRETS_DIR_ENV",
+    "ConfigLines",
     "Document",
     "Interpolator",
     "KeyPath",
@@ -47,17 +49,6 @@ _EXPRESSION = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
 _REFERENCE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 # Environment values under names like these are treated as secrets and redacted from messages.
 _SECRET_NAME = re.compile(r"(?i)pass|secret|token|key|credential|auth|private")
-
-
-def format_key(path: KeyPath) -> str:
-    """The dotted form of a key path: ``destinations.salesforce.batch_size``, ``jobs[0].cron``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
 
 
 class Interpolator:
@@ -165,6 +156,39 @@ class Document:
         return any(path[: len(bad)] == bad for bad in self.failed)
 
 
+@dataclass(slots=True)
+class ConfigLines:
+    """Where every key of every loaded file is, kept after loading.
+
+    Problems found later (against the live warehouse or CRM schema) are reported like the static
+    checks: ``file:line: key: message``.
+    """
+
+    files: dict[str, dict[KeyPath, int]] = field(default_factory=dict)
+
+    def add(self, document: Document) -> None:
+        """Remember the lines of ``document``."""
+        self.files[document.file] = dict(document.lines)
+
+    def line(self, file: str | Path, path: KeyPath) -> int | None:
+        """The line of ``path`` in ``file``, or of its nearest ancestor written there."""
+        lines = self.files.get(str(file), {})
+        for end in range(len(path), -1, -1):
+            line = lines.get(path[:end])
+            if line is not None:
+                return line
+        return None
+
+    def issue(self, file: str | Path, path: KeyPath, message: str) -> ConfigIssue:
+        """A ``ConfigIssue`` at ``path`` of ``file``."""
+        return ConfigIssue(str(file), self.line(file, path), format_key(path), message)
+
+
+# YAML aliases let a few lines stand for billions of values ("billion laughs"): a config file
+# is small, so a document that expands past this many values is refused, not built.
+MAX_VALUES = 100_000
+
+
 class _Builder:
     """Turns a composed node graph into Python data, recording lines and interpolating."""
 
@@ -175,8 +199,12 @@ class _Builder:
         self.resolver = Resolver()
         self.issues: list[ConfigIssue] = []
         self._active: set[int] = set()
+        self.values = 0
 
     def build(self, node: Node, path: KeyPath) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise _TooManyValues(path)
         self.document.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, ScalarNode):
             return self._scalar(node, path)
@@ -249,6 +277,14 @@ class _Builder:
             return self._refuse(path, f"invalid value: {_yaml_problem(exc)}")
 
 
+class _TooManyValues(Exception):
+    """The document expands past ``MAX_VALUES`` values (an alias bomb)."""
+
+    def __init__(self, path: KeyPath) -> None:
+        super().__init__(format_key(path))
+        self.path = path
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     if not isinstance(exc, yaml.MarkedYAMLError):
         return str(exc) or "invalid YAML"
@@ -294,5 +330,14 @@ def load_document(
     if root is None:
         return document, []
     builder = _Builder(document, interpolator)
-    document.data = builder.build(root, ())
+    try:
+        document.data = builder.build(root, ())
+    except _TooManyValues as exc:
+        # Values reached through aliases carry their anchor's line: name the top-level key.
+        line = document.line(exc.path[:1])
+        message = (
+            f"refused: the document expands to more than {MAX_VALUES:,} values through YAML "
+            "aliases (*name); write the values out or use fewer aliases"
+        )
+        return None, [ConfigIssue(file, line, format_key(exc.path[:1]), message)]
     return document, builder.issues

@@ -62,6 +62,17 @@ class WarehouseError(FatalError):
     """The warehouse cannot be reached or does not hold the expected tables and columns."""
 
 
+def format_key(path: tuple[str | int, ...]) -> str:
+    """The dotted form of a key path: ``destinations.salesforce.batch_size``, ``jobs[0].cron``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigIssue:
     """One configuration problem: where it is and what is wrong."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pls_sync.errors import ConfigIssue, format_key
 
 ON_MULTIPLE_RULES = ("skip", "most_recently_modified", "parent")
 NULL_POLICIES = ("skip", "clear")
@@ -106,8 +109,22 @@ class DestinationMapping:
     match: MatchRule
     fields: tuple[FieldMapping, ...]
     source_file: str = ""
+    # The line of each key path in ``source_file``, so that a problem found against the live
+    # CRM schema names its line like a static config check does.
+    lines: Mapping[tuple[str | int, ...], int] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def targets(self) -> tuple[str, ...]:
         """The CRM field names this mapping writes."""
         return tuple(f.target for f in self.fields)
+
+    def issue(self, key: tuple[str | int, ...], message: str) -> ConfigIssue:
+        """A problem at ``key`` of the mapping file (``("fields", "PQA_Tier__c")``...)."""
+        line = None
+        for end in range(len(key), -1, -1):
+            line = self.lines.get(key[:end])
+            if line is not None:
+                break
+        return ConfigIssue(self.source_file or self.destination, line, format_key(key), message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -404,6 +405,27 @@ def test_invalid_cron_expression(repo_copy: Path) -> None:
     assert "cron" in issue.message and "fields" in issue.message
 
 
+@pytest.mark.parametrize(
+    ("cron", "reason"),
+    [
+        ("0 9 * * 8", "day of week '8': 8 is out of range 0-7 (0 and 7 are Sunday)"),
+        ("0 9 * * fri-mon", "runs backwards"),
+        ("0 0 31 2 *", "it never fires"),
+        ("@reboot", "unknown macro"),
+    ],
+)
+def test_cron_is_checked_as_standard_cron(repo_copy: Path, cron: str, reason: str) -> None:
+    edit(repo_copy, 'cron: "0 */4 * * *"', f'cron: "{cron}"')
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(repo_copy, "cron:"), "schedule.jobs[0].cron")
+    assert reason in issue.message
+
+
+def test_standard_cron_forms_load(repo_copy: Path) -> None:
+    edit(repo_copy, 'cron: "0 */4 * * *"', 'cron: "0 9 * * MON-FRI"')
+    assert load_settings(repo_copy, env={}).schedule.jobs[0].cron == "0 9 * * MON-FRI"
+
+
 def test_invalid_timezone(repo_copy: Path) -> None:
     edit(repo_copy, "timezone: UTC", "timezone: Europe/Atlantis")
     issue = only_issue(repo_copy)
@@ -446,6 +468,61 @@ def test_a_tier_must_start_at_zero(repo_copy: Path) -> None:
     issue = only_issue(repo_copy)
     assert (issue.line, issue.key) == (line_of(scoring, "tiers:", start=True), "tiers")
     assert "0" in issue.message
+
+
+def test_playbook_tiers_keep_their_order(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "  sales: 80\n  success: 60", "  sales: 60\n  success: 80")
+    issue = only_issue(repo_copy)
+    assert (issue.file, issue.line, issue.key) == (
+        str(scoring),
+        line_of(scoring, "  success: 80"),
+        "tiers.success",
+    )
+    assert "'success' (80) is above 'sales' (60)" in issue.message
+
+
+def test_a_tier_no_score_can_reach_is_refused(repo_copy: Path) -> None:
+    """Components give at most 100 and signals add points; a tier above the reachable best is dead."""
+    scoring = repo_copy.parent / "scoring.yaml"
+    text = scoring.read_text()
+    # Every curve tops out at 50 points and no signal adds any: the model scores at most 50.
+    text = re.sub(r"\[([\d.]+), (\d+)\]", lambda m: f"[{m[1]}, {min(int(m[2]), 50)}]", text)
+    text = re.sub(r"points: \d+", "points: 0", text)
+    scoring.write_text(text)
+    issues = issues_of(repo_copy)
+    sales, success = issue_at(issues, "tiers.sales"), issue_at(issues, "tiers.success")
+    assert sales.line == line_of(scoring, "  sales: 80")
+    assert "the model scores at most 50" in sales.message
+    assert "no account can reach it" in success.message
+    assert len(issues) == 2, "\n".join(map(str, issues))
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(repo_copy: Path) -> None:
+    rows = ['lol: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    rows += [f"l{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    with repo_copy.open("a", encoding="utf-8") as out:
+        out.write("\n".join(rows) + "\n")
+    issues = issues_of(repo_copy)
+    assert len(issues) == 1
+    assert "refused: the document expands to more than 100,000 values" in issues[0].message
+    assert issues[0].file == str(repo_copy)
+
+
+def test_problems_found_after_loading_can_name_their_line(repo_copy: Path) -> None:
+    settings = load_settings(repo_copy, env={})
+    mapping_file = repo_copy.parent.parent / "mappings" / "salesforce.yaml"
+    mapping = settings.destinations["salesforce"].mapping
+
+    issue = mapping.issue(("fields", "PQA_Tier__c"), "not on the picklist")
+
+    assert (issue.file, issue.line, issue.key) == (
+        str(mapping_file),
+        line_of(mapping_file, "PQA_Tier__c:"),
+        "fields.PQA_Tier__c",
+    )
+    url = settings.lines.issue(settings.config_path, ("warehouse", "url"), "unreachable")
+    assert url.line == line_of(repo_copy, "  url: ${PLS_SYNC_WAREHOUSE_URL")
 
 
 def test_curve_must_ascend(repo_copy: Path) -> None:
