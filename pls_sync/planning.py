@@ -4,6 +4,7 @@ The mapping turns each matched account into desired field values; values are bro
 canonical form per field type (numbers, text, dates, datetimes, booleans) both on the desired
 side and on the CRM side, and only fields whose canonical values differ are planned. A rerun
 over unchanged data therefore plans nothing, and a run cut short is repaired by the next diff.
+Each planned change also carries the CRM's current values, so that a plan reads as a diff.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def canonical(
 ) -> Any:
     """Bring a value (desired or read from the CRM) to the canonical form of its field type.
 
-    Empty text and ``None`` are both "no value". Numbers are rounded to the field's scale,
-    datetimes are UTC to the second, dates are ``date``, text is joined and truncated to the
+    Empty text and ``None`` are both "no value". Numbers are rounded to the field's scale
+    (an ``int`` for INTEGER fields and scale-0 NUMBER fields, a ``float`` otherwise), datetimes are UTC to the second, dates are ``date``, text is joined and truncated to the
     shorter of the field length and ``max_length``. Values that cannot be read as the field's
     type are kept as text so they compare unequal and get rewritten.
     """
@@ -122,18 +123,7 @@ def canonical(
     if isinstance(value, str) and value.strip() == "" and kind not in TEXT_TYPES:
         return None
     if kind in NUMERIC_TYPES:
-        if isinstance(value, bool):
-            return float(value)
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return str(value)
-        if math.isnan(number) or math.isinf(number):
-            return None
-        scale = 0 if kind is FieldType.INTEGER else spec.scale
-        if scale is not None:
-            number = round(number, scale)
-        return number + 0.0
+        return _canonical_number(value, spec)
     if kind is FieldType.DATETIME:
         if isinstance(value, datetime):
             return _as_utc(value).replace(microsecond=0)
@@ -169,6 +159,23 @@ def canonical(
     if limits and len(text) > min(limits):
         text = truncate(text, min(limits))
     return text
+
+
+def _canonical_number(value: Any, spec: FieldSpec) -> int | float | str | None:
+    """Whole-number fields (INTEGER, NUMBER with scale 0) hold an int, so that plans, exports
+    and writes say 100, not 100.0; other numbers are floats rounded to the field's scale."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number) or math.isinf(number):
+        return None
+    scale = 0 if spec.type is FieldType.INTEGER else spec.scale
+    if scale == 0:
+        return int(round(number))
+    if scale is not None:
+        number = round(number, scale)
+    return number + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def truncate(text: str, limit: int) -> str:
@@ -208,10 +215,37 @@ def values_equal(current: Any, desired: Any, spec: FieldSpec) -> bool:
     """True when the CRM's canonical value already equals the desired one."""
     if current is None or desired is None:
         return current is None and desired is None
-    if spec.type in NUMERIC_TYPES and isinstance(current, float) and isinstance(desired, float):
+    if spec.type in NUMERIC_TYPES and _is_number(current) and _is_number(desired):
         tolerance = 0.5 * 10 ** -(spec.scale if spec.scale is not None else 6)
         return abs(current - desired) < tolerance
     return bool(current == desired)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def diff_fields(
+    record: CrmRecord,
+    desired: Mapping[str, Any],
+    specs: Mapping[str, FieldSpec],
+    mappings: Mapping[str, FieldMapping],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields of ``record`` whose current value differs from ``desired``, as two dicts.
+
+    The first maps each changed field to its desired value, the second to the canonical value
+    the CRM holds now (``None`` when the field is empty); both have the same keys.
+    """
+    changes: dict[str, Any] = {}
+    current: dict[str, Any] = {}
+    for target, want in desired.items():
+        fm = mappings[target]
+        spec = specs[target]
+        have = canonical(record.fields.get(target), spec, join=fm.join, max_length=fm.max_length)
+        if not values_equal(have, want, spec):
+            changes[target] = want
+            current[target] = have
+    return changes, current
 
 
 def diff_record(
@@ -220,16 +254,9 @@ def diff_record(
     specs: Mapping[str, FieldSpec],
     mappings: Mapping[str, FieldMapping],
 ) -> dict[str, Any]:
-    """The fields of ``record`` whose current value differs from ``desired``."""
-    changes: dict[str, Any] = {}
-    for target, want in desired.items():
-        fm = mappings[target]
-        have = canonical(
-            record.fields.get(target), specs[target], join=fm.join, max_length=fm.max_length
-        )
-        if not values_equal(have, want, specs[target]):
-            changes[target] = want
-    return changes
+    """The fields of ``record`` whose current value differs from ``desired``, with the
+    desired values (``diff_fields`` also gives the current ones)."""
+    return diff_fields(record, desired, specs, mappings)[0]
 
 
 @dataclass(slots=True)
@@ -248,9 +275,8 @@ class Plan:
         """How many field values the plan changes, over all records."""
         return sum(self.field_changes.values())
 
-    def to_dict(self, limit: int | None = None) -> dict[str, Any]:
-        """A JSON-ready form of the plan (``limit`` caps the records listed)."""
-        listed = self.changes if limit is None else self.changes[:limit]
+    def header(self) -> dict[str, Any]:
+        """The plan's counts in JSON-ready form: everything but the changes themselves."""
         return {
             "destination": self.destination,
             "object": self.object,
@@ -259,28 +285,62 @@ class Plan:
             "records_unchanged": self.records_unchanged,
             "fields_changed": self.fields_changed,
             "field_changes": dict(sorted(self.field_changes.items())),
-            "changes": list(self.change_dicts(listed)),
         }
 
     def change_dicts(
         self, changes: Iterable[RecordChange] | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Each change (default: all of them) in JSON-ready form, one at a time."""
+        """Each change (default: all of them) in JSON-ready form, one at a time.
+
+        ``fields`` maps each changed field to ``{"from": <CRM value>, "to": <new value>}``;
+        ``from`` is null when the CRM field was empty, ``to`` null clears the field.
+        """
         for change in self.changes if changes is None else changes:
+            current = change.current or {}
             yield {
                 "record_id": change.record_id,
                 "account": change.account_key,
-                "priority": change.priority,
-                "fields": {k: _jsonable(v) for k, v in change.fields.items()},
+                "priority": json_value(change.priority),
+                "fields": {
+                    name: {"from": json_value(current.get(name)), "to": json_value(value)}
+                    for name, value in change.fields.items()
+                },
             }
 
 
-def _jsonable(value: Any) -> Any:
+# Floats at or above 2**53 are not all whole numbers an int can stand for exactly.
+_EXACT_FLOAT_INTS = 2.0**53
+
+
+def json_value(value: Any) -> Any:
+    """A canonical value in JSON-ready form: datetimes as ISO 8601 UTC with ``Z``, dates as
+    ISO dates, whole-number floats as ints (``85``, not ``85.0``); anything else as it is."""
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < _EXACT_FLOAT_INTS:
+            return int(value)
+        return value
     if isinstance(value, datetime):
         return _as_utc(value).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     return value
+
+
+def plan_rows(plan: Plan) -> Iterator[dict[str, Any]]:
+    """One flat row per changed field (``destination, object, record_id, account, field,
+    from, to``) with JSON-ready values, for ``--format csv|json``."""
+    for change in plan.changes:
+        current = change.current or {}
+        for name, value in change.fields.items():
+            yield {
+                "destination": plan.destination,
+                "object": plan.object,
+                "record_id": change.record_id,
+                "account": change.account_key,
+                "field": name,
+                "from": json_value(current.get(name)),
+                "to": json_value(value),
+            }
 
 
 def change_priority(result: AccountResult) -> float:
@@ -311,7 +371,8 @@ def plan_changes(
             continue
         record = records[record_id]
         plan.records_considered += 1
-        changes = diff_record(record, desired_fields(result, mapping, specs), specs, by_target)
+        desired = desired_fields(result, mapping, specs)
+        changes, current = diff_fields(record, desired, specs, by_target)
         if not changes:
             plan.records_unchanged += 1
             continue
@@ -322,6 +383,7 @@ def plan_changes(
                 fields=changes,
                 account_key=result.account.key,
                 priority=change_priority(result),
+                current=current,
             )
         )
     plan.changes.sort(key=lambda change: (-change.priority, change.record_id))
@@ -409,7 +471,9 @@ def plan_mql_only(
         if not hits:
             continue
         desired = {t: canonical(channel, specs[t], join=fm.join) for t, fm in targets.items()}
-        changes = diff_record(record, desired, specs, targets)
+        changes, current = diff_fields(record, desired, specs, targets)
         if changes:
             plan.field_changes.update(changes.keys())
-            plan.changes.append(RecordChange(record.id, changes, f"mql:{min(hits)}", 0.0))
+            plan.changes.append(
+                RecordChange(record.id, changes, f"mql:{min(hits)}", 0.0, current=current)
+            )

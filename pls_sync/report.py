@@ -1,120 +1,41 @@
-"""Rendering run summaries and account tables for people, with Rich."""
+"""Rendering run summaries, plans and account tables for people, with Rich."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import date, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from pls_sync.planning import AccountResult, Plan
+from pls_sync.planning import AccountResult, Plan, json_value
+
+ABM_SHOWN = 8
+UNMATCHED_SHOWN = 5
+STALE_SHOWN = 5
 
 
 def render_summary(console: Console, summary: Mapping[str, Any]) -> None:
     """Print what a user needs from a run: counts per stage, per tier and per destination."""
-    wh = summary.get("warehouse", {})
-    sc = summary.get("scoring", {})
     console.print(
         f"[bold]Run {summary.get('run_id')}[/bold] ({summary.get('command')}, as of "
         f"{summary.get('as_of')}): [bold]{summary.get('status', '?')}[/bold] "
         f"in {summary.get('duration_seconds', 0)} s"
     )
-    skipped = ", ".join(f"{k} {v}" for k, v in wh.get("skipped_reasons", {}).items()) or "none"
-    console.print(
-        f"Warehouse: {wh.get('rows_read', 0)} rows read, {wh.get('users', 0)} users in "
-        f"{wh.get('accounts', 0)} accounts; skipped users: {skipped}"
-    )
-    tiers = ", ".join(f"{k} {v}" for k, v in sc.get("tiers", {}).items())
-    console.print(
-        f"Scored {sc.get('scored', 0)} accounts: {tiers}; newly qualified "
-        f"{sc.get('newly_qualified', 0)}, disqualified {sc.get('disqualified', 0)}, "
-        f"held back by the age guard {sc.get('guarded_by_age', 0)}"
-    )
+    _print_warehouse(console, summary.get("warehouse", {}))
+    _print_scoring(console, summary.get("scoring", {}))
     leads = summary.get("leads")
     if leads:
-        console.print(
-            "Lead channels: "
-            + ", ".join(f"{k} {v}" for k, v in leads.get("channels", {}).items())
-            + "; motions: "
-            + ", ".join(f"{k} {v}" for k, v in leads.get("motions", {}).items())
-            + f"; accounts with likely buyers: {leads.get('accounts_with_buyers', 0)}"
-        )
-        mqls = leads.get("mqls")
-        if mqls:
-            skipped = ", ".join(f"{k} {v}" for k, v in mqls.get("skipped", {}).items()) or "none"
-            console.print(
-                f"MQLs: {mqls.get('indexed', 0)} at {mqls.get('domains', 0)} domains "
-                f"({mqls.get('mql_only_domains', 0)} without product usage); skipped: {skipped}"
-            )
-        if leads.get("abm_list"):
-            console.print(
-                "ABM list (usage, no buyer): "
-                + ", ".join(f"{a['domain']} ({a['score']})" for a in leads["abm_list"][:8])
-            )
-        for name, error in leads.get("mql_errors", {}).items():
-            console.print(f"[yellow]{name}: MQLs not read ({error})[/yellow]", highlight=False)
+        _print_leads(console, leads)
     for name, dest in summary.get("destinations", {}).items():
-        table = Table(
-            title=f"{name}: {dest.get('status')}", show_header=False, title_justify="left"
-        )
-        table.add_column("what")
-        table.add_column("value")
-        if dest.get("error"):
-            table.add_row("error", str(dest["error"]))
-        match = dest.get("match", {})
-        if match:
-            table.add_row("CRM records read", str(dest.get("crm_records", 0)))
-            table.add_row(
-                "matched / unmatched / ambiguous",
-                f"{match.get('matched', 0) + match.get('ambiguous_resolved', 0)} / "
-                f"{match.get('unmatched', 0)} / "
-                f"{match.get('ambiguous_resolved', 0) + match.get('ambiguous_skipped', 0)}"
-                f" ({match.get('ambiguous_skipped', 0)} skipped)",
-            )
-        if dest.get("top_unmatched"):
-            table.add_row(
-                "top unmatched domains",
-                ", ".join(f"{u['domain']} ({u['score']:.0f})" for u in dest["top_unmatched"][:5]),
-            )
-        if "records_changed" in dest:
-            table.add_row(
-                "records changed / unchanged",
-                f"{dest['records_changed']} / {dest.get('records_unchanged', 0)}",
-            )
-            table.add_row("fields changed", str(dest.get("fields_changed", 0)))
-            if dest.get("field_changes"):
-                table.add_row(
-                    "by field", ", ".join(f"{k} {v}" for k, v in dest["field_changes"].items())
-                )
-        if "records_written" in dest:
-            table.add_row(
-                "records written",
-                f"{dest['records_written']} in {dest.get('write_calls', 0)} write calls "
-                f"(minimum {dest.get('min_write_calls', 0)}, {dest.get('write_method')})",
-            )
-            rejected = dest.get("rejected", 0)
-            reasons = ", ".join(f"{k} {v}" for k, v in dest.get("rejection_reasons", {}).items())
-            table.add_row("rejected", f"{rejected}" + (f" ({reasons})" if reasons else ""))
-            if dest.get("not_attempted"):
-                table.add_row("left for the next run", str(dest["not_attempted"]))
-        stale = dest.get("stale_pqas")
-        if stale and "stale" in stale:
-            listed = ", ".join(a["domain"] for a in stale.get("accounts", [])[:5])
-            table.add_row(
-                f"PQAs untouched for {stale.get('after_days', '?')}+ days",
-                f"{stale['stale']}" + (f" ({listed})" if listed else ""),
-            )
-        alerts = dest.get("alerts")
-        if alerts:
-            table.add_row(
-                "rep alerts",
-                alerts.get("error")
-                or ", ".join(f"{k} {v}" for k, v in alerts.items() if k != "rejection_reasons"),
-            )
-        if dest.get("api_calls"):
-            table.add_row("API calls", ", ".join(f"{k} {v}" for k, v in dest["api_calls"].items()))
-        console.print(table)
+        table = _destination_table(name, dest)
+        # A destination with nothing to report (skipped, stopped) is its title alone.
+        console.print(table if table.row_count else table.title)
+        if dest.get("status") == "invalid":
+            _print_issues(console, dest.get("issues", []))
     stages = summary.get("stages_seconds", {})
     if stages:
         console.print("Time per stage: " + ", ".join(f"{k} {v:.2f}s" for k, v in stages.items()))
@@ -122,34 +43,242 @@ def render_summary(console: Console, summary: Mapping[str, Any]) -> None:
         console.print(f"Plan saved to {summary['plan_file']}")
 
 
-def render_plan(console: Console, plan: Plan, limit: int = 15) -> None:
-    """Print the first changes of a plan as a diff table."""
-    table = Table(
-        title=f"{plan.destination} {plan.object}: first {limit} of {len(plan.changes)} changes"
+def _counts(counts: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _print_warehouse(console: Console, wh: Mapping[str, Any]) -> None:
+    skipped = _counts(wh.get("skipped_reasons", {})) or "none"
+    console.print(
+        f"Warehouse: {wh.get('rows_read', 0)} rows read, {wh.get('users', 0)} users in "
+        f"{wh.get('accounts', 0)} accounts; skipped users: {skipped}"
     )
+    dropped = wh.get("dropped_events")
+    if dropped:
+        console.print(f"Dropped events: {_counts(dropped)}")
+
+
+def _print_scoring(console: Console, sc: Mapping[str, Any]) -> None:
+    console.print(
+        f"Scored {sc.get('scored', 0)} accounts: {_counts(sc.get('tiers', {}))}; newly qualified "
+        f"{sc.get('newly_qualified', 0)}, disqualified {sc.get('disqualified', 0)}, "
+        f"held back by the age guard {sc.get('guarded_by_age', 0)}"
+    )
+
+
+def _more(total: int, shown: int, command: str) -> str:
+    """The tail of a shortened list: how many were left out and the command listing them all."""
+    hidden = total - shown
+    return f" … (+{hidden} more: {command})" if hidden > 0 else ""
+
+
+def _print_leads(console: Console, leads: Mapping[str, Any]) -> None:
+    console.print(
+        f"Lead channels: {_counts(leads.get('channels', {}))}; "
+        f"motions: {_counts(leads.get('motions', {}))}; "
+        f"accounts with likely buyers: {leads.get('accounts_with_buyers', 0)}"
+    )
+    mqls = leads.get("mqls")
+    if mqls:
+        skipped = _counts(mqls.get("skipped", {})) or "none"
+        console.print(
+            f"MQLs: {mqls.get('indexed', 0)} at {mqls.get('domains', 0)} domains "
+            f"({mqls.get('mql_only_domains', 0)} without product usage); skipped: {skipped}"
+        )
+    abm = leads.get("abm_list") or []
+    if abm:
+        shown = abm[:ABM_SHOWN]
+        total = max(int(leads.get("abm_total", len(abm))), len(abm))
+        console.print(
+            "ABM list (usage, no buyer): "
+            + ", ".join(f"{a['domain']} ({a['score']})" for a in shown)
+            + _more(total, len(shown), "pls-sync lists abm"),
+            highlight=False,
+        )
+    for name, error in leads.get("mql_errors", {}).items():
+        console.print(f"[yellow]{name}: MQLs not read ({escape(str(error))})[/yellow]")
+
+
+def _destination_table(name: str, dest: Mapping[str, Any]) -> Table:
+    table = Table(title=f"{name}: {dest.get('status')}", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value")
+    if dest.get("error"):
+        table.add_row("error", Text(str(dest["error"])))
+    _add_match_rows(table, dest)
+    _add_change_rows(table, dest)
+    _add_write_rows(table, dest)
+    _add_stale_row(table, dest.get("stale_pqas"))
+    alerts = dest.get("alerts")
+    if alerts:
+        table.add_row(
+            "rep alerts",
+            alerts.get("error")
+            or ", ".join(f"{k} {v}" for k, v in alerts.items() if k != "rejection_reasons"),
+        )
+    if dest.get("api_calls"):
+        table.add_row("API calls", _counts(dest["api_calls"]))
+    return table
+
+
+def _add_match_rows(table: Table, dest: Mapping[str, Any]) -> None:
+    match = dest.get("match", {})
+    if match:
+        table.add_row("CRM records read", str(dest.get("crm_records", 0)))
+        table.add_row(
+            "matched / unmatched / ambiguous",
+            f"{match.get('matched', 0) + match.get('ambiguous_resolved', 0)} / "
+            f"{match.get('unmatched', 0)} / "
+            f"{match.get('ambiguous_resolved', 0) + match.get('ambiguous_skipped', 0)}"
+            f" ({match.get('ambiguous_skipped', 0)} skipped)",
+        )
+    top = dest.get("top_unmatched") or []
+    if top:
+        shown = top[:UNMATCHED_SHOWN]
+        total = max(int(match.get("unmatched", len(top))), len(top))
+        table.add_row(
+            "top unmatched domains",
+            ", ".join(f"{u['domain']} ({u['score']:.0f})" for u in shown)
+            + _more(total, len(shown), "pls-sync lists unmatched"),
+        )
+
+
+def _add_change_rows(table: Table, dest: Mapping[str, Any]) -> None:
+    if "records_changed" not in dest:
+        return
+    table.add_row(
+        "records changed / unchanged",
+        f"{dest['records_changed']} / {dest.get('records_unchanged', 0)}",
+    )
+    table.add_row("fields changed", str(dest.get("fields_changed", 0)))
+    if dest.get("field_changes"):
+        table.add_row("by field", _counts(dest["field_changes"]))
+
+
+def _add_write_rows(table: Table, dest: Mapping[str, Any]) -> None:
+    if "records_written" not in dest:
+        return
+    table.add_row(
+        "records written",
+        f"{dest['records_written']} in {dest.get('write_calls', 0)} write calls "
+        f"(minimum {dest.get('min_write_calls', 0)}, {dest.get('write_method')})",
+    )
+    rejected = dest.get("rejected", 0)
+    reasons = _counts(dest.get("rejection_reasons", {}))
+    table.add_row("rejected", f"{rejected}" + (f" ({reasons})" if reasons else ""))
+    if dest.get("not_attempted"):
+        table.add_row("left for the next run", str(dest["not_attempted"]))
+
+
+def _add_stale_row(table: Table, stale: Mapping[str, Any] | None) -> None:
+    if not stale:
+        return
+    days = stale.get("after_days")
+    label = f"PQAs untouched for {days}+ days" if days is not None else "PQAs untouched"
+    if "error" in stale:
+        table.add_row(label, Text(f"not checked ({stale['error']})"))
+        return
+    if "stale" not in stale:
+        return
+    listed = ", ".join(a["domain"] for a in stale.get("accounts", [])[:STALE_SHOWN])
+    table.add_row(label, f"{stale['stale']}" + (f" ({listed})" if listed else ""))
+
+
+def _print_issues(console: Console, issues: Iterable[str]) -> None:
+    """An invalid destination's mapping problems, in red under its table."""
+    for issue in issues:
+        console.print(Text(f"  {issue}", style="red"))
+    console.print(
+        Text("  not written: fix the mapping or the CRM schema, then run again", style="red")
+    )
+
+
+def render_plan(console: Console, plan: Plan, limit: int | None = 15) -> None:
+    """Print a plan as a diff: one group of rows per record, one row per changed field
+    (``from → to``). ``limit`` caps the records shown; ``None`` or ``0`` shows them all."""
+    shown = plan.changes[:limit] if limit else plan.changes
+    # The title is a line of its own, never wrapped: it stays whole (and greppable) however
+    # narrow the table or the terminal is.
+    console.print(Text(plan_title(plan, len(shown)), style="bold"), soft_wrap=True)
+    table = Table()
     table.add_column("record")
-    table.add_column("account")
+    table.add_column("account", overflow="fold")
     table.add_column("field")
-    table.add_column("new value", overflow="fold")
-    for change in plan.changes[:limit]:
+    table.add_column("from → to", overflow="fold")
+    for change in shown:
+        current = change.current or {}
+        last = len(change.fields) - 1
         for i, (name, value) in enumerate(change.fields.items()):
             table.add_row(
-                change.record_id if i == 0 else "",
-                change.account_key if i == 0 else "",
-                name,
-                "(clear)" if value is None else str(value),
+                Text(change.record_id if i == 0 else ""),
+                Text(change.account_key if i == 0 else ""),
+                Text(name),
+                Text(
+                    f"{show_value(current.get(name), '(empty)')} → {show_value(value, '(clear)')}"
+                ),
+                end_section=i == last,
             )
     console.print(table)
+
+
+def plan_title(plan: Plan, shown: int) -> str:
+    """``salesforce Account: 45 records, 210 field changes`` and, when the table shows fewer
+    records than the plan holds, how many it shows and how to see more."""
+    records = len(plan.changes)
+    fields = plan.fields_changed
+    title = (
+        f"{plan.destination} {plan.object}: {_plural(records, 'record')}, "
+        f"{_plural(fields, 'field change')}"
+    )
+    if shown < records:
+        title += f"; showing the first {_plural(shown, 'record')} (--limit N to see more)"
+    return title
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def show_value(value: Any, missing: str) -> str:
+    """A canonical value as a user reads it: ``85`` (not ``85.0``), ``2026-11-22 10:00 UTC``,
+    ``true``/``false``; ``missing`` stands for no value."""
+    if value is None:
+        return missing
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        moment = json_value(value)  # ISO in UTC
+        day, clock = moment[:10], moment[11:19]
+        return f"{day} {clock[:5] if clock.endswith(':00') else clock} UTC"
+    if isinstance(value, (date, float)):
+        return str(json_value(value))
+    return str(value)
+
+
+def ranking_key(result: AccountResult) -> tuple[float, float, float, str]:
+    """Sort key of the top-accounts ranking (ascending sorts best first): score, then the
+    unclipped total of component and signal points, then active users (28 days), then domain."""
+    score = result.score
+    total = sum(c.points for c in score.components) + sum(s.points for s in score.signals)
+    active = score.metrics.get("active_users_28d") or 0.0
+    if active != active:  # NaN from a custom model would make the order arbitrary
+        active = 0.0
+    return (-score.score, -total, -active, result.account.domain)
 
 
 def render_accounts(
     console: Console, results: Iterable[AccountResult], title: str, limit: int = 15
 ) -> None:
-    """The top accounts as a rep sees them: score, tier, signals."""
+    """The top accounts as a rep sees them: score, tier, signals.
+
+    Ranked by score; accounts with the same score are ordered by the unclipped sum of their
+    component and signal points (which separates two accounts clamped at 100), then by active
+    users over 28 days, then by domain.
+    """
     table = Table(title=title)
     for column in ("account", "score", "tier", "change", "signals"):
         table.add_column(column, overflow="fold")
-    ranked = sorted(results, key=lambda r: (-r.score.score, r.account.key))[:limit]
+    ranked = sorted(results, key=ranking_key)[:limit]
     for result in ranked:
         change = result.score_change
         table.add_row(

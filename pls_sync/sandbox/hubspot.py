@@ -6,6 +6,22 @@ companies, contacts and tasks under ``/crm/v3/objects``, property definitions an
 ten-second sliding window and a daily allowance, and HubSpot's error bodies. Shapes follow
 HubSpot's documented examples; ``tests/sandbox/test_hubspot_api.py`` cites them.
 
+Properties change as in a portal: ``PATCH /crm/v3/properties/{objectType}/{name}`` (label,
+description, group, order, options replaced as a whole) and ``DELETE`` (archive a custom
+property; ``GET ...?archived=true`` lists archived ones). For what the public API cannot do,
+``POST /__sandbox/hubspot/schema`` takes a JSON body naming ``object`` and ``field`` and one or
+more changes (``HubSpotApi.change_property`` in process):
+
+* ``{"object": "companies", "field": "pqa_motion", "picklist": ["sales", "success"]}``:
+  replace an enumeration's options;
+* ``{"object": "companies", "field": "pqa_score", "updateable": false}``: read-only value;
+* ``{"object": "companies", "field": "pqa_tier", "delete": true}``: archive it;
+* ``"label": "..."``; ``"restricted": false`` is a 400 (every enumeration refuses other values).
+
+It answers 200 ``{"object", "field", "describe": <the definition or null>}``, 400
+``{"message"}`` for a change HubSpot would refuse, 404 for an unknown property. Writes follow
+at once: PROPERTY_DOESNT_EXIST, INVALID_OPTION, READ_ONLY_VALUE.
+
 Standard library only. State lives in memory behind one lock; the server may call ``handle``
 from several threads.
 """
@@ -30,6 +46,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from pls_sync.sandbox.http import Request, Response
+from pls_sync.sandbox.salesforce import parse_schema_change
 
 API_PREFIX = "/crm/v3/"
 OBJECT_TYPES = ("companies", "contacts", "tasks")
@@ -581,6 +598,50 @@ def _validation_failure(errors: Sequence[PropertyValueError]) -> str:
     )
 
 
+# The admin changes a property accepts (``/__sandbox/hubspot/schema``), with their JSON types.
+HUBSPOT_SCHEMA_CHANGES: dict[str, type] = {
+    "delete": bool,
+    "picklist": list,
+    "restricted": bool,
+    "updateable": bool,
+    "label": str,
+}
+
+
+def _property_options(definition: dict[str, Any], raw: Any) -> list[dict[str, Any]]:
+    """An enumeration's new options from a PATCH body; labels kept for values it already had."""
+    if definition["type"] != "enumeration":
+        raise HubSpotError(
+            400, "VALIDATION_ERROR", f"{definition['name']} is not an enumeration property"
+        )
+    if definition["fieldType"] == "booleancheckbox":
+        raise HubSpotError(
+            400, "VALIDATION_ERROR", f"{definition['name']} is a single checkbox: true or false"
+        )
+    if not isinstance(raw, list) or not raw:
+        raise HubSpotError(
+            400, "VALIDATION_ERROR", "Enumeration properties need at least one option"
+        )
+    labels = {option["value"]: option["label"] for option in definition["options"]}
+    options: list[dict[str, Any]] = []
+    for order, item in enumerate(raw):
+        value = item.get("value") if isinstance(item, dict) else None
+        if not isinstance(value, str) or not value:
+            raise HubSpotError(400, "VALIDATION_ERROR", "Every option needs a string value")
+        options.append(
+            {
+                "label": str(item.get("label") or labels.get(value, value)),
+                "value": value,
+                "displayOrder": int(item.get("displayOrder", order)),
+                "hidden": bool(item.get("hidden", False)),
+            }
+        )
+    values = [option["value"] for option in options]
+    if len(set(values)) != len(values):
+        raise HubSpotError(400, "VALIDATION_ERROR", "Option values must be unique")
+    return options
+
+
 AUTH_MESSAGE = (
     "Authentication credentials not found. This API supports OAuth 2.0 authentication and you "
     "can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
@@ -661,6 +722,16 @@ class HubSpotApi:
             self.owners,
         )
         self.groups = default_groups()
+        self.archived_properties: dict[str, dict[str, dict[str, Any]]] = {
+            t: {} for t in OBJECT_TYPES
+        }
+        # HubSpot's own read-only and calculated properties: no admin can make them writable.
+        self._read_only_at_start = {
+            (object_type, name)
+            for object_type, definitions in self.properties.items()
+            for name, definition in definitions.items()
+            if definition["modificationMetadata"]["readOnlyValue"]
+        }
         _seed_portal(self, picture, seed)
 
     # ----------------------------------------------------------------- module contract
@@ -689,7 +760,9 @@ class HubSpotApi:
         if route.kind == "properties":
             if not route.rest:
                 return "hs.properties.list" if method == "GET" else "hs.properties.create"
-            return "hs.properties.get"
+            return {"PATCH": "hs.properties.update", "DELETE": "hs.properties.archive"}.get(
+                method, "hs.properties.get"
+            )
         if route.kind == "groups":
             if not route.rest:
                 return "hs.property_groups.list" if method == "GET" else "hs.property_groups.create"
@@ -752,6 +825,96 @@ class HubSpotApi:
         """Every id of an object type, in id order."""
         with self._lock:
             return list(self.objects[object_type])
+
+    # ----------------------------------------------------------------- schema administration
+
+    def change_property(
+        self,
+        object_type: str,
+        name: str,
+        *,
+        delete: bool = False,
+        picklist: Sequence[str] | None = None,
+        restricted: bool | None = None,
+        updateable: bool | None = None,
+        label: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Change one property as a portal admin would; the properties API shows it at once.
+
+        ``delete`` archives a custom property; ``picklist`` replaces an enumeration's options;
+        ``updateable`` false makes its value read-only for the integration (as property edit
+        permissions do); ``label`` renames it. Writes then fail as the portal fails them
+        (PROPERTY_DOESNT_EXIST, INVALID_OPTION, READ_ONLY_VALUE). HubSpot has no unrestricted
+        enumeration: ``restricted`` false is refused. Returns the new definition (None once
+        archived); raises ``LookupError`` for an unknown object type or property and
+        ``ValueError`` for a change HubSpot would refuse.
+        """
+        with self._lock:
+            definition = self.properties.get(object_type, {}).get(name)
+            if definition is None:
+                raise LookupError(f"no property {name} on {object_type}")
+            try:
+                return self._change_property(
+                    object_type, definition, delete, picklist, restricted, updateable, label
+                )
+            except HubSpotError as error:
+                raise ValueError(error.message) from None
+
+    def _change_property(
+        self,
+        object_type: str,
+        definition: dict[str, Any],
+        delete: bool,
+        picklist: Sequence[str] | None,
+        restricted: bool | None,
+        updateable: bool | None,
+        label: str | None,
+    ) -> dict[str, Any] | None:
+        if delete:
+            self._archive_property(object_type, definition)
+            return None
+        is_enumeration = definition["type"] == "enumeration"
+        if restricted is False:
+            raise ValueError(
+                "HubSpot enumerations always refuse values outside their options; there is no "
+                "unrestricted enumeration (use a text property)"
+            )
+        if (restricted or picklist is not None) and not is_enumeration:
+            raise ValueError(f"{definition['name']} is a {definition['type']} property")
+        if updateable and (object_type, definition["name"]) in self._read_only_at_start:
+            raise ValueError(f"{definition['name']} is read-only in every portal")
+        body: dict[str, Any] = {}
+        if picklist is not None:
+            body["options"] = [{"value": value} for value in picklist]
+        if label is not None:
+            body["label"] = label
+        if updateable is not None:
+            body["formField"] = updateable
+        updated = self._update_property(definition, body, object_type)
+        if updateable is not None:
+            updated["modificationMetadata"]["readOnlyValue"] = not updateable
+        return dict(updated)
+
+    def admin(self, name: str, request: Request) -> Response | None:
+        """Serve ``POST /__sandbox/hubspot/schema``; None for admin names that are not ours.
+
+        The body names ``object`` (``companies``) and ``field`` (the property) and the change
+        (see ``change_property``): ``{"object": "companies", "field": "pqa_motion",
+        "picklist": ["sales", "success"]}``. Answers 200 with the property definition
+        (``null`` once archived), 400 for a bad change, 404 for an unknown property.
+        """
+        if name != "hubspot/schema":
+            return None
+        if request.method.upper() != "POST":
+            return Response(405, {"message": "use POST /__sandbox/hubspot/schema"})
+        try:
+            target, change = parse_schema_change(request.json(), HUBSPOT_SCHEMA_CHANGES)
+            definition = self.change_property(target[0], target[1], **change)
+        except LookupError as exc:
+            return Response(404, {"message": str(exc)})
+        except (ValueError, TypeError) as exc:
+            return Response(400, {"message": str(exc)})
+        return Response(200, {"object": target[0], "field": target[1], "describe": definition})
 
     # ----------------------------------------------------------------- plumbing
 
@@ -1464,11 +1627,13 @@ class HubSpotApi:
         definitions = self.properties[object_type]
         if not rest:
             if method == "GET":
+                if (request.param("archived") or "").lower() == "true":
+                    return 200, {"results": list(self.archived_properties[object_type].values())}
                 return 200, {"results": list(definitions.values())}
             if method == "POST":
                 return 201, self._create_property(object_type, self._body(request))
             raise self._not_allowed(method)
-        if len(rest) == 1 and method == "GET":
+        if len(rest) == 1:
             definition = definitions.get(rest[0])
             if definition is None:
                 raise HubSpotError(
@@ -1477,8 +1642,56 @@ class HubSpotApi:
                     f"Unable to find property {rest[0]} on {object_type}",
                     context={"propertyName": [rest[0]]},
                 )
-            return 200, definition
+            if method == "GET":
+                return 200, definition
+            if method == "PATCH":
+                return 200, self._update_property(definition, self._body(request), object_type)
+            if method == "DELETE":
+                self._archive_property(object_type, definition)
+                return 204, None
         raise self._not_allowed(method)
+
+    def _update_property(
+        self, definition: dict[str, Any], body: dict[str, Any], object_type: str
+    ) -> dict[str, Any]:
+        """PATCH a property definition: label, description, group, order, visibility, options.
+
+        Options are replaced as a whole ("you must include all of the options"); a value
+        written later that is not among them is refused with INVALID_OPTION.
+        """
+        for key in ("type", "fieldType"):
+            if key in body and body[key] != definition[key]:
+                raise HubSpotError(
+                    400,
+                    "VALIDATION_ERROR",
+                    f"The sandbox does not convert property {definition['name']} from "
+                    f"{definition[key]} to {body[key]}",
+                )
+        group = body.get("groupName")
+        if group is not None and group not in self.groups[object_type]:
+            raise HubSpotError(400, "VALIDATION_ERROR", f"Property group {group} does not exist")
+        if "options" in body:
+            definition["options"] = _property_options(definition, body["options"])
+        for key in ("label", "description", "groupName", "displayOrder", "hidden", "formField"):
+            if key in body:
+                definition[key] = body[key]
+        definition["updatedAt"] = iso_ms(self._now())
+        return definition
+
+    def _archive_property(self, object_type: str, definition: dict[str, Any]) -> None:
+        """Archive a custom property: gone from reads and writes, listed with archived=true."""
+        if not definition["modificationMetadata"]["archivable"]:
+            raise HubSpotError(
+                400,
+                "VALIDATION_ERROR",
+                f"{definition['name']} is a HubSpot default property and cannot be archived",
+            )
+        name = definition["name"]
+        del self.properties[object_type][name]
+        stamp = iso_ms(self._now())
+        definition.update(archived=True, archivedAt=stamp, updatedAt=stamp)
+        self.archived_properties[object_type][name] = definition
+        self._writes += 1
 
     def _create_property(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
         definitions = self.properties[object_type]

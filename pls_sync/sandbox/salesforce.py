@@ -7,6 +7,20 @@ Collections PATCH (200 records, allOrNone, a SaveResult per record) and Bulk API
 Writes are validated against the describe metadata as the real org validates them: unknown and
 read-only fields, types, lengths, numeric precision and restricted picklists.
 
+An admin can change the schema as Setup would, and describe and writes follow at once:
+``POST /__sandbox/salesforce/schema`` with a JSON body naming ``object`` and ``field`` and one
+or more changes (``SalesforceApi.change_field`` in process):
+
+* ``{"object": "Account", "field": "Domain__c", "delete": true}``: delete a custom field;
+* ``{"object": "Account", "field": "PQA_Motion__c", "picklist": ["sales", "success"]}``:
+  replace a picklist's values;
+* ``{"object": "Account", "field": "PQA_Motion__c", "restricted": false}``: unrestrict it;
+* ``{"object": "Account", "field": "PQA_Score__c", "updateable": false}``: make it read-only;
+* ``"length": 80``, ``"precision": 2, "scale": 0``, ``"label": "..."``: resize or rename.
+
+It answers 200 ``{"object", "field", "describe": <the field's describe entry or null>}``,
+400 ``{"message"}`` for a change Setup would refuse, 404 for an unknown object or field.
+
 simple-salesforce always builds ``https://`` URLs; ``sandbox_login_session`` gives it a
 ``requests.Session`` that carries those (and the login hosts) to the sandbox over plain HTTP.
 """
@@ -24,8 +38,8 @@ import secrets
 import threading
 import time as _time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -901,6 +915,102 @@ class SalesforceApi:
         ):
             parts = [record.get("FirstName"), record.get("LastName")]
             record["Name"] = " ".join(p for p in parts if p) or None
+
+    # ----------------------------------------------------------------- schema administration
+
+    def change_field(
+        self,
+        sobject: str,
+        name: str,
+        *,
+        delete: bool = False,
+        picklist: Sequence[str] | None = None,
+        restricted: bool | None = None,
+        updateable: bool | None = None,
+        length: int | None = None,
+        precision: int | None = None,
+        scale: int | None = None,
+        label: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Change one field's metadata as an admin does in Setup; describe shows it at once.
+
+        ``delete`` removes a custom field and its values; ``picklist`` replaces a picklist's
+        values (records keep what they hold); ``restricted`` turns "restrict picklist to the
+        values defined" on or off; ``updateable`` is field-level security (read-only when
+        false); ``length``, ``precision`` and ``scale`` resize text and number fields.
+        Writes then fail the way the org fails them (INVALID_FIELD,
+        INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST, INVALID_FIELD_FOR_INSERT_UPDATE...).
+        Returns the field's new describe entry, None once deleted. Raises ``LookupError`` for an
+        unknown object or field and ``ValueError`` for a change Setup would refuse.
+        """
+        with self._lock:
+            spec = self.spec(sobject)
+            if spec is None:
+                raise LookupError(f"no sObject {sobject}")
+            current = spec.field(name)
+            if current is None:
+                raise LookupError(f"{spec.name} has no field {name}")
+            if delete:
+                self._delete_field(spec, current)
+                return None
+            changed = _changed_field(
+                current,
+                _standard_writable(spec.name, current.name),
+                picklist=picklist,
+                restricted=restricted,
+                updateable=updateable,
+                length=length,
+                precision=precision,
+                scale=scale,
+                label=label,
+            )
+            self._replace_object(spec, tuple(changed if f is current else f for f in spec.fields))
+            return changed.describe()
+
+    def _delete_field(self, spec: ObjectSpec, field_spec: FieldSpec) -> None:
+        if not field_spec.custom:
+            raise ValueError(
+                f"{spec.name}.{field_spec.name} is a standard field: only custom fields can be "
+                "deleted"
+            )
+        self._replace_object(spec, tuple(f for f in spec.fields if f is not field_spec))
+        for record in self.records[spec.name].values():
+            record.pop(field_spec.name, None)
+
+    def _replace_object(self, spec: ObjectSpec, fields: tuple[FieldSpec, ...]) -> None:
+        rebuilt = ObjectSpec(
+            spec.name,
+            spec.label,
+            spec.plural,
+            spec.key_prefix,
+            fields,
+            required=spec.required,
+            defaults=spec.defaults,
+        )
+        self.schema[spec.name] = rebuilt
+        self._schema_lower[spec.name.lower()] = rebuilt
+
+    def admin(self, name: str, request: Request) -> Response | None:
+        """Serve ``POST /__sandbox/salesforce/schema``; None for admin names that are not ours.
+
+        The body names ``object`` and ``field`` and the change (see ``change_field``):
+        ``{"object": "Account", "field": "PQA_Motion__c", "picklist": ["sales", "success"]}``.
+        Answers 200 with the field's describe entry (``null`` once deleted), 400 for a bad
+        change, 404 for an unknown object or field.
+        """
+        if name != "salesforce/schema":
+            return None
+        if request.method.upper() != "POST":
+            return Response(405, {"message": "use POST /__sandbox/salesforce/schema"})
+        try:
+            body = request.json()
+            target, change = parse_schema_change(body, SALESFORCE_SCHEMA_CHANGES)
+            entry = self.change_field(target[0], target[1], **change)
+        except LookupError as exc:
+            return Response(404, {"message": str(exc)})
+        except (ValueError, TypeError) as exc:
+            return Response(400, {"message": str(exc)})
+        return Response(200, {"object": target[0], "field": target[1], "describe": entry})
 
     # ----------------------------------------------------------------- module contract
 
@@ -1888,6 +1998,115 @@ class SalesforceApi:
             writer.writerow(header)
         writer.writerows(rows)
         return Response(200, buffer.getvalue(), {"Content-Type": "text/csv"})
+
+
+# --------------------------------------------------------------------------- schema changes
+
+# The admin changes a field accepts, with the JSON type each takes.
+SALESFORCE_SCHEMA_CHANGES: dict[str, type] = {
+    "delete": bool,
+    "picklist": list,
+    "restricted": bool,
+    "updateable": bool,
+    "length": int,
+    "precision": int,
+    "scale": int,
+    "label": str,
+}
+_PICKLIST_TYPES = frozenset({"picklist", "multipicklist"})
+_RESIZABLE_TEXT = frozenset({"string", "textarea", "url", "email", "phone", "combobox"})
+_DECIMAL_TYPES = frozenset({"double", "currency", "percent"})
+MAX_NUMBER_DIGITS = 18
+
+
+def parse_schema_change(
+    body: Any, allowed: Mapping[str, type]
+) -> tuple[tuple[str, str], dict[str, Any]]:
+    """(object, field) and the keyword changes of a ``/__sandbox/<crm>/schema`` body, checked.
+
+    ``allowed`` maps each change a CRM accepts to its JSON type; ``ValueError`` says what is
+    wrong with the body.
+    """
+    if not isinstance(body, dict):
+        raise ValueError("a schema change is a JSON object with object, field and the change")
+    sobject, name = body.get("object"), body.get("field")
+    if not isinstance(sobject, str) or not sobject or not isinstance(name, str) or not name:
+        raise ValueError("a schema change names its object and field")
+    change = {k: v for k, v in body.items() if k not in ("object", "field")}
+    unknown = sorted(set(change) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown schema change {', '.join(unknown)}; use {', '.join(allowed)}")
+    if not change:
+        raise ValueError(f"no change given; use {', '.join(allowed)}")
+    for key, value in change.items():
+        kind = allowed[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{key} must be a JSON {_JSON_NAMES[kind]}")
+    picklist = change.get("picklist")
+    if picklist is not None and not all(isinstance(v, str) and v for v in picklist):
+        raise ValueError("picklist must be a list of non-empty strings")
+    return (sobject, name), change
+
+
+_JSON_NAMES: dict[type, str] = {
+    bool: "boolean",
+    list: "array",
+    int: "integer",
+    str: "string",
+}
+
+
+def _standard_writable(sobject: str, name: str) -> bool:
+    """Whether a field is writable in a fresh org (field-level security cannot do more)."""
+    original = build_schema().get(sobject)
+    field_spec = original.field(name) if original is not None else None
+    return field_spec is not None and field_spec.updateable
+
+
+def _changed_field(
+    spec: FieldSpec,
+    writable_at_most: bool,
+    *,
+    picklist: Sequence[str] | None,
+    restricted: bool | None,
+    updateable: bool | None,
+    length: int | None,
+    precision: int | None,
+    scale: int | None,
+    label: str | None,
+) -> FieldSpec:
+    """``spec`` with the change applied, or ``ValueError`` as Setup refuses it."""
+    changes: dict[str, Any] = {}
+    if picklist is not None or restricted is not None:
+        if spec.type not in _PICKLIST_TYPES:
+            raise ValueError(f"{spec.name} is a {spec.type} field, not a picklist")
+        if picklist is not None:
+            if not picklist or len(set(picklist)) != len(picklist):
+                raise ValueError("a picklist needs at least one value and no duplicates")
+            changes["picklist"] = tuple(picklist)
+        if restricted is not None:
+            changes["restricted"] = restricted
+    if updateable is not None:
+        if updateable and not (spec.custom or writable_at_most):
+            raise ValueError(f"{spec.name} is a system field and cannot be made writable")
+        changes["updateable"] = changes["createable"] = updateable
+    if length is not None:
+        if spec.type not in _RESIZABLE_TEXT or length < 1:
+            raise ValueError(f"length applies to text fields and is at least 1 ({spec.name})")
+        changes["length"] = length
+    if precision is not None or scale is not None:
+        if spec.type not in _DECIMAL_TYPES:
+            raise ValueError(f"precision and scale apply to number fields ({spec.name})")
+        total = spec.precision if precision is None else precision
+        places = spec.scale if scale is None else scale
+        if not 1 <= total <= MAX_NUMBER_DIGITS or not 0 <= places <= total:
+            raise ValueError(
+                f"precision is 1..{MAX_NUMBER_DIGITS} and scale 0..precision ({spec.name})"
+            )
+        changes["precision"], changes["scale"] = total, places
+    if label is not None:
+        changes["label"] = label
+    return replace(spec, **changes)
 
 
 # --------------------------------------------------------------------------- helpers

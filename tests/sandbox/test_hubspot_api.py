@@ -118,6 +118,8 @@ def test_the_token_looks_like_a_private_app_token_and_depends_on_the_seed() -> N
         ("GET", "/crm/v3/properties/companies", "hs.properties.list"),
         ("POST", "/crm/v3/properties/companies", "hs.properties.create"),
         ("GET", "/crm/v3/properties/companies/pqa_score", "hs.properties.get"),
+        ("PATCH", "/crm/v3/properties/companies/pqa_score", "hs.properties.update"),
+        ("DELETE", "/crm/v3/properties/companies/pqa_score", "hs.properties.archive"),
         ("GET", "/crm/v3/properties/companies/groups", "hs.property_groups.list"),
         ("POST", "/crm/v3/properties/companies/groups", "hs.property_groups.create"),
     ],
@@ -631,6 +633,55 @@ def test_properties_and_groups_can_be_created_once(api: HubSpotApi) -> None:
     assert api.company(first)["pqa_renewal_on"] == "2026-11-22"
     missing = call(api, "GET", "/crm/v3/properties/companies/nope")
     assert missing.status == 404
+
+
+def test_a_property_is_updated_and_archived_like_in_a_portal(api: HubSpotApi) -> None:
+    path = "/crm/v3/properties/companies/pqa_motion"
+    patched = call(
+        api,
+        "PATCH",
+        path,
+        body={"label": "Motion", "options": [{"value": "sales"}, {"value": "nurture"}]},
+    )
+    assert patched.status == 200
+    assert [(o["value"], o["label"]) for o in body_of(patched)["options"]] == [
+        ("sales", "Sales"),
+        ("nurture", "nurture"),
+    ]
+    assert body_of(call(api, "GET", path))["label"] == "Motion"
+    first = api.ids()[0]
+    refused = update(api, [{"id": first, "properties": {"pqa_motion": "abm"}}])
+    assert refused.status == 207 and "INVALID_OPTION" in json.dumps(refused.body)
+    for body, fragment in (
+        ({"type": "string"}, "does not convert"),
+        ({"groupName": "nowhere"}, "nowhere does not exist"),
+        ({"options": []}, "at least one option"),
+        ({"options": [{"value": "a"}, {"value": "a"}]}, "unique"),
+    ):
+        answer = call(api, "PATCH", path, body=body)
+        assert answer.status == 400 and fragment in body_of(answer)["message"]
+    assert (
+        call(
+            api,
+            "PATCH",
+            "/crm/v3/properties/companies/pqa_score",
+            body={"options": [{"value": "a"}]},
+        ).status
+        == 400
+    )
+    assert call(api, "DELETE", path).status == 204
+    assert call(api, "GET", path).status == 404
+    assert call(api, "DELETE", path).status == 404
+    listed = body_of(call(api, "GET", "/crm/v3/properties/companies"))["results"]
+    assert "pqa_motion" not in {p["name"] for p in listed}
+    archived = call(api, "GET", "/crm/v3/properties/companies", query={"archived": "true"})
+    assert [(p["name"], p["archived"]) for p in body_of(archived)["results"]] == [
+        ("pqa_motion", True)
+    ]
+    gone = update(api, [{"id": first, "properties": {"pqa_motion": "sales"}}])
+    assert "PROPERTY_DOESNT_EXIST" in json.dumps(gone.body)
+    default = call(api, "DELETE", "/crm/v3/properties/companies/domain")
+    assert default.status == 400 and "cannot be archived" in body_of(default)["message"]
 
 
 # --------------------------------------------------------------------------- rate limits and faults

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
-from pls_sync.models import CrmRecord, FieldSpec, FieldType, ProductAccount
+from pls_sync.matching import build_index, match_accounts
+from pls_sync.models import CrmRecord, FieldSpec, FieldType, ProductAccount, RecordChange
 from pls_sync.planning import (
     AccountResult,
+    Plan,
     apply_changes,
     canonical,
     desired_fields,
+    diff_fields,
     diff_record,
+    json_value,
     missing_targets,
+    plan_changes,
+    plan_mql_only,
     source_value,
     truncate,
     values_equal,
@@ -51,15 +57,16 @@ MAPPING = DestinationMapping(
 
 def make_result(
     score: int = 86,
+    domain: str = "acme.com",
     tier: str = "sales",
     signals: tuple[str, ...] = ("9 active users", "Viewed Terms of Use"),
     qualified_since: datetime | None = AS_OF,
     score_change: int | None = None,
 ) -> AccountResult:
-    account = ProductAccount("acme.com", "acme.com", {"active_users_28d": 9.0})
+    account = ProductAccount(domain, domain, {"active_users_28d": 9.0})
     account_score = AccountScore(
-        key="acme.com",
-        domain="acme.com",
+        key=domain,
+        domain=domain,
         score=score,
         raw_tier=tier,
         tier=tier,
@@ -70,7 +77,7 @@ def make_result(
         metrics={"active_users_28d": 9.0},
         scored_at=AS_OF,
     )
-    state = AccountState("acme.com", score, tier, AS_OF, qualified_since, AS_OF, score_change)
+    state = AccountState(domain, score, tier, AS_OF, qualified_since, AS_OF, score_change)
     return AccountResult(account, account_score, state, None, score_change)
 
 
@@ -85,9 +92,9 @@ def test_source_values_cover_scores_metrics_components_and_lists() -> None:
 
 def test_canonical_forms_per_type() -> None:
     number = SPECS["PQA_Score__c"]
-    assert canonical(86, number) == 86.0
-    assert canonical("86.0", number) == 86.0
-    assert canonical(85.6, number) == 86.0
+    assert canonical(86, number) == 86
+    assert canonical("86.0", number) == 86
+    assert canonical(85.6, number) == 86
     assert canonical("", number) is None
     assert canonical("abc", number) == "abc"  # unreadable CRM value: differs, gets rewritten
     dt = SPECS["PQA_Qualified_Since__c"]
@@ -182,13 +189,13 @@ def test_applying_the_plan_yields_the_desired_state(
     current: dict[str, object],
 ) -> None:
     """Property: after applying the diff, a second diff finds nothing to change."""
-    result = make_result(score, tier, tuple(signals), AS_OF if qualified else None, change)
+    result = make_result(
+        score, "acme.com", tier, tuple(signals), AS_OF if qualified else None, change
+    )
     desired = desired_fields(result, MAPPING, SPECS)
     by_target = {f.target: f for f in MAPPING.fields}
     record = CrmRecord("001A", ("acme.com",), current)
     changes = diff_record(record, desired, SPECS, by_target)
-    from pls_sync.models import RecordChange
-
     applied = apply_changes({"001A": current}, [RecordChange("001A", changes, "acme.com")])
     after = CrmRecord("001A", ("acme.com",), applied["001A"])
     assert diff_record(after, desired, SPECS, by_target) == {}
@@ -207,3 +214,159 @@ def test_a_target_whose_type_does_not_fit_its_source_is_reported() -> None:
         "PQA_Qualified_Since__c: a boolean field cannot hold 'qualified_since' values" in problems
     )
     assert missing_targets(MAPPING, SPECS) == []
+
+
+def test_whole_number_fields_hold_ints_and_still_equal_the_crms_floats_and_text() -> None:
+    integer = FieldSpec("n", FieldType.INTEGER)
+    scale_0 = SPECS["PQA_Score__c"]
+    for spec in (integer, scale_0):
+        for raw in (100, 100.0, "100", "100.0", 99.6, True):
+            value = canonical(raw, spec)
+            assert isinstance(value, int) and not isinstance(value, bool)
+        assert canonical(100.0, spec) == 100 and str(canonical(100.0, spec)) == "100"
+        assert canonical(-0.2, spec) == 0 and str(canonical(-0.2, spec)) == "0"
+        assert values_equal(canonical("100", spec), canonical(100, spec), spec)
+        assert not values_equal(canonical(99, spec), canonical(100, spec), spec)
+    scale_2 = FieldSpec("x", FieldType.NUMBER, scale=2)
+    assert canonical(85, scale_2) == 85.0 and isinstance(canonical(85, scale_2), float)
+    assert canonical(-0.001, scale_2) == 0.0 and str(canonical(-0.001, scale_2)) == "0.0"
+    assert values_equal(canonical(85, scale_2), 85, scale_2)  # an int desired, a float held
+
+
+def test_a_score_is_planned_as_an_int() -> None:
+    record = CrmRecord("001A", ("acme.com",), {"PQA_Score__c": "40.0"})
+    changes, current = diff_fields(
+        record,
+        desired_fields(make_result(score=100), MAPPING, SPECS),
+        SPECS,
+        {f.target: f for f in MAPPING.fields},
+    )
+    assert repr(changes["PQA_Score__c"]) == "100" and repr(current["PQA_Score__c"]) == "40"
+
+
+def test_diff_fields_gives_the_crm_value_of_each_changed_field() -> None:
+    desired = desired_fields(make_result(), MAPPING, SPECS)
+    record = CrmRecord(
+        "001A",
+        ("acme.com",),
+        {"PQA_Score__c": 40.0, "PQA_Tier__c": "", "PQA_Active_Users__c": "9"},
+    )
+    by_target = {f.target: f for f in MAPPING.fields}
+    changes, current = diff_fields(record, desired, SPECS, by_target)
+    assert changes == {
+        "PQA_Score__c": 86,
+        "PQA_Tier__c": "sales",
+        "PQA_Signals__c": "9 active users; Viewed Terms of Use",
+        "PQA_Qualified_Since__c": AS_OF.replace(microsecond=0),
+    }
+    assert current == {
+        "PQA_Score__c": 40,
+        "PQA_Tier__c": None,  # an empty CRM field is None, like a missing one
+        "PQA_Signals__c": None,
+        "PQA_Qualified_Since__c": None,
+    }
+    assert diff_record(record, desired, SPECS, by_target) == changes
+
+
+def _plan_for(records: list[CrmRecord], results: list[AccountResult]) -> Plan:
+    report = match_accounts(
+        ((r.account.key, r.account.domain, float(r.score.score)) for r in results),
+        build_index(records),
+        "skip",
+    )
+    return plan_changes(results, report, {r.id: r for r in records}, MAPPING, SPECS)
+
+
+def test_planned_changes_carry_the_crm_values_they_replace() -> None:
+    records = [
+        CrmRecord(
+            "001A",
+            ("acme.com",),
+            {"PQA_Score__c": 40, "PQA_Tier__c": "success", "PQA_Signals__c": "old"},
+        ),
+        CrmRecord("001B", ("beta.io",), {}),
+    ]
+    results = [make_result(domain="acme.com"), make_result(score=20, domain="beta.io")]
+    plan = _plan_for(records, results)
+    by_id = {change.record_id: change for change in plan.changes}
+    acme = by_id["001A"]
+    assert acme.current is not None and set(acme.current) == set(acme.fields)
+    assert acme.current["PQA_Score__c"] == 40 and acme.fields["PQA_Score__c"] == 86
+    assert acme.current["PQA_Tier__c"] == "success" and acme.fields["PQA_Tier__c"] == "sales"
+    assert acme.current["PQA_Signals__c"] == "old"
+    assert acme.current["PQA_Qualified_Since__c"] is None
+    beta = by_id["001B"]
+    assert beta.current is not None and set(beta.current) == set(beta.fields)
+    assert all(value is None for value in beta.current.values())
+
+
+def test_mql_only_changes_carry_the_crm_values_they_replace() -> None:
+    mapping = DestinationMapping(
+        "salesforce",
+        "Account",
+        MatchRule(("Website",)),
+        (FieldMapping("PQA_Lead_Channel__c", "lead_channel"),),
+    )
+    specs = {"PQA_Lead_Channel__c": FieldSpec("PQA_Lead_Channel__c", FieldType.PICKLIST)}
+    records = {
+        "001A": CrmRecord("001A", ("mql.io",), {"PQA_Lead_Channel__c": "sales_led"}),
+        "001B": CrmRecord("001B", ("other.io",), {}),
+        "001C": CrmRecord("001C", ("fresh.io",), {}),
+    }
+    plan = Plan("salesforce", "Account")
+    plan_mql_only(
+        plan,
+        records,
+        set(),
+        {"mql.io", "fresh.io"},
+        lambda record: set(record.domain_values),
+        mapping,
+        specs,
+    )
+    by_id = {change.record_id: change for change in plan.changes}
+    assert set(by_id) == {"001A", "001C"}
+    assert by_id["001A"].current == {"PQA_Lead_Channel__c": "sales_led"}
+    assert by_id["001A"].fields == {"PQA_Lead_Channel__c": "mql_only"}
+    assert by_id["001C"].current == {"PQA_Lead_Channel__c": None}
+
+
+def test_plan_changes_in_json_form_are_from_to_pairs() -> None:
+    when = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    plan = Plan(
+        "salesforce",
+        "Account",
+        [
+            RecordChange(
+                "001A",
+                {"PQA_Score__c": 85, "PQA_Qualified_Since__c": when, "PQA_Signals__c": None},
+                "acme.com",
+                1_000_086.0,
+                current={"PQA_Score__c": 40, "PQA_Qualified_Since__c": None, "PQA_Signals__c": "x"},
+            ),
+            RecordChange("001B", {"PQA_Day__c": date(2026, 11, 22)}, "b.com"),
+        ],
+    )
+    first, second = plan.change_dicts()
+    assert first == {
+        "record_id": "001A",
+        "account": "acme.com",
+        "priority": 1_000_086,
+        "fields": {
+            "PQA_Score__c": {"from": 40, "to": 85},
+            "PQA_Qualified_Since__c": {"from": None, "to": "2026-11-22T10:00:00Z"},
+            "PQA_Signals__c": {"from": "x", "to": None},
+        },
+    }
+    # A change made without current values (a hand-built one) says "from": null.
+    assert second["fields"] == {"PQA_Day__c": {"from": None, "to": "2026-11-22"}}
+
+
+def test_json_values_are_what_a_reader_expects() -> None:
+    assert repr(json_value(85.0)) == "85"
+    assert json_value(85.5) == 85.5
+    assert json_value(2.0**60) == 2.0**60  # too big for an exact int: left a float
+    assert json_value(datetime(2026, 11, 22, 11, 0, tzinfo=timezone(timedelta(hours=1)))) == (
+        "2026-11-22T10:00:00Z"
+    )
+    assert json_value(datetime(2026, 11, 22, 10, 0)) == "2026-11-22T10:00:00Z"  # naive is UTC
+    assert json_value(True) is True and json_value(None) is None and json_value("x") == "x"
