@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 import os
 import threading
 import time
@@ -37,7 +38,12 @@ from hubspot.crm.companies.exceptions import ApiException as CompaniesApiExcepti
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 
 from connectors.credentials import get_secret
-from connectors.retrying import call_with_retries
+from connectors.retrying import (
+    ANNOUNCE_WAITS_OVER_SECONDS,
+    CallTrace,
+    call_with_retries,
+    current_trace,
+)
 from pls_sync.domains import split_domain_values
 from pls_sync.errors import (
     AuthError,
@@ -48,7 +54,7 @@ from pls_sync.errors import (
     RetriableError,
     redact,
 )
-from pls_sync.logs import register_secret
+from pls_sync.logs import notify, register_secret
 from pls_sync.mapping import DestinationMapping
 from pls_sync.models import (
     CrmRecord,
@@ -148,11 +154,25 @@ class RequestPacer:
                 self._sent.append(now)
                 return
             delay = self._sent[0] + self.window - now
+            if delay > ANNOUNCE_WAITS_OVER_SECONDS:
+                self._announce(delay)
             self._sleep(delay)
             self.waited += delay
             if self._clock() <= now:
                 # A sleep that does not move the clock (a test double) must still make progress.
                 self._sent.popleft()
+
+    def _announce(self, delay: float) -> None:
+        log.info(
+            "rate_limit_wait",
+            destination="hubspot",
+            seconds=round(delay, 1),
+            limit_per_10s=self.limit,
+        )
+        notify(
+            f"waiting {delay:.1f} s for HubSpot's rate limit "
+            f"({self.limit} requests per {self.window:g} s)"
+        )
 
     def completed(self) -> None:
         """Move the newest request's mark to now, when its answer has come back.
@@ -192,6 +212,25 @@ def _number_text(value: float | int | Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+def _field_number(value: numbers.Real | Decimal, spec: FieldSpec | None) -> int | float | Decimal:
+    """``value`` as the property holds it: whole for an integer or scale-0 number property
+    (whatever Python type it arrives as), rounded to the scale when one is known."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number: float | Decimal = value if isinstance(value, (float, Decimal)) else float(value)
+    kind = spec.type if spec is not None else None
+    scale = 0 if kind is FieldType.INTEGER else None
+    if kind is FieldType.NUMBER and spec is not None:
+        scale = spec.scale
+    if scale is None:
+        return number
+    if isinstance(number, Decimal):
+        exact = round(number, scale)
+        return int(exact) if scale <= 0 else exact
+    rounded = round(number, scale)
+    return int(rounded) if scale <= 0 else rounded
+
+
 def _iso_utc(moment: datetime) -> str:
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
@@ -200,7 +239,8 @@ def _iso_utc(moment: datetime) -> str:
 def format_value(value: Any, spec: FieldSpec | None = None) -> str:
     """A canonical value in the text HubSpot wants for the property.
 
-    ``None`` is ``""`` (clears); numbers are plain decimals (``42``, not ``42.0``); booleans are
+    ``None`` is ``""`` (clears); numbers are plain decimals (``42``, not ``42.0``), whole for an
+    integer or scale-0 property and rounded to the scale when one is known; booleans are
     ``true``/``false``; DATE properties get ``YYYY-MM-DD`` (midnight UTC), DATETIME properties
     ISO 8601 UTC with milliseconds; lists are joined with ``"; "`` (``;`` for multi-checkboxes);
     text is cut to the property's length when it is known.
@@ -219,8 +259,10 @@ def format_value(value: Any, spec: FieldSpec | None = None) -> str:
         if kind is FieldType.DATETIME:
             return f"{value.isoformat()}T00:00:00.000Z"
         return value.isoformat()
-    if isinstance(value, (int, float, Decimal)):
-        return _number_text(value)
+    if isinstance(value, (numbers.Real, Decimal)):
+        if not math.isfinite(value):
+            return ""
+        return _number_text(_field_number(value, spec))
     if isinstance(value, (list, tuple, set, frozenset)):
         separator = ";" if kind is FieldType.MULTIPICKLIST else "; "
         text = separator.join(
@@ -454,6 +496,37 @@ def _response_headers(response: Any) -> Any:
         # urllib3 2 deprecates getheaders(); the raw response of a _preload_content=False call.
         return response.headers
     return response.getheaders()
+
+
+def trace_requests(api: Any) -> None:
+    """Report every request ``api`` sends to the current ``CallTrace``: method, URL, status.
+
+    hubspot-api-client sends through its ``ApiClient.request(method, url, ...)`` (the query
+    string goes separately); the answer carries ``status``, an ``ApiException`` too. Installed
+    once per API client; without a current trace it only passes the call on.
+    """
+    client: Any = getattr(api, "api_client", None)
+    send = getattr(client, "request", None)
+    if send is None or getattr(client, "_pls_sync_traced", False):
+        return
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        trace = current_trace()
+        if trace is None:
+            return send(method, url, *args, **kwargs)
+        trace.sending(method, url)
+        try:
+            response = send(method, url, *args, **kwargs)
+        except Exception as exc:
+            trace.failed(exc)
+            raise
+        status = getattr(response, "status", None)
+        if isinstance(status, int):
+            trace.answered(status)
+        return response
+
+    client.request = request
+    client._pls_sync_traced = True
 
 
 def read_json(fetch: Callable[[], Any]) -> dict[str, Any]:
@@ -912,7 +985,12 @@ class HubSpotDestination:
         return redact(text, [self._token])
 
     def call(self, kind: str, api: Any, invoke: Callable[[], T]) -> T:
-        """One API call: paced, counted, translated, retried when the error is transient."""
+        """One API call: paced, counted, translated, retried when the error is transient.
+
+        At DEBUG each HTTP attempt is a ``crm_call`` event with ``endpoint`` ``kind``.
+        """
+        trace_requests(api)
+        trace = CallTrace(self.name, kind)
 
         def attempt() -> T:
             self.pacer.acquire()
@@ -926,6 +1004,7 @@ class HubSpotDestination:
                 raise self.translate(exc) from None
             except _TRANSPORT_ERRORS as exc:
                 self.pacer.completed()
+                trace.failed(exc)  # also a body cut off after the status line came
                 raise RetriableError(
                     self.redact_secrets(f"HubSpot unreachable: {type(exc).__name__}: {exc}"),
                     code="TRANSPORT",
@@ -947,7 +1026,11 @@ class HubSpotDestination:
             )
 
         return call_with_retries(
-            attempt, attempts=self._attempts, sleep=self.sleep, on_retry=on_retry
+            attempt,
+            attempts=self._attempts,
+            sleep=self.sleep,
+            on_retry=on_retry,
+            trace=trace,
         )
 
     def _observe(self, headers: Any, *, track_window: bool) -> None:

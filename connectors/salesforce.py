@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import numbers
 import os
 import re
 import threading
@@ -41,7 +42,7 @@ from simple_salesforce.exceptions import (
 )
 
 from connectors.credentials import get_secret
-from connectors.retrying import call_with_retries
+from connectors.retrying import CallTrace, call_with_retries, current_trace
 from pls_sync.errors import (
     AuthError,
     FatalError,
@@ -106,6 +107,8 @@ _TYPES: dict[str, FieldType] = {
     "reference": FieldType.ID,
 }
 _NUMBER_TYPES = (FieldType.NUMBER, FieldType.INTEGER)
+
+KEY_FILE_VARIABLE = "SALESFORCE_PRIVATE_KEY_FILE"
 
 _VARIABLE_SETS = (
     ("SALESFORCE_INSTANCE_URL", "SALESFORCE_SESSION_ID"),
@@ -203,31 +206,42 @@ def _fit(text: str, spec: FieldSpec | None) -> str:
     return text
 
 
+def _whole(value: numbers.Real | Decimal) -> int:
+    return int(value) if isinstance(value, numbers.Integral) else int(round(value))
+
+
+def _scaled(value: numbers.Real | Decimal, scale: int | None) -> int | float:
+    """A NUMBER field's value: whole at scale 0, rounded to a positive scale, else as it is."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if scale is None:
+        return float(value)
+    if scale <= 0:
+        return int(round(float(value), scale))
+    return round(float(value), scale)
+
+
 def format_value(value: Any, spec: FieldSpec | None) -> Any:
     """A canonical Python value in the JSON form sObject REST expects for the field ``spec``.
 
-    ``None`` clears the field (REST wants null). Numbers are rounded to the field's scale,
-    datetimes are ISO 8601 UTC with milliseconds (or a date for DATE fields), lists are joined
-    with ``"; "`` (``";"`` for multi-select picklists) and text is cut to the field's length.
+    ``None`` clears the field (REST wants null). Numbers are rounded to the field's scale: an
+    integer field or a scale-0 number gets a JSON integer (``100``, never ``100.0``) whatever
+    Python type the value arrives as, an ``int`` stays exact. Datetimes are ISO 8601 UTC with
+    milliseconds (or a date for DATE fields), lists are joined with ``"; "`` (``";"`` for
+    multi-select picklists) and text is cut to the field's length.
     """
     kind = spec.type if spec is not None else None
     if value is None:
         return None
     if isinstance(value, bool):
         return value
-    if isinstance(value, (int, float, Decimal)):
-        if isinstance(value, (float, Decimal)) and not math.isfinite(value):
+    if isinstance(value, (numbers.Real, Decimal)):
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):
             return None
         if kind is FieldType.INTEGER:
-            return int(round(value))
-        if kind is FieldType.NUMBER:
-            scale = spec.scale if spec is not None else None
-            if scale is not None:
-                rounded = round(float(value), scale)
-                return int(rounded) if scale <= 0 else rounded
-            return float(value) if isinstance(value, Decimal) else value
-        if kind is None or kind in _NUMBER_TYPES:
-            return float(value) if isinstance(value, Decimal) else value
+            return _whole(value)
+        if kind is None or kind is FieldType.NUMBER:
+            return _scaled(value, spec.scale if spec is not None else None)
         number = float(value)
         return _fit(str(int(number)) if number.is_integer() else str(value), spec)
     if isinstance(value, datetime):
@@ -409,6 +423,114 @@ class TimeoutSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
+def _trace_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """Session hook: report each answer (logins and Bulk API 2.0 included) to the current
+    ``CallTrace``, for the DEBUG ``crm_call`` event."""
+    trace = current_trace()
+    if trace is not None:
+        request = response.request
+        trace.answered(response.status_code, request.method, request.url)
+
+
+def _install_trace_hook(http: requests.Session) -> None:
+    hooks = http.hooks.setdefault("response", [])
+    if _trace_response not in hooks:
+        hooks.append(_trace_response)
+
+
+# --- the JWT bearer key ------------------------------------------------------------------------
+
+
+def _key_error(path: str, reason: str) -> AuthError:
+    return AuthError(
+        f"{KEY_FILE_VARIABLE} ({path}): not a PEM private key ({reason})",
+        code="INVALID_PRIVATE_KEY",
+    )
+
+
+def _read_key_file(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise _key_error(path, "no such file") from None
+    except IsADirectoryError:
+        raise _key_error(path, "it is a directory") from None
+    except PermissionError:
+        raise _key_error(path, "cannot read it: permission denied") from None
+    except OSError as exc:
+        raise _key_error(path, f"cannot read it: {exc.strerror or type(exc).__name__}") from None
+    if not data.strip():
+        raise _key_error(path, "the file is empty")
+    return data
+
+
+def _unparsed_key_reason(data: bytes) -> str:
+    """Why PEM data that did not load as a private key is not one (from its armour lines)."""
+    if b"-----BEGIN" not in data:
+        return "no PEM block in it"
+    if b"PRIVATE KEY-----" not in data:
+        if b"PUBLIC KEY-----" in data:
+            return "it holds a public key; the private key is needed"
+        if b"CERTIFICATE-----" in data:
+            return "it holds a certificate; the private key is needed"
+    return "its PEM data cannot be read"
+
+
+def private_key_pem(path: str) -> str:
+    """The RSA private key in file ``path`` as unencrypted PKCS#8 PEM, for signing the JWT.
+
+    Garbage, a public key or certificate, an encrypted or non-RSA key, an empty file, a
+    directory or an unreadable file raise ``AuthError``: ``SALESFORCE_PRIVATE_KEY_FILE (<path>):
+    not a PEM private key (<reason>)``. No message ever carries key material.
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    data = _read_key_file(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # cryptography's answer to an encrypted key without a password
+        raise _key_error(path, "it is encrypted; an unencrypted key is needed") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise _key_error(path, _unparsed_key_reason(data)) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise _key_error(path, "not an RSA key; the JWT bearer flow signs with RS256")
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+
+
+def _jwt_login(
+    username: str,
+    consumer_key: str,
+    key_file: str,
+    *,
+    api_version: str,
+    http: requests.Session,
+    domain: str,
+) -> tuple[str, str]:
+    """(session id, instance) by the OAuth 2.0 JWT bearer flow, the key read at each login."""
+    from jwt.exceptions import PyJWTError
+
+    key = private_key_pem(key_file)
+    try:
+        return SalesforceLogin(
+            username=username,
+            consumer_key=consumer_key,
+            privatekey=key,
+            sf_version=api_version,
+            session=http,
+            domain=domain,
+        )
+    except (SalesforceError, requests.RequestException):
+        raise
+    except (ValueError, TypeError, PyJWTError) as exc:  # signing with the key failed
+        raise _key_error(key_file, f"signing the JWT failed: {type(exc).__name__}") from None
+
+
 def _is_loopback(host: str | None) -> bool:
     if not host:
         return False
@@ -555,6 +677,7 @@ class SalesforceDestination:
             return get_secret(name, env)
 
         http = session if session is not None else TimeoutSession(DEFAULT_TIMEOUT)
+        _install_trace_hook(http)
         instance_url = secret("SALESFORCE_INSTANCE_URL")
         session_id = secret("SALESFORCE_SESSION_ID")
         username = secret("SALESFORCE_USERNAME")
@@ -596,16 +719,17 @@ class SalesforceDestination:
                 )
 
         elif username and consumer_key and key_file:
-            if not Path(key_file).is_file():
-                raise AuthError("SALESFORCE_PRIVATE_KEY_FILE does not name a readable file")
+            private_key_pem(key_file)  # a wrong file is one clear line before any request
+            # str, not str | None, inside the closure
+            jwt_user, jwt_consumer, jwt_key_file = username, consumer_key, key_file
 
             def login() -> Salesforce:
-                new_id, instance = SalesforceLogin(
-                    username=username,
-                    consumer_key=consumer_key,
-                    privatekey_file=key_file,
-                    sf_version=api_version,
-                    session=http,
+                new_id, instance = _jwt_login(
+                    jwt_user,
+                    jwt_consumer,
+                    jwt_key_file,
+                    api_version=api_version,
+                    http=http,
                     domain=domain,
                 )
                 return Salesforce(
@@ -621,7 +745,7 @@ class SalesforceDestination:
             except (SalesforceError, requests.RequestException) as exc:
                 raise translate(exc, secrets=secrets) from None
 
-        sf = call_with_retries(first_login, sleep=sleep)
+        sf = call_with_retries(first_login, sleep=sleep, trace=CallTrace(cls.name, "auth"))
         destination = cls(
             sf,
             reauthenticate=login,
@@ -646,6 +770,7 @@ class SalesforceDestination:
         hooks = sf.session.hooks.setdefault("response", [])
         if self._remember_retry_after not in hooks:
             hooks.append(self._remember_retry_after)
+        _install_trace_hook(sf.session)
 
     def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         # A session hook sees every response, Bulk API 2.0 ones included, which simple-salesforce
@@ -669,7 +794,9 @@ class SalesforceDestination:
             raise AuthError("Salesforce session expired or invalid", code="INVALID_SESSION_ID")
         self._calls["auth"] += 1
         try:
-            sf = self._reauthenticate()
+            sf = call_with_retries(
+                self._reauthenticate, attempts=1, trace=CallTrace(self.name, "auth")
+            )
         except (SalesforceError, requests.RequestException) as exc:
             error = self.translate(exc)
             if isinstance(error, RetriableError):
@@ -698,8 +825,12 @@ class SalesforceDestination:
         )
 
     def call(self, kind: str, fn: Callable[[Salesforce], T]) -> T:
-        """Run ``fn(sf)``: count it, translate errors, re-authenticate once, retry transients."""
+        """Run ``fn(sf)``: count it, translate errors, re-authenticate once, retry transients.
+
+        At DEBUG each HTTP attempt is a ``crm_call`` event with ``endpoint`` ``kind``.
+        """
         reauthenticated = False
+        trace = CallTrace(self.name, kind)
 
         def attempt() -> T:
             nonlocal reauthenticated
@@ -709,11 +840,14 @@ class SalesforceDestination:
                 try:
                     result = fn(self._sf)
                 except (SalesforceError, requests.RequestException) as exc:
+                    trace.failed(exc)
                     error = self.translate(exc)
                     if _is_expired_session(error):
                         if not reauthenticated and self._reauthenticate is not None:
+                            trace.emit(then="reauthenticate")
                             self._reauth()
                             reauthenticated = True
+                            trace.begin(trace.attempt)
                             continue
                         suffix = " after re-authenticating" if reauthenticated else ""
                         raise AuthError(
@@ -726,7 +860,11 @@ class SalesforceDestination:
                 return result
 
         return call_with_retries(
-            attempt, attempts=self._attempts, sleep=self.sleep, on_retry=self._on_retry
+            attempt,
+            attempts=self._attempts,
+            sleep=self.sleep,
+            on_retry=self._on_retry,
+            trace=trace,
         )
 
     # CrmDestination

@@ -748,3 +748,82 @@ def test_a_read_timeout_is_retried(box: Any, clock: FakeTime) -> None:
     )
     assert "pqa_score" in dest.describe("companies")
     assert dest.api_calls()["describe"] == 2 == count(box, "hs.properties.list")
+
+
+# --------------------------------------------------------------------------- integer numbers
+
+
+class RecordingHubSpot(BaseHTTPRequestHandler):
+    """A batch update endpoint that keeps each request body as it came off the wire."""
+
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server handler name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).bodies.append(body)
+        inputs = json.loads(body)["inputs"]
+        answer = json.dumps(
+            {
+                "status": "COMPLETE",
+                "results": [{"id": i["id"], "properties": i["properties"]} for i in inputs],
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_whole_numbers_go_out_as_integers_in_batch_inputs(clock: FakeTime) -> None:
+    RecordingHubSpot.bodies = []
+    specs = {
+        "pqa_score": FieldSpec("pqa_score", FieldType.NUMBER, scale=0, precision=3),
+        "pqa_active_users": FieldSpec("pqa_active_users", FieldType.INTEGER),
+        "pqa_ratio": FieldSpec("pqa_ratio", FieldType.NUMBER, scale=2),
+    }
+    scores: list[Any] = [100, 100.0, Decimal("100"), 99.6]
+    changes = [
+        RecordChange(
+            str(n),
+            {"pqa_score": score, "pqa_active_users": 12.0, "pqa_ratio": 0.126},
+            f"k{n}",
+        )
+        for n, score in enumerate(scores)
+    ]
+    with ThreadingHTTPServer(("127.0.0.1", 0), RecordingHubSpot) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            dest = HubSpotDestination(
+                "pat-na1-recording",
+                base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                sleep=clock.sleep,
+                clock=clock,
+            )
+            result = dest.write("companies", changes, specs)
+        finally:
+            server.shutdown()
+    assert sorted(result.written) == ["0", "1", "2", "3"]
+    (body,) = RecordingHubSpot.bodies
+    assert [entry["properties"] for entry in json.loads(body)["inputs"]] == [
+        {"pqa_score": "100", "pqa_active_users": "12", "pqa_ratio": "0.13"}
+    ] * 4
+
+
+@pytest.mark.parametrize(
+    ("value", "spec", "wire"),
+    [
+        (86.6, FieldSpec("n", FieldType.INTEGER), "87"),
+        (Decimal("100.00"), FieldSpec("n", FieldType.NUMBER, scale=0), "100"),
+        (12.345678, FieldSpec("n", FieldType.NUMBER, scale=3), "12.346"),
+        (12.5, FieldSpec("n", FieldType.NUMBER), "12.5"),  # no scale known: as it is
+        (Decimal("NaN"), FieldSpec("n", FieldType.NUMBER), ""),
+        (10**20, FieldSpec("n", FieldType.NUMBER, scale=2), "100000000000000000000"),
+    ],
+)
+def test_numbers_follow_the_property_scale(value: Any, spec: FieldSpec, wire: str) -> None:
+    assert format_value(value, spec) == wire

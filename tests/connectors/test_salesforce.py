@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -1239,3 +1241,243 @@ def test_no_secret_in_errors_or_logs(rsps: responses.RequestsMock, tmp_path: Pat
     for text in texts:
         for secret in (SESSION_ID, PASSWORD, TOKEN):
             assert secret not in text, text
+
+
+# --- the JWT bearer key file -------------------------------------------------------------------
+
+TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pem_private(key: Any, password: bytes | None = None) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    encryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    return bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+
+
+def self_signed_certificate(key: Any) -> bytes:
+    """The certificate uploaded to the connected app: the file people pick by mistake."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pls-sync")])
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def jwt_env(tmp_path: Path, key_file: Path) -> dict[str, str]:
+    return {
+        "PLS_SYNC_SECRETS_DIR": str(tmp_path),
+        "SALESFORCE_USERNAME": "integration@acme.com",
+        "SALESFORCE_CONSUMER_KEY": "3MVG9consumerkey",
+        "SALESFORCE_PRIVATE_KEY_FILE": str(key_file),
+    }
+
+
+def bad_key_file(kind: str, tmp_path: Path, key: Any) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = tmp_path / "server.key"
+    if kind == "garbage":
+        path.write_bytes(b"\x00\x01 this is not a key \xff")
+    elif kind == "public key":
+        path.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    elif kind == "certificate":
+        path.write_bytes(self_signed_certificate(key))
+    elif kind == "encrypted":
+        path.write_bytes(pem_private(key, password=b"correct horse"))
+    elif kind == "empty":
+        path.write_bytes(b"\n")
+    elif kind == "EC key":
+        path.write_bytes(pem_private(ec.generate_private_key(ec.SECP256R1())))
+    elif kind == "truncated":
+        path.write_bytes(pem_private(key)[:300])
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "under a file":
+        path.write_bytes(pem_private(key))
+        path = path / "server.key"
+    elif kind == "missing":
+        pass
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("garbage", "no PEM block in it"),
+        ("public key", "it holds a public key; the private key is needed"),
+        ("certificate", "it holds a certificate; the private key is needed"),
+        ("encrypted", "it is encrypted; an unencrypted key is needed"),
+        ("empty", "the file is empty"),
+        ("EC key", "not an RSA key; the JWT bearer flow signs with RS256"),
+        ("truncated", "its PEM data cannot be read"),
+        ("directory", "it is a directory"),
+        ("under a file", "cannot read it: Not a directory"),
+        ("missing", "no such file"),
+    ],
+)
+def test_a_key_file_that_is_not_a_private_key_is_one_clear_line(
+    rsps: responses.RequestsMock, tmp_path: Path, rsa_key: Any, kind: str, reason: str
+) -> None:
+    path = bad_key_file(kind, tmp_path, rsa_key)
+    with pytest.raises(AuthError) as info:
+        SalesforceDestination.from_env(jwt_env(tmp_path, path), sleep=lambda s: None)
+    assert str(info.value) == (
+        f"SALESFORCE_PRIVATE_KEY_FILE ({path}): not a PEM private key ({reason})"
+    )
+    assert info.value.code == "INVALID_PRIVATE_KEY"
+    assert len(rsps.calls) == 0  # refused before any request
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_key_file_is_one_clear_line(tmp_path: Path, rsa_key: Any) -> None:
+    path = tmp_path / "server.key"
+    path.write_bytes(pem_private(rsa_key))
+    path.chmod(0)
+    with pytest.raises(AuthError, match=r"not a PEM private key \(cannot read it: permission"):
+        SalesforceDestination.from_env(jwt_env(tmp_path, path))
+
+
+def test_a_key_file_spoilt_before_a_reauthentication_is_an_auth_error(
+    rsps: responses.RequestsMock, tmp_path: Path, rsa_key: Any
+) -> None:
+    path = tmp_path / "server.key"
+    path.write_bytes(pem_private(rsa_key))
+    rsps.post(TOKEN_URL, json={"access_token": SESSION_ID, "instance_url": INSTANCE})
+    rsps.get(DESCRIBE_URL, status=401, json=INVALID_SESSION)
+    dest = SalesforceDestination.from_env(jwt_env(tmp_path, path), sleep=lambda s: None)
+    path.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(AuthError) as info:
+        dest.describe("Account")
+    assert str(info.value) == (
+        "Salesforce re-authentication failed: SALESFORCE_PRIVATE_KEY_FILE "
+        f"({path}): not a PEM private key (its PEM data cannot be read)"
+    )
+    assert [c.request.method for c in rsps.calls] == ["POST", "GET"]  # no second token request
+
+
+def test_a_key_the_jwt_library_refuses_at_login_is_an_auth_error(
+    rsps: responses.RequestsMock,
+    tmp_path: Path,
+    rsa_key: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jwt
+    import simple_salesforce.login
+
+    def refuse(*args: Any, **kwargs: Any) -> str:
+        raise jwt.exceptions.InvalidKeyError("Could not parse the provided public key.")
+
+    monkeypatch.setattr(simple_salesforce.login.jwt, "encode", refuse)
+    path = tmp_path / "server.key"
+    key_text = pem_private(rsa_key)
+    path.write_bytes(key_text)
+    with pytest.raises(AuthError) as info:
+        SalesforceDestination.from_env(jwt_env(tmp_path, path), sleep=lambda s: None)
+    assert str(info.value) == (
+        f"SALESFORCE_PRIVATE_KEY_FILE ({path}): not a PEM private key "
+        "(signing the JWT failed: InvalidKeyError)"
+    )
+    assert len(rsps.calls) == 0
+    body = key_text.decode().splitlines()[1]
+    assert body not in str(info.value)
+
+
+def test_the_jwt_is_signed_with_the_key_in_the_file(
+    rsps: responses.RequestsMock, tmp_path: Path, rsa_key: Any
+) -> None:
+    import jwt
+
+    path = tmp_path / "server.key"
+    # A traditional "BEGIN RSA PRIVATE KEY" file, as openssl genrsa wrote them for years.
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    rsps.post(TOKEN_URL, json={"access_token": SESSION_ID, "instance_url": INSTANCE})
+    SalesforceDestination.from_env(jwt_env(tmp_path, path), sleep=lambda s: None)
+    assertion = parse_qs(str(rsps.calls[0].request.body))["assertion"][0]
+    claims = jwt.decode(
+        assertion,
+        rsa_key.public_key(),
+        algorithms=["RS256"],
+        audience="https://login.salesforce.com",
+    )
+    assert (claims["iss"], claims["sub"]) == ("3MVG9consumerkey", "integration@acme.com")
+
+
+# --- integer numbers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("score", [100, 100.0, Decimal("100"), Decimal("100.00"), 99.6])
+def test_a_whole_number_goes_to_a_number_3_0_field_as_a_json_integer(
+    rsps: responses.RequestsMock, dest: SalesforceDestination, score: Any
+) -> None:
+    rsps.add_callback(responses.PATCH, COLLECTIONS_URL, callback=collections_echo())
+    specs = {
+        **SPECS,
+        "PQA_Score__c": field_spec(sf_field("PQA_Score__c", "double", precision=3, scale=0)),
+    }
+    change = RecordChange(
+        rid(1),
+        {"PQA_Score__c": score, "NumberOfEmployees": 12.0, "PQA_Ratio__c": 0.5},
+        "acme.com",
+    )
+    dest.write("Account", [change], specs)
+    (call,) = rsps.calls
+    text = body_text(call.request)
+    assert '"PQA_Score__c": 100,' in text and "100.0" not in text
+    assert '"NumberOfEmployees": 12,' in text
+    assert '"PQA_Ratio__c": 0.5' in text  # scale 2 keeps its decimals
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "expected"),
+    [
+        (Decimal("86.4"), spec(FieldType.NUMBER, scale=0), 86),
+        (Decimal("7"), spec(FieldType.INTEGER), 7),
+        (2**62, spec(FieldType.NUMBER, scale=2), 2**62),  # an int stays exact
+        (Decimal("12.345"), spec(FieldType.NUMBER, scale=2), 12.35),
+        (Decimal("3"), None, 3.0),
+        (float("inf"), spec(FieldType.INTEGER), None),
+    ],
+)
+def test_format_value_number_types(value: Any, field: FieldSpec | None, expected: Any) -> None:
+    formatted = format_value(value, field)
+    assert formatted == expected
+    assert type(formatted) is type(expected)

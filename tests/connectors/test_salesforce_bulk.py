@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -969,3 +970,36 @@ def test_bulk_write_against_the_sandbox_with_a_locked_row() -> None:
         assert dest.api_calls()["limits"] == 0  # from Sforce-Limit-Info on the bulk responses
     finally:
         box.stop()
+
+
+def test_whole_numbers_go_into_the_csv_as_integers(
+    rsps: responses.RequestsMock, sf: Salesforce, sleeps: list[float]
+) -> None:
+    fake = FakeBulk(rsps)
+    dest = destination(sf, sleeps)
+    scores: list[Any] = [100, 100.0, Decimal("100"), 99.6]
+    changes = [
+        RecordChange(
+            rid(n), {"PQA_Score__c": score, "NumberOfEmployees": 12.0, "PQA_Ratio__c": 0.5}, "a"
+        )
+        for n, score in enumerate(scores)
+    ]
+    result = dest.write("Account", changes, SPECS)
+    assert len(result.written) == 4
+    (job,) = fake.jobs
+    assert job.csv == "Id,PQA_Score__c,NumberOfEmployees,PQA_Ratio__c\n" + "".join(
+        f"{rid(n)},100,12,0.5\n" for n in range(4)
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "field_spec_", "expected"),
+    [
+        (Decimal("100.00"), spec(FieldType.NUMBER, scale=0, precision=3), "100"),
+        (100, spec(FieldType.NUMBER, scale=2), "100"),
+        (Decimal("0.126"), spec(FieldType.NUMBER, scale=2), "0.13"),
+        (2**62, spec(FieldType.NUMBER, scale=2), str(2**62)),  # exact, not 4.611686018427388e18
+    ],
+)
+def test_bulk_number_cells(value: Any, field_spec_: FieldSpec, expected: str) -> None:
+    assert bulk_value(value, field_spec_) == expected

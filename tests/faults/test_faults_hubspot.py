@@ -9,7 +9,7 @@ properties changed once, as in the clean run.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,15 +283,24 @@ def test_daily_allowance_running_out_mid_write(rig: Rig, clean: CleanRun) -> Non
 def test_partial_batch_failures_are_reported_and_retried_next_run(
     rig: Rig, clean: CleanRun, validation: str
 ) -> None:
-    """An admin hides the ``sales`` option of pqa_tier during the run: those companies are
-    refused (207 per record, or a 400 the client bisects), the others written; once the option
-    is back, the next run writes the refused ones even though their scores did not change."""
+    """An admin hides the ``sales`` option of pqa_tier during the run, after the schema check
+    and before the first write: those companies are refused (207 per record, or a 400 the
+    client bisects), the others written; once the option is back, the next run writes the
+    refused ones even though their scores did not change."""
     hubspot = portal(rig)
     hubspot.batch_validation = validation
     options = hubspot.properties["companies"]["pqa_tier"]["options"]
     saved = list(options)
-    options[:] = [o for o in options if o["value"] != "sales"]
+
+    def hide_sales(endpoint: str, request: Any, handle: Callable[[Any], Any]) -> Any:
+        if endpoint == HS_WRITE:
+            options[:] = [o for o in saved if o["value"] != "sales"]
+        return handle(request)
+
+    assert rig.hooks is not None
+    rig.hooks.add(hide_sales)
     result = rig.run()
+    rig.hooks.clear()
     options[:] = saved
     entry = hs_entry(rig)
     sales = {
