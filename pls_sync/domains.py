@@ -158,16 +158,18 @@ def disposable_domains() -> frozenset[str]:
 
 
 def email_host(email: str) -> str | None:
-    """Return the lower-case host part of ``email`` (after the last ``@``), or ``None``.
+    """Return the lower-case host part of ``email`` (after its one ``@``), or ``None``.
 
-    ``None`` for an empty value, no ``@``, an empty local part or host, or whitespace inside.
+    The same rule as the warehouse reader's SQL (``connectors.sql_constructs.email_host``), so
+    an address means one thing everywhere: surrounding spaces are trimmed; ``None`` for an
+    empty value, no ``@`` or more than one, an empty local part or host, or whitespace inside.
     The host is not validated further: :func:`classify_host` does that.
     """
     if not isinstance(email, str):
         return None
-    value = email.strip()
-    local, at, host = value.rpartition("@")
-    if not at or not local or not host or _WHITESPACE.search(value):
+    value = email.strip(" ")
+    local, at, host = value.partition("@")
+    if not at or not local or not host or "@" in host or _WHITESPACE.search(value):
         return None
     return host.lower()
 

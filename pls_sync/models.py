@@ -60,11 +60,50 @@ class UsageReadStats:
     skipped_rows: int = 0
     skipped_reasons: dict[str, int] = field(default_factory=dict)
 
+    # Events the model would have counted but could not, by reason: no_user, unknown_user,
+    # no_name, no_time, future (see ``connectors.warehouse``).
+    dropped_events: dict[str, int] = field(default_factory=dict)
+
     def skip(self, reason: str, users: int = 1, rows: int = 1) -> None:
         """Count ``rows`` skipped rows covering ``users`` users for ``reason``."""
         self.skipped_rows += rows
         self.skipped_users += users
         self.skipped_reasons[reason] = self.skipped_reasons.get(reason, 0) + users
+
+    def drop_events(self, reason: str, count: int) -> None:
+        """Count ``count`` events dropped for ``reason``; a zero count records nothing."""
+        if count:
+            self.dropped_events[reason] = self.dropped_events.get(reason, 0) + count
+
+
+@dataclass(frozen=True, slots=True)
+class WarehouseProblem:
+    """Something about the warehouse that would make a run fail, tied to the config key it is about.
+
+    ``key`` is the path in the main config file (``("warehouse", "url")``,
+    ``("warehouse", "users_table")``, ``("warehouse", "model")``...); ``message`` is one line,
+    without secrets, saying what is wrong and what to do.
+    """
+
+    key: tuple[str | int, ...]
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WarehouseProbe:
+    """What probing the warehouse found: every problem at once, and a custom model's columns.
+
+    ``columns`` are the result columns of a custom SQL model as the warehouse returned them;
+    ``None`` for the built-in model or when the model could not be run.
+    """
+
+    problems: tuple[WarehouseProblem, ...]
+    columns: tuple[str, ...] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing would make a run fail."""
+        return not self.problems
 
 
 class FieldType(StrEnum):

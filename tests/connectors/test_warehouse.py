@@ -546,3 +546,234 @@ def test_postgres_missing_column_and_read_only_utc_session(
     )
     accounts, _ = read(SqlUsageSource(url, taxonomy=TAXONOMY, schema=schema, model=model))
     assert dict(accounts["acme.com"].metrics) == {"ro": 1.0, "utc": 1.0}
+
+
+# -- dropped events --------------------------------------------------------------------------
+
+# user_id, workspace_id, event_name, occurred_at: events the built-in model cannot use, and a few
+# it must not count as dropped (outside the window, ignored names).
+DROPPED_EVENTS: list[tuple[int | None, int | None, str | None, datetime | None]] = [
+    (None, 10, "created_board", AS_OF - DAY),  # no_user
+    (None, 10, "created_board", AS_OF - 90 * DAY),  # no user, but before the window: not dropped
+    (1, 10, None, AS_OF - DAY),  # no_name
+    (1, 10, "", AS_OF - 2 * DAY),  # no_name (empty)
+    (1, 10, None, AS_OF - 70 * DAY),  # no name, before the window: not dropped
+    (1, 10, "created_board", None),  # no_time
+    (None, None, None, None),  # no_time (one reason per event)
+    (2, 10, "created_board", AS_OF + DAY),  # future
+    (None, 10, None, AS_OF + 30 * DAY),  # future, whatever else is wrong
+    (98, 10, "logged_in", AS_OF - DAY),  # unknown_user
+    (98, 10, "logged_in", AS_OF - 100 * DAY),  # unknown user, before the window: not dropped
+    (98, 10, "viewed_webinar", AS_OF - DAY),  # ignored name: never dropped
+    (2, 11, "logged_in", AS_OF - DAY),  # user 2 is in workspace 10: unknown at workspace level
+]
+# Of the base rows: (1, 10, logged_in, AS_OF) is future; user 99 is unknown; user 7 was created
+# after as_of, so the join leaves its event out too.
+DROPPED_COMPANY = {"no_user": 1, "no_name": 2, "no_time": 2, "future": 3, "unknown_user": 3}
+DROPPED_WORKSPACE = {**DROPPED_COMPANY, "unknown_user": 4}
+
+
+def add_events(url: str, rows: list[tuple[Any, ...]], text_timestamps: bool = False) -> None:
+    """Append raw event rows (NULLs and all) to the ``events`` table at ``url``."""
+    engine = sa.create_engine(url)
+    events = sa.table(
+        "events",
+        sa.column("user_id"),
+        sa.column("workspace_id"),
+        sa.column("event_name"),
+        sa.column("occurred_at"),
+    )
+
+    def stamp(value: datetime | None) -> Any:
+        if value is None:
+            return None
+        return naive(value).isoformat() if text_timestamps else naive(value)
+
+    with engine.begin() as conn:
+        conn.execute(
+            events.insert(),
+            [
+                {"user_id": u, "workspace_id": w, "event_name": n, "occurred_at": stamp(t)}
+                for u, w, n, t in rows
+            ],
+        )
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite"])
+def test_dropped_events_are_counted_by_reason(tmp_path: Path, backend: str) -> None:
+    url = f"{backend}:///{tmp_path / 'drops.db'}"
+    engine = sa.create_engine(url)
+    load_warehouse(engine, text_timestamps=backend == "sqlite")
+    engine.dispose()
+    add_events(url, DROPPED_EVENTS, text_timestamps=backend == "sqlite")
+
+    accounts, stats = read(SqlUsageSource(url, taxonomy=TAXONOMY))
+    workspaces, ws_stats = read(SqlUsageSource(url, taxonomy=TAXONOMY, account_level="workspace"))
+
+    assert stats.dropped_events == DROPPED_COMPANY
+    assert ws_stats.dropped_events == DROPPED_WORKSPACE
+    # What was dropped never reached an account. At the company level user 2's event in
+    # workspace 11 is an event of user 2 (the join is on user_id alone): one more for acme.
+    one_more = {"events_7d": ACME["events_7d"] + 1, "events_28d": ACME["events_28d"] + 1}
+    assert_metrics(accounts["acme.com"], {**ACME, **one_more})
+    assert_metrics(accounts["beta.io"], BETA)
+    assert workspaces["workspace:10"].metrics["events_28d"] == 9
+    assert workspaces["workspace:11"].metrics["events_28d"] == 0
+
+
+def test_a_clean_warehouse_drops_nothing_but_the_known_rows(duckdb_url: str) -> None:
+    _, stats = read(SqlUsageSource(duckdb_url, taxonomy=TAXONOMY))
+    # the event at as_of, user 99 (no such user) and user 7 (created after as_of)
+    assert stats.dropped_events == {"future": 1, "unknown_user": 2}
+    _, later = read(SqlUsageSource(duckdb_url, taxonomy=TAXONOMY), AS_OF + 100 * DAY)
+    assert later.dropped_events == {}  # every event is in the past and out of the window
+
+
+def test_a_duplicated_user_never_makes_a_negative_drop_count(tmp_path: Path) -> None:
+    url = f"duckdb:///{tmp_path / 'dup.duckdb'}"
+    engine = sa.create_engine(url)
+    load_warehouse(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO users (user_id, email, workspace_id, created_at, is_admin) "
+            "SELECT user_id, email, workspace_id, created_at, is_admin FROM users WHERE user_id = 1"
+        )
+    engine.dispose()
+
+    _, stats = read(SqlUsageSource(url, taxonomy=TAXONOMY))
+
+    assert stats.dropped_events == {"future": 1}  # user 1's events now count twice: clamped
+
+
+@pytest.mark.postgres
+def test_dropped_events_on_postgres(postgres_schema: tuple[str, str]) -> None:
+    url, schema = postgres_schema
+    engine = sa.create_engine(url)
+    load_warehouse(engine, schema=schema, tz_events=True)
+    # Declared, not reflected: PostgreSQL reflection warns once the BigQuery dialect is imported.
+    events = sa.Table(
+        "events",
+        sa.MetaData(schema=schema),
+        sa.Column("user_id", sa.BigInteger),
+        sa.Column("workspace_id", sa.BigInteger),
+        sa.Column("event_name", sa.String(100)),
+        sa.Column("occurred_at", sa.DateTime(timezone=True)),
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            events.insert(),
+            [
+                {"user_id": u, "workspace_id": w, "event_name": n, "occurred_at": t}
+                for u, w, n, t in DROPPED_EVENTS
+            ],
+        )
+    engine.dispose()
+
+    _, stats = read(SqlUsageSource(url, taxonomy=TAXONOMY, schema=schema))
+    _, ws_stats = read(
+        SqlUsageSource(url, taxonomy=TAXONOMY, schema=schema, account_level="workspace")
+    )
+
+    assert stats.dropped_events == DROPPED_COMPANY
+    assert ws_stats.dropped_events == DROPPED_WORKSPACE
+
+
+# -- event name counts -------------------------------------------------------------------------
+
+
+def expected_name_counts(as_of: datetime, days: int) -> list[tuple[str, int]]:
+    """The oracle: EVENTS and DROPPED_EVENTS per name in [as_of - days, as_of), most first."""
+    counts: dict[str, int] = {}
+    for _, _, name, at in [*EVENTS, *DROPPED_EVENTS]:
+        if at is not None and as_of - days * DAY <= at < as_of and name:
+            counts[name] = counts.get(name, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "sqlite"])
+def test_event_name_counts(tmp_path: Path, backend: str) -> None:
+    url = f"{backend}:///{tmp_path / 'names.db'}"
+    engine = sa.create_engine(url)
+    load_warehouse(engine, text_timestamps=backend == "sqlite")
+    engine.dispose()
+    add_events(url, DROPPED_EVENTS, text_timestamps=backend == "sqlite")
+    source = SqlUsageSource(url, taxonomy=TAXONOMY)
+
+    counts = source.event_name_counts(AS_OF)
+    last_week = source.event_name_counts(AS_OF, days=7)
+
+    assert counts == expected_name_counts(AS_OF, 90)
+    # NULL and empty names are left out; users, workspaces and ignored names do not matter
+    assert counts[:2] == [("logged_in", 10), ("created_board", 6)]
+    assert ("viewed_webinar", 3) in counts and "" not in dict(counts)
+    assert last_week == expected_name_counts(AS_OF, 7)
+    assert last_week[0] == ("logged_in", 7)
+
+
+def test_event_name_counts_window_is_half_open_and_bound(duckdb_url: str) -> None:
+    engine = sa.create_engine(duckdb_url)
+    statements: list[str] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        statements.append(statement)
+
+    source = SqlUsageSource("ignored://", taxonomy=TAXONOMY, engine=engine)
+    counts = dict(source.event_name_counts(AS_OF + SECOND, days=1))
+    engine.dispose()
+
+    assert counts == {"logged_in": 2}  # the events at as_of - 1s and at as_of, not before
+    query = next(s for s in statements if "GROUP BY" in s)
+    assert "2024" not in query and "logged_in" not in query
+
+
+def test_event_name_counts_refuses_a_custom_model_and_reports_a_missing_table(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'no_events.db'}"
+    engine = sa.create_engine(url)
+    load_warehouse(engine, skip_tables=("events",))
+    engine.dispose()
+    model = tmp_path / "m.sql"
+    model.write_text("SELECT 'acme.com' AS domain")
+
+    with pytest.raises(WarehouseError, match="built-in model"):
+        SqlUsageSource(url, taxonomy=TAXONOMY, model=model).event_name_counts(AS_OF)
+    with pytest.raises(WarehouseError, match="table 'events' not found"):
+        SqlUsageSource(url, taxonomy=TAXONOMY).event_name_counts(AS_OF)
+    with pytest.raises(WarehouseError, match="days"):
+        SqlUsageSource(url, taxonomy=TAXONOMY).event_name_counts(AS_OF, days=0)
+
+
+# -- errors a user can cause, in one line ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("backend", "kind"), [("duckdb", "DuckDB"), ("sqlite", "SQLite")])
+def test_a_file_that_is_not_a_database_says_so_in_one_line(
+    tmp_path: Path, backend: str, kind: str
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("this is not a database\n" * 100)
+
+    with pytest.raises(WarehouseError) as caught:
+        read(SqlUsageSource(f"{backend}:///{path}", taxonomy=TAXONOMY))
+
+    assert str(caught.value) == (
+        f"{path} is not a {kind} database file: point warehouse.url at a {kind} database"
+    )
+
+
+def test_a_missing_driver_is_a_warehouse_error() -> None:
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("psycopg2 is installed")
+    source = SqlUsageSource("postgresql+psycopg2://u:s3cret-pw@db.example/x", taxonomy=TAXONOMY)
+
+    with pytest.raises(WarehouseError, match="not installed") as caught:
+        read(source)
+
+    assert "s3cret-pw" not in str(caught.value) and "\n" not in str(caught.value)

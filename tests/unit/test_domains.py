@@ -134,7 +134,7 @@ def test_registrable_domain_accepts_63_character_labels() -> None:
     [
         ("john@acme.com", "acme.com"),
         (" John@Eng.ACME.com ", "eng.acme.com"),
-        ("a@b@acme.com", "acme.com"),
+        ("a@b@acme.com", None),  # two @: invalid, as in the warehouse reader on every dialect
         ("jörg@münchen.de", "münchen.de"),
         ("user+tag@acme.io", "acme.io"),
         ("", None),
