@@ -47,6 +47,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, RowMapping, make_url
 from sqlalchemy.pool import StaticPool
@@ -210,6 +211,17 @@ heartbeats = Table(
     Column("name", String(_KEY), primary_key=True),
     Column("at", UtcDateTime(), nullable=False),
     Column("detail", JSON),
+)
+
+# The full lists of the last run that kept them (ABM, unmatched, stale): one row per list,
+# its rows as a JSON array in text, replaced as a whole by the next run.
+run_lists = Table(
+    "run_lists",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("run_id", String(_KEY), nullable=False),
+    Column("saved_at", UtcDateTime(), nullable=False),
+    Column("rows_json", Text, nullable=False),
 )
 
 kv = Table(
@@ -633,6 +645,48 @@ class SqlStateStore:
         with self._transaction("read lock") as conn:
             row = conn.execute(query).first()
         return (row[0], row[1]) if row is not None else None
+
+    # --- the last run's lists -----------------------------------------------------------------
+
+    def save_lists(
+        self, run_id: str, at: datetime, lists: Mapping[str, list[dict[str, Any]]]
+    ) -> None:
+        """Keep ``lists`` (name -> rows) as the last run's lists, replacing every stored list.
+
+        Only one run's lists are kept, so what ``load_lists`` returns always comes from a single
+        run. Rows are JSON objects (datetimes become ISO text).
+        """
+        rows = [
+            {
+                "name": name,
+                "run_id": run_id,
+                "saved_at": at,
+                "rows_json": json.dumps(items, default=_json_default, separators=(",", ":")),
+            }
+            for name, items in lists.items()
+        ]
+        with self._transaction("save lists", write=True) as conn:
+            conn.execute(delete(run_lists))
+            if rows:
+                conn.execute(insert(run_lists), rows)
+
+    def load_lists(self) -> tuple[str, datetime, dict[str, list[dict[str, Any]]]] | None:
+        """``(run_id, saved_at, lists)`` as the last ``save_lists`` left them; None before any.
+
+        A store created by an older pls-sync and not opened for writing since has no lists
+        table yet: that reads as no lists.
+        """
+        query = select(
+            run_lists.c.name, run_lists.c.run_id, run_lists.c.saved_at, run_lists.c.rows_json
+        ).order_by(run_lists.c.name)
+        with self._transaction("read lists") as conn:
+            if not sa_inspect(conn).has_table(run_lists.name):
+                return None
+            found = list(conn.execute(query))
+        if not found:
+            return None
+        lists = {name: json.loads(text) for name, _run_id, _at, text in found}
+        return found[0][1], found[0][2], lists
 
     # --- heartbeats and key-value -------------------------------------------------------------
 

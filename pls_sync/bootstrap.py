@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING
 
 from pls_sync.config import Settings
 from pls_sync.errors import PlsSyncError
-from pls_sync.ports import CrmDestination, UsageSource
+from pls_sync.ports import CrmDestination
 
 if TYPE_CHECKING:
     from connectors.state import SqlStateStore
+    from connectors.warehouse import SqlUsageSource
 from pls_sync.service import Adapters
 
 
-def build_usage_source(settings: Settings) -> UsageSource:
+def build_usage_source(settings: Settings) -> SqlUsageSource:
     """The warehouse reader for the configured URL and model."""
     from connectors.warehouse import SqlUsageSource
 
@@ -41,6 +42,9 @@ def build_state_store(settings: Settings) -> SqlStateStore:
     return SqlStateStore.open(settings.state_url)
 
 
+STATE_MISSING = "state_missing"  # the FatalError code of a state store that does not exist
+
+
 def open_existing_state_store(url: str) -> SqlStateStore:
     """The state store for reading only: nothing is created, a missing SQLite file is an error."""
     from sqlalchemy.engine import make_url
@@ -52,7 +56,10 @@ def open_existing_state_store(url: str) -> SqlStateStore:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:") or not Path(database).is_file():
-            raise FatalError(f"state store not found: no SQLite file at {database or '(memory)'}")
+            raise FatalError(
+                f"state store not found: no SQLite file at {database or '(memory)'}",
+                code=STATE_MISSING,
+            )
     return SqlStateStore(url)
 
 
@@ -134,7 +141,7 @@ def build_adapters(
     if settings.warehouse.model == "builtin":
         from connectors.leads import StateAlertLedger, WarehouseBuyers
 
-        adapters.buyers = WarehouseBuyers(usage, settings.channels.persona, settings.account_level)  # type: ignore[arg-type]
+        adapters.buyers = WarehouseBuyers(usage, settings.channels.persona, settings.account_level)
         adapters.alert_ledger = StateAlertLedger(store)
     if not with_destinations:
         return adapters

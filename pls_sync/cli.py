@@ -1,27 +1,46 @@
-"""The ``pls-sync`` command line. Exit codes: 0 done, 1 run failed, 2 bad config or usage."""
+"""The ``pls-sync`` command line. Exit codes: 0 done, 1 run failed, 2 bad config or usage.
+
+Every failure a user can cause ends in one line on stderr and exit 1 or 2, never a traceback.
+``--format json|csv`` puts data alone on stdout (messages and logs go to stderr).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
+import errno
+import os
 import signal
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pls_sync import __version__
 from pls_sync.config import Settings, load_settings
 from pls_sync.errors import ConfigError, PlsSyncError, redact
 from pls_sync.logs import configure_logging
-from pls_sync.mapping import DestinationMapping
-from pls_sync.planning import AccountResult
-from pls_sync.ports import CrmDestination
+from pls_sync.output import (
+    OutputFormat,
+    is_plain_number,
+    iso,
+    plain_number,
+    text,
+    write_json,
+    write_rows,
+)
+
+if TYPE_CHECKING:
+    from pls_sync.mapping import DestinationMapping
+    from pls_sync.planning import AccountResult, Plan
+    from pls_sync.ports import CrmDestination, RunRecord
+    from pls_sync.service import RunResult
 
 app = typer.Typer(
     name="pls-sync",
@@ -35,6 +54,50 @@ err_console = Console(stderr=True)
 log = structlog.get_logger("pls_sync.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+TABLE, JSON, CSV = OutputFormat.TABLE, OutputFormat.JSON, OutputFormat.CSV
+
+PLAN_COLUMNS = ("destination", "object", "record_id", "account", "field", "from", "to")
+RUN_COLUMNS = ("started_at", "command", "status", "duration", "written", "rejected", "error")
+EXPORT_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+NO_MQLS_NOTE = (
+    "MQLs not read without a CRM (--with-crm): lead_channel usage_no_buyer means no buyer "
+    "among the users; an MQL may exist"
+)
+
+
+def _use_sandbox(ctx: typer.Context, value: bool) -> bool:
+    """``--sandbox``: the settings ``pls-sync sandbox`` saved, in the environment for this command.
+
+    They win over the environment and are taken back when the command ends. Checked before
+    anything runs: no settings file, or no sandbox answering at its URL, is one line and exit 1.
+    """
+    if not value or ctx.resilient_parsing:
+        return value
+    from pls_sync.demo import SANDBOX_ENV, read_sandbox_env, sandbox_answers
+
+    hint = "start it with `pls-sync sandbox` in another terminal"
+    try:
+        values = read_sandbox_env(SANDBOX_ENV)
+    except FileNotFoundError:
+        fail(f"no CRM sandbox settings at {SANDBOX_ENV}: {hint}")
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the CRM sandbox settings {SANDBOX_ENV}: {exc}")
+    url = values.get("SALESFORCE_INSTANCE_URL", "")
+    if not sandbox_answers(url):
+        fail(f"no CRM sandbox answers at {url or '(no URL)'}: {hint}")
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    ctx.call_on_close(lambda: _restore_env(saved))
+    return value
+
+
+def _restore_env(saved: Mapping[str, str | None]) -> None:
+    for name, old in saved.items():
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="Main config file.", envvar="PLS_SYNC_CONFIG")
@@ -56,6 +119,41 @@ DestinationOption = Annotated[
     list[str] | None,
     typer.Option("--destination", "-d", help="Only this destination (repeatable)."),
 ]
+FormatOption = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        help="table for people; json or csv alone on stdout, for scripts and spreadsheets.",
+        case_sensitive=False,
+    ),
+]
+SandboxOption = Annotated[
+    bool,
+    typer.Option(
+        "--sandbox",
+        help="Use the CRM sandbox `pls-sync sandbox` serves (its settings in "
+        ".pls-sync/sandbox.env win over the environment); reads every CRM record.",
+        callback=_use_sandbox,
+    ),
+]
+
+
+def fail(message: str, code: int = EXIT_FAILED, label: str | None = None) -> NoReturn:
+    """Print ``message`` as one line on stderr (after a bold red ``label``) and exit ``code``."""
+    prefix = f"[bold red]{label}:[/bold red] " if label else ""
+    err_console.print(prefix + escape(message), highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def os_error_text(exc: OSError) -> str:
+    """``Permission denied: /path`` rather than ``[Errno 13] Permission denied: '/path'``."""
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {exc.filename}" if exc.filename else reason
+
+
+def note(message: str) -> None:
+    """One line for the user on stderr (stdout may carry data)."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def parse_as_of(value: str | None) -> datetime:
@@ -74,8 +172,12 @@ def parse_as_of(value: str | None) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def load_or_exit(config: Path) -> Settings:
-    """Load settings, or print every config issue and exit 2 before anything runs."""
+def load_or_exit(config: Path, *, data_on_stdout: bool = False) -> Settings:
+    """Load settings, or print every config issue and exit 2 before anything runs.
+
+    With ``data_on_stdout`` (json/csv output) logs go to stderr whatever
+    ``PLS_SYNC_LOG_STREAM`` says, so stdout carries the data alone.
+    """
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -83,15 +185,95 @@ def load_or_exit(config: Path) -> Settings:
         for issue in exc.issues:
             err_console.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_CONFIG) from None
-    configure_logging(settings.logging.level, settings.logging.format)
+    stream = sys.stderr if data_on_stdout else None
+    configure_logging(settings.logging.level, settings.logging.format, stream=stream)
     return settings
 
 
+def check_destinations(settings: Settings, destination: list[str] | None) -> tuple[str, ...] | None:
+    """``--destination`` values, all configured; an unknown one is a usage error (exit 2)."""
+    only = tuple(destination) if destination else None
+    unknown = sorted(set(only or ()) - set(settings.destinations))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown destination(s) {', '.join(unknown)}; configured: "
+            + ", ".join(sorted(settings.destinations)),
+            param_hint="--destination",
+        )
+    return only
+
+
 def write_summary_json(path: Path | None, summary: dict[str, Any]) -> None:
-    """Write the summary to ``path`` when asked."""
+    """Write the summary to ``path`` when asked; an unwritable path is one line and exit 1."""
     if path is not None:
+        write_output_file(path, lambda out: write_json(summary, out))
+
+
+# --------------------------------------------------------------------------- output files
+
+
+def output_target(path: Path, suffixes: Iterable[str], refusal: str) -> Path | None:
+    """Check an output path before any work: ``-`` is stdout (None); a directory or a name
+    without one of ``suffixes`` is a usage error (exit 2, ``refusal`` says what to do); a path
+    under a file cannot be written (exit 1)."""
+    if str(path) == "-":
+        return None
+    if path.is_dir():
+        fail(f"{path} is a directory: {refusal}", EXIT_CONFIG)
+    if path.suffix.lower() not in suffixes:
+        fail(refusal, EXIT_CONFIG)
+    check_writable(path)
+    return path
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The existing file (not folder) among ``path``'s parents, which no write can get past."""
+    return next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+
+
+def check_writable(path: Path | None) -> None:
+    """Before a run, refuse an output path that cannot be written: a folder (exit 2) or a
+    path under a file (exit 1); permissions are found out when writing."""
+    if path is None:
+        return
+    if path.is_dir():
+        fail(f"{path} is a directory: name a file", EXIT_CONFIG)
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        fail(f"cannot write {path}: {blocker} is a file, not a folder")
+
+
+def write_output_file(path: Path, write: Callable[[TextIO], object]) -> None:
+    """Write ``path`` through ``write(handle)``, whole or not at all.
+
+    The text goes to a temporary file next to it, renamed over ``path`` once complete, so a
+    failure never leaves half a file (nor truncates the previous one). An OS failure (no
+    permission, a file where a folder should be, a full disk) is one line and exit 1.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        with temporary.open("w", newline="", encoding="utf-8") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        blocker = file_in_the_way(path)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
+        fail(f"cannot write {path}: {reason}")
+
+
+def write_output(path: Path | None, write: Callable[[TextIO], object]) -> None:
+    """Write to ``path``, or to stdout when it is None."""
+    if path is None:
+        write(sys.stdout)
+        sys.stdout.flush()
+    else:
+        write_output_file(path, write)
+
+
+# --------------------------------------------------------------------------- run, plan
 
 
 def _sync(
@@ -102,21 +284,16 @@ def _sync(
     *,
     dry_run: bool,
     full_refresh: bool = False,
+    fmt: OutputFormat = TABLE,
+    limit: int = 15,
 ) -> None:
     from pls_sync.bootstrap import build_adapters
-    from pls_sync.report import render_plan, render_summary
     from pls_sync.service import RunOptions, run_sync
 
-    settings = load_or_exit(config)
+    settings = load_or_exit(config, data_on_stdout=fmt is not TABLE)
     when = parse_as_of(as_of)
-    only = tuple(destination) if destination else None
-    unknown = sorted(set(only or ()) - set(settings.destinations))
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown destination(s) {', '.join(unknown)}; configured: "
-            + ", ".join(sorted(settings.destinations)),
-            param_hint="--destination",
-        )
+    only = check_destinations(settings, destination)
+    check_writable(summary_json)
     options = RunOptions(
         as_of=when,
         command="plan" if dry_run else "run",
@@ -138,18 +315,50 @@ def _sync(
             channels=settings.channels,
         )
     except PlsSyncError as exc:
-        err_console.print(f"[bold red]Run failed:[/bold red] {redact(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
+        fail(redact(str(exc)), label="Run failed")
+    except OSError as exc:  # the plans folder, for one, may not be writable
+        fail(redact(os_error_text(exc)), label="Run failed")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+    if fmt is TABLE:
+        _render_run(result, dry_run=dry_run, limit=limit)
+    else:
+        write_plan_output(result, fmt, sys.stdout)
+    write_summary_json(summary_json, result.summary)
+    if result.status not in ("succeeded", "stopped"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _render_run(result: RunResult, *, dry_run: bool, limit: int) -> None:
+    from pls_sync.report import render_plan, render_summary
+
     render_summary(console, result.summary)
     if dry_run:
         for outcome in result.outcomes.values():
             if outcome.plan is not None and outcome.plan.changes:
-                render_plan(console, outcome.plan)
-    write_summary_json(summary_json, result.summary)
-    if result.status not in ("succeeded", "stopped"):
-        raise typer.Exit(EXIT_FAILED)
+                render_plan(console, outcome.plan, limit=limit)
+
+
+def _plans(result: RunResult) -> list[Plan]:
+    return [o.plan for o in result.outcomes.values() if o.plan is not None]
+
+
+def write_plan_output(result: RunResult, fmt: OutputFormat, out: TextIO) -> None:
+    """A plan for scripts: CSV has one row per field change (``PLAN_COLUMNS``); JSON is one
+    object ``{"summary": <the run summary>, "changes": [<the same rows>]}``."""
+    import json
+
+    from pls_sync.output import plain
+    from pls_sync.planning import plan_rows
+
+    rows = (row for plan in _plans(result) for row in plan_rows(plan))
+    if fmt is CSV:
+        write_rows(rows, PLAN_COLUMNS, CSV, out)
+        return
+    summary = json.dumps(plain(result.summary), indent=2, ensure_ascii=False)
+    out.write('{\n"summary": ' + summary + ',\n"changes": ')
+    write_rows(rows, PLAN_COLUMNS, JSON, out)
+    out.write("}\n")
 
 
 @app.command()
@@ -159,9 +368,17 @@ def run(
     summary_json: SummaryOption = None,
     destination: DestinationOption = None,
     full_refresh: FullRefreshOption = False,
+    sandbox: SandboxOption = False,
 ) -> None:
     """Run one sync now: read, score, match and write the changed fields."""
-    _sync(config, as_of, summary_json, destination, dry_run=False, full_refresh=full_refresh)
+    _sync(
+        config,
+        as_of,
+        summary_json,
+        destination,
+        dry_run=False,
+        full_refresh=full_refresh or sandbox,
+    )
 
 
 @app.command()
@@ -171,67 +388,113 @@ def plan(
     summary_json: SummaryOption = None,
     destination: DestinationOption = None,
     full_refresh: FullRefreshOption = False,
+    fmt: FormatOption = TABLE,
+    limit: Annotated[
+        int, typer.Option("--limit", min=0, help="Records listed per destination (0: all).")
+    ] = 15,
+    sandbox: SandboxOption = False,
 ) -> None:
     """The same as run without writing: print the field diff and save it to the plans folder."""
-    _sync(config, as_of, summary_json, destination, dry_run=True, full_refresh=full_refresh)
+    _sync(
+        config,
+        as_of,
+        summary_json,
+        destination,
+        dry_run=True,
+        full_refresh=full_refresh or sandbox,
+        fmt=fmt,
+        limit=limit,
+    )
 
 
 @app.command()
-def validate(config: ConfigOption = Path("config/pls_sync.yaml")) -> None:
-    """Check config and mappings; against the live CRM schema when credentials are present."""
-    from pls_sync.bootstrap import build_destination, enabled_destinations
-    from pls_sync.planning import missing_targets
+def validate(
+    config: ConfigOption = Path("config/pls_sync.yaml"),
+    sandbox: SandboxOption = False,
+    as_of: AsOfOption = None,
+) -> None:
+    """Check config and mappings, then the schedule, the warehouse, the event taxonomy and each
+    CRM's live schema (when credentials are present). Exit 2 when something does not fit."""
+    from pls_sync.validation import print_report, validate_settings
 
     settings = load_or_exit(config)
-    console.print(f"Config OK: {config}")
-    failed = unreachable = False
-    for name in enabled_destinations(settings):
-        mapping = settings.destinations[name].mapping
-        try:
-            client = build_destination(name, settings)
-        except PlsSyncError as exc:
-            console.print(f"{name}: mapping OK; live schema not checked ({exc})", highlight=False)
-            continue
-        try:
-            problems = missing_targets(mapping, client.describe(mapping.object))
-        except PlsSyncError as exc:
-            console.print(f"[red]{name}: cannot read the schema: {exc}[/red]", highlight=False)
-            unreachable = True
-            continue
-        if problems:
-            failed = True
-            for problem in problems:
-                console.print(f"[red]{mapping.source_file}: {problem}[/red]", highlight=False)
-        else:
-            console.print(f"{name}: all {len(mapping.fields)} mapped fields exist and are writable")
-    if failed:
-        raise typer.Exit(EXIT_CONFIG)
-    if unreachable:
-        raise typer.Exit(EXIT_FAILED)
+    console.print(f"Config files OK: {config}", highlight=False)
+    when = parse_as_of(as_of) if as_of else None
+    report = validate_settings(settings, datetime.now(UTC), as_of=when)
+    print_report(console, report)
+    raise typer.Exit(report.exit_code)
 
 
-@app.command()
-def export(
-    file: Annotated[Path, typer.Argument(help="CSV file to write.")],
-    config: ConfigOption = Path("config/pls_sync.yaml"),
-    as_of: AsOfOption = None,
-    with_crm: Annotated[
-        bool,
-        typer.Option("--with-crm/--no-crm", help="Also match CRM records (needs credentials)."),
-    ] = False,
-) -> None:
-    """Write every scored account to a spreadsheet: no CRM needed."""
+# --------------------------------------------------------------------------- export
+
+
+EXPORT_REFUSAL = "export writes CSV; name the file .csv (Excel opens it)"
+
+
+def export_columns(settings: Settings) -> list[str]:
+    """The export's header: the account, its score and points per component, channel, ids."""
+    components = [f"{c.name}_points" for c in settings.scoring.components]
+    return [
+        "account",
+        "domain",
+        "score",
+        "tier",
+        "qualified_since",
+        "score_change",
+        *components,
+        "signals",
+        "lead_channel",
+        "mqls_checked",
+        "motion",
+        "buyers",
+        "active_users_28d",
+        "first_seen",
+        "age_guard",
+        "salesforce_id",
+        "hubspot_id",
+    ]
+
+
+def export_row(result: AccountResult, ids: Mapping[str, str], mqls_checked: bool) -> dict[str, Any]:
+    """One account as an export row (keys of ``export_columns``)."""
+    score = result.score
+    row: dict[str, Any] = {
+        "account": result.account.key,
+        "domain": result.account.domain,
+        "score": score.score,
+        "tier": score.tier,
+        "qualified_since": result.state.qualified_since,
+        "score_change": result.score_change,
+        "signals": [s.description for s in score.signals],
+        "lead_channel": result.lead_channel,
+        "mqls_checked": mqls_checked,
+        "motion": result.motion,
+        "buyers": list(result.buyers),
+        "active_users_28d": int(score.metrics.get("active_users_28d", 0)),
+        "first_seen": result.account.first_seen,
+        "age_guard": score.guard,
+        "salesforce_id": ids.get("salesforce"),
+        "hubspot_id": ids.get("hubspot"),
+    }
+    for component in score.components:
+        row[f"{component.name}_points"] = round(component.points, 1)
+    return row
+
+
+def _score_for_export(
+    settings: Settings, when: datetime, *, with_crm: bool, full_refresh: bool
+) -> tuple[list[AccountResult], dict[str, dict[str, str]], bool]:
+    """Scored accounts ranked by score, their matched record ids by account and destination,
+    and whether every CRM's MQLs were read (without them a lead channel cannot say MQL)."""
     from pls_sync.bootstrap import build_adapters
     from pls_sync.service import analyse, match_destination
 
-    settings = load_or_exit(config)
-    when = parse_as_of(as_of)
+    matched: dict[str, dict[str, str]] = {}
     try:
-        adapters = build_adapters(settings, with_destinations=with_crm)
-        scored, _leads = analyse(adapters, settings.scoring, settings.channels, when)
-        matched: dict[str, dict[str, str]] = {}
+        adapters = build_adapters(settings, with_destinations=with_crm, full_refresh=full_refresh)
+        scored, leads = analyse(adapters, settings.scoring, settings.channels, when)
         for name, error in adapters.destination_errors.items():
-            err_console.print(f"{name}: not matched ({redact(error)})", highlight=False)
+            note(f"{name}: not matched ({redact(error)})")
         if with_crm and adapters.destination_errors and not adapters.destinations:
             raise PlsSyncError("no CRM could be reached for --with-crm")
         for name, destination in adapters.destinations.items():
@@ -241,84 +504,207 @@ def export(
                 if match.record_id:
                     matched.setdefault(key, {})[name] = match.record_id
     except PlsSyncError as exc:
-        err_console.print(
-            f"[bold red]Export failed:[/bold red] {redact(str(exc))}", highlight=False
-        )
-        raise typer.Exit(EXIT_FAILED) from None
-    components = [c.name for c in settings.scoring.components]
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with file.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["account", "domain", "score", "tier", "qualified_since", "score_change"]
-            + [f"{c}_points" for c in components]
-            + [
-                "signals",
-                "lead_channel",
-                "motion",
-                "buyers",
-                "active_users_28d",
-                "first_seen",
-                "age_guard",
-                "salesforce_id",
-                "hubspot_id",
-            ]
-        )
-        ranked = sorted(scored.results, key=lambda r: (-r.score.score, r.account.key))
-        for result in ranked:
-            points = {c.name: round(c.points, 1) for c in result.score.components}
-            ids = matched.get(result.account.key, {})
-            writer.writerow(
-                [
-                    result.account.key,
-                    result.account.domain,
-                    result.score.score,
-                    result.score.tier,
-                    result.state.qualified_since.isoformat()
-                    if result.state.qualified_since
-                    else "",
-                    "" if result.score_change is None else result.score_change,
-                ]
-                + [points.get(c, 0) for c in components]
-                + [
-                    "; ".join(s.description for s in result.score.signals),
-                    result.lead_channel or "",
-                    result.motion or "",
-                    "; ".join(result.buyers),
-                    int(result.score.metrics.get("active_users_28d", 0)),
-                    result.account.first_seen.isoformat() if result.account.first_seen else "",
-                    result.score.guard or "",
-                    ids.get("salesforce", ""),
-                    ids.get("hubspot", ""),
-                ]
-            )
-    console.print(f"Wrote {len(scored.results)} accounts to {file}")
+        fail(redact(str(exc)), label="Export failed")
+    errors = leads.errors if leads is not None else {}
+    for name, error in errors.items():
+        note(f"{name}: MQLs not read ({redact(error)}): lead channels may miss MQLs")
+    mqls_checked = with_crm and bool(adapters.mql_sources) and not errors
+    ranked = sorted(scored.results, key=lambda r: (-r.score.score, r.account.key))
+    return ranked, matched, mqls_checked
 
 
-def _explain_destination(
-    name: str, destination: CrmDestination, mapping: DestinationMapping, result: AccountResult
+@app.command()
+def export(
+    file: Annotated[
+        Path,
+        typer.Argument(help="CSV file to write (.csv; .tsv for tabs); - writes to stdout."),
+    ],
+    config: ConfigOption = Path("config/pls_sync.yaml"),
+    as_of: AsOfOption = None,
+    with_crm: Annotated[
+        bool,
+        typer.Option("--with-crm/--no-crm", help="Also match CRM records and read MQLs."),
+    ] = False,
+    sandbox: SandboxOption = False,
 ) -> None:
-    """Print the account's match in one CRM and the fields a run would write there."""
-    from pls_sync.planning import desired_fields, diff_record
+    """Write every scored account to a spreadsheet: no CRM needed (--sandbox implies --with-crm)."""
+    target = output_target(file, EXPORT_SUFFIXES, EXPORT_REFUSAL)
+    settings = load_or_exit(config, data_on_stdout=target is None)
+    when = parse_as_of(as_of)
+    ranked, matched, mqls_checked = _score_for_export(
+        settings, when, with_crm=with_crm or sandbox, full_refresh=sandbox
+    )
+    columns = export_columns(settings)
+    rows = (export_row(r, matched.get(r.account.key, {}), mqls_checked) for r in ranked)
+    delimiter = EXPORT_SUFFIXES.get(file.suffix.lower(), ",")
+    write_output(target, lambda out: write_rows(rows, columns, CSV, out, delimiter=delimiter))
+    if not (with_crm or sandbox):
+        note(NO_MQLS_NOTE)
+    if target is None:
+        note(f"Wrote {len(ranked)} accounts to stdout")
+    else:
+        console.print(f"Wrote {len(ranked)} accounts to {file}", markup=False, highlight=False)
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def account_breakdown(result: AccountResult, when: datetime) -> dict[str, Any]:
+    """One account's score as a person reads it: components, signals, channel, buyers."""
+    score = result.score
+    return {
+        "account": result.account.key,
+        "domain": result.account.domain,
+        "as_of": iso(when),
+        "score": score.score,
+        "tier": score.tier,
+        "held_back_by": score.guard,
+        "components": [
+            {
+                "name": c.name,
+                "points": plain_number(c.points, 1),
+                "metric": c.metric,
+                "value": None if c.value is None else plain_number(c.value, 2),
+                "description": c.description,
+            }
+            for c in score.components
+        ],
+        "signals": [
+            {"name": s.name, "points": plain_number(s.points, 1), "description": s.description}
+            for s in score.signals
+        ],
+        "qualified_since": result.state.qualified_since,
+        "change": result.score_change,
+        "channel": result.lead_channel,
+        "motion": result.motion,
+        "buyers": list(result.buyers),
+    }
+
+
+def destination_breakdown(
+    destination: CrmDestination, mapping: DestinationMapping, result: AccountResult
+) -> dict[str, Any]:
+    """The account's match in one CRM and the fields a run would write there, from and to.
+
+    A CRM that fails is reported in the entry (``status: failed``), not raised: one CRM
+    failing must not hide the other.
+    """
+    from pls_sync.planning import canonical, desired_fields, diff_record
     from pls_sync.service import match_destination
 
-    outcome = match_destination(destination, mapping, [result])
-    assert outcome.report is not None
-    match = outcome.report.matches.get(result.account.key)
-    if match is None or match.record_id is None:
-        status = match.status if match else "unmatched"
-        candidates = ", ".join(match.candidates) if match and match.candidates else "none"
-        console.print(f"{name}: {status}; candidates: {candidates}", highlight=False)
-        return
-    specs = destination.describe(mapping.object)
-    record = outcome.records[match.record_id]
-    by_target = {f.target: f for f in mapping.fields}
-    pending = diff_record(record, desired_fields(result, mapping, specs), specs, by_target)
-    console.print(
-        f"{name}: {match.status} -> {match.record_id} ({record.name}); "
-        f"fields to write: {pending or 'none'}",
-        highlight=False,
+    try:
+        outcome = match_destination(destination, mapping, [result])
+        assert outcome.report is not None
+        match = outcome.report.matches.get(result.account.key)
+        candidates = list(match.candidates) if match else []
+        if match is None or match.record_id is None:
+            status = match.status if match else "unmatched"
+            return {"status": status, "record_id": None, "candidates": candidates, "fields": {}}
+        specs = destination.describe(mapping.object)
+        record = outcome.records[match.record_id]
+        by_target = {f.target: f for f in mapping.fields}
+        pending = diff_record(record, desired_fields(result, mapping, specs), specs, by_target)
+    except PlsSyncError as exc:
+        return {"status": "failed", "error": redact(str(exc))}
+    fields = {
+        target: {
+            "from": canonical(
+                record.fields.get(target),
+                specs[target],
+                join=by_target[target].join,
+                max_length=by_target[target].max_length,
+            ),
+            "to": value,
+        }
+        for target, value in pending.items()
+    }
+    return {
+        "status": match.status,
+        "record_id": match.record_id,
+        "record_name": record.name,
+        "candidates": candidates,
+        "fields": fields,
+    }
+
+
+def field_changes(fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``PQA_Score__c: 80 -> 85``, one per changed field."""
+    return [
+        f"{name}: {text(change['from'], '(empty)')} -> {text(change['to'], '(clear)')}"
+        for name, change in fields.items()
+    ]
+
+
+def say(line: str) -> None:
+    """One line for a person on stdout, as written (no markup, no wrapping)."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def render_explain(data: Mapping[str, Any]) -> None:
+    """The breakdown for a person, one fact a line."""
+    held = f" (held back by {data['held_back_by']})" if data["held_back_by"] else ""
+    say(f"{data['domain']}: score {data['score']}, tier {data['tier']}{held}")
+    for c in data["components"]:
+        say(f"  {c['name']:<10} {float(c['points']):5.1f} pts  ({c['description']})")
+    for s in data["signals"]:
+        say(f"  signal     +{float(s['points']):.0f}  {s['description']}")
+    change = data["change"]
+    say(
+        f"  qualified since: {text(data['qualified_since'], '-')}; "
+        f"change: {'-' if change is None else f'{change:+d}'}"
     )
+    say(f"  lead channel: {data['channel'] or '-'}; motion: {data['motion'] or '-'}")
+    for buyer in data["buyers"]:
+        say(f"  likely buyer: {buyer}")
+    if not data["buyers"]:
+        say("  likely buyers: none found among the account's users")
+    for name, dest in data["destinations"].items():
+        for line in destination_lines(name, dest):
+            say(line)
+
+
+def destination_lines(name: str, dest: Mapping[str, Any]) -> list[str]:
+    """One CRM's part of ``explain``: the match and each field to write, or why not checked."""
+    if "error" in dest:
+        return [f"{name}: not checked ({dest['error']})"]
+    if dest.get("record_id") is None:
+        candidates = ", ".join(dest.get("candidates") or []) or "none"
+        return [f"{name}: {dest['status']}; candidates: {candidates}"]
+    record_name = f" ({dest['record_name']})" if dest.get("record_name") else ""
+    head = f"{name}: {dest['status']} -> {dest['record_id']}{record_name}; fields to write:"
+    fields = dest.get("fields") or {}
+    if not fields:
+        return [f"{head} none"]
+    return [head, *(f"    {change}" for change in field_changes(fields))]
+
+
+def explain_csv_row(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The breakdown as one flat CSV row: points per component, one column group per CRM."""
+    row: dict[str, Any] = {
+        key: data[key]
+        for key in (
+            "account",
+            "domain",
+            "as_of",
+            "score",
+            "tier",
+            "held_back_by",
+            "qualified_since",
+            "change",
+            "channel",
+            "motion",
+            "buyers",
+        )
+    }
+    row["signals"] = [s["description"] for s in data["signals"]]
+    for c in data["components"]:
+        row[f"{c['name']}_points"] = c["points"]
+    for name, dest in data["destinations"].items():
+        row[f"{name}_status"] = dest.get("status")
+        row[f"{name}_record_id"] = dest.get("record_id")
+        row[f"{name}_fields"] = field_changes(dest.get("fields") or {})
+        row[f"{name}_error"] = dest.get("error")
+    return row
 
 
 @app.command()
@@ -326,100 +712,302 @@ def explain(
     domain: Annotated[str, typer.Argument(help="Account domain (or workspace:<id>).")],
     config: ConfigOption = Path("config/pls_sync.yaml"),
     as_of: AsOfOption = None,
+    fmt: FormatOption = TABLE,
+    sandbox: SandboxOption = False,
 ) -> None:
     """Show one account's score breakdown, signals, matched CRM records and pending field changes."""
     from pls_sync.bootstrap import build_adapters
     from pls_sync.domains import registrable_domain
     from pls_sync.service import analyse
 
-    settings = load_or_exit(config)
+    settings = load_or_exit(config, data_on_stdout=fmt is not TABLE)
     when = parse_as_of(as_of)
     wanted = domain if domain.startswith("workspace:") else (registrable_domain(domain) or domain)
     try:
-        adapters = build_adapters(settings)
+        adapters = build_adapters(settings, full_refresh=sandbox)
         scored, _leads = analyse(adapters, settings.scoring, settings.channels, when)
         result = scored.by_key().get(wanted)
         if result is None:
-            err_console.print(f"No product account {wanted!r} as of {when.isoformat()}.")
-            raise typer.Exit(EXIT_FAILED)
-        s = result.score
-        console.print(
-            f"[bold]{result.account.domain}[/bold]: score {s.score}, tier {s.tier}"
-            + (f" (held back by {s.guard})" if s.guard else "")
-        )
-        for c in s.components:
-            console.print(f"  {c.name:<10} {c.points:5.1f} pts  ({c.description})", highlight=False)
-        for sig in s.signals:
-            console.print(f"  signal     +{sig.points:.0f}  {sig.description}", highlight=False)
-        console.print(
-            f"  qualified since: {result.state.qualified_since or '-'}; "
-            f"change: {'-' if result.score_change is None else f'{result.score_change:+d}'}"
-        )
-        console.print(
-            f"  lead channel: {result.lead_channel or '-'}; motion: {result.motion or '-'}",
-            highlight=False,
-        )
-        for buyer in result.buyers:
-            console.print(f"  likely buyer: {buyer}", highlight=False)
-        if not result.buyers:
-            console.print("  likely buyers: none found among the account's users", highlight=False)
-        failed = False
-        for name, destination in adapters.destinations.items():
-            try:
-                _explain_destination(name, destination, adapters.mappings[name], result)
-            except PlsSyncError as exc:  # one CRM failing must not hide the other
-                failed = True
-                console.print(f"{name}: not checked ({redact(str(exc))})", highlight=False)
+            fail(f"No product account {wanted!r} as of {iso(when)}.")
+        data = account_breakdown(result, when)
+        destinations: dict[str, Any] = {
+            name: destination_breakdown(destination, adapters.mappings[name], result)
+            for name, destination in adapters.destinations.items()
+        }
         for name, error in adapters.destination_errors.items():
-            console.print(f"{name}: not checked ({error})", highlight=False)
+            destinations[name] = {"status": "not_configured", "error": redact(error)}
+        data["destinations"] = destinations
     except PlsSyncError as exc:
-        err_console.print(
-            f"[bold red]Explain failed:[/bold red] {redact(str(exc))}", highlight=False
-        )
-        raise typer.Exit(EXIT_FAILED) from None
-    if failed:
+        fail(redact(str(exc)), label="Explain failed")
+    if fmt is TABLE:
+        render_explain(data)
+    elif fmt is JSON:
+        write_json(data, sys.stdout)
+    else:
+        row = explain_csv_row(data)
+        write_rows([row], list(row), CSV, sys.stdout)
+    if any(dest.get("status") == "failed" for dest in destinations.values()):
         raise typer.Exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def run_row(run: RunRecord) -> dict[str, Any]:
+    """A recorded run as a status row (``RUN_COLUMNS``); duration in seconds."""
+    destinations = run.summary.get("destinations", {}) or {}
+    duration = (
+        round((run.finished_at - run.started_at).total_seconds(), 1) if run.finished_at else None
+    )
+    return {
+        "started_at": run.started_at,
+        "command": run.command,
+        "status": run.status,
+        "duration": duration,
+        "written": sum(int((d or {}).get("records_written", 0)) for d in destinations.values()),
+        "rejected": sum(int((d or {}).get("rejected", 0)) for d in destinations.values()),
+        "error": run.error,
+    }
 
 
 @app.command()
 def status(
     config: ConfigOption = Path("config/pls_sync.yaml"),
-    limit: Annotated[int, typer.Option(help="How many runs to list.")] = 5,
+    limit: Annotated[
+        int,
+        typer.Option(min=0, help="How many runs to list (0: none; the last run is still judged)."),
+    ] = 5,
     max_age_hours: Annotated[
         float | None,
         typer.Option(help="Fail when the last run is older (default: from the schedule)."),
     ] = None,
+    fmt: FormatOption = TABLE,
+    sandbox: SandboxOption = False,
 ) -> None:
-    """Recent runs; exits 1 when the last run failed or is overdue (a container healthcheck)."""
+    """Recent runs; exits 1 when the last run failed or is overdue (a container healthcheck).
+
+    json: ``{"healthy", "verdict", "messages", "runs": [...]}``; csv: the runs, the verdict on
+    stderr and in the exit code.
+    """
     from pls_sync.bootstrap import open_existing_state_store
     from pls_sync.health import check_health
 
-    settings = load_or_exit(config)
+    settings = load_or_exit(config, data_on_stdout=fmt is not TABLE)
     try:
         store = open_existing_state_store(settings.state_url)
         report = check_health(
-            store, settings, datetime.now(UTC), limit=limit, max_age_hours=max_age_hours
+            store,
+            settings,
+            datetime.now(UTC),
+            limit=limit if fmt is TABLE else 0,
+            max_age_hours=max_age_hours,
         )
+        runs = store.recent_runs(limit) if fmt is not TABLE and limit else []
     except PlsSyncError as exc:
-        err_console.print(
-            f"[bold red]State store unavailable:[/bold red] {redact(str(exc))}", highlight=False
-        )
-        raise typer.Exit(EXIT_FAILED) from None
-    for line in report.lines:
-        console.print(line, highlight=False, soft_wrap=True)
+        fail(redact(str(exc)), label="State store unavailable")
+    if fmt is TABLE:
+        for line in report.lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    elif fmt is JSON:
+        verdict = "healthy" if report.healthy else "unhealthy"
+        document = {
+            "healthy": report.healthy,
+            "verdict": verdict,
+            "messages": report.lines,
+            "runs": [run_row(r) for r in runs],
+        }
+        write_json(document, sys.stdout)
+    else:
+        write_rows((run_row(r) for r in runs), RUN_COLUMNS, CSV, sys.stdout)
+        for line in report.lines:
+            note(line)
     if not report.healthy:
         raise typer.Exit(EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- lists
+
+
+class ListName(StrEnum):
+    """The full lists a run keeps in the state store."""
+
+    ABM = "abm"
+    UNMATCHED = "unmatched"
+    STALE = "stale"
+
+
+LIST_COLUMNS: dict[ListName, tuple[str, ...]] = {
+    ListName.ABM: (
+        "domain",
+        "account",
+        "score",
+        "tier",
+        "active_users",
+        "users",
+        "motion",
+        "signals",
+    ),
+    ListName.UNMATCHED: (
+        "destination",
+        "domain",
+        "account",
+        "score",
+        "tier",
+        "users",
+        "active_users",
+    ),
+    ListName.STALE: (
+        "destination",
+        "domain",
+        "record_id",
+        "qualified_since",
+        "last_activity",
+        "score",
+        "tier",
+    ),
+}
+LIST_SUFFIXES = {".csv": CSV, ".json": JSON}
+LIST_REFUSAL = "lists writes CSV or JSON; name the file .csv or .json"
+
+
+def list_format(fmt: OutputFormat, output: Path | None) -> OutputFormat:
+    """The format of ``lists``: ``--format``, or the ``--output`` file's suffix; a mismatch
+    between the two is a usage error."""
+    if output is None or str(output) == "-":
+        return fmt
+    by_suffix = LIST_SUFFIXES.get(output.suffix.lower())
+    if by_suffix is not None and fmt is not TABLE and fmt is not by_suffix:
+        raise typer.BadParameter(
+            f"--format {fmt} does not match the file name {output}", param_hint="--output"
+        )
+    return by_suffix or fmt
+
+
+def _score_order(row: Mapping[str, Any]) -> tuple[float, str]:
+    try:
+        score = float(row.get("score") or 0)
+    except (TypeError, ValueError):
+        score = 0.0
+    return -score, str(row.get("domain") or "")
+
+
+def ranked_rows(
+    rows: Iterable[Mapping[str, Any]], destinations: tuple[str, ...] | None
+) -> list[Mapping[str, Any]]:
+    """Rows of the wanted destinations, highest score first, then by domain."""
+    kept = [r for r in rows if destinations is None or r.get("destination") in destinations]
+    return sorted(kept, key=_score_order)
+
+
+def render_list(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """A list as aligned plain text for people: the title, a header, a line per row.
+
+    Plain text rather than a Rich table: a list can hold 50,000 rows (a Rich table takes
+    seconds per thousand), and a line per row reads well in ``less`` and ``grep``. The
+    ``account`` column is left out when it only repeats the domain.
+    """
+    shown = [
+        c
+        for c in columns
+        if c != "account" or any(r.get("account") != r.get("domain") for r in rows)
+    ]
+    cells = [[text(row.get(name)) for name in shown] for row in rows]
+    numeric = [
+        all(is_plain_number(line[i]) or not line[i] for line in cells) for i in range(len(shown))
+    ]
+    widths = [max([len(name), *(len(line[i]) for line in cells)]) for i, name in enumerate(shown)]
+
+    def line_of(values: Sequence[str]) -> str:
+        padded = [
+            value.rjust(width) if right else value.ljust(width)
+            for value, width, right in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    lines = [title, line_of(shown), *(line_of(values) for values in cells)]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def load_saved_lists(settings: Settings) -> tuple[str, datetime, dict[str, list[dict[str, Any]]]]:
+    """The last run's lists from the state store (never created here); exit 1 when none."""
+    from pls_sync.bootstrap import STATE_MISSING, open_existing_state_store
+    from pls_sync.errors import FatalError
+
+    first = "no run recorded yet: run `pls-sync run` first"
+    try:
+        store = open_existing_state_store(settings.state_url)
+        saved = store.load_lists()
+    except PlsSyncError as exc:
+        message = redact(str(exc))
+        if isinstance(exc, FatalError) and exc.code == STATE_MISSING:  # nothing ran here yet
+            fail(f"{first} ({message})")
+        fail(message, label="State store unavailable")
+    if saved is None:
+        fail(first)
+    return saved
+
+
+@app.command("lists")
+def lists_command(
+    which: Annotated[
+        ListName,
+        typer.Argument(
+            help="abm: accounts with usage and no buyer; unmatched: accounts with no CRM record; "
+            "stale: PQAs nobody touched in the CRM.",
+            case_sensitive=False,
+        ),
+    ],
+    config: ConfigOption = Path("config/pls_sync.yaml"),
+    fmt: FormatOption = TABLE,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write a .csv or .json file instead of stdout."),
+    ] = None,
+    destination: DestinationOption = None,
+    sandbox: SandboxOption = False,
+) -> None:
+    """The whole ABM, unmatched or stale list of the last run, highest score first."""
+    fmt = list_format(fmt, output)
+    target = output_target(output, LIST_SUFFIXES, LIST_REFUSAL) if output is not None else None
+    settings = load_or_exit(config, data_on_stdout=fmt is not TABLE and target is None)
+    only = check_destinations(settings, destination)
+    if only and which is ListName.ABM:
+        raise typer.BadParameter("the abm list is not per destination", param_hint="--destination")
+    run_id, at, saved = load_saved_lists(settings)
+    if which.value not in saved:
+        fail(f"the last run ({run_id} at {iso(at)}) kept no {which.value} list")
+    rows = ranked_rows(saved[which.value], only)
+    columns = LIST_COLUMNS[which]
+    scope = f" for {', '.join(only)}" if only else ""
+    about = f"{which.value} list{scope} of run {run_id} at {iso(at)}: {len(rows)} rows"
+    if fmt is TABLE and target is None:
+        render_list(about, rows, columns)
+        return
+    if fmt is TABLE:
+        fmt = CSV
+    if target is None:
+        note(about)
+    if fmt is JSON:
+        document = {"list": which.value, "run_id": run_id, "saved_at": at, "rows": rows}
+        write_output(target, lambda out: write_json(document, out))
+    else:
+        write_output(target, lambda out: write_rows(rows, columns, CSV, out))
+    if target is not None:
+        console.print(f"Wrote the {about} to {target}", markup=False, highlight=False)
+
+
+# --------------------------------------------------------------------------- demo, sandbox
 
 
 @app.command()
 def demo(
     config: ConfigOption = Path("config/pls_sync.yaml"),
-    companies: Annotated[int, typer.Option(help="Demo companies to generate.")] = 400,
+    companies: Annotated[int, typer.Option(min=0, help="Demo companies to generate.")] = 400,
     users: Annotated[
-        int | None, typer.Option(help="Users to generate (default: from companies).")
+        int | None, typer.Option(min=0, help="Users to generate (default: from companies).")
     ] = None,
     events: Annotated[
-        int | None, typer.Option(help="Events to generate (default: ~50 per user).")
+        int | None, typer.Option(min=0, help="Events to generate (default: ~50 per user).")
     ] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Regenerate the demo warehouse and state.")
@@ -437,23 +1025,53 @@ def demo(
 
 @app.command()
 def sandbox(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")
+    ] = 8765,
     seed: Annotated[int, typer.Option(help="Seed of the CRM data.")] = 7,
+    companies: Annotated[
+        int, typer.Option(min=0, help="Demo companies in the CRM (as `pls-sync demo`).")
+    ] = 400,
 ) -> None:
-    """Serve the local Salesforce + HubSpot stand-in in the foreground (Ctrl-C stops it)."""
+    """Serve the local Salesforce + HubSpot stand-in in the foreground (Ctrl-C stops it).
+
+    Its settings go to .pls-sync/sandbox.env (mode 0600) for --sandbox; the credentials there
+    are kept across restarts.
+    """
+    from pls_sync.demo import SANDBOX_ENV, read_sandbox_env, sandbox_settings, write_sandbox_env
+    from pls_sync.demo_companies import demo_companies
     from pls_sync.sandbox.server import Sandbox
 
-    box = Sandbox(port=port, seed=seed)
-    console.print(
-        f"CRM sandbox on http://127.0.0.1:{port}\n"
-        f"  SALESFORCE_INSTANCE_URL=http://127.0.0.1:{port}\n"
-        f"  SALESFORCE_SESSION_ID={box.session_id}\n"
-        f"  HUBSPOT_BASE_URL=http://127.0.0.1:{port}\n"
-        f"  HUBSPOT_ACCESS_TOKEN={box.hubspot_token}\n"
-        f"  request counts: GET http://127.0.0.1:{port}/__sandbox/counts",
-        highlight=False,
-        soft_wrap=True,  # the session id must stay on one line to be copied
-    )
+    try:
+        previous = read_sandbox_env(SANDBOX_ENV)
+    except (OSError, ValueError):
+        previous = {}  # none yet, or unreadable: new credentials
+    try:
+        box = Sandbox(
+            port=port,
+            seed=seed,
+            companies=demo_companies(seed, companies),
+            session_id=previous.get("SALESFORCE_SESSION_ID") or None,
+            hubspot_token=previous.get("HUBSPOT_ACCESS_TOKEN") or None,
+        )
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"port {port} is in use: pass --port or stop the other process")
+        fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}")
+    settings = sandbox_settings(box.url, box.session_id, box.hubspot_token)
+    try:
+        write_sandbox_env(SANDBOX_ENV, settings)
+    except OSError as exc:
+        box.stop()
+        fail(f"cannot write {SANDBOX_ENV}: {exc.strerror or exc}")
+    lines = [f"CRM sandbox on {box.url}", *(f"  {k}={v}" for k, v in settings.items())]
+    lines += [
+        f"  request counts: GET {box.url}/__sandbox/counts",
+        f"Settings saved to {SANDBOX_ENV}: add --sandbox to run, plan, explain, export, lists, "
+        "status or validate in another terminal.",
+    ]
+    # soft_wrap: the session id must stay on one line to be copied.
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
     with contextlib.suppress(KeyboardInterrupt):
         box.serve_forever()
 
@@ -464,6 +1082,7 @@ def schedule(
     run_now: Annotated[
         bool, typer.Option("--run-now", help="Run every job once at start.")
     ] = False,
+    sandbox: SandboxOption = False,
 ) -> None:
     """The long-running cron process: runs the configured jobs until SIGTERM or SIGINT."""
     from pls_sync.bootstrap import build_adapters, build_state_store
@@ -475,15 +1094,12 @@ def schedule(
     try:
         store = build_state_store(settings)
     except PlsSyncError as exc:
-        err_console.print(
-            f"[bold red]State store unavailable:[/bold red] {redact(str(exc))}", highlight=False
-        )
-        raise typer.Exit(EXIT_FAILED) from None
+        fail(redact(str(exc)), label="State store unavailable")
     batch_sizes = {n: d.batch_size for n, d in settings.destinations.items()}
 
     def run_job(name: str, destinations: tuple[str, ...] | None) -> None:
         # Fresh adapters per run: new sessions, a re-read warehouse, nothing stale kept.
-        adapters = build_adapters(settings, only=destinations)
+        adapters = build_adapters(settings, only=destinations, full_refresh=sandbox)
         options = RunOptions(
             as_of=now_utc(),
             command=f"schedule:{name}",
@@ -534,8 +1150,23 @@ def main_callback(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Every error a user can cause is handled in its command; an error nobody foresaw (a bug)
+    still ends in one line, unless ``PLS_SYNC_TRACEBACK=1`` asks for the traceback.
+    """
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("PLS_SYNC_TRACEBACK") == "1":
+            raise
+        message = redact(f"{type(exc).__name__}: {exc}")
+        err_console.print(
+            f"pls-sync: unexpected error: {message} (PLS_SYNC_TRACEBACK=1 shows where)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_FAILED)

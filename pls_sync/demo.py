@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +23,11 @@ from pls_sync.errors import ConfigError, PlsSyncError
 DEMO_DIR = Path(".pls-sync")
 DEMO_WAREHOUSE = DEMO_DIR / "demo.duckdb"
 DEMO_STATE = DEMO_DIR / "state.sqlite"  # the default state store, so explain/status see the demo
+SANDBOX_ENV = DEMO_DIR / "sandbox.env"  # written by `pls-sync sandbox`, read by --sandbox
+SANDBOX_ENV_HEADER = (
+    "# The CRM sandbox's settings, written by `pls-sync sandbox`; --sandbox loads them.\n"
+    "# Local stand-in credentials only: they open nothing but the sandbox on 127.0.0.1.\n"
+)
 
 
 @contextmanager
@@ -38,6 +43,68 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
+
+
+def sandbox_settings(url: str, session_id: str, hubspot_token: str) -> dict[str, str]:
+    """The environment that points both CRM connectors at a sandbox on ``url``."""
+    return {
+        "SALESFORCE_INSTANCE_URL": url,
+        "SALESFORCE_SESSION_ID": session_id,
+        "HUBSPOT_BASE_URL": url,
+        "HUBSPOT_ACCESS_TOKEN": hubspot_token,
+        "PLS_SYNC_HUBSPOT_ENABLED": "true",
+    }
+
+
+def write_sandbox_env(path: Path, values: dict[str, str]) -> None:
+    """Write ``KEY=value`` lines readable by the owner only (0600), replacing the file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(SANDBOX_ENV_HEADER)
+            out.writelines(f"{key}={value}\n" for key, value in values.items())
+        os.chmod(temporary, 0o600)  # an existing temporary file kept its old mode
+        os.replace(temporary, path)
+    except OSError:
+        with suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def read_sandbox_env(path: Path) -> dict[str, str]:
+    """The ``KEY=value`` lines of a sandbox settings file (``#`` comments and blanks skipped).
+
+    Raises ``FileNotFoundError`` when there is none, ``ValueError`` on a line that is not
+    ``KEY=value``.
+    """
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, equals, value = stripped.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"{path}:{number}: not KEY=value")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def sandbox_answers(url: str, timeout: float = 2.0) -> bool:
+    """True when a pls-sync CRM sandbox answers its health check at ``url``."""
+    import json
+    import urllib.request
+
+    if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
+        return False
+    try:
+        with urllib.request.urlopen(
+            f"{url.rstrip('/')}/__sandbox/health", timeout=timeout
+        ) as reply:
+            return bool(json.loads(reply.read()).get("status") == "ok")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def ensure_warehouse(
@@ -137,7 +204,7 @@ def run_demo(
     from pls_sync.config import load_settings
     from pls_sync.demo_companies import demo_companies
     from pls_sync.logs import configure_logging
-    from pls_sync.report import render_accounts, render_summary
+    from pls_sync.report import ranking_key, render_accounts, render_summary
     from pls_sync.sandbox.server import Sandbox
     from pls_sync.service import RunOptions, run_sync
 
@@ -172,13 +239,7 @@ def run_demo(
     )
     with Sandbox(seed=seed, companies=demo_companies(seed, companies)) as box:
         console.print(f"CRM sandbox serving Salesforce and HubSpot on {box.url}")
-        env = {
-            **demo_env,
-            "SALESFORCE_INSTANCE_URL": box.url,
-            "SALESFORCE_SESSION_ID": box.session_id,
-            "HUBSPOT_BASE_URL": box.url,
-            "HUBSPOT_ACCESS_TOKEN": box.hubspot_token,
-        }
+        env = {**demo_env, **sandbox_settings(box.url, box.session_id, box.hubspot_token)}
         with patched_env(env):
             configure_logging(settings.logging.level, settings.logging.format)
             batch_sizes = {n: d.batch_size for n, d in settings.destinations.items()}
@@ -242,8 +303,27 @@ def run_demo(
             )
     took = time.perf_counter() - started
     console.print(
-        f"Demo finished in {took:.1f} s at {datetime.now(UTC):%H:%M:%S} UTC. State store: {DEMO_STATE}; "
-        f"plans: {settings.plans_dir}/latest.json; try `pls-sync explain <domain>` or `pls-sync export accounts.csv`."
+        f"Demo finished in {took:.1f} s at {datetime.now(UTC):%H:%M:%S} UTC. State store: "
+        f"{DEMO_STATE}; plans: {settings.plans_dir}/latest.json."
     )
+    top = min(first.scored.results, key=ranking_key, default=None)  # the top of the table
+    print_next_steps(console, as_of, top.account.domain if top else "<domain>")
     ok = first.status == "succeeded" and second.status == "succeeded" and not any(writes_2.values())
     return 0 if ok else 1
+
+
+def print_next_steps(console: Console, as_of: datetime, domain: str) -> None:
+    """What to try after the demo: commands that work as printed, on the demo's data."""
+    day = as_of.date().isoformat()
+    steps = [
+        ("pls-sync sandbox", "in another terminal: the CRM, kept running"),
+        (f"pls-sync plan --sandbox --as-of {day}", "the field diff against it"),
+        (f"pls-sync explain {domain} --as-of {day}", "the top account, explained"),
+        ("pls-sync lists abm", "usage and no buyer: for marketing"),
+        ("pls-sync export accounts.csv", "every account, for a spreadsheet"),
+    ]
+    width = max(len(command) for command, _ in steps)
+    console.print("Next steps:")
+    for command, why in steps:
+        line = f"  {command:<{width}}  # {why}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -193,6 +193,17 @@ class StateStore(Protocol):
         """Who holds the lock and until when, or None when it is free."""
         ...
 
+    def save_lists(
+        self, run_id: str, at: datetime, lists: Mapping[str, list[dict[str, Any]]]
+    ) -> None:
+        """Keep the run's full lists (``abm``, ``unmatched``, ``stale``: name -> JSON-ready rows),
+        replacing every list stored before: only the last run's lists are kept."""
+        ...
+
+    def load_lists(self) -> tuple[str, datetime, dict[str, list[dict[str, Any]]]] | None:
+        """``(run_id, saved_at, lists)`` of the last ``save_lists``, or None when none was saved."""
+        ...
+
 
 class BuyerSource(Protocol):
     """Product users who could be buyers, read from the warehouse (filtered there)."""

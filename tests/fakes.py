@@ -125,6 +125,7 @@ class FakeState:
         self.rejections: dict[tuple[str, str], StoredRejection] = {}
         self.unavailable = False
         self.locks: dict[str, tuple[str, datetime]] = {}
+        self.lists: tuple[str, datetime, dict[str, list[dict[str, Any]]]] | None = None
 
     def begin_run(self, run_id: str, command: str, started_at: datetime) -> None:
         self._check()
@@ -228,6 +229,23 @@ class FakeState:
         if holder and holder[1] > (now or datetime.now(UTC)):
             return holder
         return None
+
+    def save_lists(
+        self, run_id: str, at: datetime, lists: Mapping[str, list[dict[str, Any]]]
+    ) -> None:
+        self._check()
+        self.lists = (
+            run_id,
+            at,
+            {name: [dict(row) for row in rows] for name, rows in lists.items()},
+        )
+
+    def load_lists(self) -> tuple[str, datetime, dict[str, list[dict[str, Any]]]] | None:
+        self._check()
+        if self.lists is None or not self.lists[2]:
+            return None
+        run_id, at, lists = self.lists
+        return run_id, at, {name: [dict(row) for row in rows] for name, rows in lists.items()}
 
     def _check(self) -> None:
         if self.unavailable:

@@ -8,7 +8,10 @@ Bound to 127.0.0.1 only. Each API module (Salesforce, HubSpot) follows the contr
 * ``POST /__sandbox/reset-counts``;
 * ``POST /__sandbox/faults``: a JSON rule (``kind``, ``endpoint``, ``times``, ``rate``,
   ``record_ids``, ``retry_after``, ``delay``) -> 201 with the rule;
-* ``GET /__sandbox/faults``: the active rules; ``DELETE /__sandbox/faults``: clear them.
+* ``GET /__sandbox/faults``: the active rules; ``DELETE /__sandbox/faults``: clear them;
+* ``POST /__sandbox/salesforce/schema`` and ``POST /__sandbox/hubspot/schema``: change a
+  field the way an admin would (delete it, change its picklist values, make it read-only...);
+  see ``pls_sync.sandbox.salesforce`` and ``pls_sync.sandbox.hubspot``.
 """
 
 from __future__ import annotations
@@ -193,6 +196,12 @@ class _Handler(BaseHTTPRequestHandler):
                 except (ValueError, TypeError) as exc:
                     return Response(400, {"message": str(exc)})
                 return Response(201, rule.as_dict())
+        # Admin endpoints of one API (schema changes) are routed to that API's ``admin``.
+        for api in self.server.apis:
+            hook = getattr(api, "admin", None)
+            answer = hook(name, request) if hook is not None else None
+            if answer is not None:
+                return answer
         return Response(404, {"message": f"unknown admin endpoint {request.method} {request.path}"})
 
     def _write(self, response: Response) -> None:
@@ -217,9 +226,11 @@ def _seconds(value: float) -> str:
 class Sandbox:
     """The local CRM stand-in: Salesforce (and HubSpot when available) on one loopback port.
 
-    The server binds at construction, so ``url`` is known before ``start``. ``seed=None`` starts
-    an empty org; otherwise the org is seeded from ``companies`` (default: the demo companies
-    for ``seed``).
+    The server binds at construction, so ``url`` is known before ``start`` (a port in use raises
+    ``OSError`` with ``errno.EADDRINUSE``). ``seed=None`` starts an empty org; otherwise the org
+    is seeded from ``companies`` (default: the demo companies for ``seed``). ``session_id`` and
+    ``hubspot_token`` are the credentials the APIs accept (default: new ones), so a restarted
+    sandbox can keep the ones its clients were given.
     """
 
     def __init__(
@@ -230,11 +241,13 @@ class Sandbox:
         seed: int | None = 7,
         companies: Sequence[Any] | None = None,
         faults_seed: int = 0,
+        session_id: str | None = None,
+        hubspot_token: str | None = None,
     ):
         if host not in (LOOPBACK, "localhost"):
             raise ValueError(f"the sandbox binds to {LOOPBACK} only, not {host!r}")
         self.faults = FaultInjector(seed=faults_seed)
-        self.salesforce = SalesforceApi(faults=self.faults)
+        self.salesforce = SalesforceApi(faults=self.faults, session_id=session_id)
         self.session_id = self.salesforce.session_id
         if seed is not None:
             from pls_sync.sandbox.seed import seed_salesforce
@@ -242,9 +255,11 @@ class Sandbox:
             if companies is None:
                 companies = _demo_companies(seed)
             seed_salesforce(self.salesforce, companies, seed)
-        self.hubspot = _build_hubspot(seed, companies)
+        self.hubspot = _build_hubspot(seed, companies, hubspot_token)
         self.hubspot_token: str = (
-            self.hubspot.token if self.hubspot is not None else "pat-na1-" + _uuid_from(seed)
+            self.hubspot.token
+            if self.hubspot is not None
+            else hubspot_token or "pat-na1-" + _uuid_from(seed)
         )
         apis: list[ApiModule] = [self.salesforce]
         if self.hubspot is not None:
@@ -316,12 +331,14 @@ def _uuid_from(seed: int | None) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _build_hubspot(seed: int | None, companies: Sequence[Any] | None) -> Any:
+def _build_hubspot(
+    seed: int | None, companies: Sequence[Any] | None, token: str | None = None
+) -> Any:
     """The HubSpot module when ``pls_sync.sandbox.hubspot`` is importable, else None."""
     try:
         from pls_sync.sandbox.hubspot import HubSpotApi
     except ImportError:
         return None
     if seed is None:
-        return HubSpotApi(7, companies=companies or [])
-    return HubSpotApi(seed, companies=companies)
+        return HubSpotApi(7, companies=companies or [], token=token)
+    return HubSpotApi(seed, companies=companies, token=token)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -500,6 +501,73 @@ def test_crm_snapshot_replaces_upserts_and_loads_on_each_backend(store: SqlState
     assert [loaded[r.id] for r in changed] == changed
     assert loaded[records[10].id] == records[10]
     assert loaded["001NEW"] == added
+
+
+# --- the last run's lists -----------------------------------------------------------------
+
+
+def abm_row(domain: str, score: int) -> dict[str, object]:
+    """An ``abm`` list row as the service saves it."""
+    return {
+        "domain": domain,
+        "account": domain,
+        "score": score,
+        "tier": "sales",
+        "active_users": 9,
+        "users": 12,
+        "motion": "abm",
+        "signals": '9 active users; =HYPERLINK("x")',
+    }
+
+
+def test_lists_round_trip_and_a_later_save_replaces_them(store: SqlStateStore) -> None:
+    assert store.load_lists() is None
+    stale = {"destination": "salesforce", "domain": "a.com", "qualified_since": T0}
+    store.save_lists("r1", T0, {"abm": [abm_row("a.com", 90)], "stale": [stale]})
+
+    loaded = store.load_lists()
+
+    assert loaded is not None
+    run_id, at, lists = loaded
+    assert (run_id, at) == ("r1", T0)
+    assert lists["abm"] == [abm_row("a.com", 90)]
+    assert lists["stale"] == [{**stale, "qualified_since": T0.isoformat()}]  # JSON text
+    later = T0 + timedelta(hours=4)
+    store.save_lists("r2", later.astimezone(IST), {"abm": [abm_row("b.com", 85)]})
+    reread = backend_store_again(store)
+    assert reread == ("r2", later, {"abm": [abm_row("b.com", 85)]})  # stale went with r1
+
+
+def backend_store_again(store: SqlStateStore) -> object:
+    """What another process opening the same database reads."""
+    other = SqlStateStore(str(store.engine.url), engine=store.engine)
+    return other.load_lists()
+
+
+def test_empty_lists_are_kept_as_empty(store: SqlStateStore) -> None:
+    store.save_lists("r1", T0, {"abm": [], "unmatched": []})
+    assert store.load_lists() == ("r1", T0, {"abm": [], "unmatched": []})
+
+
+def test_an_older_store_without_the_lists_table_reads_as_no_lists(backend: Backend) -> None:
+    store = backend.new_store()
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE run_lists"))
+    assert SqlStateStore(backend.url, engine=store.engine).load_lists() is None
+    reopened = backend.new_store()  # opening it for writing creates the table
+    reopened.save_lists("r1", T0, {"abm": [abm_row("a.com", 90)]})
+    assert reopened.load_lists() == ("r1", T0, {"abm": [abm_row("a.com", 90)]})
+
+
+def test_fifty_thousand_rows_save_in_well_under_a_few_seconds(tmp_path: Path) -> None:
+    store = SqlStateStore.open(f"sqlite:///{tmp_path / 'state.sqlite'}")
+    rows = [abm_row(f"company{i}.com", i % 101) for i in range(50_000)]
+    started = time.perf_counter()
+    store.save_lists("r1", T0, {"abm": rows, "unmatched": rows})
+    took = time.perf_counter() - started
+    loaded = store.load_lists()
+    assert loaded is not None and len(loaded[2]["abm"]) == len(loaded[2]["unmatched"]) == 50_000
+    assert took < 5, took  # about 0.3 s for two 50k-row lists on a shared 2-core machine
 
 
 # --- errors -------------------------------------------------------------------------------

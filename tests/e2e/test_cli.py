@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +26,12 @@ import pytest
 import requests
 
 from connectors.state import SqlStateStore
+from pls_sync import cli
 from pls_sync.config import load_settings
+from pls_sync.demo import SANDBOX_ENV, read_sandbox_env, sandbox_settings, write_sandbox_env
+from pls_sync.demo_companies import demo_companies
 from pls_sync.sandbox.server import Sandbox
-from tests.e2e.conftest import CONFIG, DEMO_COMPANIES, REPO_ROOT, Workdir, copy_config
+from tests.e2e.conftest import CONFIG, DEMO_COMPANIES, DEMO_SEED, REPO_ROOT, Workdir, copy_config
 from tests.processes import signal_when_ready
 
 SF_WRITE = "sf.composite.sobjects.patch"
@@ -53,6 +59,7 @@ CSV_HEADER = [
     "breadth_points",
     "signals",
     "lead_channel",
+    "mqls_checked",
     "motion",
     "buyers",
     "active_users_28d",
@@ -67,6 +74,11 @@ TIERS = ("sales", "success", "self_serve")
 def writes(counts: dict[str, int]) -> dict[str, int]:
     """The write requests among the sandbox's counts."""
     return {name: n for name, n in counts.items() if name in WRITE_ENDPOINTS}
+
+
+def read_csv_text(text: str) -> list[list[str]]:
+    """The rows of CSV text, header first."""
+    return list(csv.reader(io.StringIO(text)))
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -148,7 +160,9 @@ def test_plan_prints_the_diff_saves_it_and_writes_nothing(workdir: Workdir, crm:
         scores = [u["score"] for u in unmatched]
         assert scores == sorted(scores, reverse=True)
         assert unmatched[0]["domain"] in out
-        assert f"{name} {object_name}: first 15 of {dest['records_changed']} changes" in out
+        title = next(ln for ln in out.splitlines() if ln.startswith(f"{name} {object_name}: "))
+        assert f"{dest['records_changed']} records" in title
+        assert "showing the first 15 records" in title  # the default --limit
         for field in dest["field_changes"]:
             assert field in out
     # Nothing written: no write request reached the CRM and its records are as they were.
@@ -171,6 +185,47 @@ def test_plan_prints_the_diff_saves_it_and_writes_nothing(workdir: Workdir, crm:
     for name, plan in by_dest.items():
         assert len(plan["changes"]) == summary["destinations"][name]["records_changed"]
         assert plan["field_changes"] == summary["destinations"][name]["field_changes"]
+
+
+def test_plan_as_json_or_csv_is_the_data_alone_on_stdout(workdir: Workdir, crm: Sandbox) -> None:
+    as_json = workdir.invoke("plan", "--as-of", workdir.as_of_arg, "--format", "json")
+    as_csv = workdir.invoke("plan", "--as-of", workdir.as_of_arg, "--format", "csv")
+
+    assert as_json.exit_code == 0, as_json.output
+    assert as_csv.exit_code == 0, as_csv.output
+    document = json.loads(as_json.stdout)  # nothing but the JSON document on stdout
+    summary, rows = document["summary"], document["changes"]
+    assert summary["command"] == "plan" and summary["dry_run"] is True
+    total = sum(d["fields_changed"] for d in summary["destinations"].values())
+    assert len(rows) == total > 0
+    assert set(rows[0]) == {"destination", "object", "record_id", "account", "field", "from", "to"}
+    scores = [r for r in rows if r["field"] in ("PQA_Score__c", "pqa_score")]
+    # Scores are whole numbers (85, not 85.0); the seeded CRM holds a few old ones already.
+    assert scores and all(isinstance(r["to"], int) for r in scores)
+    assert all(r["from"] is None or isinstance(r["from"], int) for r in scores)
+    dated = [r for r in rows if r["field"] == "PQA_Qualified_Since__c"]
+    assert dated and all(re.fullmatch(r"\d{4}-\d\d-\d\d(T\S+Z)?", r["to"]) for r in dated)
+    table = read_csv_text(as_csv.stdout)
+    assert table[0] == ["destination", "object", "record_id", "account", "field", "from", "to"]
+    assert len(table) - 1 == total
+    assert {(r[0], r[2], r[4]) for r in table[1:]} == {
+        (r["destination"], r["record_id"], r["field"]) for r in rows
+    }
+    for out in (as_json.stdout, as_csv.stdout):
+        assert "Scored" not in out and "Plan saved" not in out  # no summary tables
+        assert "datetime.datetime" not in out
+
+
+def test_plan_limit_shows_that_many_records_and_0_shows_all(workdir: Workdir, crm: Sandbox) -> None:
+    three = workdir.invoke("plan", "--as-of", workdir.as_of_arg, "--limit", "3")
+    every = workdir.invoke("plan", "--as-of", workdir.as_of_arg, "--limit", "0")
+    negative = workdir.invoke("plan", "--as-of", workdir.as_of_arg, "--limit", "-1")
+
+    assert three.exit_code == 0 and every.exit_code == 0, three.output + every.output
+    assert "showing the first 3 records" in three.stdout
+    assert "showing the first" not in every.stdout
+    assert len(every.stdout.splitlines()) > len(three.stdout.splitlines())
+    assert negative.exit_code == 2 and "--limit" in negative.output
 
 
 # --------------------------------------------------------------------------- run, rerun
@@ -298,6 +353,9 @@ def test_export_needs_no_crm(workdir: Workdir) -> None:
         if int(row["score"]) >= 80 and row["tier"] != "sales":
             assert row["age_guard"], row  # only the age guard keeps a high score out of sales
     assert any(row["signals"] for row in rows)
+    # Without a CRM no MQL was read: the file and the message say so.
+    assert {row["mqls_checked"] for row in rows} == {"false"}
+    assert "MQLs not read without a CRM (--with-crm)" in result.stderr
 
 
 def test_export_with_crm_says_when_it_cannot_reach_a_crm(workdir: Workdir) -> None:
@@ -307,6 +365,71 @@ def test_export_with_crm_says_when_it_cannot_reach_a_crm(workdir: Workdir) -> No
     assert "salesforce" in result.output, result.output  # which CRM was not matched, and why
     assert "no CRM could be reached" in result.output
     assert not (workdir.root / "accounts.csv").exists()
+
+
+def test_export_to_stdout_with_a_dash(workdir: Workdir) -> None:
+    result = workdir.invoke("export", "-", "--as-of", workdir.as_of_arg)
+
+    assert result.exit_code == 0, result.output
+    table = read_csv_text(result.stdout)
+    assert table[0] == CSV_HEADER and len(table) == DEMO_COMPANIES + 1
+    assert f"Wrote {DEMO_COMPANIES} accounts to stdout" in result.stderr
+    assert not (workdir.root / "-").exists()
+
+
+def test_export_guards_cells_a_spreadsheet_would_evaluate(workdir: Workdir) -> None:
+    import duckdb
+
+    first = export_rows(workdir)
+    target = next(r for r in first if r["buyers"])
+    email = target["buyers"].split(" ")[0]
+    with duckdb.connect(str(workdir.warehouse)) as warehouse:
+        warehouse.execute("UPDATE users SET email = '=2+5' || email WHERE email = ?", [email])
+
+    rows = {r["account"]: r for r in export_rows(workdir)}
+
+    assert rows[target["account"]]["buyers"].startswith(f"'=2+5{email} (")
+    changes = [r["score_change"] for r in rows.values() if r["score_change"].startswith("-")]
+    assert all(re.fullmatch(r"-\d+", c) for c in changes)  # negative numbers stay numbers
+
+
+@pytest.mark.parametrize("name", ["accounts.xlsx", "accounts.txt", "accounts"])
+def test_export_refuses_a_file_name_a_spreadsheet_would_misread(
+    workdir: Workdir, name: str
+) -> None:
+    result = workdir.invoke("export", name, "--as-of", workdir.as_of_arg)
+
+    assert result.exit_code == 2, result.output
+    assert "export writes CSV; name the file .csv (Excel opens it)" in result.output
+    assert not (workdir.root / name).exists()
+
+
+def test_export_to_a_folder_or_an_unwritable_path_is_one_line(workdir: Workdir) -> None:
+    folder = workdir.root / "out.csv"
+    folder.mkdir()
+    blocker = workdir.root / "not-a-folder"
+    blocker.write_text("a file\n")
+
+    into_folder = workdir.invoke("export", str(folder), "--as-of", workdir.as_of_arg)
+    unwritable = workdir.invoke("export", str(blocker / "a.csv"), "--as-of", workdir.as_of_arg)
+
+    assert into_folder.exit_code == 2 and "is a directory" in into_folder.stderr
+    assert unwritable.exit_code == 1
+    assert unwritable.stderr.strip() == (
+        f"cannot write {blocker / 'a.csv'}: {blocker} is a file, not a folder"
+    )
+    assert "Traceback" not in into_folder.output + unwritable.output
+
+
+def test_export_tsv_and_with_crm_says_mqls_were_checked(workdir: Workdir, crm: Sandbox) -> None:
+    result = workdir.invoke("export", "accounts.tsv", "--as-of", workdir.as_of_arg, "--with-crm")
+
+    assert result.exit_code == 0, result.output
+    with (workdir.root / "accounts.tsv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert len(rows) == DEMO_COMPANIES
+    assert {row["mqls_checked"] for row in rows} == {"true"}
+    assert "MQLs not read" not in result.output
 
 
 # --------------------------------------------------------------------------- explain
@@ -367,6 +490,64 @@ def test_explain_goes_on_past_a_failing_destination(
     assert BAD_SESSION not in result.output
 
 
+def test_explain_prints_values_as_people_write_them(workdir: Workdir, crm: Sandbox) -> None:
+    rows = export_rows(workdir, "--with-crm")
+    top = next(r for r in rows if r["salesforce_id"] and r["qualified_since"])
+
+    result = workdir.invoke("explain", top["domain"], "--as-of", workdir.as_of_arg)
+
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"qualified since: {top['qualified_since']};" in out
+    assert re.search(r"qualified since: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ;", out)
+    assert f"    PQA_Score__c: (empty) -> {top['score']}" in out.splitlines()
+    assert f"    pqa_score: (empty) -> {top['score']}" in out.splitlines()
+    for repr_marker in ("datetime.datetime(", "{'", "PQA_Score__c': "):
+        assert repr_marker not in out
+
+
+def test_explain_as_json_holds_the_whole_breakdown(workdir: Workdir, crm: Sandbox) -> None:
+    rows = export_rows(workdir, "--with-crm")
+    top = next(r for r in rows if r["salesforce_id"] and r["hubspot_id"] and r["qualified_since"])
+
+    result = workdir.invoke(
+        "explain", top["domain"], "--as-of", workdir.as_of_arg, "--format", "json"
+    )
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["domain"], data["score"], data["tier"]) == (
+        top["domain"],
+        int(top["score"]),
+        top["tier"],
+    )
+    assert data["qualified_since"] == top["qualified_since"]
+    assert (data["channel"], data["motion"]) == (top["lead_channel"], top["motion"])
+    assert "; ".join(data["buyers"]) == top["buyers"]
+    assert [s["description"] for s in data["signals"]] == top["signals"].split("; ")
+    for component in data["components"]:
+        assert component["points"] == float(top[f"{component['name']}_points"])
+    sf, hs = data["destinations"]["salesforce"], data["destinations"]["hubspot"]
+    assert sf["record_id"] == top["salesforce_id"] and hs["record_id"] == top["hubspot_id"]
+    assert sf["fields"]["PQA_Score__c"] == {"from": None, "to": int(top["score"])}
+    assert hs["fields"]["pqa_score"] == {"from": None, "to": int(top["score"])}
+
+
+def test_explain_as_csv_is_one_row(workdir: Workdir, crm: Sandbox) -> None:
+    top = export_rows(workdir, "--with-crm")[0]
+
+    result = workdir.invoke(
+        "explain", top["domain"], "--as-of", workdir.as_of_arg, "--format", "csv"
+    )
+
+    assert result.exit_code == 0, result.output
+    header, row = read_csv_text(result.stdout)
+    data = dict(zip(header, row, strict=True))
+    assert (data["domain"], data["score"]) == (top["domain"], top["score"])
+    assert data["salesforce_record_id"] == top["salesforce_id"]
+    assert f"PQA_Score__c: (empty) -> {top['score']}" in data["salesforce_fields"]
+
+
 # --------------------------------------------------------------------------- validate
 
 
@@ -376,7 +557,8 @@ def test_validate_passes_against_the_sandbox(workdir: Workdir, crm: Sandbox) -> 
     assert result.exit_code == 0, result.output
     for name in ("salesforce", "hubspot"):
         fields = len(load_settings(CONFIG).destinations[name].mapping.fields)
-        assert f"{name}: all {fields} mapped fields exist and are writable" in result.output
+        line = next(ln for ln in result.output.splitlines() if ln.startswith(f"{name}: "))
+        assert f"all {fields} mapped fields" in line, line
     counts = crm.counts()
     assert counts.get("sf.describe", 0) >= 1 and counts.get("hs.properties.list", 0) >= 1
     assert writes(counts) == {}
@@ -610,6 +792,47 @@ def test_status_does_not_create_a_missing_state_store(
     assert "state.sqlite" in result.output
 
 
+def test_status_as_json_or_csv_lists_runs_and_gives_the_verdict(
+    workdir: Workdir, crm: Sandbox
+) -> None:
+    ran, summary = workdir.sync("run", summary="s.json")
+    assert ran.exit_code == 0, ran.output
+    written = sum(d["records_written"] for d in summary["destinations"].values())
+
+    as_json = workdir.invoke("status", "--format", "json")
+    as_csv = workdir.invoke("status", "--format", "csv", "--limit", "1")
+    verdict_only = workdir.invoke("status", "--format", "json", "--limit", "0")
+
+    assert as_json.exit_code == as_csv.exit_code == verdict_only.exit_code == 0
+    document = json.loads(as_json.stdout)
+    assert document["healthy"] is True and document["verdict"] == "healthy"
+    (latest,) = document["runs"]
+    assert (latest["command"], latest["status"], latest["written"]) == ("run", "succeeded", written)
+    assert latest["started_at"].endswith("Z") and latest["duration"] >= 0
+    header, row = read_csv_text(as_csv.stdout)
+    assert header == ["started_at", "command", "status", "duration", "written", "rejected", "error"]
+    assert row[:3] == [latest["started_at"], "run", "succeeded"]
+    none_listed = json.loads(verdict_only.stdout)
+    assert none_listed["runs"] == [] and none_listed["healthy"] is True
+
+
+def test_status_limit_0_still_judges_the_last_run(
+    workdir: Workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqlStateStore.open(f"sqlite:///{workdir.root / '.pls-sync' / 'state.sqlite'}")
+    at = workdir.as_of
+    store.begin_run("r1", "run", at)
+    store.finish_run("r1", "failed", at, {}, "the warehouse was down")
+
+    result = workdir.invoke("status", "--limit", "0")
+    negative = workdir.invoke("status", "--limit", "-1")
+
+    assert result.exit_code == 1
+    assert "UNHEALTHY: the last run (r1) failed" in result.stdout
+    assert "the warehouse was down" not in result.stdout  # no run listed
+    assert negative.exit_code == 2 and "--limit" in negative.output
+
+
 # --------------------------------------------------------------------------- warehouse
 
 
@@ -690,3 +913,154 @@ def test_sigterm_mid_write_finishes_the_batch_in_flight_and_the_next_run_converg
     crm.reset_counts()
     third, s3 = workdir.sync("run", summary="s3.json", config=config)
     assert third.exit_code == 0 and writes(crm.counts()) == {}
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+def serve_once(monkeypatch: pytest.MonkeyPatch) -> list[Sandbox]:
+    """Make ``pls-sync sandbox`` return instead of serving; the sandboxes it made, in order."""
+    served: list[Sandbox] = []
+
+    def serve_and_stop(self: Sandbox) -> None:
+        served.append(self)
+        self._server.server_close()
+
+    monkeypatch.setattr(Sandbox, "serve_forever", serve_and_stop)
+    return served
+
+
+def sandbox_env(root: Path, box: Sandbox) -> Path:
+    """Write the settings ``pls-sync sandbox`` would write for ``box``; return the file."""
+    path = root / SANDBOX_ENV
+    write_sandbox_env(path, sandbox_settings(box.url, box.session_id, box.hubspot_token))
+    return path
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_sandbox_saves_its_settings_and_keeps_its_credentials_across_restarts(
+    workdir: Workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = serve_once(monkeypatch)
+    args = ["sandbox", "--port", "0", "--companies", "12"]
+
+    first = workdir.runner.invoke(cli.app, args)
+    second = workdir.runner.invoke(cli.app, args)
+
+    assert first.exit_code == second.exit_code == 0, first.output + second.output
+    path = workdir.root / SANDBOX_ENV
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    one, two = served
+    assert (two.session_id, two.hubspot_token) == (one.session_id, one.hubspot_token)
+    assert read_sandbox_env(path) == {
+        "SALESFORCE_INSTANCE_URL": two.url,
+        "SALESFORCE_SESSION_ID": one.session_id,
+        "HUBSPOT_BASE_URL": two.url,
+        "HUBSPOT_ACCESS_TOKEN": one.hubspot_token,
+        "PLS_SYNC_HUBSPOT_ENABLED": "true",
+    }
+    assert f"SALESFORCE_SESSION_ID={one.session_id}" in first.stdout.splitlines()[2]
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_sandbox_on_a_port_out_of_range_is_a_usage_error(workdir: Workdir, port: str) -> None:
+    result = workdir.runner.invoke(cli.app, ["sandbox", "--port", port])
+
+    assert result.exit_code == 2 and "--port" in result.output
+    assert not (workdir.root / SANDBOX_ENV).exists()
+
+
+def test_sandbox_on_a_port_in_use_says_so(workdir: Workdir) -> None:
+    with Sandbox(seed=None) as other:
+        result = workdir.runner.invoke(cli.app, ["sandbox", "--port", str(other.port)])
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"port {other.port} is in use: pass --port or stop the other process"
+    )
+    assert not (workdir.root / SANDBOX_ENV).exists()
+
+
+def test_the_sandbox_option_wins_over_the_environment_for_one_command(
+    workdir: Workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SALESFORCE_INSTANCE_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("SALESFORCE_SESSION_ID", BAD_SESSION)
+    companies = demo_companies(DEMO_SEED, DEMO_COMPANIES)
+    with Sandbox(seed=DEMO_SEED, companies=companies) as box:
+        sandbox_env(workdir.root, box)
+
+        result, summary = workdir.sync("plan", "--sandbox", summary="p.json")
+        assert result.exit_code == 0, result.output
+        for name in ("salesforce", "hubspot"):  # the file enables HubSpot too
+            assert summary["destinations"][name]["status"] == "planned"
+            assert summary["destinations"][name]["records_changed"] > 0
+        exported = workdir.invoke(
+            "export", "accounts.csv", "--sandbox", "--as-of", workdir.as_of_arg
+        )
+
+    assert exported.exit_code == 0, exported.output  # --sandbox implies --with-crm
+    rows = read_csv(workdir.root / "accounts.csv")[1]
+    assert any(r["salesforce_id"] and r["hubspot_id"] for r in rows)
+    assert {r["mqls_checked"] for r in rows} == {"true"}
+    assert os.environ["SALESFORCE_SESSION_ID"] == BAD_SESSION  # given back afterwards
+    assert "HUBSPOT_BASE_URL" not in os.environ
+
+
+def test_a_restarted_sandbox_is_read_in_full(workdir: Workdir) -> None:
+    companies = demo_companies(DEMO_SEED, DEMO_COMPANIES)
+    with Sandbox(seed=DEMO_SEED, companies=companies) as first_box:
+        sandbox_env(workdir.root, first_box)
+        ran, first = workdir.sync("run", "--sandbox", summary="run.json")
+        session, token = first_box.session_id, first_box.hubspot_token
+    assert ran.exit_code == 0, ran.output
+    # `pls-sync sandbox` again: the same credentials, a CRM holding none of what was written.
+    with Sandbox(
+        seed=DEMO_SEED, companies=companies, session_id=session, hubspot_token=token
+    ) as second_box:
+        sandbox_env(workdir.root, second_box)
+        planned, second = workdir.sync("plan", "--sandbox", summary="plan.json")
+
+    assert planned.exit_code == 0, planned.output
+    for name in ("salesforce", "hubspot"):
+        again, before = second["destinations"][name], first["destinations"][name]
+        assert again["crm_read"]["mode"] == "full"
+        assert again["records_changed"] == before["records_changed"] > 0
+
+
+SANDBOX_COMMANDS = {
+    "run": ["run"],
+    "plan": ["plan"],
+    "validate": ["validate"],
+    "explain": ["explain", "acme.com"],
+    "export": ["export", "accounts.csv"],
+    "status": ["status"],
+    "lists": ["lists", "abm"],
+}
+
+
+@pytest.mark.parametrize("command", list(SANDBOX_COMMANDS))
+def test_the_sandbox_option_without_a_sandbox_says_how_to_start_one(
+    workdir: Workdir, command: str
+) -> None:
+    args = [*SANDBOX_COMMANDS[command], "--sandbox"]
+    no_file = workdir.invoke(*args)
+    port = closed_port()
+    write_sandbox_env(
+        workdir.root / SANDBOX_ENV, sandbox_settings(f"http://127.0.0.1:{port}", "s", "t")
+    )
+    nobody_there = workdir.invoke(*args)
+
+    hint = "start it with `pls-sync sandbox` in another terminal"
+    assert no_file.exit_code == nobody_there.exit_code == 1
+    assert no_file.stderr.strip() == f"no CRM sandbox settings at {SANDBOX_ENV}: {hint}"
+    assert (
+        nobody_there.stderr.strip() == f"no CRM sandbox answers at http://127.0.0.1:{port}: {hint}"
+    )
+    assert not (workdir.root / ".pls-sync" / "state.sqlite").exists()

@@ -9,6 +9,7 @@ https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorco
 from __future__ import annotations
 
 import collections
+import errno
 import re
 import time
 from collections.abc import Callable
@@ -272,3 +273,21 @@ def test_same_seed_same_org() -> None:
     finally:
         one.stop()
         two.stop()
+
+
+def test_given_credentials_are_the_ones_both_apis_accept(connect: Callable[..., Any]) -> None:
+    session = "00D5g00000Pls5x!AQkept-across-restarts"
+    token = "pat-na1-11111111-2222-4333-8444-555555555555"
+    with Sandbox(seed=None, session_id=session, hubspot_token=token) as box:
+        assert (box.session_id, box.hubspot_token) == (session, token)
+        assert connect(box).query(LIMITS)["totalSize"] == 0
+        companies = f"{box.url}/crm/v3/objects/companies"
+        kept = requests.get(companies, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        other = requests.get(companies, headers={"Authorization": "Bearer pat-na1-x"}, timeout=5)
+        assert kept.status_code == 200 and other.status_code == 401
+
+
+def test_a_port_in_use_is_an_os_error_saying_so() -> None:
+    with Sandbox(seed=None) as first, pytest.raises(OSError) as caught:
+        Sandbox(port=first.port, seed=None)
+    assert caught.value.errno == errno.EADDRINUSE
