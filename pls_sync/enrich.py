@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pls_sync.channels import (
+    USAGE_NO_BUYER,
     Buyer,
     MotionRule,
     MqlIndex,
@@ -60,6 +61,10 @@ class Enrichment:
                     ((r.account.domain, r.lead_channel, r.score.score) for r in self.results), top
                 )
             ],
+            # the whole list's length (domains): `pls-sync lists abm` shows every one
+            "abm_total": len(
+                {r.account.domain for r in self.results if r.lead_channel == USAGE_NO_BUYER}
+            ),
         }
         if self.mqls is not None:
             out["mqls"] = {

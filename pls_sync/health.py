@@ -100,7 +100,9 @@ def check_health(
     report.lines.extend(_heartbeat_lines(beat))
     last = runs[0]
     destinations: dict[str, Any] = last.summary.get("destinations", {}) or {}
-    failed = sorted(n for n, d in destinations.items() if (d or {}).get("status") == "failed")
+    failed = sorted(
+        n for n, d in destinations.items() if (d or {}).get("status") in ("failed", "invalid")
+    )
     holder = getattr(store, "lock_holder", lambda _name: None)("pls-sync:run")
     if last.status == "failed":
         report.healthy = False

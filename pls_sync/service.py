@@ -1,8 +1,15 @@
 """The run service: one ``run_sync`` that the CLI, the demo and the scheduler all call.
 
-Order of work, chosen for crash safety: read and score, commit the new account states,
-then diff and write each destination. A run killed after the state commit leaves the CRM
-behind the state, and the next run's diff sends exactly what is missing.
+Order of work, chosen for crash safety and so that nothing is written that cannot be shown:
+
+1. read and score, then commit the new account states;
+2. for every destination: check the mapping against its live schema (a destination whose
+   mapping does not fit is not written at all), read, match and plan;
+3. save the plan file, before any write (a run that cannot save its plan writes nothing);
+4. write each destination's diff.
+
+A run killed after the state commit leaves the CRM behind the state, and the next run's diff
+sends exactly what is missing. A run that fails after writing still records what it wrote.
 """
 
 from __future__ import annotations
@@ -23,15 +30,22 @@ from typing import Any
 import structlog
 
 from pls_sync.alerts import queue_alerts, send_alerts
+from pls_sync.channels import DEFAULT_MOTIONS, LEAD_CHANNELS, USAGE_NO_BUYER
 from pls_sync.config import ChannelSettings
 from pls_sync.domains import classify_host, registrable_domain, split_domain_values
 from pls_sync.enrich import Enrichment, enrich
-from pls_sync.errors import PlsSyncError, QuotaExhaustedError, RunLockedError, redact
+from pls_sync.errors import (
+    FatalError,
+    PlsSyncError,
+    QuotaExhaustedError,
+    RunLockedError,
+    redact,
+)
 from pls_sync.mapping import DestinationMapping
-from pls_sync.matching import MatchReport, build_index, match_accounts
+from pls_sync.matching import UNMATCHED, MatchReport, build_index, match_accounts
 from pls_sync.models import CrmRecord, FieldSpec, UsageReadStats, WriteResult
-from pls_sync.plan_files import save_plan
-from pls_sync.planning import AccountResult, Plan, missing_targets, plan_changes, plan_mql_only
+from pls_sync.plan_files import check_plans_dir, save_plan
+from pls_sync.planning import AccountResult, Plan, plan_changes, plan_mql_only
 from pls_sync.ports import (
     AccountState,
     AlertLedger,
@@ -44,6 +58,7 @@ from pls_sync.ports import (
     UsageSource,
 )
 from pls_sync.run_lock import RunLock
+from pls_sync.schema_check import check_mapping_schema
 from pls_sync.scoring import ScoringModel, score_account, tier_counts
 from pls_sync.transitions import advance
 
@@ -108,7 +123,9 @@ class DestinationOutcome:
     """What happened at one destination."""
 
     name: str
-    status: str = "skipped"  # succeeded | failed | partial | skipped | planned
+    # planned | succeeded | partial | failed | stopped | skipped, or invalid: the mapping does
+    # not fit the live schema, so nothing was read or written there
+    status: str = "skipped"
     records: dict[str, CrmRecord] = field(default_factory=dict)
     report: MatchReport | None = None
     plan: Plan | None = None
@@ -118,6 +135,9 @@ class DestinationOutcome:
     budget: int | None = None
     alerts: dict[str, Any] | None = None
     stale: dict[str, Any] | None = None
+    issues: list[str] = field(default_factory=list)  # file:line: key: message, when invalid
+    warnings: list[str] = field(default_factory=list)  # schema problems that do not stop writes
+    stale_rows: list[dict[str, Any]] = field(default_factory=list)  # every stale PQA, for lists
 
 
 @dataclass(slots=True)
@@ -231,6 +251,10 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
     summary: dict[str, Any] = {"status": outcome.status}
     if outcome.error:
         summary["error"] = outcome.error
+    if outcome.issues:
+        summary["issues"] = list(outcome.issues)
+    if outcome.warnings:
+        summary["warnings"] = list(outcome.warnings)
     if report is not None:
         summary["crm_records"] = len(outcome.records)
         summary["match"] = report.counts()
@@ -368,12 +392,14 @@ def stale_pqas(
     """PQAs qualified for longer than ``stale_after_days`` that nobody has touched since.
 
     Reads the matched records' last activity (one query per 500 records); None when the
-    destination cannot tell or the check is off.
+    destination cannot tell or the check is off. The summary lists the first ten; every one
+    goes into ``outcome.stale_rows`` (for ``pls-sync lists stale``).
     """
     reader = leads.activity_readers.get(name)
     if leads.stale_after_days is None or reader is None or outcome.report is None:
         return None
-    cutoff = as_of - timedelta(days=leads.stale_after_days)
+    days = leads.stale_after_days
+    cutoff = as_of - timedelta(days=days)
     old = {}
     for result in scored.results:
         since = result.state.qualified_since
@@ -381,25 +407,48 @@ def stale_pqas(
         if since is not None and since <= cutoff and record_id is not None:
             old[record_id] = result
     if not old:
-        return {"stale": 0, "accounts": []}
+        return {"stale": 0, "after_days": days, "accounts": []}
     try:
         activity = reader(sorted(old))
     except PlsSyncError as exc:
-        return {"error": str(exc)}
+        return {"error": str(exc), "after_days": days}
     stale = [
-        (result.account.domain, record_id, activity.get(record_id))
+        (result, record_id, activity.get(record_id))
         for record_id, result in old.items()
         if activity.get(record_id) is None or activity[record_id] < cutoff.date()  # type: ignore[operator]
     ]
-    stale.sort(key=lambda item: (str(item[2] or ""), item[0]))
+    stale.sort(key=lambda item: (str(item[2] or ""), item[0].account.domain))
+    outcome.stale_rows = [
+        {
+            "destination": name,
+            "domain": result.account.domain,
+            "record_id": record_id,
+            "qualified_since": _iso(result.state.qualified_since),
+            "last_activity": last.isoformat() if last else None,
+            "score": result.score.score,
+            "tier": result.score.tier,
+        }
+        for result, record_id, last in stale
+    ]
     return {
         "stale": len(stale),
-        "after_days": leads.stale_after_days,
+        "after_days": days,
         "accounts": [
-            {"domain": d, "record_id": r, "last_activity": a.isoformat() if a else None}
-            for d, r, a in stale[:10]
+            {
+                "domain": row["domain"],
+                "record_id": row["record_id"],
+                "last_activity": row["last_activity"],
+            }
+            for row in outcome.stale_rows[:10]
         ],
     }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """A UTC datetime as ISO text with Z, or None."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def run_alerts(
@@ -414,28 +463,58 @@ def run_alerts(
         return {"error": str(exc)}
 
 
-def sync_destination(
+def writable_values(
+    model: ScoringModel, channels: ChannelSettings | None
+) -> dict[str, tuple[str, ...]]:
+    """Every value pls-sync can write for the sources whose values form a closed set.
+
+    A picklist or enumeration mapped to one of these sources must hold every value.
+    """
+    tiers = tuple(tier.name for tier in model.tiers)
+    rules = channels.motions if channels is not None else DEFAULT_MOTIONS
+    motions = tuple(dict.fromkeys(rule.motion for rule in rules))
+    return {"tier": tiers, "raw_tier": tiers, "lead_channel": LEAD_CHANNELS, "motion": motions}
+
+
+def prepare_destination(
     name: str,
     destination: CrmDestination,
     mapping: DestinationMapping,
     scored: ScoredAccounts,
-    state: StateStore,
-    options: RunOptions,
     timer: StageTimer,
-    leads: LeadContext | None = None,
+    leads: LeadContext | None,
+    values: Mapping[str, tuple[str, ...]],
 ) -> DestinationOutcome:
-    """Match, plan and (unless dry-run) write one destination. Errors stay inside the outcome."""
+    """Check the mapping against the live schema, then read, match and plan one destination.
+
+    A mapping that does not fit (a missing field, a picklist without a value pls-sync writes)
+    makes the outcome ``invalid`` with every problem at its file, line and key: that
+    destination is neither read nor written. Errors stay inside the outcome.
+    """
     outcome = DestinationOutcome(name=name)
     try:
         with timer.stage(f"{name}.describe"):
             specs = destination.describe(mapping.object)
-        problems = missing_targets(mapping, specs)
-        if problems:
-            raise PlsSyncError(f"{mapping.source_file or name}: " + "; ".join(problems))
+        problems = check_mapping_schema(mapping, specs, values)
+        outcome.warnings = [
+            str(mapping.issue(p.key, p.message)) for p in problems if p.severity != "error"
+        ]
+        outcome.issues = [
+            str(mapping.issue(p.key, p.message)) for p in problems if p.severity == "error"
+        ]
+        if outcome.issues:
+            outcome.status = "invalid"
+            outcome.error = (
+                f"the mapping does not fit the live {mapping.object} schema "
+                f"({len(outcome.issues)} problem(s)): nothing was written"
+            )
+            log.error("mapping_invalid", destination=name, issues=outcome.issues)
+            return outcome
+        for warning in outcome.warnings:
+            log.warning("mapping_warning", destination=name, warning=warning)
         with timer.stage(f"{name}.read"):
-            outcome = match_destination(destination, mapping, scored.results)
-        outcome.name = name
-        outcome.specs = specs
+            matched = match_destination(destination, mapping, scored.results)
+        outcome.records, outcome.report, outcome.specs = matched.records, matched.report, specs
         assert outcome.report is not None
         log.info(
             "crm_read", destination=name, records=len(outcome.records), **outcome.report.counts()
@@ -445,32 +524,62 @@ def sync_destination(
                 scored.results, outcome.report, outcome.records, mapping, specs
             )
             if leads is not None and leads.enrichment.mql_only:
-                matched = {m.record_id for m in outcome.report.matches.values() if m.record_id}
+                matched_ids = {m.record_id for m in outcome.report.matches.values() if m.record_id}
                 plan_mql_only(
                     outcome.plan,
                     outcome.records,
-                    matched,
+                    matched_ids,
                     set(leads.enrichment.mql_only),
                     record_domains,
                     mapping,
                     specs,
                 )
+        outcome.status = "planned"
         log.info(
             "planned",
             destination=name,
             records_changed=len(outcome.plan.changes),
             fields_changed=outcome.plan.fields_changed,
         )
-        if options.dry_run:
-            outcome.status = "planned"
-            return outcome
+    except QuotaExhaustedError as exc:
+        outcome.status = "partial"
+        outcome.error = str(exc)
+        log.warning("quota_exhausted", destination=name, error=str(exc))
+    except PlsSyncError as exc:
+        outcome.status = "failed"
+        outcome.error = str(exc)
+        log.error("destination_failed", destination=name, error=str(exc))
+    except Exception as exc:  # a bug in one destination must not stop the other
+        outcome.status = "failed"
+        outcome.error = redact(f"{type(exc).__name__}: {exc}")
+        log.exception("destination_crashed", destination=name)
+    return outcome
+
+
+def write_destination(
+    outcome: DestinationOutcome,
+    destination: CrmDestination,
+    mapping: DestinationMapping,
+    scored: ScoredAccounts,
+    state: StateStore,
+    options: RunOptions,
+    timer: StageTimer,
+    leads: LeadContext | None = None,
+) -> None:
+    """Write a planned destination's diff, record rejections, then stale PQAs and rep alerts.
+
+    Errors stay inside the outcome, whose status says what happened.
+    """
+    name = outcome.name
+    assert outcome.plan is not None
+    try:
         with timer.stage(f"{name}.write"):
             budget = write_budget(destination, options.api_budget_share)
             outcome.budget = budget
             # Only destinations that report a write budget take max_write_calls.
             capped = {} if budget is None else {"max_write_calls": budget}
             outcome.write = destination.write(
-                mapping.object, outcome.plan.changes, specs, stop=options.stop, **capped
+                mapping.object, outcome.plan.changes, outcome.specs, stop=options.stop, **capped
             )
         write = outcome.write
         state.record_rejections(options.run_id, name, write.rejected, options.as_of)
@@ -512,7 +621,6 @@ def sync_destination(
         outcome.status = "failed"
         outcome.error = redact(f"{type(exc).__name__}: {exc}")
         log.exception("destination_crashed", destination=name)
-    return outcome
 
 
 def write_budget(destination: CrmDestination, share: float | None) -> int | None:
@@ -578,6 +686,7 @@ def build_summary(
             "skipped_users": stats.skipped_users,
             "skipped_rows": stats.skipped_rows,
             "skipped_reasons": dict(sorted(stats.skipped_reasons.items())),
+            "dropped_events": dict(sorted(stats.dropped_events.items())),
         },
         "scoring": {
             "scored": len(scores),
@@ -593,16 +702,72 @@ def build_summary(
 
 
 def run_status(outcomes: Mapping[str, DestinationOutcome], adapters: Adapters) -> str:
-    """succeeded when every destination did its part, failed when none did, stopped when a
-    SIGTERM left destinations for the next run, else partial."""
+    """succeeded when every destination did its part, failed when none did (a destination
+    whose mapping does not fit its schema did nothing), stopped when a SIGTERM left
+    destinations for the next run, else partial."""
     statuses = [o.status for o in outcomes.values()] + ["failed"] * len(adapters.destination_errors)
     if not statuses or all(s in ("succeeded", "planned") for s in statuses):
         return "succeeded"
     if all(s in ("succeeded", "planned", "stopped") for s in statuses):
         return "stopped"
-    if all(s == "failed" for s in statuses):
+    if all(s in ("failed", "invalid") for s in statuses):
         return "failed"
     return "partial"
+
+
+def account_lists(
+    scored: ScoredAccounts, outcomes: Mapping[str, DestinationOutcome]
+) -> dict[str, list[dict[str, Any]]]:
+    """The whole lists behind the summary's top tens: ABM, unmatched domains, stale PQAs.
+
+    Highest score first, then by domain; ``pls-sync lists`` reads them from the state store.
+    """
+
+    def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(
+            rows, key=lambda row: (-row["score"], row["domain"], row.get("destination", ""))
+        )
+
+    def users(result: AccountResult, metric: str) -> int:
+        return int(result.score.metrics.get(metric, 0) or 0)
+
+    abm = [
+        {
+            "domain": r.account.domain,
+            "account": r.account.key,
+            "score": r.score.score,
+            "tier": r.score.tier,
+            "active_users": users(r, "active_users_28d"),
+            "users": users(r, "total_users"),
+            "motion": r.motion,
+            "signals": "; ".join(signal.description for signal in r.score.signals),
+        }
+        for r in scored.results
+        if r.lead_channel == USAGE_NO_BUYER
+    ]
+    by_key = scored.by_key()
+    unmatched = []
+    stale = []
+    for name, outcome in outcomes.items():
+        stale.extend(outcome.stale_rows)
+        if outcome.report is None:
+            continue
+        for key, match in outcome.report.matches.items():
+            result = by_key.get(key)
+            if match.status != UNMATCHED or result is None:
+                continue
+            unmatched.append(
+                {
+                    "destination": name,
+                    "domain": result.account.domain,
+                    "account": key,
+                    "score": result.score.score,
+                    "tier": result.score.tier,
+                    "users": users(result, "total_users"),
+                    "active_users": users(result, "active_users_28d"),
+                }
+            )
+    return {"abm": rank(abm), "unmatched": rank(unmatched), "stale": rank(stale)}
 
 
 @contextmanager
@@ -622,6 +787,14 @@ def fewer_gc_passes(first_threshold: int = 50_000) -> Iterator[None]:
         gc.set_threshold(*previous)
 
 
+@dataclass(slots=True)
+class _Progress:
+    """How far a run got: what a failure after some writes still records."""
+
+    scored: ScoredAccounts | None = None
+    outcomes: dict[str, DestinationOutcome] = field(default_factory=dict)
+
+
 @fewer_gc_passes()
 def run_sync(
     adapters: Adapters,
@@ -632,10 +805,12 @@ def run_sync(
     progress: Progress | None = None,
     channels: ChannelSettings | None = None,
 ) -> RunResult:
-    """One sync: read, score, commit states, then plan and write each destination.
+    """One sync: read, score, commit states, then check, read and plan every destination, save
+    the plan, and write each destination's diff (see the module docstring for why this order).
 
-    Returns the run summary with the outcomes behind it. Raises only for failures that stop the whole run (warehouse,
-    state store); a destination's failure is reported in the summary and the others go on.
+    Returns the run summary with the outcomes behind it. Raises only for failures that stop the
+    whole run (warehouse, state store, a plan that cannot be saved); a destination's failure is
+    reported in the summary and the others go on.
     """
     structlog.contextvars.bind_contextvars(run_id=options.run_id)
     started = datetime.now(UTC)
@@ -651,16 +826,24 @@ def run_sync(
         close_interrupted_runs(state, started)
         state.begin_run(options.run_id, options.command, started)
     log.info("run_started", command=options.command, as_of=options.as_of.isoformat())
+    done = _Progress()
     try:
+        # A plan that cannot be saved would be found only after reading both CRMs: say so now
+        # (recorded as this run's failure, so `status` shows it).
+        unwritable = check_plans_dir(options.plans_dir) if options.plans_dir else None
+        if unwritable is not None:
+            raise FatalError(unwritable)
         with timer.stage("load_state"):
             previous = state.load_account_states()
         with timer.stage("read_and_score"):
             scored = score_all(adapters.usage, model, previous, options.as_of, progress)
+        done.scored = scored
         log.info(
             "scored",
             accounts=len(scored.results),
             rows_read=scored.stats.rows_read,
             skipped_users=scored.stats.skipped_users,
+            dropped_events=sum(scored.stats.dropped_events.values()),
             tiers=tier_counts((r.score for r in scored.results), model.tiers),
         )
         leads: LeadContext | None = None
@@ -691,46 +874,76 @@ def run_sync(
                     )
                     if pruned:
                         log.info("score_history_pruned", entries=pruned, days=options.history_days)
-        outcomes: dict[str, DestinationOutcome] = {}
+        values = writable_values(model, channels)
         wanted = options.destinations
         for name, destination in adapters.destinations.items():
             if wanted is not None and name not in wanted:
                 continue
-            if not options.dry_run:
-                lock.check()
             if options.stop.is_set():
-                outcomes[name] = DestinationOutcome(name=name, status="stopped")
+                done.outcomes[name] = DestinationOutcome(name=name, status="stopped")
                 log.warning("destination_skipped_on_stop", destination=name)
                 continue
-            outcomes[name] = sync_destination(
-                name, destination, adapters.mappings[name], scored, state, options, timer, leads
+            done.outcomes[name] = prepare_destination(
+                name, destination, adapters.mappings[name], scored, timer, leads, values
+            )
+        plan_file: Path | None = None
+        if options.plans_dir is not None:
+            # Saved before any write: what a run is about to write can always be read back,
+            # and a run whose plan cannot be saved writes nothing.
+            planned = build_summary(
+                options, scored, done.outcomes, timer, adapters, batch_sizes or {}, model
+            )
+            planned["status"] = "planned"
+            plans = [o.plan for o in done.outcomes.values() if o.plan is not None]
+            plan_file = save_plan(options.plans_dir, options.run_id, plans, options.as_of, planned)
+        for name, outcome in done.outcomes.items():
+            if options.dry_run or outcome.status != "planned":
+                continue
+            lock.check()
+            if options.stop.is_set():
+                outcome.status = "stopped"
+                log.warning("destination_skipped_on_stop", destination=name)
+                continue
+            write_destination(
+                outcome,
+                adapters.destinations[name],
+                adapters.mappings[name],
+                scored,
+                state,
+                options,
+                timer,
+                leads,
             )
         summary = build_summary(
-            options, scored, outcomes, timer, adapters, batch_sizes or {}, model
+            options, scored, done.outcomes, timer, adapters, batch_sizes or {}, model
         )
         if leads is not None:
             summary["leads"] = leads.enrichment.summary()
             if leads.errors:
                 summary["leads"]["mql_errors"] = leads.errors
-        if options.plans_dir is not None:
-            plans = [o.plan for o in outcomes.values() if o.plan is not None]
-            summary["plan_file"] = str(
-                save_plan(options.plans_dir, options.run_id, plans, options.as_of)
-            )
-        status = run_status(outcomes, adapters)
+        if plan_file is not None:
+            summary["plan_file"] = str(plan_file)
+        status = run_status(done.outcomes, adapters)
         if status == "succeeded" and leads is not None and leads.errors:
             status = "partial"  # channels were left alone: a CRM's MQLs could not be read
         summary["status"] = status
         summary["duration_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 3)
         if not options.dry_run:
+            state.save_lists(options.run_id, options.as_of, account_lists(scored, done.outcomes))
             state.finish_run(options.run_id, status, datetime.now(UTC), summary)
         log.info("run_finished", status=status, duration_seconds=summary["duration_seconds"])
-        return RunResult(summary, outcomes, scored)
+        return RunResult(summary, done.outcomes, scored)
     except Exception as exc:
         if not options.dry_run:
             message = redact(f"{type(exc).__name__}: {exc}")
             try:
-                state.finish_run(options.run_id, "failed", datetime.now(UTC), {}, message)
+                state.finish_run(
+                    options.run_id,
+                    "failed",
+                    datetime.now(UTC),
+                    _failed_summary(options, done, timer, adapters, batch_sizes or {}, model),
+                    message,
+                )
             except Exception:  # the state store itself may be what failed
                 log.exception("state_store_unavailable")
         log.error("run_failed", error=redact(str(exc)))
@@ -739,3 +952,25 @@ def run_sync(
         if not options.dry_run:
             lock.release()
         structlog.contextvars.unbind_contextvars("run_id")
+
+
+def _failed_summary(
+    options: RunOptions,
+    done: _Progress,
+    timer: StageTimer,
+    adapters: Adapters,
+    batch_sizes: Mapping[str, int],
+    model: ScoringModel,
+) -> dict[str, Any]:
+    """What a failed run still records: what it scored and, above all, what it wrote."""
+    if done.scored is None:
+        return {}
+    try:
+        summary = build_summary(
+            options, done.scored, done.outcomes, timer, adapters, batch_sizes, model
+        )
+    except Exception:  # the summary of a failure must never hide the failure
+        log.exception("failed_run_summary_unavailable")
+        return {}
+    summary["status"] = "failed"
+    return summary

@@ -31,6 +31,7 @@ MODEL = ScoringModel(
 )
 SPECS = {
     "PQA_Score__c": FieldSpec("PQA_Score__c", FieldType.NUMBER, scale=0),
+    "Website": FieldSpec("Website", FieldType.STRING, length=255),  # the match field
     "PQA_Lead_Channel__c": FieldSpec("PQA_Lead_Channel__c", FieldType.PICKLIST, length=40),
     "PQA_Motion__c": FieldSpec("PQA_Motion__c", FieldType.PICKLIST, length=40),
     "PQA_Buyers__c": FieldSpec("PQA_Buyers__c", FieldType.TEXTAREA, length=1000),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -10,6 +11,7 @@ from structlog.testing import capture_logs
 from pls_sync.errors import AuthError, WarehouseError
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.models import CrmRecord, FieldSpec, FieldType, ProductAccount
+from pls_sync.plan_files import load_plan
 from pls_sync.scoring import Component, ScoringModel, Tier
 from pls_sync.service import Adapters, RunOptions, run_sync
 from tests.fakes import FakeCrm, FakeState, FakeUsage
@@ -27,6 +29,7 @@ MODEL = ScoringModel(
 )
 SPECS = {
     "PQA_Score__c": FieldSpec("PQA_Score__c", FieldType.NUMBER, scale=0),
+    "Website": FieldSpec("Website", FieldType.STRING, length=255),  # the match field
     "PQA_Tier__c": FieldSpec("PQA_Tier__c", FieldType.PICKLIST, length=40),
     "PQA_Qualified_Since__c": FieldSpec("PQA_Qualified_Since__c", FieldType.DATETIME),
     "PQA_Score_Change__c": FieldSpec("PQA_Score_Change__c", FieldType.NUMBER, scale=0),
@@ -157,9 +160,30 @@ def test_dry_run_writes_nothing_and_saves_the_plan(tmp_path) -> None:  # type: i
         adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF, dry_run=True, plans_dir=tmp_path)
     )
     assert sf.calls["write"] == 0 and state.states == {} and state.runs == {}
-    saved = (tmp_path / "latest.json").read_text()
-    assert '"PQA_Tier__c": "sales"' in saved and '"records_changed": 1' in saved
+    (saved,) = load_plan(tmp_path / "latest.json")["destinations"]
+    assert saved["records_changed"] == 1
+    (change,) = saved["changes"]
+    assert change["record_id"] == "001000" and change["account"] == "co0.com"
+    assert change["fields"]["PQA_Tier__c"] == {"from": None, "to": "sales"}
+    assert change["fields"]["PQA_Score__c"] == {"from": None, "to": 90}
     assert result.summary["destinations"]["salesforce"]["status"] == "planned"
+
+
+def test_an_unchanged_rerun_keeps_the_last_plan_with_changes_as_latest(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    usage = FakeUsage(accounts({"co0.com": 9}))
+    state, sf = FakeState(), crm()
+    first = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF, plans_dir=tmp_path))
+    second = run_sync(
+        adapters(usage, state, sf),
+        MODEL,
+        RunOptions(as_of=AS_OF + timedelta(hours=1), plans_dir=tmp_path),
+    )
+    assert second.summary["destinations"]["salesforce"]["records_changed"] == 0
+    rerun = load_plan(Path(second.summary["plan_file"]))
+    assert rerun["destinations"][0]["changes"] == []
+    latest = load_plan(tmp_path / "latest.json")
+    assert latest["run_id"] == first.summary["run_id"] != second.summary["run_id"]
+    assert latest["destinations"][0]["records_changed"] == 1
 
 
 def test_a_crash_before_writing_is_repaired_by_the_next_run() -> None:
