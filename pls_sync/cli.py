@@ -325,6 +325,16 @@ def _sync(
     else:
         write_plan_output(result, fmt, sys.stdout)
     write_summary_json(summary_json, result.summary)
+    invalid = [n for n, o in result.outcomes.items() if o.status == "invalid"]
+    if invalid:
+        # A mapping that does not fit its CRM is a configuration problem, like a bad key.
+        err_console.print(
+            f"Not written to {', '.join(invalid)}: the mapping does not fit the live schema "
+            "(see above); fix it, check with `pls-sync validate`, then run again.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_CONFIG)
     if result.status not in ("succeeded", "stopped"):
         raise typer.Exit(EXIT_FAILED)
 

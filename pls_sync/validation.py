@@ -198,25 +198,19 @@ def check_taxonomy(
                     )
                 )
     unmapped = [(name, count) for name, count in counts if name not in mapped]
+    used = sum(1 for name in mapped if name in seen)
+    report.notes.append(f"Event taxonomy: {used} of {len(mapped)} mapped event names seen {window}")
     if unmapped:
+        # Names in no category are plain usage by design: shown so that a missing intent
+        # event (a new pricing page, a renamed admin event) is noticed, not as a problem.
         shown = ", ".join(f"{name} ({count:,})" for name, count in unmapped[:UNMAPPED_SHOWN])
         more = (
             f" and {len(unmapped) - UNMAPPED_SHOWN} more" if len(unmapped) > UNMAPPED_SHOWN else ""
         )
-        report.warnings.append(
-            settings.lines.issue(
-                where,
-                key_of or ("warehouse", "event_taxonomy"),
-                f"{len(unmapped)} event name(s) seen {window} are in no category (they count as "
-                f"usage, never as a signal): {shown}{more}; map them, or list them under "
-                "ignored",
-            )
+        report.notes.append(
+            f"  {len(unmapped)} event name(s) in no category count as plain usage; the most "
+            f"frequent: {shown}{more} (map intent events, list accidental ones under ignored)"
         )
-    used = sum(1 for name in mapped if name in seen)
-    report.notes.append(
-        f"Event taxonomy: {used} of {len(mapped)} mapped event names seen {window}; "
-        f"{len(unmapped)} names seen there are unmapped"
-    )
 
 
 # ------------------------------------------------------------------------------ CRMs
@@ -234,6 +228,7 @@ def check_crm(
 ) -> None:
     """Each enabled destination's mapping against its live schema, when credentials are there."""
     from pls_sync.bootstrap import build_destination, enabled_destinations
+    from pls_sync.demo import SANDBOX_ENV
     from pls_sync.schema_check import check_mapping_schema
 
     values = writable_values(settings)
@@ -242,7 +237,8 @@ def check_crm(
         try:
             client = build_destination(name, settings, env)
         except PlsSyncError as exc:
-            report.notes.append(f"{name}: live schema not checked ({redact(str(exc))})")
+            hint = "; for the local sandbox add --sandbox" if SANDBOX_ENV.is_file() else ""
+            report.notes.append(f"{name}: live schema not checked ({redact(str(exc))}){hint}")
             continue
         try:
             specs = client.describe(mapping.object)
@@ -290,8 +286,7 @@ def print_report(console: Console, report: ValidationReport) -> None:
         for issue in report.errors:
             console.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
         console.print(
-            "Fix the errors above (file:line: key), then run `pls-sync validate` again; "
-            "`pls-sync run` would not write a destination whose mapping does not fit its CRM.",
+            "Fix the errors above (file:line: key), then run `pls-sync validate` again.",
             highlight=False,
             soft_wrap=True,
         )
