@@ -11,9 +11,8 @@ import errno
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
@@ -25,21 +24,18 @@ from rich.markup import escape
 from pls_sync import __version__
 from pls_sync.config import Settings, load_settings
 from pls_sync.errors import ConfigError, PlsSyncError, redact
+from pls_sync.list_view import LIST_COLUMNS, ListName, list_lines, ranked_rows
 from pls_sync.logs import configure_logging
 from pls_sync.output import (
     OutputFormat,
-    is_plain_number,
     iso,
-    plain_number,
-    text,
     write_json,
     write_rows,
 )
 
 if TYPE_CHECKING:
-    from pls_sync.mapping import DestinationMapping
     from pls_sync.planning import AccountResult, Plan
-    from pls_sync.ports import CrmDestination, RunRecord
+    from pls_sync.ports import RunRecord
     from pls_sync.service import RunResult
 
 app = typer.Typer(
@@ -559,164 +555,6 @@ def export(
 # --------------------------------------------------------------------------- explain
 
 
-def account_breakdown(result: AccountResult, when: datetime) -> dict[str, Any]:
-    """One account's score as a person reads it: components, signals, channel, buyers."""
-    score = result.score
-    return {
-        "account": result.account.key,
-        "domain": result.account.domain,
-        "as_of": iso(when),
-        "score": score.score,
-        "tier": score.tier,
-        "held_back_by": score.guard,
-        "components": [
-            {
-                "name": c.name,
-                "points": plain_number(c.points, 1),
-                "metric": c.metric,
-                "value": None if c.value is None else plain_number(c.value, 2),
-                "description": c.description,
-            }
-            for c in score.components
-        ],
-        "signals": [
-            {"name": s.name, "points": plain_number(s.points, 1), "description": s.description}
-            for s in score.signals
-        ],
-        "qualified_since": result.state.qualified_since,
-        "change": result.score_change,
-        "channel": result.lead_channel,
-        "motion": result.motion,
-        "buyers": list(result.buyers),
-    }
-
-
-def destination_breakdown(
-    destination: CrmDestination, mapping: DestinationMapping, result: AccountResult
-) -> dict[str, Any]:
-    """The account's match in one CRM and the fields a run would write there, from and to.
-
-    A CRM that fails is reported in the entry (``status: failed``), not raised: one CRM
-    failing must not hide the other.
-    """
-    from pls_sync.planning import canonical, desired_fields, diff_record
-    from pls_sync.service import match_destination
-
-    try:
-        outcome = match_destination(destination, mapping, [result])
-        assert outcome.report is not None
-        match = outcome.report.matches.get(result.account.key)
-        candidates = list(match.candidates) if match else []
-        if match is None or match.record_id is None:
-            status = match.status if match else "unmatched"
-            return {"status": status, "record_id": None, "candidates": candidates, "fields": {}}
-        specs = destination.describe(mapping.object)
-        record = outcome.records[match.record_id]
-        by_target = {f.target: f for f in mapping.fields}
-        pending = diff_record(record, desired_fields(result, mapping, specs), specs, by_target)
-    except PlsSyncError as exc:
-        return {"status": "failed", "error": redact(str(exc))}
-    fields = {
-        target: {
-            "from": canonical(
-                record.fields.get(target),
-                specs[target],
-                join=by_target[target].join,
-                max_length=by_target[target].max_length,
-            ),
-            "to": value,
-        }
-        for target, value in pending.items()
-    }
-    return {
-        "status": match.status,
-        "record_id": match.record_id,
-        "record_name": record.name,
-        "candidates": candidates,
-        "fields": fields,
-    }
-
-
-def field_changes(fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """``PQA_Score__c: 80 -> 85``, one per changed field."""
-    return [
-        f"{name}: {text(change['from'], '(empty)')} -> {text(change['to'], '(clear)')}"
-        for name, change in fields.items()
-    ]
-
-
-def say(line: str) -> None:
-    """One line for a person on stdout, as written (no markup, no wrapping)."""
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def render_explain(data: Mapping[str, Any]) -> None:
-    """The breakdown for a person, one fact a line."""
-    held = f" (held back by {data['held_back_by']})" if data["held_back_by"] else ""
-    say(f"{data['domain']}: score {data['score']}, tier {data['tier']}{held}")
-    for c in data["components"]:
-        say(f"  {c['name']:<10} {float(c['points']):5.1f} pts  ({c['description']})")
-    for s in data["signals"]:
-        say(f"  signal     +{float(s['points']):.0f}  {s['description']}")
-    change = data["change"]
-    say(
-        f"  qualified since: {text(data['qualified_since'], '-')}; "
-        f"change: {'-' if change is None else f'{change:+d}'}"
-    )
-    say(f"  lead channel: {data['channel'] or '-'}; motion: {data['motion'] or '-'}")
-    for buyer in data["buyers"]:
-        say(f"  likely buyer: {buyer}")
-    if not data["buyers"]:
-        say("  likely buyers: none found among the account's users")
-    for name, dest in data["destinations"].items():
-        for line in destination_lines(name, dest):
-            say(line)
-
-
-def destination_lines(name: str, dest: Mapping[str, Any]) -> list[str]:
-    """One CRM's part of ``explain``: the match and each field to write, or why not checked."""
-    if "error" in dest:
-        return [f"{name}: not checked ({dest['error']})"]
-    if dest.get("record_id") is None:
-        candidates = ", ".join(dest.get("candidates") or []) or "none"
-        return [f"{name}: {dest['status']}; candidates: {candidates}"]
-    record_name = f" ({dest['record_name']})" if dest.get("record_name") else ""
-    head = f"{name}: {dest['status']} -> {dest['record_id']}{record_name}; fields to write:"
-    fields = dest.get("fields") or {}
-    if not fields:
-        return [f"{head} none"]
-    return [head, *(f"    {change}" for change in field_changes(fields))]
-
-
-def explain_csv_row(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The breakdown as one flat CSV row: points per component, one column group per CRM."""
-    row: dict[str, Any] = {
-        key: data[key]
-        for key in (
-            "account",
-            "domain",
-            "as_of",
-            "score",
-            "tier",
-            "held_back_by",
-            "qualified_since",
-            "change",
-            "channel",
-            "motion",
-            "buyers",
-        )
-    }
-    row["signals"] = [s["description"] for s in data["signals"]]
-    for c in data["components"]:
-        row[f"{c['name']}_points"] = c["points"]
-    for name, dest in data["destinations"].items():
-        row[f"{name}_status"] = dest.get("status")
-        row[f"{name}_record_id"] = dest.get("record_id")
-        row[f"{name}_fields"] = field_changes(dest.get("fields") or {})
-        row[f"{name}_error"] = dest.get("error")
-    return row
-
-
 @app.command()
 def explain(
     domain: Annotated[str, typer.Argument(help="Account domain (or workspace:<id>).")],
@@ -728,6 +566,12 @@ def explain(
     """Show one account's score breakdown, signals, matched CRM records and pending field changes."""
     from pls_sync.bootstrap import build_adapters
     from pls_sync.domains import registrable_domain
+    from pls_sync.explanation import (
+        account_breakdown,
+        destination_breakdown,
+        explain_csv_row,
+        explain_lines,
+    )
     from pls_sync.service import analyse
 
     settings = load_or_exit(config, data_on_stdout=fmt is not TABLE)
@@ -750,7 +594,8 @@ def explain(
     except PlsSyncError as exc:
         fail(redact(str(exc)), label="Explain failed")
     if fmt is TABLE:
-        render_explain(data)
+        for line in explain_lines(data):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     elif fmt is JSON:
         write_json(data, sys.stdout)
     else:
@@ -838,44 +683,6 @@ def status(
 # --------------------------------------------------------------------------- lists
 
 
-class ListName(StrEnum):
-    """The full lists a run keeps in the state store."""
-
-    ABM = "abm"
-    UNMATCHED = "unmatched"
-    STALE = "stale"
-
-
-LIST_COLUMNS: dict[ListName, tuple[str, ...]] = {
-    ListName.ABM: (
-        "domain",
-        "account",
-        "score",
-        "tier",
-        "active_users",
-        "users",
-        "motion",
-        "signals",
-    ),
-    ListName.UNMATCHED: (
-        "destination",
-        "domain",
-        "account",
-        "score",
-        "tier",
-        "users",
-        "active_users",
-    ),
-    ListName.STALE: (
-        "destination",
-        "domain",
-        "record_id",
-        "qualified_since",
-        "last_activity",
-        "score",
-        "tier",
-    ),
-}
 LIST_SUFFIXES = {".csv": CSV, ".json": JSON}
 LIST_REFUSAL = "lists writes CSV or JSON; name the file .csv or .json"
 
@@ -891,51 +698,6 @@ def list_format(fmt: OutputFormat, output: Path | None) -> OutputFormat:
             f"--format {fmt} does not match the file name {output}", param_hint="--output"
         )
     return by_suffix or fmt
-
-
-def _score_order(row: Mapping[str, Any]) -> tuple[float, str]:
-    try:
-        score = float(row.get("score") or 0)
-    except (TypeError, ValueError):
-        score = 0.0
-    return -score, str(row.get("domain") or "")
-
-
-def ranked_rows(
-    rows: Iterable[Mapping[str, Any]], destinations: tuple[str, ...] | None
-) -> list[Mapping[str, Any]]:
-    """Rows of the wanted destinations, highest score first, then by domain."""
-    kept = [r for r in rows if destinations is None or r.get("destination") in destinations]
-    return sorted(kept, key=_score_order)
-
-
-def render_list(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    """A list as aligned plain text for people: the title, a header, a line per row.
-
-    Plain text rather than a Rich table: a list can hold 50,000 rows (a Rich table takes
-    seconds per thousand), and a line per row reads well in ``less`` and ``grep``. The
-    ``account`` column is left out when it only repeats the domain.
-    """
-    shown = [
-        c
-        for c in columns
-        if c != "account" or any(r.get("account") != r.get("domain") for r in rows)
-    ]
-    cells = [[text(row.get(name)) for name in shown] for row in rows]
-    numeric = [
-        all(is_plain_number(line[i]) or not line[i] for line in cells) for i in range(len(shown))
-    ]
-    widths = [max([len(name), *(len(line[i]) for line in cells)]) for i, name in enumerate(shown)]
-
-    def line_of(values: Sequence[str]) -> str:
-        padded = [
-            value.rjust(width) if right else value.ljust(width)
-            for value, width, right in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(padded).rstrip()
-
-    lines = [title, line_of(shown), *(line_of(values) for values in cells)]
-    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def load_saved_lists(settings: Settings) -> tuple[str, datetime, dict[str, list[dict[str, Any]]]]:
@@ -991,7 +753,7 @@ def lists_command(
     scope = f" for {', '.join(only)}" if only else ""
     about = f"{which.value} list{scope} of run {run_id} at {iso(at)}: {len(rows)} rows"
     if fmt is TABLE and target is None:
-        render_list(about, rows, columns)
+        sys.stdout.write("\n".join(list_lines(about, rows, columns)) + "\n")
         return
     if fmt is TABLE:
         fmt = CSV

@@ -476,6 +476,30 @@ def writable_values(
     return {"tier": tiers, "raw_tier": tiers, "lead_channel": LEAD_CHANNELS, "motion": motions}
 
 
+@contextmanager
+def contained(outcome: DestinationOutcome) -> Iterator[None]:
+    """Errors at one destination end in its outcome, never in the run: the others go on.
+
+    An exhausted daily quota leaves the destination ``partial`` (the rest waits for the next
+    run); any other error, a bug included, ``failed`` with its message.
+    """
+    name = outcome.name
+    try:
+        yield
+    except QuotaExhaustedError as exc:
+        outcome.status = "partial"
+        outcome.error = str(exc)
+        log.warning("quota_exhausted", destination=name, error=str(exc))
+    except PlsSyncError as exc:
+        outcome.status = "failed"
+        outcome.error = str(exc)
+        log.error("destination_failed", destination=name, error=str(exc))
+    except Exception as exc:  # a bug in one destination must not stop the other
+        outcome.status = "failed"
+        outcome.error = redact(f"{type(exc).__name__}: {exc}")
+        log.exception("destination_crashed", destination=name)
+
+
 def prepare_destination(
     name: str,
     destination: CrmDestination,
@@ -492,7 +516,7 @@ def prepare_destination(
     destination is neither read nor written. Errors stay inside the outcome.
     """
     outcome = DestinationOutcome(name=name)
-    try:
+    with contained(outcome):
         with timer.stage(f"{name}.describe"):
             specs = destination.describe(mapping.object)
         problems = check_mapping_schema(mapping, specs, values)
@@ -541,18 +565,6 @@ def prepare_destination(
             records_changed=len(outcome.plan.changes),
             fields_changed=outcome.plan.fields_changed,
         )
-    except QuotaExhaustedError as exc:
-        outcome.status = "partial"
-        outcome.error = str(exc)
-        log.warning("quota_exhausted", destination=name, error=str(exc))
-    except PlsSyncError as exc:
-        outcome.status = "failed"
-        outcome.error = str(exc)
-        log.error("destination_failed", destination=name, error=str(exc))
-    except Exception as exc:  # a bug in one destination must not stop the other
-        outcome.status = "failed"
-        outcome.error = redact(f"{type(exc).__name__}: {exc}")
-        log.exception("destination_crashed", destination=name)
     return outcome
 
 
@@ -572,7 +584,7 @@ def write_destination(
     """
     name = outcome.name
     assert outcome.plan is not None
-    try:
+    with contained(outcome):
         with timer.stage(f"{name}.write"):
             budget = write_budget(destination, options.api_budget_share)
             outcome.budget = budget
@@ -609,18 +621,6 @@ def write_destination(
             not_attempted=len(write.not_attempted),
             write_calls=write.calls,
         )
-    except QuotaExhaustedError as exc:
-        outcome.status = "partial"
-        outcome.error = str(exc)
-        log.warning("quota_exhausted", destination=name, error=str(exc))
-    except PlsSyncError as exc:
-        outcome.status = "failed"
-        outcome.error = str(exc)
-        log.error("destination_failed", destination=name, error=str(exc))
-    except Exception as exc:  # a bug in one destination must not stop the other
-        outcome.status = "failed"
-        outcome.error = redact(f"{type(exc).__name__}: {exc}")
-        log.exception("destination_crashed", destination=name)
 
 
 def write_budget(destination: CrmDestination, share: float | None) -> int | None:
