@@ -1173,10 +1173,8 @@ class SqlUsageSource:
         flags_at = first + len(_COUNT_COLUMNS)
         n_flags = _mask_count(len(self.taxonomy.core)) + _mask_count(len(self.taxonomy.enterprise))
         # events_7d + events_usual of a row: its users' events over the whole 63-day window.
-        window_events = (
-            first + _COUNT_COLUMNS.index("events_7d"),
-            first + _COUNT_COLUMNS.index("events_usual"),
-        )
+        recent_at = first + _COUNT_COLUMNS.index("events_7d")
+        usual_at = first + _COUNT_COLUMNS.index("events_usual")
         counted = 0
         accounts: dict[str, _Account] = {}
         result = conn.execution_options(stream_results=True, yield_per=self.chunk_size).execute(
@@ -1186,7 +1184,7 @@ class SqlUsageSource:
         for partition in result.partitions():
             stats.rows_read += len(partition)
             for row in partition:
-                counted += sum(int(row[i] or 0) for i in window_events)
+                counted += int(row[recent_at] or 0) + int(row[usual_at] or 0)
                 host = _canonical_host(row[0])
                 n_users = int(row[first])
                 verdict = classify_host(host)

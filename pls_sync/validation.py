@@ -101,7 +101,7 @@ def _rule_metrics(rule: Rule, path: KeyPath) -> Iterator[tuple[str, KeyPath]]:
 
 def check_warehouse(settings: Settings, as_of: datetime, report: ValidationReport) -> None:
     """The warehouse answers and holds what the model reads; the taxonomy meets the events."""
-    from pls_sync.bootstrap import build_usage_source
+    from pls_sync.bootstrap import build_usage_source, enabled_destinations
 
     main = settings.config_path
     wh = settings.warehouse
@@ -129,6 +129,18 @@ def check_warehouse(settings: Settings, as_of: datetime, report: ValidationRepor
                         f"(it returns: {', '.join(probe.columns or ())})",
                     )
                 )
+        for name in enabled_destinations(settings):
+            mapping = settings.destinations[name].mapping
+            for field_mapping in mapping.fields:
+                metric = field_mapping.source.removeprefix("metrics.")
+                if metric != field_mapping.source and metric.lower() not in columns | ratios:
+                    report.errors.append(
+                        mapping.issue(
+                            ("fields", field_mapping.target),
+                            f"the SQL model {wh.model} returns no column {metric!r}: "
+                            f"{field_mapping.target} would never be written",
+                        )
+                    )
         report.notes.append(
             f"Warehouse {described}: the SQL model {wh.model} runs and returns "
             f"{len(probe.columns or ())} columns"

@@ -129,14 +129,11 @@ def test_a_custom_model_that_cannot_run_is_an_error_at_warehouse_model(
     assert expected in problem.lower(), problem
 
 
-def test_a_custom_model_without_a_metric_scoring_reads_names_the_scoring_line(
+def test_a_custom_model_without_the_metrics_scoring_and_mappings_read_names_their_lines(
     workdir: Workdir, crm: Sandbox
 ) -> None:
     config = copy_config(workdir.root)
-    sql = (
-        "SELECT split_part(email, '@', 2) AS domain, count(*) AS active_users_28d "
-        "FROM users GROUP BY 1"
-    )
+    sql = "SELECT split_part(email, '@', 2) AS domain, count(*) AS members FROM users GROUP BY 1"
     _custom_model(workdir.root, config, sql)
     scoring = workdir.root / "config" / "scoring.yaml"
 
@@ -146,6 +143,9 @@ def test_a_custom_model_without_a_metric_scoring_reads_names_the_scoring_line(
     (problem,) = problem_lines(result.output, "components.volume.metrics[0]")
     assert problem.startswith(f"{scoring}:{line_of(scoring, 'metrics: [events_28d]')}:"), problem
     assert "returns no column 'events_28d'" in problem
+    mapping = workdir.root / "mappings" / "salesforce.yaml"
+    (field,) = problem_lines(result.output, "fields.PQA_Active_Users__c")
+    assert field.startswith(f"{mapping}:{line_of(mapping, 'PQA_Active_Users__c')}:"), field
 
 
 # --------------------------------------------------------------------------- event taxonomy
