@@ -240,21 +240,18 @@ def check_writable(path: Path | None) -> None:
 
 
 def write_output_file(path: Path, write: Callable[[TextIO], object]) -> None:
-    """Write ``path`` through ``write(handle)``, whole or not at all.
+    """Write ``path`` through ``write(handle)``, whole or not at all (``replacing``).
 
-    The text goes to a temporary file next to it, renamed over ``path`` once complete, so a
-    failure never leaves half a file (nor truncates the previous one). An OS failure (no
-    permission, a file where a folder should be, a full disk) is one line and exit 1.
+    An OS failure (no permission, a file where a folder should be, a full disk) is one line
+    and exit 1.
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from pls_sync.files import replacing
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with temporary.open("w", newline="", encoding="utf-8") as handle:
+        with replacing(path, newline="") as handle:
             write(handle)
-        os.replace(temporary, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         blocker = file_in_the_way(path)
         reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
         fail(f"cannot write {path}: {reason}")

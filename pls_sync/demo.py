@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,19 +58,12 @@ def sandbox_settings(url: str, session_id: str, hubspot_token: str) -> dict[str,
 
 def write_sandbox_env(path: Path, values: dict[str, str]) -> None:
     """Write ``KEY=value`` lines readable by the owner only (0600), replacing the file whole."""
+    from pls_sync.files import replacing
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            out.write(SANDBOX_ENV_HEADER)
-            out.writelines(f"{key}={value}\n" for key, value in values.items())
-        os.chmod(temporary, 0o600)  # an existing temporary file kept its old mode
-        os.replace(temporary, path)
-    except OSError:
-        with suppress(OSError):
-            temporary.unlink()
-        raise
+    with replacing(path, mode=0o600) as out:
+        out.write(SANDBOX_ENV_HEADER)
+        out.writelines(f"{key}={value}\n" for key, value in values.items())
 
 
 def read_sandbox_env(path: Path) -> dict[str, str]:

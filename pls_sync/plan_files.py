@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from pls_sync.errors import FatalError
+from pls_sync.files import replacing
 from pls_sync.planning import Plan, json_value
 
 LATEST = "latest.json"
@@ -143,24 +142,9 @@ def _make_dir(plans_dir: Path) -> None:
 
 @contextlib.contextmanager
 def _replacing(target: Path) -> Iterator[TextIO]:
-    """A text file that replaces ``target`` atomically once the block ends without an error;
-    on any error the temporary file is removed and ``target`` is left as it was."""
-    folder = target.parent
-    temp = folder / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    """``pls_sync.files.replacing`` with its OS errors as one ``FatalError`` line."""
     try:
-        # os.open rather than mkstemp: the file gets the usual umask permissions, not 0600.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise FatalError(_unwritable(folder, exc)) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
+        with replacing(target) as out:
             yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise FatalError(_unwritable(folder, exc)) from None
-        raise
+    except OSError as exc:
+        raise FatalError(_unwritable(target.parent, exc)) from None
