@@ -22,7 +22,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
-from pls_sync.errors import ConfigIssue, format_key
+from pls_sync.errors import ConfigIssue, format_key, nearest_line
 
 __all__ = [
     "DEFAULT_SECRETS_DIR",
@@ -135,11 +135,7 @@ class Document:
 
     def line(self, path: KeyPath) -> int | None:
         """The line of ``path``, or of its nearest ancestor present in the file."""
-        for end in range(len(path), -1, -1):
-            line = self.lines.get(path[:end])
-            if line is not None:
-                return line
-        return None
+        return nearest_line(self.lines, path)
 
     def has(self, path: KeyPath) -> bool:
         """Whether ``path`` names a key or item written in the file."""
@@ -172,12 +168,7 @@ class ConfigLines:
 
     def line(self, file: str | Path, path: KeyPath) -> int | None:
         """The line of ``path`` in ``file``, or of its nearest ancestor written there."""
-        lines = self.files.get(str(file), {})
-        for end in range(len(path), -1, -1):
-            line = lines.get(path[:end])
-            if line is not None:
-                return line
-        return None
+        return nearest_line(self.files.get(str(file), {}), path)
 
     def issue(self, file: str | Path, path: KeyPath, message: str) -> ConfigIssue:
         """A ``ConfigIssue`` at ``path`` of ``file``."""

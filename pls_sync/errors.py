@@ -15,6 +15,7 @@ Messages never contain secrets: connectors pass them through ``redact`` first.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -71,6 +72,17 @@ def format_key(path: tuple[str | int, ...]) -> str:
         else:
             out += f".{part}" if out else part
     return out
+
+
+def nearest_line(
+    lines: Mapping[tuple[str | int, ...], int], path: tuple[str | int, ...]
+) -> int | None:
+    """The line of ``path`` in a file's ``lines``, or of its nearest ancestor written there."""
+    for end in range(len(path), -1, -1):
+        line = lines.get(path[:end])
+        if line is not None:
+            return line
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pls_sync.errors import ConfigIssue, format_key
+from pls_sync.errors import ConfigIssue, format_key, nearest_line
 
 ON_MULTIPLE_RULES = ("skip", "most_recently_modified", "parent")
 NULL_POLICIES = ("skip", "clear")
@@ -122,9 +122,5 @@ class DestinationMapping:
 
     def issue(self, key: tuple[str | int, ...], message: str) -> ConfigIssue:
         """A problem at ``key`` of the mapping file (``("fields", "PQA_Tier__c")``...)."""
-        line = None
-        for end in range(len(key), -1, -1):
-            line = self.lines.get(key[:end])
-            if line is not None:
-                break
+        line = nearest_line(self.lines, key)
         return ConfigIssue(self.source_file or self.destination, line, format_key(key), message)
