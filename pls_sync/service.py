@@ -45,7 +45,7 @@ from pls_sync.mapping import DestinationMapping
 from pls_sync.matching import UNMATCHED, MatchReport, build_index, match_accounts
 from pls_sync.models import CrmRecord, FieldSpec, UsageReadStats, WriteResult
 from pls_sync.plan_files import check_plans_dir, save_plan
-from pls_sync.planning import AccountResult, Plan, plan_changes, plan_mql_only
+from pls_sync.planning import AccountResult, Plan, json_value, plan_changes, plan_mql_only
 from pls_sync.ports import (
     AccountState,
     AlertLedger,
@@ -423,7 +423,7 @@ def stale_pqas(
             "destination": name,
             "domain": result.account.domain,
             "record_id": record_id,
-            "qualified_since": _iso(result.state.qualified_since),
+            "qualified_since": json_value(result.state.qualified_since),
             "last_activity": last.isoformat() if last else None,
             "score": result.score.score,
             "tier": result.score.tier,
@@ -442,13 +442,6 @@ def stale_pqas(
             for row in outcome.stale_rows[:10]
         ],
     }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    """A UTC datetime as ISO text with Z, or None."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def run_alerts(
