@@ -25,6 +25,7 @@ import tenacity
 
 from pls_sync.errors import RateLimitedError, RetriableError
 from pls_sync.logs import notify
+from pls_sync.mapping import DESTINATION_NAMES
 
 T = TypeVar("T")
 
@@ -32,7 +33,6 @@ log = structlog.get_logger("pls_sync.crm")
 
 # Waits up to this long pass without a word; longer ones are announced.
 ANNOUNCE_WAITS_OVER_SECONDS = 1.0
-DISPLAY_NAMES = {"salesforce": "Salesforce", "hubspot": "HubSpot"}
 
 _SOQL_FROM = re.compile(r"\bFROM\s+([A-Za-z][A-Za-z0-9_]*)", re.IGNORECASE)
 _PARENTHESES = re.compile(r"\([^()]*\)")
@@ -211,7 +211,7 @@ def display_name(destination: str | None) -> str:
     """``Salesforce`` / ``HubSpot`` for a destination name; the name itself otherwise."""
     if not destination:
         return "the server"
-    return DISPLAY_NAMES.get(destination, destination)
+    return DESTINATION_NAMES.get(destination, destination)
 
 
 def announce_retry_wait(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pls_sync.errors import ConfigIssue, format_key, nearest_line
 
 ON_MULTIPLE_RULES = ("skip", "most_recently_modified", "parent")
+# How a destination is named to people, in messages.
+DESTINATION_NAMES: dict[str, str] = {"salesforce": "Salesforce", "hubspot": "HubSpot"}
 NULL_POLICIES = ("skip", "clear")
 
 # Identity, ownership and system fields are never written, whatever a mapping says.

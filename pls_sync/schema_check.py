@@ -22,7 +22,8 @@ import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
-from pls_sync.mapping import DestinationMapping, FieldMapping
+from pls_sync.errors import ConfigIssue
+from pls_sync.mapping import DESTINATION_NAMES, DestinationMapping, FieldMapping
 from pls_sync.models import FieldSpec, FieldType
 from pls_sync.planning import NUMERIC_TYPES, TEXT_TYPES, source_fits
 
@@ -59,7 +60,6 @@ _TYPE_WORDS: tuple[tuple[str, tuple[FieldType, ...]], ...] = (
     ("date", (FieldType.DATE, FieldType.DATETIME)),
     ("text", TEXT_TYPES),
 )
-_VENDOR = {"salesforce": "Salesforce", "hubspot": "HubSpot"}
 _REJECTION_CODE = {
     "salesforce": "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
     "hubspot": "INVALID_OPTION",
@@ -111,6 +111,21 @@ def check_mapping_schema(
     for fm in mapping.fields:
         problems.extend(_field_problems(mapping, specs, fm, writable_values))
     return problems
+
+
+def schema_issues(
+    mapping: DestinationMapping,
+    specs: Mapping[str, FieldSpec],
+    writable_values: Mapping[str, Collection[str]],
+) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
+    """``check_mapping_schema`` as ``(errors, warnings)``, each a ``file:line: key`` issue of
+    the mapping file: what ``validate`` reports and what keeps ``run`` from writing."""
+    errors: list[ConfigIssue] = []
+    warnings: list[ConfigIssue] = []
+    for problem in check_mapping_schema(mapping, specs, writable_values):
+        issue = mapping.issue(problem.key, problem.message)
+        (errors if problem.is_error else warnings).append(issue)
+    return errors, warnings
 
 
 # --------------------------------------------------------------------------- domain fields
@@ -340,7 +355,7 @@ def _squash(text: str) -> str:
 
 
 def _vendor(mapping: DestinationMapping) -> str:
-    return _VENDOR.get(mapping.destination, mapping.destination)
+    return DESTINATION_NAMES.get(mapping.destination, mapping.destination)
 
 
 def _fitting_types(source: str) -> str:

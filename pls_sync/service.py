@@ -58,7 +58,7 @@ from pls_sync.ports import (
     UsageSource,
 )
 from pls_sync.run_lock import RunLock
-from pls_sync.schema_check import check_mapping_schema
+from pls_sync.schema_check import schema_issues
 from pls_sync.scoring import ScoringModel, score_account, tier_counts
 from pls_sync.transitions import advance
 
@@ -512,13 +512,9 @@ def prepare_destination(
     with contained(outcome):
         with timer.stage(f"{name}.describe"):
             specs = destination.describe(mapping.object)
-        problems = check_mapping_schema(mapping, specs, values)
-        outcome.warnings = [
-            str(mapping.issue(p.key, p.message)) for p in problems if p.severity != "error"
-        ]
-        outcome.issues = [
-            str(mapping.issue(p.key, p.message)) for p in problems if p.severity == "error"
-        ]
+        errors, warnings = schema_issues(mapping, specs, values)
+        outcome.issues = [str(issue) for issue in errors]
+        outcome.warnings = [str(issue) for issue in warnings]
         if outcome.issues:
             outcome.status = "invalid"
             outcome.error = (

@@ -228,22 +228,16 @@ def check_taxonomy(
 # ------------------------------------------------------------------------------ CRMs
 
 
-def writable_values(settings: Settings) -> dict[str, tuple[str, ...]]:
-    """Every value pls-sync can write for the sources with a closed set of values."""
-    from pls_sync.service import writable_values as values
-
-    return values(settings.scoring, settings.channels)
-
-
 def check_crm(
     settings: Settings, report: ValidationReport, env: Mapping[str, str] | None = None
 ) -> None:
     """Each enabled destination's mapping against its live schema, when credentials are there."""
     from pls_sync.bootstrap import build_destination, enabled_destinations
     from pls_sync.demo import SANDBOX_ENV
-    from pls_sync.schema_check import check_mapping_schema
+    from pls_sync.schema_check import schema_issues
+    from pls_sync.service import writable_values
 
-    values = writable_values(settings)
+    values = writable_values(settings.scoring, settings.channels)
     for name in enabled_destinations(settings):
         mapping = settings.destinations[name].mapping
         try:
@@ -257,11 +251,10 @@ def check_crm(
         except PlsSyncError as exc:
             report.unreachable.append(f"{name}: cannot read the schema of {mapping.object}: {exc}")
             continue
-        problems = check_mapping_schema(mapping, specs, values)
-        for problem in problems:
-            issue = mapping.issue(problem.key, problem.message)
-            (report.errors if problem.severity == "error" else report.warnings).append(issue)
-        if not any(p.severity == "error" for p in problems):
+        errors, warnings = schema_issues(mapping, specs, values)
+        report.errors.extend(errors)
+        report.warnings.extend(warnings)
+        if not errors:
             report.notes.append(
                 f"{name}: {len(mapping.match.domain_fields)} domain field(s) and all "
                 f"{len(mapping.fields)} mapped fields fit the live schema of {mapping.object}"
