@@ -509,8 +509,8 @@ class SqlUsageSource:
         return self._engine.url
 
     def _secrets(self) -> list[str]:
-        url = self._url if self._url is not None else (self._engine.url if self._engine else None)
-        return [url.password] if url is not None and url.password else []
+        password = self._current_url().password
+        return [password] if password else []
 
     def redact_secrets(self, text: str) -> str:
         """``text`` with the warehouse URL's password masked."""
@@ -996,7 +996,6 @@ class SqlUsageSource:
 
         eb = _bounds("ev", windows, events.is_tz_aware("occurred_at"))
         ub = _bounds("u", windows, users.is_tz_aware("created_at"))
-        count_if = _count_if
 
         def any_if(condition: ColumnElement[bool]) -> ColumnElement[Any]:
             return sa.func.max(sa.case((condition, 1), else_=0))
@@ -1008,7 +1007,7 @@ class SqlUsageSource:
         name = e.c.event_name
 
         def named(names: tuple[str, ...], since: str) -> ColumnElement[Any]:
-            return count_if(sa.and_(t >= eb[since], name.in_(names))) if names else zero()
+            return _count_if(sa.and_(t >= eb[since], name.in_(names))) if names else zero()
 
         feature_columns = [
             any_if(sa.and_(t >= eb["28d"], name == sa.bindparam(f"core_{i}", f))).label(f"core_{i}")
@@ -1024,10 +1023,10 @@ class SqlUsageSource:
             sa.select(
                 e.c.user_id,
                 *((e.c.workspace_id,) if by_workspace else ()),
-                count_if(t >= eb["7d"]).label("ev_7d"),
-                count_if(sa.and_(t >= eb["63d"], t < eb["7d"])).label("ev_usual"),
-                count_if(t >= eb["28d"]).label("ev_28d"),
-                count_if(sa.and_(t >= eb["56d"], t < eb["28d"])).label("ev_prev_28d"),
+                _count_if(t >= eb["7d"]).label("ev_7d"),
+                _count_if(sa.and_(t >= eb["63d"], t < eb["7d"])).label("ev_usual"),
+                _count_if(t >= eb["28d"]).label("ev_28d"),
+                _count_if(sa.and_(t >= eb["56d"], t < eb["28d"])).label("ev_prev_28d"),
                 named(tax.legal, "14d").label("ev_legal"),
                 named(tax.pricing, "14d").label("ev_pricing"),
                 named(tax.admin, "28d").label("ev_admin"),
@@ -1057,10 +1056,10 @@ class SqlUsageSource:
                     else ()
                 ),
                 sa.func.count().label("total_users"),
-                count_if(sa.func.coalesce(per_user.c.ev_7d, 0) > 0).label("active_users_7d"),
-                count_if(sa.func.coalesce(per_user.c.ev_28d, 0) > 0).label("active_users_28d"),
-                count_if(created >= ub["7d"]).label("new_users_7d"),
-                count_if(sa.and_(created >= ub["63d"], created < ub["7d"])).label(
+                _count_if(sa.func.coalesce(per_user.c.ev_7d, 0) > 0).label("active_users_7d"),
+                _count_if(sa.func.coalesce(per_user.c.ev_28d, 0) > 0).label("active_users_28d"),
+                _count_if(created >= ub["7d"]).label("new_users_7d"),
+                _count_if(sa.and_(created >= ub["63d"], created < ub["7d"])).label(
                     "new_users_usual"
                 ),
                 total("ev_7d").label("events_7d"),
@@ -1070,7 +1069,7 @@ class SqlUsageSource:
                 total("ev_admin").label("admin_changes_28d"),
                 total("ev_legal").label("legal_page_views_14d"),
                 total("ev_pricing").label("pricing_page_views_14d"),
-                count_if(self._truthy(u.c.is_admin)).label("admins"),
+                _count_if(self._truthy(u.c.is_admin)).label("admins"),
                 *self._feature_masks(per_user, "core", len(tax.core)),
                 *self._feature_masks(per_user, "ent", len(tax.enterprise)),
                 sa.type_coerce(sa.func.min(u.c.created_at), NullType()).label("first_seen"),
