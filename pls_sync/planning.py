@@ -248,17 +248,6 @@ def diff_fields(
     return changes, current
 
 
-def diff_record(
-    record: CrmRecord,
-    desired: Mapping[str, Any],
-    specs: Mapping[str, FieldSpec],
-    mappings: Mapping[str, FieldMapping],
-) -> dict[str, Any]:
-    """The fields of ``record`` whose current value differs from ``desired``, with the
-    desired values (``diff_fields`` also gives the current ones)."""
-    return diff_fields(record, desired, specs, mappings)[0]
-
-
 @dataclass(slots=True)
 class Plan:
     """The changes one destination needs, with the counts a run summary reports."""
@@ -418,23 +407,6 @@ def source_fits(source: str, kind: FieldType) -> bool:
     if source.startswith(("metrics.", "components.")):
         return kind in _NUMBER or kind in _TEXT
     return kind in _SOURCE_TYPES.get(source, _TEXT)
-
-
-def missing_targets(mapping: DestinationMapping, specs: Mapping[str, FieldSpec]) -> list[str]:
-    """Problems with the mapping's targets against the live schema: missing, read-only, or of a
-    type the source's values do not fit (a date into a number field...)."""
-    problems = []
-    for fm in mapping.fields:
-        spec = specs.get(fm.target)
-        if spec is None:
-            problems.append(f"{fm.target}: no such field on {mapping.object}")
-        elif not spec.updateable:
-            problems.append(f"{fm.target}: field on {mapping.object} is not writable")
-        elif not source_fits(fm.source, spec.type):
-            problems.append(
-                f"{fm.target}: a {spec.type.value} field cannot hold {fm.source!r} values"
-            )
-    return problems
 
 
 def apply_changes(

@@ -17,9 +17,7 @@ from pls_sync.planning import (
     canonical,
     desired_fields,
     diff_fields,
-    diff_record,
     json_value,
-    missing_targets,
     plan_changes,
     plan_mql_only,
     source_value,
@@ -27,6 +25,7 @@ from pls_sync.planning import (
     values_equal,
 )
 from pls_sync.ports import AccountState
+from pls_sync.schema_check import check_mapping_schema
 from pls_sync.scoring import AccountScore, ComponentScore, FiredSignal
 
 AS_OF = datetime(2026, 11, 22, 6, 30, 15, 123456, tzinfo=UTC)
@@ -142,7 +141,7 @@ def test_diff_sends_only_changed_fields() -> None:
         },
     )
     by_target = {f.target: f for f in MAPPING.fields}
-    assert diff_record(record, desired, SPECS, by_target) == {"PQA_Tier__c": "sales"}
+    assert diff_fields(record, desired, SPECS, by_target)[0] == {"PQA_Tier__c": "sales"}
 
 
 def test_values_equal_uses_scale_tolerance() -> None:
@@ -157,9 +156,9 @@ def test_missing_and_read_only_targets_are_reported() -> None:
     specs = dict(SPECS)
     del specs["PQA_Tier__c"]
     specs["PQA_Score__c"] = FieldSpec("PQA_Score__c", FieldType.NUMBER, updateable=False)
-    problems = missing_targets(MAPPING, specs)
-    assert "PQA_Tier__c: no such field on Account" in problems
-    assert "PQA_Score__c: field on Account is not writable" in problems
+    problems = schema_problems(specs)
+    assert "Account has no field PQA_Tier__c" in problems[("fields", "PQA_Tier__c")]
+    assert "PQA_Score__c on Account is read-only" in problems[("fields", "PQA_Score__c")]
 
 
 current_values = st.one_of(
@@ -195,10 +194,10 @@ def test_applying_the_plan_yields_the_desired_state(
     desired = desired_fields(result, MAPPING, SPECS)
     by_target = {f.target: f for f in MAPPING.fields}
     record = CrmRecord("001A", ("acme.com",), current)
-    changes = diff_record(record, desired, SPECS, by_target)
+    changes = diff_fields(record, desired, SPECS, by_target)[0]
     applied = apply_changes({"001A": current}, [RecordChange("001A", changes, "acme.com")])
     after = CrmRecord("001A", ("acme.com",), applied["001A"])
-    assert diff_record(after, desired, SPECS, by_target) == {}
+    assert diff_fields(after, desired, SPECS, by_target)[0] == {}
     for target, want in desired.items():
         have = canonical(applied["001A"].get(target), SPECS[target], join=by_target[target].join)
         assert values_equal(have, want, SPECS[target])
@@ -208,12 +207,19 @@ def test_a_target_whose_type_does_not_fit_its_source_is_reported() -> None:
     specs = dict(SPECS)
     specs["PQA_Score__c"] = FieldSpec("PQA_Score__c", FieldType.DATE)
     specs["PQA_Qualified_Since__c"] = FieldSpec("PQA_Qualified_Since__c", FieldType.BOOLEAN)
-    problems = missing_targets(MAPPING, specs)
-    assert "PQA_Score__c: a date field cannot hold 'score' values" in problems
+    problems = schema_problems(specs)
+    assert "a date field and cannot hold score values" in problems[("fields", "PQA_Score__c")]
     assert (
-        "PQA_Qualified_Since__c: a boolean field cannot hold 'qualified_since' values" in problems
+        "a boolean field and cannot hold qualified_since values"
+        in (problems[("fields", "PQA_Qualified_Since__c")])
     )
-    assert missing_targets(MAPPING, SPECS) == []
+    assert schema_problems(SPECS) == {}
+
+
+def schema_problems(specs: dict[str, FieldSpec]) -> dict[tuple[str | int, ...], str]:
+    """The mapped-field errors of MAPPING against ``specs``, by key (the live-schema check)."""
+    found = check_mapping_schema(MAPPING, specs, {})
+    return {p.key: p.message for p in found if p.is_error and p.key[0] == "fields"}
 
 
 def test_whole_number_fields_hold_ints_and_still_equal_the_crms_floats_and_text() -> None:
@@ -265,7 +271,7 @@ def test_diff_fields_gives_the_crm_value_of_each_changed_field() -> None:
         "PQA_Signals__c": None,
         "PQA_Qualified_Since__c": None,
     }
-    assert diff_record(record, desired, SPECS, by_target) == changes
+    assert diff_fields(record, desired, SPECS, by_target)[0] == changes
 
 
 def _plan_for(records: list[CrmRecord], results: list[AccountResult]) -> Plan:
