@@ -55,7 +55,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.types import TypeEngine
 
 from pls_sync.errors import FatalError, redact
-from pls_sync.models import RecordRejection
+from pls_sync.models import OwnedRecord, RecordRejection
 from pls_sync.ports import AccountState, RunRecord, StoredRejection, TierTransition
 
 SCHEMA_VERSION = 1
@@ -222,6 +222,18 @@ run_lists = Table(
     Column("run_id", String(_KEY), nullable=False),
     Column("saved_at", UtcDateTime(), nullable=False),
     Column("rows_json", Text, nullable=False),
+)
+
+# The ownership ledger: per CRM identity (``salesforce:<org id>``, ``hubspot:<portal id>``) and
+# record, the account whose values the record carries and what pls-sync last wrote on each
+# owned field (JSON text, encoded once per row).
+crm_ownership = Table(
+    "crm_ownership",
+    metadata,
+    Column("crm", String(_KEY), primary_key=True),
+    Column("record_id", String(_KEY), primary_key=True),
+    Column("account_key", String(_KEY), nullable=False),
+    Column("fields_json", Text, nullable=False),
 )
 
 kv = Table(
@@ -645,6 +657,53 @@ class SqlStateStore:
         with self._transaction("read lock") as conn:
             row = conn.execute(query).first()
         return (row[0], row[1]) if row is not None else None
+
+    # --- the ownership ledger --------------------------------------------------------------------
+
+    def load_owned(self, crm: str) -> dict[str, OwnedRecord]:
+        """Every record pls-sync owns fields on in the CRM ``crm``, by record id."""
+        query = select(
+            crm_ownership.c.record_id, crm_ownership.c.account_key, crm_ownership.c.fields_json
+        ).where(crm_ownership.c.crm == crm)
+        with self._transaction("load the ownership ledger") as conn:
+            return {
+                record_id: OwnedRecord(record_id, account_key, json.loads(fields))
+                for record_id, account_key, fields in conn.execute(query)
+            }
+
+    def save_owned(
+        self, crm: str, rows: Iterable[OwnedRecord], forget: Iterable[str] = ()
+    ) -> None:
+        """Store (replace) ledger rows and forget records, in one transaction."""
+        upserts = [
+            {
+                "crm": crm,
+                "record_id": row.record_id,
+                "account_key": row.account_key,
+                "fields_json": json.dumps(
+                    dict(row.fields), default=_json_default, separators=(",", ":"), sort_keys=True
+                ),
+            }
+            for row in rows
+        ]
+        gone = list(forget)
+        if not upserts and not gone:
+            return
+        with self._transaction("save the ownership ledger", write=True) as conn:
+            for chunk in _chunks([{"k": record_id} for record_id in gone], 500):
+                conn.execute(
+                    delete(crm_ownership).where(
+                        crm_ownership.c.crm == crm,
+                        crm_ownership.c.record_id.in_([row["k"] for row in chunk]),
+                    )
+                )
+            self._upsert_replace(
+                conn,
+                crm_ownership,
+                ("crm", "record_id"),
+                ("account_key", "fields_json"),
+                upserts,
+            )
 
     # --- the last run's lists -----------------------------------------------------------------
 

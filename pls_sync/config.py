@@ -54,6 +54,7 @@ from pls_sync.mapping import (
     NULL_POLICIES,
     ON_MULTIPLE_RULES,
     SOURCES,
+    WRITE_POLICIES,
     DestinationMapping,
     FieldMapping,
     MatchRule,
@@ -628,7 +629,9 @@ def _field_shorthand(value: Any) -> Any:
     if isinstance(value, str):
         return {"source": value}
     if not isinstance(value, dict):
-        raise ValueError("a field maps to a source name or to {source, null, join, max_length}")
+        raise ValueError(
+            "a field maps to a source name or to {source, null, join, max_length, write}"
+        )
     return value
 
 
@@ -639,8 +642,10 @@ class FieldSpec(_Spec):
     null: str = "skip"
     join: str = "; "
     max_length: int | None = Field(default=None, ge=1)
+    write: str = "always"
 
     _null = field_validator("null")(_check_member(NULL_POLICIES, "null policy"))
+    _write = field_validator("write")(_check_member(WRITE_POLICIES, "write policy"))
 
 
 class MatchSpec(_Spec):
@@ -1225,7 +1230,7 @@ def _mapping(destination: str, spec: MappingSpec, document: Document) -> Destina
         object=spec.object,
         match=MatchRule(tuple(spec.match.domain_fields), spec.match.on_multiple),
         fields=tuple(
-            FieldMapping(target, f.source, f.null, f.join, f.max_length)
+            FieldMapping(target, f.source, f.null, f.join, f.max_length, f.write)
             for target, f in spec.fields.items()
         ),
         source_file=document.file,

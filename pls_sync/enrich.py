@@ -48,7 +48,7 @@ class Enrichment:
 
     def summary(self, top: int = 10) -> dict[str, Any]:
         """Channel and motion counts, the ABM list and MQL intake counts."""
-        channels = channel_counts(r.lead_channel for r in self.results)
+        channels = channel_counts(r.lead_channel for r in self.results if not r.gone)
         if self.mql_only:
             channels["mql_only"] = channels.get("mql_only", 0) + len(self.mql_only)
         out: dict[str, Any] = {
@@ -99,6 +99,9 @@ def enrich(
     index = index_mqls(mqls, classify) if mqls is not None else None
     enriched = []
     for result in results:
+        if result.gone:  # no usage, no users: its channel comes from its record's MQLs
+            enriched.append(dataclasses.replace(result, buyers=(), lead_channel=None, motion=None))
+            continue
         found = buyers.get(result.account.key, ())
         has_mql = index is not None and index.has(result.account.domain)
         enriched.append(
@@ -109,5 +112,6 @@ def enrich(
                 motion=motion_for(result.score.tier, bool(found), motions),
             )
         )
-    only = mql_only_domains(index, (r.account.domain for r in results)) if index else []
+    used = (r.account.domain for r in results if not r.gone)
+    only = mql_only_domains(index, used) if index else []
     return Enrichment(enriched, {k: v for k, v in buyers.items() if v}, index, only)

@@ -70,7 +70,7 @@ def destination_breakdown(
         specs = destination.describe(mapping.object)
         record = outcome.records[match.record_id]
         by_target = {f.target: f for f in mapping.fields}
-        pending, current = diff_fields(
+        pending, current, _held = diff_fields(
             record, desired_fields(result, mapping, specs), specs, by_target
         )
     except PlsSyncError as exc:

@@ -11,6 +11,9 @@ ON_MULTIPLE_RULES = ("skip", "most_recently_modified", "parent")
 # How a destination is named to people, in messages.
 DESTINATION_NAMES: dict[str, str] = {"salesforce": "Salesforce", "hubspot": "HubSpot"}
 NULL_POLICIES = ("skip", "clear")
+# always: drift is repaired; if_empty: written only into an empty field; unless_edited: left
+# alone once its CRM value differs from what pls-sync last wrote (a person changed it).
+WRITE_POLICIES = ("always", "if_empty", "unless_edited")
 
 # Identity, ownership and system fields are never written, whatever a mapping says.
 FORBIDDEN_TARGETS: dict[str, frozenset[str]] = {
@@ -85,6 +88,9 @@ class FieldMapping:
     ``null``: ``skip`` leaves the CRM value alone when the source has no value, ``clear``
     empties the field. ``join`` joins list values (signals, buyers). ``max_length`` truncates
     text (the field's own length from describe applies as well, whichever is shorter).
+    ``write``: ``always`` repairs drift; ``if_empty`` writes only an empty field;
+    ``unless_edited`` leaves a field a person changed (its CRM value is not what pls-sync
+    last wrote there) and reports it.
     """
 
     target: str
@@ -92,6 +98,7 @@ class FieldMapping:
     null: str = "skip"
     join: str = "; "
     max_length: int | None = None
+    write: str = "always"
 
 
 @dataclass(frozen=True, slots=True)

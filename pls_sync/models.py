@@ -172,6 +172,26 @@ class RecordChange:
     # What the CRM held for each changed field when the plan was made (canonical values),
     # for showing a plan as a diff; connectors never send it.
     current: Mapping[str, Any] | None = None
+    # Why a record no account targets is written: ``account_gone`` (its account left the
+    # warehouse) or ``not_target`` (its owned fields are cleared); None for a matched account.
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedRecord:
+    """A CRM record pls-sync owns fields on, in one CRM (org or portal): the ownership ledger.
+
+    ``fields`` maps each owned field to the value pls-sync last wrote there (or found already
+    there when it matched), in JSON-ready form; ``account_key`` is the account the values came
+    from (``mql:<domain>`` for an ``mql_only`` tag, empty when adopted from the CRM).
+    """
+
+    record_id: str
+    account_key: str
+    fields: Mapping[str, Any]
+    # Values a write was about to send when its outcome was last recorded: until the write
+    # is confirmed, the CRM holding either these or ``fields`` means nobody else changed it.
+    pending: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,12 @@ def write_plans_json(
         out.write('\n      "changes": [')
         for index, change in enumerate(plan.change_dicts()):
             out.write(("," if index else "") + "\n        " + _dump(change))
-        out.write("\n      ]\n    }" if plan.changes else "]\n    }")
+        out.write("\n      ]" if plan.changes else "]")
+        # Fields a write policy left alone: readers of the plan see which and why.
+        out.write(',\n      "left_alone": [')
+        for index, item in enumerate(plan.left_alone_dicts()):
+            out.write(("," if index else "") + "\n        " + _dump(item))
+        out.write("\n      ]\n    }" if plan.left_alone else "]\n    }")
     out.write("\n  ]\n}\n" if plans else "]\n}\n")
 
 

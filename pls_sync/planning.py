@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pls_sync.mapping import DestinationMapping, FieldMapping
 from pls_sync.matching import MatchReport
-from pls_sync.models import CrmRecord, FieldSpec, FieldType, ProductAccount, RecordChange
+from pls_sync.models import (
+    CrmRecord,
+    FieldSpec,
+    FieldType,
+    OwnedRecord,
+    ProductAccount,
+    RecordChange,
+)
 from pls_sync.ports import AccountState
 from pls_sync.scoring import AccountScore
 
@@ -38,6 +45,9 @@ class AccountResult:
     lead_channel: str | None = None
     motion: str | None = None
     buyers: tuple[str, ...] = ()
+    # The account is no longer in the warehouse: it is planned as an account with no usage
+    # on the record it last carried, never matched anew.
+    gone: bool = False
 
     @property
     def newly_qualified(self) -> bool:
@@ -118,6 +128,8 @@ def canonical(
     if value is None:
         return None
     kind = spec.type
+    if kind is FieldType.MULTIPICKLIST:
+        return _canonical_multiselect(value)
     if isinstance(value, (list, tuple)):
         value = join.join(str(v) for v in value if v is not None and str(v) != "")
     if isinstance(value, str) and value.strip() == "" and kind not in TEXT_TYPES:
@@ -159,6 +171,16 @@ def canonical(
     if limits and len(text) > min(limits):
         text = truncate(text, min(limits))
     return text
+
+
+def _canonical_multiselect(value: Any) -> str | None:
+    """A multi-select (Salesforce multi-select picklist, HubSpot checkboxes) holds a set of
+    options that both CRMs store and return as ``a;b``, in their own order: the canonical
+    form is the distinct options sorted and joined with ``;``, whatever join the mapping
+    names, so what pls-sync writes compares equal to what the CRM gives back."""
+    items = value if isinstance(value, (list, tuple, set, frozenset)) else str(value).split(";")
+    options = sorted({str(item).strip() for item in items if item is not None} - {""})
+    return ";".join(options) or None
 
 
 def _canonical_number(value: Any, spec: FieldSpec) -> int | float | str | None:
@@ -225,27 +247,93 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def written(owned: OwnedRecord | None, name: str) -> tuple[Any, ...]:
+    """The values pls-sync may have left in field ``name`` of a record, per its ledger row."""
+    if owned is None:
+        return ()
+    return tuple(values[name] for values in (owned.fields, owned.pending) if name in values)
+
+
+class FieldDiff(NamedTuple):
+    """What one record needs: changed fields (desired values), the CRM's values for them, and
+    the fields a write policy holds back (field -> ``edited`` or ``not_empty``)."""
+
+    changes: dict[str, Any]
+    current: dict[str, Any]
+    held: dict[str, str]
+
+
+def held_by_policy(
+    fm: FieldMapping, spec: FieldSpec, have: Any, want: Any, written: Sequence[Any] = ()
+) -> str | None:
+    """Why a field's write policy leaves the CRM value ``have`` instead of writing ``want``.
+
+    ``written`` holds what pls-sync last wrote in this field of this record (with the value
+    of a write whose outcome was never recorded); empty when it never wrote there.
+    ``if_empty`` writes only an empty field. ``unless_edited`` leaves a field whose value is
+    none of those: a person changed it. Clearing (``want`` None) a field that is not
+    ``always`` happens only while it still holds what pls-sync wrote.
+    """
+    policy = fm.write
+    if policy == "always" or have is None:
+        return None
+    unchanged = any(
+        values_equal(have, canonical(value, spec, join=fm.join, max_length=fm.max_length), spec)
+        for value in written
+    )
+    if policy == "if_empty":
+        return None if want is None and unchanged else "not_empty"
+    if not written:
+        return "edited" if want is None else None
+    return None if unchanged else "edited"
+
+
 def diff_fields(
     record: CrmRecord,
     desired: Mapping[str, Any],
     specs: Mapping[str, FieldSpec],
     mappings: Mapping[str, FieldMapping],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The fields of ``record`` whose current value differs from ``desired``, as two dicts.
+    owned: OwnedRecord | None = None,
+) -> FieldDiff:
+    """The fields of ``record`` whose current value differs from ``desired``.
 
-    The first maps each changed field to its desired value, the second to the canonical value
-    the CRM holds now (``None`` when the field is empty); both have the same keys.
+    ``changes`` maps each changed field to its desired value, ``current`` to the canonical
+    value the CRM holds now (``None`` when empty), with the same keys. ``owned`` is the
+    record's ownership ledger row (what pls-sync last wrote there); fields a write policy
+    protects are left out of ``changes`` and named in ``held``.
     """
     changes: dict[str, Any] = {}
     current: dict[str, Any] = {}
+    held: dict[str, str] = {}
     for target, want in desired.items():
         fm = mappings[target]
         spec = specs[target]
         have = canonical(record.fields.get(target), spec, join=fm.join, max_length=fm.max_length)
-        if not values_equal(have, want, spec):
-            changes[target] = want
-            current[target] = have
-    return changes, current
+        if values_equal(have, want, spec):
+            continue
+        reason = (
+            None
+            if fm.write == "always"
+            else held_by_policy(fm, spec, have, want, written(owned, target))
+        )
+        if reason is not None:
+            held[target] = reason
+            continue
+        changes[target] = want
+        current[target] = have
+    return FieldDiff(changes, current, held)
+
+
+@dataclass(frozen=True, slots=True)
+class LeftAlone:
+    """A field the plan leaves as it is because of its write policy, for readers of the plan."""
+
+    record_id: str
+    account_key: str
+    field: str
+    reason: str  # edited | not_empty
+    current: Any
+    wanted: Any
 
 
 @dataclass(slots=True)
@@ -258,6 +346,12 @@ class Plan:
     records_considered: int = 0
     records_unchanged: int = 0
     field_changes: Counter[str] = field(default_factory=Counter)
+    # Records no account targets that the plan writes, by reason (account_gone, not_target).
+    retired: Counter[str] = field(default_factory=Counter)
+    left_alone: list[LeftAlone] = field(default_factory=list)
+    # The ownership ledger rows to store once each record's change is written (at once for a
+    # record without changes); None forgets the record.
+    ownership: dict[str, OwnedRecord | None] = field(default_factory=dict)
 
     @property
     def fields_changed(self) -> int:
@@ -274,7 +368,21 @@ class Plan:
             "records_unchanged": self.records_unchanged,
             "fields_changed": self.fields_changed,
             "field_changes": dict(sorted(self.field_changes.items())),
+            "records_retired": dict(sorted(self.retired.items())),
+            "fields_left_alone": dict(sorted(Counter(a.reason for a in self.left_alone).items())),
         }
+
+    def left_alone_dicts(self) -> Iterator[dict[str, Any]]:
+        """Each field a write policy left alone, in JSON-ready form, with why."""
+        for item in self.left_alone:
+            yield {
+                "record_id": item.record_id,
+                "account": item.account_key,
+                "field": item.field,
+                "reason": item.reason,
+                "crm_value": json_value(item.current),
+                "pls_sync_value": json_value(item.wanted),
+            }
 
     def change_dicts(
         self, changes: Iterable[RecordChange] | None = None
@@ -286,7 +394,7 @@ class Plan:
         """
         for change in self.changes if changes is None else changes:
             current = change.current or {}
-            yield {
+            row = {
                 "record_id": change.record_id,
                 "account": change.account_key,
                 "priority": json_value(change.priority),
@@ -295,6 +403,9 @@ class Plan:
                     for name, value in change.fields.items()
                 },
             }
+            if change.reason:
+                row["reason"] = change.reason
+            yield row
 
 
 # Floats at or above 2**53 are not all whole numbers an int can stand for exactly.
@@ -341,42 +452,204 @@ def change_priority(result: AccountResult) -> float:
     return (1_000_000.0 if result.newly_qualified else 0.0) + moved * 1_000.0 + result.score.score
 
 
+RETIREMENT_PRIORITY = 100_000.0  # as urgent as a 100-point move: a stale PQA misleads reps
+ACCOUNT_GONE = "account_gone"
+NOT_TARGET = "not_target"
+
+
+def owned_values(
+    desired: Mapping[str, Any], held: Mapping[str, str], last: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What the ledger should say pls-sync owns on a record once ``desired`` is written:
+    every desired value, except fields a write policy held back, which keep their last value."""
+    fields = {} if last is None else {k: v for k, v in last.items() if k in held}
+    fields.update((name, json_value(value)) for name, value in desired.items() if name not in held)
+    return fields
+
+
+@dataclass(slots=True)
+class _Planner:
+    """Builds one destination's plan; see :func:`plan_changes`."""
+
+    plan: Plan
+    mapping: DestinationMapping
+    specs: Mapping[str, FieldSpec]
+    owned: Mapping[str, OwnedRecord]
+    stored: Mapping[str, OwnedRecord]
+    by_target: dict[str, FieldMapping] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_target = {fm.target: fm for fm in self.mapping.fields}
+
+    def add(
+        self,
+        record: CrmRecord,
+        desired: Mapping[str, Any],
+        account_key: str,
+        priority: float,
+        reason: str | None = None,
+        *,
+        keep: bool = True,
+    ) -> None:
+        """Diff one record, plan its change and the ledger row it leaves (``keep`` False:
+        the record is forgotten once written)."""
+        row = self.owned.get(record.id)
+        last = row.fields if row is not None else None
+        diff = diff_fields(record, desired, self.specs, self.by_target, row)
+        for name, why in diff.held.items():
+            current = canonical(
+                record.fields.get(name), self.specs[name], join=self.by_target[name].join
+            )
+            self.plan.left_alone.append(
+                LeftAlone(record.id, account_key, name, why, current, desired[name])
+            )
+        after = (
+            OwnedRecord(record.id, account_key, owned_values(desired, diff.held, last))
+            if keep
+            else None
+        )
+        # A changed record's row is always stored after its write: it replaces the intent.
+        if diff.changes or after != self.stored.get(record.id):
+            self.plan.ownership[record.id] = after
+        if not diff.changes:
+            self.plan.records_unchanged += 1
+            return
+        self.plan.field_changes.update(diff.changes.keys())
+        if reason is not None:
+            self.plan.retired[reason] += 1
+        self.plan.changes.append(
+            RecordChange(record.id, diff.changes, account_key, priority, diff.current, reason)
+        )
+
+
+def gone_values(
+    result: AccountResult, mapping: DestinationMapping, specs: Mapping[str, FieldSpec]
+) -> dict[str, Any]:
+    """Every mapped field of an account that left the warehouse: what an account with no
+    usage shows (score 0, the lowest tier), and cleared where it has no value, whatever the
+    field's null policy."""
+    return {
+        fm.target: canonical(
+            source_value(fm.source, result),
+            specs[fm.target],
+            join=fm.join,
+            max_length=fm.max_length,
+        )
+        for fm in mapping.fields
+    }
+
+
 def plan_changes(
     results: Iterable[AccountResult],
     report: MatchReport,
     records: Mapping[str, CrmRecord],
     mapping: DestinationMapping,
     specs: Mapping[str, FieldSpec],
+    *,
+    owned: Mapping[str, OwnedRecord] | None = None,
+    stored: Mapping[str, OwnedRecord] | None = None,
+    mql_only: Collection[str] = (),
+    domains_of: Callable[[CrmRecord], set[str]] | None = None,
+    channel: str = "mql_only",
 ) -> Plan:
-    """Diff every matched account's desired values against its CRM record.
+    """Plan every record pls-sync targets or owns in one CRM: only changed fields, highest
+    priority first.
 
-    Only changed fields of changed records are planned, highest priority first.
+    - A matched account's record gets its desired values.
+    - A record whose domain has an MQL and no product usage gets the ``mql_only`` channel.
+    - A record the ownership ledger (``owned``) ties to an account that left the warehouse
+      (``result.gone``) gets that account's no-usage values (``account_gone``).
+    - Any other owned record no account targets has its owned fields cleared (``not_target``).
+    Write policies are applied against what the ledger says pls-sync last wrote. ``stored``
+    is what the ledger holds (default ``owned``; empty when ``owned`` was just adopted from
+    the CRM): the plan's ``ownership`` holds every row that differs from it.
     """
+    owned = {} if owned is None else owned
     plan = Plan(destination=mapping.destination, object=mapping.object)
-    by_target = {fm.target: fm for fm in mapping.fields}
+    planner = _Planner(plan, mapping, specs, owned, owned if stored is None else stored)
+    gone: dict[str, AccountResult] = {}
+    targeted: set[str] = set()
     for result in results:
+        if result.gone:
+            gone[result.account.key] = result
+            continue
         record_id = report.record_for(result.account.key)
         if record_id is None:
             continue
-        record = records[record_id]
+        targeted.add(record_id)
         plan.records_considered += 1
-        desired = desired_fields(result, mapping, specs)
-        changes, current = diff_fields(record, desired, specs, by_target)
-        if not changes:
-            plan.records_unchanged += 1
-            continue
-        plan.field_changes.update(changes.keys())
-        plan.changes.append(
-            RecordChange(
-                record_id=record_id,
-                fields=changes,
-                account_key=result.account.key,
-                priority=change_priority(result),
-                current=current,
-            )
+        planner.add(
+            records[record_id],
+            desired_fields(result, mapping, specs),
+            result.account.key,
+            change_priority(result),
         )
+    channel_targets = [fm.target for fm in mapping.fields if fm.source == "lead_channel"]
+    mql = frozenset(mql_only)
+    for record in records.values():
+        if record.id in targeted:
+            continue
+        row = owned.get(record.id)
+        hits = domains_of(record) & mql if mql and channel_targets and domains_of else set()
+        if row is None and not hits:
+            continue
+        plan.records_considered += 1
+        tag = {
+            t: canonical(channel, specs[t], join=planner.by_target[t].join) for t in channel_targets
+        }
+        account = gone.get(row.account_key) if row is not None else None
+        if account is not None:
+            desired = gone_values(account, mapping, specs)
+            desired.update(tag if hits else dict.fromkeys(channel_targets))
+            planner.add(record, desired, account.account.key, RETIREMENT_PRIORITY, ACCOUNT_GONE)
+            continue
+        cleared = {
+            name: None
+            for name in (row.fields if row is not None else ())
+            if name in planner.by_target
+        }
+        if hits:
+            cleared.update(tag)
+            retiring = any(name not in tag for name in cleared)
+            planner.add(
+                record,
+                cleared,
+                f"mql:{min(hits)}",
+                RETIREMENT_PRIORITY if retiring else 0.0,
+                NOT_TARGET if retiring else None,
+            )
+        else:
+            assert row is not None
+            planner.add(
+                record, cleared, row.account_key, RETIREMENT_PRIORITY, NOT_TARGET, keep=False
+            )
+    for record_id in owned.keys() - records.keys():
+        plan.ownership[record_id] = None  # the CRM no longer has it (deleted or merged)
     plan.changes.sort(key=lambda change: (-change.priority, change.record_id))
     return plan
+
+
+def adopt_owned(
+    records: Iterable[CrmRecord], mapping: DestinationMapping, specs: Mapping[str, FieldSpec]
+) -> dict[str, OwnedRecord]:
+    """Ownership for a CRM pls-sync has no ledger for: every mapped field that holds a value is
+    taken as pls-sync's (the mapping names the fields it owns), so that a record no account
+    targets any more is cleared even when its values were written before the ledger existed."""
+    adopted: dict[str, OwnedRecord] = {}
+    for record in records:
+        fields = {}
+        for fm in mapping.fields:
+            value = canonical(
+                record.fields.get(fm.target),
+                specs[fm.target],
+                join=fm.join,
+                max_length=fm.max_length,
+            )
+            if value is not None:
+                fields[fm.target] = json_value(value)
+        if fields:
+            adopted[record.id] = OwnedRecord(record.id, "", fields)
+    return adopted
 
 
 _TEXT = frozenset(TEXT_TYPES)
@@ -417,35 +690,3 @@ def apply_changes(
     for change in changes:
         result.setdefault(change.record_id, {}).update(change.fields)
     return result
-
-
-def plan_mql_only(
-    plan: Plan,
-    records: Mapping[str, CrmRecord],
-    matched_record_ids: set[str],
-    mql_only: set[str],
-    domains_of: Callable[[CrmRecord], set[str]],
-    mapping: DestinationMapping,
-    specs: Mapping[str, FieldSpec],
-    channel: str = "mql_only",
-) -> None:
-    """Tag CRM accounts that have an MQL and no product usage with the ``mql_only`` channel.
-
-    Only the fields mapped from ``lead_channel`` are planned for them: they have no score.
-    """
-    targets = {fm.target: fm for fm in mapping.fields if fm.source == "lead_channel"}
-    if not targets or not mql_only:
-        return
-    for record in records.values():
-        if record.id in matched_record_ids:
-            continue
-        hits = domains_of(record) & mql_only
-        if not hits:
-            continue
-        desired = {t: canonical(channel, specs[t], join=fm.join) for t, fm in targets.items()}
-        changes, current = diff_fields(record, desired, specs, targets)
-        if changes:
-            plan.field_changes.update(changes.keys())
-            plan.changes.append(
-                RecordChange(record.id, changes, f"mql:{min(hits)}", 0.0, current=current)
-            )

@@ -17,6 +17,7 @@ from pls_sync.mapping import DestinationMapping
 from pls_sync.models import (
     CrmRecord,
     FieldSpec,
+    OwnedRecord,
     ProductAccount,
     RecordChange,
     RecordRejection,
@@ -191,6 +192,14 @@ class StateStore(Protocol):
 
     def lock_holder(self, name: str, now: datetime | None = None) -> tuple[str, datetime] | None:
         """Who holds the lock and until when, or None when it is free."""
+        ...
+
+    def load_owned(self, crm: str) -> dict[str, OwnedRecord]:
+        """The ownership ledger of one CRM identity: every record pls-sync owns fields on."""
+        ...
+
+    def save_owned(self, crm: str, rows: Iterable[OwnedRecord], forget: Iterable[str] = ()) -> None:
+        """Store (replace) ledger rows of ``crm`` and forget the records ``forget``, atomically."""
         ...
 
     def save_lists(

@@ -43,9 +43,22 @@ from pls_sync.errors import (
 )
 from pls_sync.mapping import DestinationMapping
 from pls_sync.matching import UNMATCHED, MatchReport, build_index, match_accounts
-from pls_sync.models import CrmRecord, FieldSpec, UsageReadStats, WriteResult
+from pls_sync.models import (
+    CrmRecord,
+    FieldSpec,
+    OwnedRecord,
+    ProductAccount,
+    UsageReadStats,
+    WriteResult,
+)
 from pls_sync.plan_files import check_plans_dir, save_plan
-from pls_sync.planning import AccountResult, Plan, json_value, plan_changes, plan_mql_only
+from pls_sync.planning import (
+    AccountResult,
+    Plan,
+    adopt_owned,
+    json_value,
+    plan_changes,
+)
 from pls_sync.ports import (
     AccountState,
     AlertLedger,
@@ -59,7 +72,7 @@ from pls_sync.ports import (
 )
 from pls_sync.run_lock import RunLock
 from pls_sync.schema_check import schema_issues
-from pls_sync.scoring import ScoringModel, score_account, tier_counts
+from pls_sync.scoring import AccountScore, ScoringModel, score_account, tier_counts
 from pls_sync.transitions import advance
 
 log = structlog.get_logger("pls_sync")
@@ -138,6 +151,9 @@ class DestinationOutcome:
     issues: list[str] = field(default_factory=list)  # file:line: key: message, when invalid
     warnings: list[str] = field(default_factory=list)  # schema problems that do not stop writes
     stale_rows: list[dict[str, Any]] = field(default_factory=list)  # every stale PQA, for lists
+    crm: str | None = None  # the CRM's identity: salesforce:<org id>, hubspot:<portal id>
+    adopted: int = 0  # records whose mapped values were taken as pls-sync's (no ledger yet)
+    owned: dict[str, OwnedRecord] = field(default_factory=dict)  # the ledger the plan used
 
 
 @dataclass(slots=True)
@@ -224,7 +240,31 @@ def score_all(
         results.append(AccountResult(account, score, state, previous, state.score_change))
         if progress is not None and count % 5000 == 0:
             progress("score", count, None)
+    seen = {result.account.key for result in results}
+    for key, previous in previous_states.items():
+        if key not in seen:
+            result, transition = gone_account(previous, model, as_of)
+            results.append(result)
+            if transition is not None:
+                transitions.append(transition)
     return ScoredAccounts(results, stats, transitions)
+
+
+def gone_account(
+    previous: AccountState, model: ScoringModel, as_of: datetime
+) -> tuple[AccountResult, TierTransition | None]:
+    """An account the state store knows and the warehouse no longer has (every user deleted,
+    a churned company, a domain change): an account with no usage, score 0 in the lowest tier.
+
+    It leaves its tier like any account whose usage stopped, so the transition is recorded
+    and it counts as disqualified; its record is found through the ownership ledger.
+    """
+    lowest = min(model.tiers, key=lambda tier: tier.min_score).name
+    domain = "" if previous.key.startswith("workspace:") else previous.key
+    score = AccountScore(previous.key, domain, 0, lowest, lowest, (), (), {}, scored_at=as_of)
+    state, transition = advance(previous, score, as_of, model.qualified_tiers)
+    account = ProductAccount(previous.key, domain, {})
+    return AccountResult(account, score, state, previous, state.score_change, gone=True), transition
 
 
 def match_destination(
@@ -237,7 +277,7 @@ def match_destination(
     outcome.records = {record.id: record for record in destination.read_records(mapping)}
     index = build_index(outcome.records.values())
     outcome.report = match_accounts(
-        ((r.account.key, r.account.domain, float(r.score.score)) for r in results),
+        ((r.account.key, r.account.domain, float(r.score.score)) for r in results if not r.gone),
         index,
         mapping.match.on_multiple,
     )
@@ -255,6 +295,8 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
         summary["issues"] = list(outcome.issues)
     if outcome.warnings:
         summary["warnings"] = list(outcome.warnings)
+    if outcome.crm is not None:
+        summary["crm"] = outcome.crm
     if report is not None:
         summary["crm_records"] = len(outcome.records)
         summary["match"] = report.counts()
@@ -263,6 +305,12 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
         summary["records_unchanged"] = plan.records_unchanged
         summary["fields_changed"] = plan.fields_changed
         summary["field_changes"] = dict(sorted(plan.field_changes.items()))
+        summary["records_retired"] = dict(sorted(plan.retired.items()))
+        summary["fields_left_alone"] = dict(
+            sorted(Counter(item.reason for item in plan.left_alone).items())
+        )
+        if outcome.adopted:
+            summary["ownership_adopted"] = outcome.adopted
         summary["min_write_calls"] = math.ceil(len(plan.changes) / batch_size) if batch_size else 0
     if outcome.budget is not None:
         summary["write_budget_calls"] = outcome.budget
@@ -493,6 +541,13 @@ def contained(outcome: DestinationOutcome) -> Iterator[None]:
         log.exception("destination_crashed", destination=name)
 
 
+def crm_identity(destination: CrmDestination) -> str:
+    """The identity of the CRM behind a destination (``salesforce:<org id>``,
+    ``hubspot:<portal id>``); a destination that cannot tell is known by its name."""
+    identify = getattr(destination, "crm_identity", None)
+    return str(identify()) if callable(identify) else destination.name
+
+
 def prepare_destination(
     name: str,
     destination: CrmDestination,
@@ -501,12 +556,15 @@ def prepare_destination(
     timer: StageTimer,
     leads: LeadContext | None,
     values: Mapping[str, tuple[str, ...]],
+    state: StateStore,
 ) -> DestinationOutcome:
     """Check the mapping against the live schema, then read, match and plan one destination.
 
     A mapping that does not fit (a missing field, a picklist without a value pls-sync writes)
     makes the outcome ``invalid`` with every problem at its file, line and key: that
-    destination is neither read nor written. Errors stay inside the outcome.
+    destination is neither read nor written. The plan covers every record pls-sync owns in
+    that CRM (its identity's ownership ledger), not only this run's matches; a CRM without a
+    ledger yet has its mapped values adopted. Errors stay inside the outcome.
     """
     outcome = DestinationOutcome(name=name)
     with contained(outcome):
@@ -526,27 +584,28 @@ def prepare_destination(
         for warning in outcome.warnings:
             log.warning("mapping_warning", destination=name, warning=warning)
         with timer.stage(f"{name}.read"):
+            outcome.crm = crm_identity(destination)
             matched = match_destination(destination, mapping, scored.results)
+            stored = state.load_owned(outcome.crm)
         outcome.records, outcome.report, outcome.specs = matched.records, matched.report, specs
         assert outcome.report is not None
         log.info(
             "crm_read", destination=name, records=len(outcome.records), **outcome.report.counts()
         )
         with timer.stage(f"{name}.plan"):
+            owned = stored or adopt_owned(outcome.records.values(), mapping, specs)
+            outcome.owned, outcome.adopted = owned, 0 if stored else len(owned)
             outcome.plan = plan_changes(
-                scored.results, outcome.report, outcome.records, mapping, specs
+                scored.results,
+                outcome.report,
+                outcome.records,
+                mapping,
+                specs,
+                owned=owned,
+                stored=stored,
+                mql_only=leads.enrichment.mql_only if leads is not None else (),
+                domains_of=record_domains,
             )
-            if leads is not None and leads.enrichment.mql_only:
-                matched_ids = {m.record_id for m in outcome.report.matches.values() if m.record_id}
-                plan_mql_only(
-                    outcome.plan,
-                    outcome.records,
-                    matched_ids,
-                    set(leads.enrichment.mql_only),
-                    record_domains,
-                    mapping,
-                    specs,
-                )
         outcome.status = "planned"
         log.info(
             "planned",
@@ -579,10 +638,14 @@ def write_destination(
             outcome.budget = budget
             # Only destinations that report a write budget take max_write_calls.
             capped = {} if budget is None else {"max_write_calls": budget}
+            # The intent goes into the ledger before the write: a value the CRM then holds
+            # is known as pls-sync's even when this run dies before recording the outcome.
+            record_write_intent(state, outcome, mapping)
             outcome.write = destination.write(
                 mapping.object, outcome.plan.changes, outcome.specs, stop=options.stop, **capped
             )
         write = outcome.write
+        record_ownership(state, outcome)
         state.record_rejections(options.run_id, name, write.rejected, options.as_of)
         state.resolve_rejections(name, write.written)
         outcome.status = "succeeded" if not (write.rejected or write.not_attempted) else "partial"
@@ -612,6 +675,55 @@ def write_destination(
         )
 
 
+def record_write_intent(
+    state: StateStore, outcome: DestinationOutcome, mapping: DestinationMapping
+) -> None:
+    """Before a write: each changed record's ledger row gets the values about to be sent as
+    ``pending``, when a write policy depends on knowing what pls-sync wrote (``if_empty``,
+    ``unless_edited``); with ``always`` fields only, nothing depends on it."""
+    plan = outcome.plan
+    if plan is None or outcome.crm is None or not plan.changes:
+        return
+    if all(fm.write == "always" for fm in mapping.fields):
+        return
+    owned = outcome.owned
+    intents = []
+    for change in plan.changes:
+        row = owned.get(change.record_id)
+        sending = {name: json_value(value) for name, value in change.fields.items()}
+        intents.append(
+            OwnedRecord(
+                change.record_id,
+                row.account_key if row is not None else change.account_key,
+                row.fields if row is not None else {},
+                {**(row.pending if row is not None else {}), **sending},
+            )
+        )
+    state.save_owned(outcome.crm, intents)
+
+
+def record_ownership(state: StateStore, outcome: DestinationOutcome) -> None:
+    """After a write: the ledger rows of records written, and of records that needed no write.
+
+    A record whose change was rejected or not attempted keeps its row: the next run still
+    knows what pls-sync owns there and plans it again.
+    """
+    plan, write = outcome.plan, outcome.write
+    if plan is None or write is None or outcome.crm is None or not plan.ownership:
+        return
+    written = set(write.written)
+    changed = {change.record_id for change in plan.changes}
+    rows, forget = [], []
+    for record_id, row in plan.ownership.items():
+        if record_id in changed and record_id not in written:
+            continue
+        if row is None:
+            forget.append(record_id)
+        else:
+            rows.append(row)
+    state.save_owned(outcome.crm, rows, forget)
+
+
 def write_budget(destination: CrmDestination, share: float | None) -> int | None:
     """Write requests this run may make: a share of the remaining daily quota, when known.
 
@@ -635,7 +747,7 @@ def build_summary(
 ) -> dict[str, Any]:
     """The run summary of DESIGN.md §4, as a JSON-ready dict."""
     stats = scored.stats
-    scores = [result.score for result in scored.results]
+    scores = [result.score for result in scored.results if not result.gone]
     entered = sum(1 for r in scored.results if r.newly_qualified)
     left = sum(
         1
@@ -683,6 +795,8 @@ def build_summary(
             "newly_qualified": entered,
             "disqualified": left,
             "guarded_by_age": sum(1 for s in scores if s.guard),
+            # accounts the state store knows that the warehouse no longer has
+            "gone": sum(1 for r in scored.results if r.gone),
             "transitions": len(scored.transitions),
         },
         "destinations": destinations,
@@ -873,7 +987,7 @@ def run_sync(
                 log.warning("destination_skipped_on_stop", destination=name)
                 continue
             done.outcomes[name] = prepare_destination(
-                name, destination, adapters.mappings[name], scored, timer, leads, values
+                name, destination, adapters.mappings[name], scored, timer, leads, values, state
             )
         plan_file: Path | None = None
         if options.plans_dir is not None:

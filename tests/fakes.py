@@ -13,6 +13,7 @@ from pls_sync.mapping import DestinationMapping
 from pls_sync.models import (
     CrmRecord,
     FieldSpec,
+    OwnedRecord,
     ProductAccount,
     RecordChange,
     RecordRejection,
@@ -126,6 +127,7 @@ class FakeState:
         self.unavailable = False
         self.locks: dict[str, tuple[str, datetime]] = {}
         self.lists: tuple[str, datetime, dict[str, list[dict[str, Any]]]] | None = None
+        self.owned: dict[str, dict[str, OwnedRecord]] = {}
 
     def begin_run(self, run_id: str, command: str, started_at: datetime) -> None:
         self._check()
@@ -246,6 +248,17 @@ class FakeState:
             return None
         run_id, at, lists = self.lists
         return run_id, at, {name: [dict(row) for row in rows] for name, rows in lists.items()}
+
+    def load_owned(self, crm: str) -> dict[str, OwnedRecord]:
+        self._check()
+        return dict(self.owned.get(crm, {}))
+
+    def save_owned(self, crm: str, rows: Iterable[OwnedRecord], forget: Iterable[str] = ()) -> None:
+        self._check()
+        ledger = self.owned.setdefault(crm, {})
+        for record_id in forget:
+            ledger.pop(record_id, None)
+        ledger.update((row.record_id, row) for row in rows)
 
     def _check(self) -> None:
         if self.unavailable:

@@ -62,7 +62,8 @@ def test_a_plan_file_lists_each_change_as_from_to_pairs(tmp_path: Path) -> None:
         "finished": "2026-11-22T10:00:00Z",
     }
     salesforce, hubspot = saved["destinations"]
-    assert {k: v for k, v in salesforce.items() if k != "changes"} == {
+    assert salesforce["left_alone"] == []
+    assert {k: v for k, v in salesforce.items() if k not in ("changes", "left_alone")} == {
         "destination": "salesforce",
         "object": "Account",
         "records_considered": 5,
@@ -70,6 +71,8 @@ def test_a_plan_file_lists_each_change_as_from_to_pairs(tmp_path: Path) -> None:
         "records_unchanged": 3,
         "fields_changed": 6,
         "field_changes": {"PQA_Qualified_Since__c": 2, "PQA_Score__c": 2, "PQA_Signals__c": 2},
+        "records_retired": {},
+        "fields_left_alone": {},
     }
     assert salesforce["changes"][1] == {
         "record_id": "001001",

@@ -19,7 +19,6 @@ from pls_sync.planning import (
     diff_fields,
     json_value,
     plan_changes,
-    plan_mql_only,
     source_value,
     truncate,
     values_equal,
@@ -241,7 +240,7 @@ def test_whole_number_fields_hold_ints_and_still_equal_the_crms_floats_and_text(
 
 def test_a_score_is_planned_as_an_int() -> None:
     record = CrmRecord("001A", ("acme.com",), {"PQA_Score__c": "40.0"})
-    changes, current = diff_fields(
+    changes, current, _ = diff_fields(
         record,
         desired_fields(make_result(score=100), MAPPING, SPECS),
         SPECS,
@@ -258,7 +257,7 @@ def test_diff_fields_gives_the_crm_value_of_each_changed_field() -> None:
         {"PQA_Score__c": 40.0, "PQA_Tier__c": "", "PQA_Active_Users__c": "9"},
     )
     by_target = {f.target: f for f in MAPPING.fields}
-    changes, current = diff_fields(record, desired, SPECS, by_target)
+    changes, current, _ = diff_fields(record, desired, SPECS, by_target)
     assert changes == {
         "PQA_Score__c": 86,
         "PQA_Tier__c": "sales",
@@ -319,15 +318,15 @@ def test_mql_only_changes_carry_the_crm_values_they_replace() -> None:
         "001B": CrmRecord("001B", ("other.io",), {}),
         "001C": CrmRecord("001C", ("fresh.io",), {}),
     }
-    plan = Plan("salesforce", "Account")
-    plan_mql_only(
-        plan,
+    report = match_accounts([], build_index(records.values()), "skip")
+    plan = plan_changes(
+        [],
+        report,
         records,
-        set(),
-        {"mql.io", "fresh.io"},
-        lambda record: set(record.domain_values),
         mapping,
         specs,
+        mql_only={"mql.io", "fresh.io"},
+        domains_of=lambda record: set(record.domain_values),
     )
     by_id = {change.record_id: change for change in plan.changes}
     assert set(by_id) == {"001A", "001C"}
