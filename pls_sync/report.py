@@ -63,6 +63,11 @@ def _print_scoring(console: Console, sc: Mapping[str, Any]) -> None:
         f"Scored {sc.get('scored', 0)} accounts: {_counts(sc.get('tiers', {}))}; newly qualified "
         f"{sc.get('newly_qualified', 0)}, disqualified {sc.get('disqualified', 0)}, "
         f"held back by the age guard {sc.get('guarded_by_age', 0)}"
+        + (
+            f"; no longer in the warehouse {sc['gone']} (written as no usage)"
+            if sc.get("gone")
+            else ""
+        )
     )
 
 
@@ -105,6 +110,7 @@ def _destination_table(name: str, dest: Mapping[str, Any]) -> Table:
     table.add_column("value")
     if dest.get("error"):
         table.add_row("error", Text(str(dest["error"])))
+    _add_crm_rows(table, dest)
     _add_match_rows(table, dest)
     _add_change_rows(table, dest)
     _add_write_rows(table, dest)
@@ -119,6 +125,35 @@ def _destination_table(name: str, dest: Mapping[str, Any]) -> Table:
     if dest.get("api_calls"):
         table.add_row("API calls", _counts(dest["api_calls"]))
     return table
+
+
+RETIREMENT_REASONS = {
+    "account_gone": "account no longer in the warehouse",
+    "not_target": "no account targets the record any more",
+}
+LEFT_ALONE_REASONS = {"edited": "changed by a person", "not_empty": "write: if_empty"}
+
+
+def _add_crm_rows(table: Table, dest: Mapping[str, Any]) -> None:
+    """Which CRM (org or portal) was read and how: a full read says why."""
+    crm = dest.get("crm")
+    read = dest.get("crm_read") or {}
+    if not crm and not read:
+        return
+    how = ""
+    if read.get("mode") == "full":
+        how = f"full read ({read.get('reason')})" if read.get("reason") else "full read"
+    elif read.get("mode") == "incremental":
+        how = (
+            f"incremental: {read.get('changed', 0)} changed, "
+            f"{read.get('deleted', 0)} deleted or merged"
+        )
+    table.add_row("CRM", Text(", ".join(part for part in (crm or "", how) if part)))
+    if dest.get("ownership_adopted"):
+        table.add_row(
+            "ownership adopted",
+            f"{dest['ownership_adopted']} records (mapped fields holding values, no ledger yet)",
+        )
 
 
 def _add_match_rows(table: Table, dest: Mapping[str, Any]) -> None:
@@ -153,6 +188,18 @@ def _add_change_rows(table: Table, dest: Mapping[str, Any]) -> None:
     table.add_row("fields changed", str(dest.get("fields_changed", 0)))
     if dest.get("field_changes"):
         table.add_row("by field", _counts(dest["field_changes"]))
+    retired = dest.get("records_retired")
+    if retired:
+        table.add_row(
+            "records retired",
+            ", ".join(f"{RETIREMENT_REASONS.get(k, k)} {v}" for k, v in retired.items()),
+        )
+    held = dest.get("fields_left_alone")
+    if held:
+        table.add_row(
+            "fields left alone",
+            ", ".join(f"{LEFT_ALONE_REASONS.get(k, k)} {v}" for k, v in held.items()),
+        )
 
 
 def _add_write_rows(table: Table, dest: Mapping[str, Any]) -> None:
@@ -208,10 +255,13 @@ def render_plan(console: Console, plan: Plan, limit: int | None = 15) -> None:
     for change in shown:
         current = change.current or {}
         last = len(change.fields) - 1
+        account = change.account_key or "(adopted)"
+        if change.reason:
+            account += f" ({RETIREMENT_REASONS.get(change.reason, change.reason)})"
         for i, (name, value) in enumerate(change.fields.items()):
             table.add_row(
                 Text(change.record_id if i == 0 else ""),
-                Text(change.account_key if i == 0 else ""),
+                Text(account if i == 0 else ""),
                 Text(name),
                 Text(
                     f"{show_value(current.get(name), '(empty)')} → {show_value(value, '(clear)')}"
@@ -219,6 +269,23 @@ def render_plan(console: Console, plan: Plan, limit: int | None = 15) -> None:
                 end_section=i == last,
             )
     console.print(table)
+    if plan.left_alone:
+        console.print(
+            Text(f"Left alone by their write policy: {_plural(len(plan.left_alone), 'field')}"),
+            soft_wrap=True,
+        )
+        held = Table()
+        for column in ("record", "field", "why", "CRM value", "pls-sync value"):
+            held.add_column(column, overflow="fold")
+        for item in plan.left_alone[: limit or None]:
+            held.add_row(
+                Text(item.record_id),
+                Text(item.field),
+                Text(LEFT_ALONE_REASONS.get(item.reason, item.reason)),
+                Text(show_value(item.current, "(empty)")),
+                Text(show_value(item.wanted, "(clear)")),
+            )
+        console.print(held)
 
 
 def plan_title(plan: Plan, shown: int) -> str:
