@@ -153,19 +153,43 @@ class SnapshottingDestination:
         """The wrapped destination's call counts."""
         return self.inner.api_calls()
 
+    def crm_identity(self) -> str:
+        """The wrapped CRM's identity (org or portal); its name when it cannot tell."""
+        identify = getattr(self.inner, "crm_identity", None)
+        return str(identify()) if callable(identify) else self.name
+
     def read_records(self, mapping: DestinationMapping) -> Iterator[CrmRecord]:
-        """Every record: changed ones from the CRM, the rest from the snapshot."""
+        """Every record: changed ones from the CRM, the rest from the snapshot.
+
+        The snapshot belongs to one CRM identity: pointed at another org or portal, the read
+        is full. An incremental read also asks which records were deleted or merged away
+        since the watermark and drops them; a CRM that cannot say for the window gets a
+        full read instead.
+        """
         started = self.clock()
         meta = self.kv.get_value(self._key()) or {}
-        reason = self._full_refresh_reason(meta, mapping, started)
+        identity = self.crm_identity()
+        reason = self._full_refresh_reason(meta, mapping, started, identity)
+        deleted: list[str] | None = None
         if reason is None:
             since = datetime.fromisoformat(meta["watermark"]) - self.skew
+            deleted = self._deleted_since(mapping, since, started)
+            if deleted is None:
+                reason = "the CRM cannot list the records deleted since the last read"
+        if reason is None:
+            assert deleted is not None
             changed = list(self.inner.read_records_modified_since(mapping, since))  # type: ignore[attr-defined]
+            # A record read by the (non-deleted) query exists now, whatever the deletion
+            # list says: it was restored, or deleted before a change we read.
+            alive = {record.id for record in changed}
+            dropped = [record_id for record_id in dict.fromkeys(deleted) if record_id not in alive]
             self._upsert(changed)
+            self._delete(dropped)
             records = self._load()
             self.last_read = {
                 "mode": "incremental",
                 "changed": len(changed),
+                "deleted": len(dropped),
                 "since": since.isoformat(),
             }
             meta["watermark"] = started.isoformat()
@@ -178,18 +202,32 @@ class SnapshottingDestination:
                 "full_at": started.isoformat(),
                 "watermark": started.isoformat(),
             }
+        meta["identity"] = identity
+        self.last_read["crm"] = identity
         self.kv.set_value(self._key(), meta)
         self._read = {record.id: record for record in records}
         log.info("crm_snapshot_read", destination=self.name, **self.last_read)
         return iter(records)
 
+    def _deleted_since(
+        self, mapping: DestinationMapping, since: datetime, until: datetime
+    ) -> list[str] | None:
+        read_deleted = getattr(self.inner, "read_deleted_since", None)
+        if not callable(read_deleted):
+            return []  # a CRM that cannot delete: nothing to drop
+        found = read_deleted(mapping, since, until=until)
+        return None if found is None else list(found)
+
     def _full_refresh_reason(
-        self, meta: Mapping[str, Any], mapping: DestinationMapping, now: datetime
+        self, meta: Mapping[str, Any], mapping: DestinationMapping, now: datetime, identity: str
     ) -> str | None:
         if self.force_full:
             return "requested"
         if not meta:
             return "no snapshot"
+        known = meta.get("identity")
+        if known is not None and known != identity:
+            return f"another CRM: the snapshot is of {known}, this is {identity}"
         if meta.get("fingerprint") != mapping_fingerprint(mapping):
             return "mapping changed"
         if now - datetime.fromisoformat(meta["full_at"]) > self.max_age:
@@ -234,15 +272,20 @@ class SnapshottingDestination:
                 )
             self._upsert(updated)
             self._read.update((record.id, record) for record in updated)
-        gone = [r.record_id for r in result.rejected if r.code in GONE_CODES]
-        if gone:
-            with self.engine.begin() as conn:
+        self._delete([r.record_id for r in result.rejected if r.code in GONE_CODES])
+        return result
+
+    def _delete(self, record_ids: Sequence[str]) -> None:
+        if not record_ids:
+            return
+        with self.engine.begin() as conn:
+            for start in range(0, len(record_ids), DELETE_BATCH):
                 conn.execute(
                     delete(crm_snapshot).where(
-                        crm_snapshot.c.destination == self.name, crm_snapshot.c.record_id.in_(gone)
+                        crm_snapshot.c.destination == self.name,
+                        crm_snapshot.c.record_id.in_(record_ids[start : start + DELETE_BATCH]),
                     )
                 )
-        return result
 
     def _load(self, ids: Mapping[str, Any] | None = None) -> list[CrmRecord]:
         query = select(crm_snapshot.c.record_id, crm_snapshot.c.data).where(

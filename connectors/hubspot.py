@@ -5,6 +5,10 @@ through batch update, 100 inputs a request, and a 207 multi-status answer is par
 record so one bad record never fails its batch. A whole batch refused with a 400
 VALIDATION_ERROR is split in halves until the bad records are isolated.
 
+The portal's identity (``crm_identity``) comes from ``GET /account-info/v3/details``; companies
+gone since a moment (``read_deleted_since``) are the archived list's (``?archived=true``) and the
+ids in ``hs_merged_object_ids`` of companies a merge left.
+
 Requests are paced client-side to the portal's ten-second allowance, tightened by the
 ``X-HubSpot-RateLimit-*`` headers. urllib3's own retries are switched off (it leaves POST out
 anyway): ``call_with_retries`` owns every retry, honouring Retry-After. A daily-limit 429 stops
@@ -88,6 +92,11 @@ READ_PROPERTIES = (
     "hubspot_owner_id",
 )
 SUPPORTED_OBJECTS = ("companies",)
+ACCOUNT_DETAILS_PATH = "/account-info/v3/details"
+# "Deleted companies can be restored within 90 days of deletion": older archives are purged, so
+# the archived list cannot tell what was deleted before that.
+ARCHIVE_RETENTION = timedelta(days=90)
+MERGED_IDS_PROPERTY = "hs_merged_object_ids"
 
 _API_EXCEPTIONS: tuple[type[Exception], ...] = (CompaniesApiException, PropertiesApiException)
 _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
@@ -619,6 +628,7 @@ class HubSpotDestination:
         clock: Callable[[], float] = time.monotonic,
         attempts: int = 5,
         timeout: tuple[float, float] = (10.0, 60.0),
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         if not access_token:
             raise AuthError(
@@ -634,6 +644,8 @@ class HubSpotDestination:
         self._calls: dict[str, int] = {"read": 0, "write": 0, "describe": 0}
         self._daily_remaining: int | None = None
         self._daily_limit: int | None = None
+        self._wall_clock = wall_clock
+        self._identity: str | None = None
         options: dict[str, Any] = {"access_token": access_token, "retry": False}
         if base_url:
             options["host"] = base_url.rstrip("/")
@@ -741,13 +753,24 @@ class HubSpotDestination:
             yield self._record(result, mapping, targets)
 
     def _search_modified_page(
-        self, properties: list[str], since_millis: int, above_id: str | None, after: str | None
+        self,
+        properties: list[str],
+        since_millis: int,
+        above_id: str | None,
+        after: str | None,
+        *,
+        having: str | None = None,
     ) -> dict[str, Any]:
-        """One search page of companies modified at or after ``since_millis``, in id order."""
+        """One search page of companies modified at or after ``since_millis``, in id order.
+
+        ``having`` keeps only companies with a value in that property.
+        """
         api = self._companies_search
         filters = [
             Filter(property_name="hs_lastmodifieddate", operator="GTE", value=str(since_millis))
         ]
+        if having is not None:
+            filters.append(Filter(property_name=having, operator="HAS_PROPERTY"))
         if above_id is not None:
             filters.append(Filter(property_name="hs_object_id", operator="GT", value=above_id))
         request = PublicObjectSearchRequest(
@@ -764,6 +787,103 @@ class HubSpotDestination:
             _preload_content=False,
         )
         return self.call("read", api, functools.partial(read_json, fetch))
+
+    # ----------------------------------------------------------------- identity and deletions
+
+    def crm_identity(self) -> str:
+        """``hubspot:<portalId>``: the portal the token belongs to (one call, then cached).
+
+        From ``GET /account-info/v3/details``, which hubspot-api-client has no wrapper for: it
+        goes through the companies client's own ``call_api``, so pacing, retries, tracing and
+        error translation are those of every other call.
+        """
+        if self._identity is None:
+            api = self._companies_basic
+            fetch = functools.partial(
+                api.api_client.call_api,
+                ACCOUNT_DETAILS_PATH,
+                "GET",
+                header_params={"Accept": "application/json"},
+                auth_settings=["oauth2"],
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+            details = self.call("read", api, functools.partial(read_json, fetch))
+            portal_id = details.get("portalId")
+            if isinstance(portal_id, bool) or not isinstance(portal_id, int):
+                raise FatalError(
+                    "HubSpot's account details name no portalId; cannot tell which portal this is",
+                    code="NO_PORTAL_ID",
+                )
+            self._identity = f"hubspot:{portal_id}"
+        return self._identity
+
+    def read_deleted_since(
+        self, mapping: DestinationMapping, since: datetime, *, until: datetime | None = None
+    ) -> list[str] | None:
+        """Ids of companies gone at or after ``since``: archived, or merged into another.
+
+        Archived companies come from the archived list (``?archived=true``, 100 a page; it has
+        no time filter, so the whole list is paged and ``archivedAt`` is compared here). Merged
+        ones are the ``hs_merged_object_ids`` of companies modified since ``since`` (a merge
+        stamps the company it leaves, which may have a new id), found by search past the
+        10,000-result cap. Ids in id order; None when ``since`` is older than the 90 days the
+        archive keeps before ``until`` (default: now), as the CRM can no longer tell.
+        """
+        self._check_object(mapping.object)
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        end = until if until is not None else self._wall_clock()
+        if since < end - ARCHIVE_RETENTION:
+            log.info(
+                "hubspot_deletions_unknown",
+                since=_iso_utc(since),
+                reason="older than the 90 days HubSpot keeps deleted companies",
+            )
+            return None
+        gone = set(self._archived_since(since)) | set(self._merged_away_since(since))
+        return sorted(gone, key=lambda record_id: (len(record_id), record_id))
+
+    def _archived_since(self, since: datetime) -> Iterator[str]:
+        """Ids of companies archived at or after ``since`` (or at an unknown time)."""
+        api = self._companies_basic
+        after: str | None = None
+        while True:
+            page_after = after
+
+            def fetch(cursor: str | None = page_after) -> Any:
+                kwargs: dict[str, Any] = {
+                    "limit": PAGE_SIZE,
+                    "properties": ["hs_object_id"],
+                    "archived": True,
+                }
+                if cursor:
+                    kwargs["after"] = cursor
+                return api.get_page(_request_timeout=self.timeout, _preload_content=False, **kwargs)
+
+            page = self.call("read", api, functools.partial(read_json, fetch))
+            for result in _dicts(page.get("results")):
+                archived_at = _parse_datetime(result.get("archivedAt"))
+                if archived_at is None or archived_at >= since:
+                    yield str(result.get("id"))
+            after = _next_after(page)
+            if not after:
+                return
+
+    def _merged_away_since(self, since: datetime) -> Iterator[str]:
+        """Ids merged into companies modified at or after ``since``."""
+        fetch = functools.partial(
+            self._search_modified_page,
+            [MERGED_IDS_PROPERTY],
+            _millis(since),
+            having=MERGED_IDS_PROPERTY,
+        )
+        for result in search_in_id_windows(fetch, object_name="companies"):
+            props: Mapping[str, Any] = _dict(result.get("properties"))
+            survivor = str(result.get("id"))
+            for merged_id in str(props.get(MERGED_IDS_PROPERTY) or "").split(";"):
+                merged_id = merged_id.strip()
+                if merged_id and merged_id != survivor:
+                    yield merged_id
 
     def write(
         self,

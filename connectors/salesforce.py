@@ -5,8 +5,12 @@ Reads with SOQL (paged through ``nextRecordsUrl``), writes with sObject Collecti
 vendor error into the project's error tree. simple-salesforce has no collections helper, so the
 endpoint is called through ``Salesforce.restful``.
 
+Which org it is comes from ``SELECT Id FROM Organization``; deleted and merged records from the
+sObject Get Deleted resource.
+
 References:
 https://developer.salesforce.com/docs/platform/api-rest/guide/resources-query.md
+https://developer.salesforce.com/docs/platform/api-rest/guide/resources-getdeleted.md
 https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-sobjects-collections-update.html
 https://developer.salesforce.com/docs/platform/api-rest/guide/errorcodes.md
 """
@@ -22,7 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -80,6 +84,13 @@ _RETRIABLE_REQUEST_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"
 # Read with every record: identity, recency and hierarchy for matching (dropped when the
 # object has no such field).
 BASE_FIELDS = ("Id", "Name", "LastModifiedDate", "ParentId", "OwnerId")
+
+ORGANIZATION_SOQL = "SELECT Id FROM Organization"
+_ORG_ID = re.compile(r"^00D[A-Za-z0-9]{15}$")
+# getDeleted's start must precede its end by more than a minute, seconds ignored.
+MIN_DELETED_WINDOW = timedelta(minutes=2)
+# getDeleted errors that mean "not for this window": read everything instead.
+_DELETED_UNANSWERABLE = frozenset({"INVALID_REPLICATION_DATE", "EXCEEDED_ID_LIMIT"})
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _FIELD_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
@@ -646,6 +657,10 @@ class SalesforceDestination:
         self._describe_cache: dict[str, dict[str, FieldSpec]] = {}
         self._usage: tuple[int, int] | None = None
         self._retry_after: float | None = None
+        self._identity: str | None = None
+        # latestDateCovered of the last getDeleted answer: deletions after it (at most the
+        # current minute) come in a later window.
+        self.deleted_covered_until: datetime | None = None
         self._sf = sf
         self._adopt(sf)
 
@@ -923,6 +938,73 @@ class SalesforceDestination:
         return self._read(
             mapping, self.soql_for(mapping, f"SystemModstamp > {soql_datetime(since)}")
         )
+
+    def crm_identity(self) -> str:
+        """``salesforce:<18-character org id>``: which org this is, from ``SELECT Id FROM
+        Organization`` (one read call, then cached for the client's life)."""
+        if self._identity is None:
+            page = self.call("read", lambda sf: sf.query(ORGANIZATION_SOQL, timeout=self.timeout))
+            records = page.get("records") if isinstance(page, Mapping) else None
+            first = records[0] if isinstance(records, list) and records else None
+            org_id = first.get("Id") if isinstance(first, Mapping) else None
+            if not isinstance(org_id, str) or not _ORG_ID.match(org_id):
+                raise FatalError(
+                    f"Salesforce answered {ORGANIZATION_SOQL} without an 18-character org id",
+                    code="NO_ORGANIZATION_ID",
+                )
+            self._identity = f"salesforce:{org_id}"
+        return self._identity
+
+    def read_deleted_since(
+        self, mapping: DestinationMapping, since: datetime, *, until: datetime | None = None
+    ) -> list[str] | None:
+        """Ids of the mapping's object deleted (merge losers included) from ``since`` to now.
+
+        One sObject Get Deleted call (``sobjects/<object>/deleted/?start=&end=``; the resource
+        has no paging). ``until`` (default: this machine's clock) is the window's end; the
+        window starts at least two minutes before it, since the API drops seconds and wants
+        ``start`` more than a minute before ``end``. ``None`` when Salesforce cannot answer
+        for the window (``INVALID_REPLICATION_DATE``: before ``earliestDateAvailable``, 15 days
+        back at most, or after a purge; ``EXCEEDED_ID_LIMIT``: over 600,000 ids): the caller
+        reads everything instead. Other errors raise as for any call. Sets
+        ``deleted_covered_until`` to the answer's ``latestDateCovered``.
+        """
+        name = check_object_name(mapping.object)
+        end = _utc(until) if until is not None else datetime.now(UTC)
+        start = min(_utc(since), end - MIN_DELETED_WINDOW).replace(second=0, microsecond=0)
+        params = {"start": start.isoformat(), "end": end.replace(microsecond=0).isoformat()}
+        path = f"sobjects/{name}/deleted/"
+        try:
+            payload = self.call(
+                "read", lambda sf: sf.restful(path, params=params, timeout=self.timeout)
+            )
+        except FatalError as exc:
+            if exc.code not in _DELETED_UNANSWERABLE:
+                raise
+            log.info(
+                "salesforce_deleted_unavailable",
+                object=name,
+                code=exc.code,
+                since=start.isoformat(),
+            )
+            return None
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("deletedRecords"), list):
+            raise FatalError(f"Salesforce getDeleted of {name} returned no deletedRecords")
+        earliest = parse_sf_datetime(payload.get("earliestDateAvailable"))
+        if earliest is not None and earliest > start:
+            log.info(
+                "salesforce_deleted_unavailable",
+                object=name,
+                since=start.isoformat(),
+                earliest=earliest.isoformat(),
+            )
+            return None
+        self.deleted_covered_until = parse_sf_datetime(payload.get("latestDateCovered"))
+        return [
+            str(item["id"])
+            for item in payload["deletedRecords"]
+            if isinstance(item, Mapping) and item.get("id")
+        ]
 
     def _read(self, mapping: DestinationMapping, soql: str) -> Iterator[CrmRecord]:
         page = self.call("read", lambda sf: sf.query(soql, timeout=self.timeout))

@@ -6,6 +6,14 @@ companies, contacts and tasks under ``/crm/v3/objects``, property definitions an
 ten-second sliding window and a daily allowance, and HubSpot's error bodies. Shapes follow
 HubSpot's documented examples; ``tests/sandbox/test_hubspot_api.py`` cites them.
 
+Records disappear as in a portal: ``DELETE /crm/v3/objects/{type}/{id}`` and ``batch/archive``
+move them to the archive (out of lists, search and writes; ``GET ...?archived=true`` lists them
+with ``archivedAt``); ``POST /crm/v3/objects/{companies|contacts}/merge`` leaves one record with a
+new id, ``hs_merged_object_ids`` and a fresh ``hs_lastmodifieddate``, and the old ids read as it.
+``GET /account-info/v3/details`` answers the portal id; ``POST /__sandbox/hubspot/identity``
+(``{"portal_id": 123, "clear_properties": ["pqa_score"]}``, both optional) makes the sandbox
+"another portal" with the same companies (``HubSpotApi.change_identity`` in process).
+
 Properties change as in a portal: ``PATCH /crm/v3/properties/{objectType}/{name}`` (label,
 description, group, order, options replaced as a whole) and ``DELETE`` (archive a custom
 property; ``GET ...?archived=true`` lists archived ones). For what the public API cannot do,
@@ -49,7 +57,11 @@ from pls_sync.sandbox.http import Request, Response
 from pls_sync.sandbox.salesforce import parse_schema_change
 
 API_PREFIX = "/crm/v3/"
+ACCOUNT_INFO_PREFIX = "/account-info/"
+ACCOUNT_DETAILS_PATH = "/account-info/v3/details"
 OBJECT_TYPES = ("companies", "contacts", "tasks")
+# The object types ``POST /crm/v3/objects/{type}/merge`` serves here.
+MERGEABLE_TYPES = ("companies", "contacts")
 LIST_PAGE_MAX = 100
 SEARCH_PAGE_MAX = 200
 SEARCH_RESULT_CAP = 10_000
@@ -178,7 +190,7 @@ class PropertyValueError(Exception):
         self.code = code
         self.message = message
 
-    def detail(self) -> dict[str, Any]:
+    def detail(self, portal_id: int = PORTAL_ID) -> dict[str, Any]:
         """The element HubSpot lists inside "Property values were not valid: [...]"."""
         return {
             "isValid": False,
@@ -186,7 +198,7 @@ class PropertyValueError(Exception):
             "error": self.code,
             "name": self.name,
             "localizedErrorMessage": self.message,
-            "portalId": PORTAL_ID,
+            "portalId": portal_id,
         }
 
 
@@ -384,6 +396,15 @@ def default_properties(
             read_only=True,
             calculated=True,
         ),
+        # Set by HubSpot on the record a merge leaves: the ids merged into it, ``;``-separated.
+        _prop(
+            "hs_merged_object_ids",
+            "Merged Company IDs",
+            "enumeration",
+            "checkbox",
+            info,
+            read_only=True,
+        ),
     ]
     pqa: list[tuple[str, str, str, str, Sequence[tuple[str, str]]]] = [
         ("pqa_score", "PQA score", "number", "number", ()),
@@ -428,6 +449,14 @@ def default_properties(
         _prop("createdate", "Create Date", "datetime", "date", contact, read_only=True),
         _prop(
             "lastmodifieddate", "Last Modified Date", "datetime", "date", contact, read_only=True
+        ),
+        _prop(
+            "hs_merged_object_ids",
+            "Merged Contact IDs",
+            "enumeration",
+            "checkbox",
+            contact,
+            read_only=True,
         ),
     ]
     if mql_property not in {p["name"] for p in contacts}:
@@ -592,9 +621,9 @@ class HubSpotError(Exception):
         return body
 
 
-def _validation_failure(errors: Sequence[PropertyValueError]) -> str:
+def _validation_failure(errors: Sequence[PropertyValueError], portal_id: int = PORTAL_ID) -> str:
     return "Property values were not valid: " + json.dumps(
-        [error.detail() for error in errors], separators=(",", ":")
+        [error.detail(portal_id) for error in errors], separators=(",", ":")
     )
 
 
@@ -680,6 +709,13 @@ class HubSpotApi:
     The portal is seeded from ``companies`` (default: the demo companies for ``seed``) through
     the CRM picture the Salesforce sandbox shares; an empty ``companies`` gives an empty portal.
     ``clock`` stamps writes; ``monotonic`` drives the rate-limit window (tests fake both).
+
+    ``portal_id`` is the account's id (``GET /account-info/v3/details``); ``change_identity``
+    turns the sandbox into "another portal". Archived records (``DELETE``, ``batch/archive``)
+    leave lists and search and are listed with ``?archived=true``. A merge creates a new record
+    with a new id, as HubSpot's merges of contacts and companies now do; both old ids then read
+    as the new record. ``merge_keeps_primary_id`` gives the former behaviour (the primary keeps
+    its id).
     """
 
     def __init__(
@@ -694,8 +730,13 @@ class HubSpotApi:
         mql_property: str = "lifecyclestage",
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        portal_id: int = PORTAL_ID,
+        merge_keeps_primary_id: bool = False,
     ):
         self.seed = seed
+        self.portal_id = portal_id
+        self.merge_keeps_primary_id = merge_keeps_primary_id
+        self._identity_changes = 0
         rng = random.Random(f"hubspot-token-{seed}")
         self.token = token or "pat-na1-" + str(uuid.UUID(int=rng.getrandbits(128), version=4))
         self.batch_validation = batch_validation
@@ -704,6 +745,10 @@ class HubSpotApi:
         self.clock = clock
         self._lock = threading.RLock()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
+        # Archived records by type and id (each with its ``archivedAt``), out of lists and search.
+        self.archived: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
+        # Ids a merge retired, by type: each points at the record it now reads as.
+        self.merged_into: dict[str, dict[str, str]] = {t: {} for t in OBJECT_TYPES}
         # Every search request body received, by object type, so tests can see the filters sent.
         self.searches: list[tuple[str, dict[str, Any]]] = []
         # The matches of the last search per query, so its later pages are not filtered and
@@ -737,11 +782,13 @@ class HubSpotApi:
     # ----------------------------------------------------------------- module contract
 
     def handles(self, path: str) -> bool:
-        """Whether ``path`` belongs to the HubSpot API."""
-        return path.startswith(API_PREFIX)
+        """Whether ``path`` belongs to the HubSpot API (CRM v3 and account information)."""
+        return path.startswith((API_PREFIX, ACCOUNT_INFO_PREFIX))
 
     def endpoint(self, request: Request) -> str:
         """The counted endpoint name, e.g. ``hs.companies.batch_update``."""
+        if request.path.startswith(ACCOUNT_INFO_PREFIX):
+            return "hs.account_info.details"
         route = _route(request.path)
         method = request.method.upper()
         if route.kind == "objects":
@@ -751,12 +798,16 @@ class HubSpotApi:
                 return f"{prefix}.list" if method == "GET" else f"{prefix}.create"
             if rest == ("search",):
                 return f"{prefix}.search"
+            if rest == ("merge",):
+                return f"{prefix}.merge"
             if len(rest) == 2 and rest[0] == "batch":
                 return f"{prefix}.batch_{rest[1]}"
             if len(rest) == 1:
-                return {"GET": f"{prefix}.get", "PATCH": f"{prefix}.update"}.get(
-                    method, f"{prefix}.other"
-                )
+                return {
+                    "GET": f"{prefix}.get",
+                    "PATCH": f"{prefix}.update",
+                    "DELETE": f"{prefix}.archive",
+                }.get(method, f"{prefix}.other")
         if route.kind == "properties":
             if not route.rest:
                 return "hs.properties.list" if method == "GET" else "hs.properties.create"
@@ -895,14 +946,96 @@ class HubSpotApi:
             updated["modificationMetadata"]["readOnlyValue"] = not updateable
         return dict(updated)
 
-    def admin(self, name: str, request: Request) -> Response | None:
-        """Serve ``POST /__sandbox/hubspot/schema``; None for admin names that are not ours.
+    # ----------------------------------------------------------------- identity and records
 
-        The body names ``object`` (``companies``) and ``field`` (the property) and the change
-        (see ``change_property``): ``{"object": "companies", "field": "pqa_motion",
+    def account_details(self) -> dict[str, Any]:
+        """What ``GET /account-info/v3/details`` answers: the portal's id and settings."""
+        with self._lock:
+            return {
+                "portalId": self.portal_id,
+                "accountType": "STANDARD",
+                "timeZone": "US/Eastern",
+                "companyCurrency": "USD",
+                "additionalCurrencies": [],
+                "utcOffset": "-05:00",
+                "utcOffsetMilliseconds": -18_000_000,
+                "uiDomain": "app.hubspot.com",
+                "dataHostingLocation": "na1",
+            }
+
+    def change_identity(
+        self, portal_id: int | None = None, clear_properties: Sequence[str] = ()
+    ) -> int:
+        """Become another portal with the same records: a new portal id, some fields emptied.
+
+        ``portal_id`` defaults to a new id (deterministic for the seed); ``clear_properties``
+        names company properties whose values every company loses, as in a portal that never
+        had them written. Modification stamps stay as they were: nothing in the portal says it
+        changed, only its id does. Returns the new id; raises ``ValueError`` for a bad id or a
+        property that is unknown or read-only.
+        """
+        if portal_id is not None and (
+            isinstance(portal_id, bool) or not isinstance(portal_id, int) or portal_id <= 0
+        ):
+            raise ValueError(f"portal_id must be a positive integer, not {portal_id!r}")
+        with self._lock:
+            definitions = self.properties["companies"]
+            for name in clear_properties:
+                definition = definitions.get(name)
+                if definition is None:
+                    raise ValueError(f"no property {name} on companies")
+                if definition["modificationMetadata"]["readOnlyValue"]:
+                    raise ValueError(f"{name} is read-only: the portal sets it")
+            self._identity_changes += 1
+            new_id = portal_id if portal_id is not None else self._another_portal_id()
+            for record in self.objects["companies"].values():
+                for name in clear_properties:
+                    record["properties"].pop(name, None)
+            self._writes += 1
+            self.portal_id = new_id
+            return new_id
+
+    def _another_portal_id(self) -> int:
+        rng = random.Random(f"hubspot-portal-{self.seed}-{self._identity_changes}")
+        while True:
+            candidate = rng.randint(10_000_000, 99_999_999)
+            if candidate != self.portal_id:
+                return candidate
+
+    def archive(self, object_type: str, ids: Iterable[str]) -> list[str]:
+        """Archive records as a user deleting them would; returns the ids that were live."""
+        with self._lock:
+            return [key for key in ids if self._archive_record(object_type, str(key))]
+
+    def merge(self, object_type: str, primary_id: str, secondary_id: str) -> str:
+        """Merge two records as a user would (see ``_merge``); returns the surviving id.
+
+        Raises ``LookupError`` for an unknown id and ``ValueError`` for a record merged into
+        itself or an object type HubSpot does not merge.
+        """
+        if object_type not in MERGEABLE_TYPES:
+            raise ValueError(f"{object_type} records are not merged")
+        with self._lock:
+            try:
+                return str(self._merge(object_type, str(primary_id), str(secondary_id))["id"])
+            except HubSpotError as error:
+                if error.status == 404:
+                    raise LookupError(error.message) from None
+                raise ValueError(error.message) from None
+
+    def admin(self, name: str, request: Request) -> Response | None:
+        """Serve ``POST /__sandbox/hubspot/schema`` and ``/identity``; None for other names.
+
+        ``schema``: the body names ``object`` (``companies``) and ``field`` (the property) and
+        the change (see ``change_property``): ``{"object": "companies", "field": "pqa_motion",
         "picklist": ["sales", "success"]}``. Answers 200 with the property definition
         (``null`` once archived), 400 for a bad change, 404 for an unknown property.
+
+        ``identity``: ``{"portal_id": 123, "clear_properties": ["pqa_score"]}``, both optional
+        (see ``change_identity``). Answers 200 with the account details, 400 for a bad body.
         """
+        if name == "hubspot/identity":
+            return self._identity_admin(request)
         if name != "hubspot/schema":
             return None
         if request.method.upper() != "POST":
@@ -916,7 +1049,35 @@ class HubSpotApi:
             return Response(400, {"message": str(exc)})
         return Response(200, {"object": target[0], "field": target[1], "describe": definition})
 
+    def _identity_admin(self, request: Request) -> Response:
+        if request.method.upper() != "POST":
+            return Response(405, {"message": "use POST /__sandbox/hubspot/identity"})
+        try:
+            body = request.json() or {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Response(400, {"message": f"the body is not JSON: {exc}"})
+        if not isinstance(body, dict):
+            return Response(400, {"message": "the body is a JSON object"})
+        unknown = sorted(set(body) - {"portal_id", "clear_properties"})
+        clear = body.get("clear_properties") or []
+        if unknown:
+            return Response(400, {"message": f"unknown keys: {', '.join(unknown)}"})
+        if not isinstance(clear, list) or not all(isinstance(n, str) for n in clear):
+            return Response(400, {"message": "clear_properties is a list of property names"})
+        try:
+            self.change_identity(body.get("portal_id"), clear)
+        except ValueError as exc:
+            return Response(400, {"message": str(exc)})
+        return Response(200, self.account_details())
+
     # ----------------------------------------------------------------- plumbing
+
+    def _account_info(self, method: str, path: str) -> tuple[int, Any]:
+        if path.rstrip("/") != ACCOUNT_DETAILS_PATH:
+            raise HubSpotError(404, "OBJECT_NOT_FOUND", f"No route for {path}")
+        if method != "GET":
+            raise self._not_allowed(method)
+        return 200, self.account_details()
 
     def _authorised(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -939,7 +1100,7 @@ class HubSpotApi:
             "errorType": "RATE_LIMIT",
             "correlationId": str(uuid.uuid4()),
             "policyName": policy,
-            "groupName": f"publicapi:private-app:{PORTAL_ID}",
+            "groupName": f"publicapi:private-app:{self.portal_id}",
         }
         return Response(429, body, headers)
 
@@ -947,8 +1108,10 @@ class HubSpotApi:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
 
     def _dispatch(self, request: Request) -> tuple[int, Any]:
-        route = _route(request.path)
         method = request.method.upper()
+        if request.path.startswith(ACCOUNT_INFO_PREFIX):
+            return self._account_info(method, request.path)
+        route = _route(request.path)
         if route.kind == "unknown":
             raise HubSpotError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}")
         object_type = route.object_type
@@ -995,6 +1158,10 @@ class HubSpotApi:
             if method != "POST":
                 raise self._not_allowed(method)
             return 200, self._search(object_type, self._body(request))
+        if rest == ("merge",) and object_type in MERGEABLE_TYPES:
+            if method != "POST":
+                raise self._not_allowed(method)
+            return 200, self._merge_request(object_type, self._body(request))
         if len(rest) == 2 and rest[0] == "batch":
             if method != "POST":
                 raise self._not_allowed(method)
@@ -1004,6 +1171,7 @@ class HubSpotApi:
                 "update": self._batch_update,
                 "upsert": self._batch_upsert,
                 "create": self._batch_create,
+                "archive": self._batch_archive,
             }
             operation = operations.get(rest[1])
             if operation is None:
@@ -1014,6 +1182,9 @@ class HubSpotApi:
                 return 200, self._get(object_type, rest[0], request)
             if method == "PATCH":
                 return 200, self._update_one(object_type, rest[0], self._body(request))
+            if method == "DELETE":
+                self._archive_record(object_type, rest[0])
+                return 204, None
             raise self._not_allowed(method)
         raise HubSpotError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}")
 
@@ -1043,8 +1214,10 @@ class HubSpotApi:
             "properties": properties,
             "createdAt": record["createdAt"],
             "updatedAt": record["updatedAt"],
-            "archived": False,
+            "archived": "archivedAt" in record,
         }
+        if "archivedAt" in record:
+            view["archivedAt"] = record["archivedAt"]
         if record.get("associations"):
             view["associations"] = record["associations"]
         return view
@@ -1060,6 +1233,21 @@ class HubSpotApi:
                 return record
         return None
 
+    def _read_target(
+        self, object_type: str, object_id: str, id_property: str | None = None
+    ) -> dict[str, Any] | None:
+        """The record a read by ``object_id`` returns: a merged-away id reads as its merge."""
+        record = self._find(object_type, object_id, id_property)
+        if record is None and (not id_property or id_property == "hs_object_id"):
+            survivor = self.merged_into[object_type].get(object_id)
+            if survivor is not None:
+                record = self.objects[object_type].get(survivor)
+        return record
+
+    @staticmethod
+    def _archived_flag(request: Request) -> bool:
+        return (request.param("archived") or "").strip().lower() == "true"
+
     def _list(self, object_type: str, request: Request) -> dict[str, Any]:
         try:
             limit = int(request.param("limit", "10") or "10")
@@ -1069,7 +1257,11 @@ class HubSpotApi:
         limit = max(1, min(limit, LIST_PAGE_MAX))
         after = request.param("after")
         names = self._requested(object_type, self._query_list(request, "properties"))
-        ids = list(self.objects[object_type])
+        archived = self._archived_flag(request)
+        # archived=true lists the archived records only, never both kinds.
+        source = self.archived[object_type] if archived else self.objects[object_type]
+        # Live ids are kept in id order as created; archived ones arrive in archive order.
+        ids = sorted(source, key=int) if archived else list(source)
         start = 0
         if after:
             if not after.isdigit():
@@ -1077,15 +1269,15 @@ class HubSpotApi:
             start = next((i for i, key in enumerate(ids) if int(key) >= int(after)), len(ids))
         page = ids[start : start + limit]
         body: dict[str, Any] = {
-            "results": [
-                self._view(object_type, self.objects[object_type][key], names) for key in page
-            ]
+            "results": [self._view(object_type, source[key], names) for key in page]
         }
         if start + limit < len(ids):
             next_after = ids[start + limit]
             query = {"limit": str(limit), "after": next_after}
             if request.query.get("properties"):
                 query["properties"] = ",".join(self._query_list(request, "properties"))
+            if archived:
+                query["archived"] = "true"
             host = request.headers.get("host", "api.hubapi.com")
             body["paging"] = {
                 "next": {
@@ -1096,7 +1288,10 @@ class HubSpotApi:
         return body
 
     def _get(self, object_type: str, object_id: str, request: Request) -> dict[str, Any]:
-        record = self._find(object_type, object_id, request.param("idProperty"))
+        if self._archived_flag(request):
+            record = self.archived[object_type].get(object_id)
+        else:
+            record = self._read_target(object_type, object_id, request.param("idProperty"))
         if record is None:
             raise HubSpotError(
                 404,
@@ -1194,7 +1389,7 @@ class HubSpotApi:
     def _create(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
         values, errors = self._check_properties(object_type, body.get("properties"))
         if errors:
-            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(errors))
+            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(errors, self.portal_id))
         associations = self._associations(object_type, body.get("associations"))
         if object_type == "tasks" and not values.get("hs_timestamp"):
             raise HubSpotError(
@@ -1205,7 +1400,8 @@ class HubSpotApi:
                         PropertyValueError(
                             "hs_timestamp", "REQUIRED_PROPERTY", "hs_timestamp is required"
                         )
-                    ]
+                    ],
+                    self.portal_id,
                 ),
             )
         record = self._new_record(object_type, values)
@@ -1251,7 +1447,7 @@ class HubSpotApi:
             )
         values, errors = self._check_properties(object_type, body.get("properties"))
         if errors:
-            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(errors))
+            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(errors, self.portal_id))
         self._apply(object_type, record, values)
         return self._written_view(object_type, record, values)
 
@@ -1310,7 +1506,7 @@ class HubSpotApi:
         seen: set[str] = set()
         for item in inputs:
             key = str(item.get("id", ""))
-            record = self._find(object_type, key, id_property)
+            record = self._read_target(object_type, key, id_property)
             if record is None:
                 missing.append(key)
             elif record["id"] not in seen:
@@ -1346,7 +1542,7 @@ class HubSpotApi:
                     {
                         "status": "error",
                         "category": "VALIDATION_ERROR",
-                        "message": _validation_failure(problems),
+                        "message": _validation_failure(problems, self.portal_id),
                         "context": {
                             "ids": [record["id"]],
                             "propertyName": [p.name for p in problems],
@@ -1365,7 +1561,9 @@ class HubSpotApi:
                 continue
             checked.append((record, values))
         if invalid and self.batch_validation == "all_or_nothing":
-            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(invalid))
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", _validation_failure(invalid, self.portal_id)
+            )
         results = []
         for record, values in checked:
             self._apply(object_type, record, values)
@@ -1397,7 +1595,9 @@ class HubSpotApi:
             planned.append((self._find(object_type, key, id_property), id_property, key, values))
         if problems_all:
             # Upserts are all-or-nothing on invalid property values.
-            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(problems_all))
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", _validation_failure(problems_all, self.portal_id)
+            )
         results = []
         missing: list[str] = []
         for record, id_property, key, values in planned:
@@ -1427,13 +1627,128 @@ class HubSpotApi:
             problems_all.extend(problems)
             checked.append(values)
         if problems_all:
-            raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(problems_all))
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", _validation_failure(problems_all, self.portal_id)
+            )
         results = []
         for values in checked:
             record = self._new_record(object_type, values)
             results.append(self._written_view(object_type, record, values))
         status, response = self._batch_body(results, [], started)
         return (201 if status == 200 else status), response
+
+    # ----------------------------------------------------------------- archive and merge
+
+    def _archive_record(self, object_type: str, object_id: str) -> bool:
+        """Move a live record to the archive (HubSpot's recycling bin); False if none had the id.
+
+        Archiving an unknown or already archived id changes nothing and still answers 204.
+        """
+        record = self.objects[object_type].pop(object_id, None)
+        if record is None:
+            return False
+        stamp = iso_ms(self._now())
+        record["archivedAt"] = stamp
+        record["updatedAt"] = stamp
+        self.archived[object_type][object_id] = record
+        self._writes += 1
+        return True
+
+    def _batch_archive(self, object_type: str, body: dict[str, Any]) -> tuple[int, None]:
+        inputs = self._inputs(body)
+        for item in inputs:
+            self._archive_record(object_type, str(item.get("id", "")))
+        return 204, None
+
+    def _merge_request(self, object_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        primary_id = str(body.get("primaryObjectId") or "").strip()
+        secondary_id = str(body.get("objectIdToMerge") or "").strip()
+        if not primary_id or not secondary_id:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", "primaryObjectId and objectIdToMerge are required"
+            )
+        merged = self._merge(object_type, primary_id, secondary_id)
+        names = self._requested(object_type, ["hs_merged_object_ids"])
+        return self._view(object_type, merged, names)
+
+    def _merge(self, object_type: str, primary_id: str, secondary_id: str) -> dict[str, Any]:
+        """Merge ``secondary_id`` into ``primary_id``; returns the record that is left.
+
+        The primary's values win, the secondary fills the gaps; a company keeps the primary's
+        domain and gains the secondary's among its additional domains. Unless the sandbox keeps
+        the primary's id, a new record with a new id holds the result and both old ids read as
+        it. ``hs_merged_object_ids`` lists every id merged into the result, earlier merges
+        included. The result is stamped as modified now.
+        """
+        primary = self._read_target(object_type, primary_id)
+        secondary = self._read_target(object_type, secondary_id)
+        missing = [
+            key for key, rec in ((primary_id, primary), (secondary_id, secondary)) if not rec
+        ]
+        if primary is None or secondary is None:
+            raise HubSpotError(
+                404,
+                "OBJECT_NOT_FOUND",
+                f"Could not find {_SINGULAR[object_type].lower()} {', '.join(missing)} to merge",
+                context={"id": missing},
+            )
+        if primary["id"] == secondary["id"]:
+            raise HubSpotError(
+                400, "VALIDATION_ERROR", f"Cannot merge {_SINGULAR[object_type]} into itself"
+            )
+        values = _merged_values(object_type, primary["properties"], secondary["properties"])
+        retired = [secondary["id"]]
+        del self.objects[object_type][secondary["id"]]
+        if self.merge_keeps_primary_id:
+            survivor = primary
+            survivor["properties"] = {
+                key: value
+                for key, value in survivor["properties"].items()
+                if key in ("hs_object_id", _CREATED[object_type], _LASTMODIFIED[object_type])
+            }
+            survivor["properties"].update(values)
+        else:
+            retired.insert(0, primary["id"])
+            del self.objects[object_type][primary["id"]]
+            survivor = self._new_record(object_type, {})
+            survivor["properties"].update(values)
+        earlier = _semicolon_list(values.get("hs_merged_object_ids", ""))
+        merged_ids = sorted({*earlier, *retired}, key=int)
+        survivor["properties"]["hs_merged_object_ids"] = ";".join(merged_ids)
+        self._apply(object_type, survivor, {})
+        self._retire(object_type, retired, survivor["id"])
+        return survivor
+
+    def _retire(self, object_type: str, retired: Sequence[str], survivor_id: str) -> None:
+        """Point the retired ids, and everything that referred to them, at the survivor."""
+        aliases = self.merged_into[object_type]
+        for old, target in list(aliases.items()):
+            if target in retired:
+                aliases[old] = survivor_id
+        for old in retired:
+            aliases[old] = survivor_id
+        gone = set(retired)
+        for task in self.objects["tasks"].values():
+            linked = (task.get("associations") or {}).get(object_type) or {}
+            for link in linked.get("results") or []:
+                if link.get("id") in gone:
+                    link["id"] = survivor_id
+        if object_type == "companies":
+            children = 0
+            for record in self.objects["companies"].values():
+                stored = record["properties"]
+                if stored.get("hs_parent_company_id") in gone:
+                    stored["hs_parent_company_id"] = survivor_id
+                if stored.get("hs_parent_company_id") == survivor_id:
+                    children += 1
+            survivor = self.objects["companies"][survivor_id]["properties"]
+            if children:
+                survivor["hs_num_child_companies"] = str(children)
+            else:
+                survivor.pop("hs_num_child_companies", None)
+            for contact in self.objects["contacts"].values():
+                if contact["properties"].get("associatedcompanyid") in gone:
+                    contact["properties"]["associatedcompanyid"] = survivor_id
 
     # ----------------------------------------------------------------- search
 
@@ -1786,6 +2101,47 @@ class HubSpotApi:
                 )
             return 200, groups[rest[0]]
         raise self._not_allowed(method)
+
+
+_MERGE_KEEPS = ("hs_object_id", "createdate", "hs_createdate", "hs_lastmodifieddate")
+
+
+def _semicolon_list(text: str) -> list[str]:
+    """The items of a ``;``-separated value (``hs_merged_object_ids``, additional domains)."""
+    return [piece.strip() for piece in text.split(";") if piece.strip()]
+
+
+def _merged_values(
+    object_type: str, primary: dict[str, str], secondary: dict[str, str]
+) -> dict[str, str]:
+    """The property values a merge leaves: the primary's, the secondary's where it has none.
+
+    Ids and stamps are the caller's; ``hs_merged_object_ids`` joins both records' lists;
+    a company keeps the primary's ``domain`` and adds the secondary's domains to
+    ``hs_additional_domains``.
+    """
+    skipped = {*_MERGE_KEEPS, _LASTMODIFIED[object_type], "hs_merged_object_ids"}
+    values = {k: v for k, v in secondary.items() if k not in skipped and v != ""}
+    values.update({k: v for k, v in primary.items() if k not in skipped and v != ""})
+    earlier = _semicolon_list(primary.get("hs_merged_object_ids", "")) + _semicolon_list(
+        secondary.get("hs_merged_object_ids", "")
+    )
+    if earlier:
+        values["hs_merged_object_ids"] = ";".join(dict.fromkeys(earlier))
+    if object_type == "companies":
+        main = values.get("domain", "")
+        extra = [
+            *_semicolon_list(primary.get("hs_additional_domains", "")),
+            secondary.get("domain", ""),
+            *_semicolon_list(secondary.get("hs_additional_domains", "")),
+        ]
+        kept: dict[str, str] = {}
+        for domain in extra:
+            if domain and domain.lower() != main.lower():
+                kept.setdefault(domain.lower(), domain)
+        if kept:
+            values["hs_additional_domains"] = ";".join(kept.values())
+    return values
 
 
 def _tokens(text: str) -> list[str]:

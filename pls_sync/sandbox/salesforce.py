@@ -21,6 +21,17 @@ or more changes (``SalesforceApi.change_field`` in process):
 It answers 200 ``{"object", "field", "describe": <the field's describe entry or null>}``,
 400 ``{"message"}`` for a change Setup would refuse, 404 for an unknown object or field.
 
+Deleted records go to the recycle bin (``IsDeleted`` true, seen by queryAll) and the delete log
+that ``GET sobjects/{sObject}/deleted/?start=&end=`` (sObject Get Deleted) reads. Two more admin
+endpoints change the org the way people do outside the API:
+
+* ``POST /__sandbox/salesforce/merge`` ``{"master": id, "losers": [id, ...]}``: a merge (the real
+  one is SOAP ``merge()`` or Apex): the losers are deleted with ``MasterRecordId`` = master,
+  their children reparented, the master's LastModifiedDate and SystemModstamp move;
+* ``POST /__sandbox/salesforce/identity`` ``{"org_id": "00D...", "clear_fields": [...]}`` (both
+  optional): the same records in another org (a sandbox refresh, a restore), the named fields
+  empty. ``SELECT Id FROM Organization`` answers the org id.
+
 simple-salesforce always builds ``https://`` URLs; ``sandbox_login_session`` gives it a
 ``requests.Session`` that carries those (and the login hosts) to the sandbox over plain HTTP.
 """
@@ -40,7 +51,7 @@ import time as _time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -71,6 +82,15 @@ COLLECTION_LIMIT = 200
 QUERY_BATCH_DEFAULT = 2000
 QUERY_BATCH_MIN = 200
 MAX_OFFSET = 2000
+# getDeleted: "Results are returned for no more than 15 days previous to the day the call is
+# executed"; "There is a limit of 600,000 IDs returned from this resource".
+DELETED_RETENTION_DAYS = 15
+DELETED_ID_LIMIT = 600_000
+# merge(): "The only supported object types are Lead, Contact and Account"; "Up to three
+# records can be merged in a single request, including the master record".
+MERGEABLE_OBJECTS = ("Account", "Contact", "Lead")
+MAX_MERGE_LOSERS = 2
+ORG_NAME = "pls-sync sandbox"
 
 _NOT_FOUND = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
 _INVALID_SESSION = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
@@ -176,6 +196,8 @@ class ObjectSpec:
     fields: tuple[FieldSpec, ...]
     required: tuple[str, ...] = ()
     defaults: tuple[tuple[str, Any], ...] = ()
+    createable: bool = True
+    deletable: bool = True
     by_lower: dict[str, FieldSpec] = field(default_factory=dict, compare=False)
     relationships: dict[str, FieldSpec] = field(default_factory=dict, compare=False)
 
@@ -198,9 +220,9 @@ class ObjectSpec:
             "labelPlural": self.plural,
             "keyPrefix": self.key_prefix,
             "custom": False,
-            "createable": True,
+            "createable": self.createable,
             "updateable": True,
-            "deletable": True,
+            "deletable": self.deletable,
             "queryable": True,
             "searchable": True,
             "retrieveable": True,
@@ -298,6 +320,47 @@ def _name_field() -> FieldSpec:
     )
 
 
+def _master_record_field(sobject: str) -> FieldSpec:
+    """Set on a record deleted as the loser of a merge: the id of the record that was kept."""
+    return FieldSpec(
+        "MasterRecordId",
+        "Master Record ID",
+        "reference",
+        length=18,
+        reference_to=(sobject,),
+        relationship="MasterRecord",
+        updateable=False,
+        createable=False,
+    )
+
+
+def _organization() -> ObjectSpec:
+    """The org itself: one row, read-only through the API, ``Id`` is the 18-char org id."""
+    return ObjectSpec(
+        "Organization",
+        "Organization",
+        "Organizations",
+        "00D",
+        (
+            _id_field(),
+            FieldSpec("Name", "Name", "string", length=80, nillable=False),
+            FieldSpec("InstanceName", "Instance Name", "string", length=5, updateable=False),
+            FieldSpec("IsSandbox", "Is Sandbox", "boolean", nillable=False, updateable=False),
+            FieldSpec(
+                "OrganizationType",
+                "Edition",
+                "picklist",
+                length=40,
+                updateable=False,
+                picklist=("Developer Edition", "Enterprise Edition", "Unlimited Edition"),
+            ),
+            *(f for f in _system_fields() if f.name != "IsDeleted"),
+        ),
+        createable=False,
+        deletable=False,
+    )
+
+
 LEAD_STATUSES = (
     "Open - Not Contacted",
     "Working - Contacted",
@@ -327,7 +390,8 @@ INDUSTRIES = (
 
 
 def build_schema() -> dict[str, ObjectSpec]:
-    """The org's objects: Account (with the PQA fields already created), Lead, Contact, Task, User."""
+    """The org's objects: Account (with the PQA fields already created), Lead, Contact, Task, User
+    and the Organization itself."""
     account = ObjectSpec(
         "Account",
         "Account",
@@ -365,6 +429,7 @@ def build_schema() -> dict[str, ObjectSpec]:
             FieldSpec("Description", "Account Description", "textarea", length=32000),
             _owner_field(),
             *_system_fields(),
+            _master_record_field("Account"),
             FieldSpec(
                 "LastActivityDate",
                 "Last Activity",
@@ -457,6 +522,7 @@ def build_schema() -> dict[str, ObjectSpec]:
             FieldSpec("IsConverted", "Converted", "boolean", nillable=False, updateable=False),
             _owner_field(),
             *_system_fields(),
+            _master_record_field("Lead"),
         ),
         required=("LastName", "Company"),
         defaults=(("Status", "Open - Not Contacted"), ("IsConverted", False)),
@@ -484,6 +550,7 @@ def build_schema() -> dict[str, ObjectSpec]:
             FieldSpec("MQL__c", "MQL", "boolean", nillable=False, custom=True),
             _owner_field(),
             *_system_fields(),
+            _master_record_field("Contact"),
         ),
         required=("LastName",),
         defaults=(("MQL__c", False),),
@@ -556,7 +623,7 @@ def build_schema() -> dict[str, ObjectSpec]:
         required=("LastName", "Username", "Email"),
         defaults=(("IsActive", True),),
     )
-    return {spec.name: spec for spec in (account, lead, contact, task, user)}
+    return {spec.name: spec for spec in (account, lead, contact, task, user, _organization())}
 
 
 # --------------------------------------------------------------------------- ids and values
@@ -582,6 +649,41 @@ def make_id(prefix: str, number: int, pod: str = "Dn") -> str:
         n, rem = divmod(n, 62)
         digits = _BASE62[rem] + digits
     return id18(f"{prefix}{pod}0000{digits}")
+
+
+DEFAULT_ORG_ID = id18("00D5g00000" + "Pls5x")
+_ORG_ID_RE = re.compile(r"^00D[a-zA-Z0-9]{12}(?:[a-zA-Z0-9]{3})?$")
+
+
+def checked_org_id(value: Any) -> str:
+    """An org id as the 18-character form, or ``ValueError``: 15 or 18 characters, ``00D``
+    key prefix, and an 18-character id's case-safe suffix must match."""
+    if not isinstance(value, str) or not _ORG_ID_RE.match(value):
+        raise ValueError(f"an org id is 15 or 18 characters starting with 00D, not {value!r}")
+    full = id18(value[:15])
+    if len(value) == 18 and value != full:
+        raise ValueError(
+            f"{value} is not a valid 18-character id (its suffix should be {full[15:]})"
+        )
+    return full
+
+
+class ReplicationError(Exception):
+    """A getDeleted window the org cannot answer: its errorCode and message."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _minute(value: datetime) -> datetime:
+    """``value`` in UTC with seconds dropped, as getDeleted reads its dates."""
+    return value.astimezone(UTC).replace(second=0, microsecond=0)
 
 
 def format_datetime(value: datetime) -> str:
@@ -796,12 +898,16 @@ class SalesforceApi:
         base_url: str = "http://127.0.0.1",
         session_id: str | None = None,
         daily_api_limit: int = DEFAULT_DAILY_API_LIMIT,
+        org_id: str | None = None,
+        clock: Callable[[], datetime] | None = None,
     ):
         self.schema = build_schema()
         self._schema_lower = {name.lower(): spec for name, spec in self.schema.items()}
         self.faults = faults or FaultInjector()
         self.base_url = base_url.rstrip("/")
-        self.org_id = id18("00D5g00000" + "Pls5x")
+        # What "now" is for SystemModstamp, deletedDate and getDeleted windows (tests fix it).
+        self.clock: Callable[[], datetime] = clock or _utc_now
+        self.org_id = checked_org_id(org_id) if org_id is not None else DEFAULT_ORG_ID
         self.session_id = session_id or new_session_id(self.org_id)
         self.username = "revops@pls-sync.sandbox"
         self.password = "sandbox-password"
@@ -811,6 +917,12 @@ class SalesforceApi:
         self.refresh_token = "5Aep861sandbox-refresh-token"
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema}
         self.deleted: set[str] = set()
+        # The delete log getDeleted reads: object -> id -> deletedDate (the recycle bin is the
+        # records themselves, IsDeleted true, which queryAll sees).
+        self.delete_log: dict[str, dict[str, datetime]] = {name: {} for name in self.schema}
+        self.delete_log_purged: datetime | None = None
+        self.deleted_id_limit = DELETED_ID_LIMIT
+        self._org_sequence = itertools.count(1)
         self.api_max = daily_api_limit
         self.api_used = 0
         self._sessions = {self.session_id}
@@ -830,8 +942,13 @@ class SalesforceApi:
                 "Title": "RevOps Integration",
             },
         )
+        self._insert_organization()
 
     # ----------------------------------------------------------------- Python helpers
+
+    def now(self) -> datetime:
+        """The org's current time (UTC), from ``clock``."""
+        return self.clock().astimezone(UTC)
 
     def spec(self, sobject: str) -> ObjectSpec | None:
         """An object's metadata by name, case-insensitively."""
@@ -853,7 +970,7 @@ class SalesforceApi:
         spec = self.schema[sobject]
         with self._lock:
             record_id = str(fields.get("Id") or self.new_id(sobject))
-            now = created or datetime.now(UTC)
+            now = created or self.now()
             record: dict[str, Any] = {f.name: None for f in spec.fields}
             record.update(dict(spec.defaults))
             record.update(
@@ -885,13 +1002,223 @@ class SalesforceApi:
             return dict(record) if record is not None else None
 
     def delete(self, sobject: str, record_id: str) -> None:
-        """Move a record to the recycle bin (queryAll still sees it)."""
+        """Move a record to the recycle bin: queryAll still sees it (IsDeleted true) and the
+        delete log getDeleted reads records it with its deletedDate (its new SystemModstamp)."""
         with self._lock:
             record = self._find(sobject, record_id)
             if record is None:
                 raise KeyError(record_id)
+            if record["IsDeleted"]:
+                return
+            now = self.now()
             record["IsDeleted"] = True
+            record["SystemModstamp"] = now
             self.deleted.add(record["Id"])
+            self.delete_log[sobject][record["Id"]] = now
+
+    def purge_delete_log(self) -> None:
+        """Empty the delete log now, as a purge or an admin emptying the Recycle Bin does:
+        getDeleted then refuses windows that start before this moment."""
+        with self._lock:
+            for entries in self.delete_log.values():
+                entries.clear()
+            self.delete_log_purged = self.now()
+
+    def deleted_between(self, sobject: str, start: datetime, end: datetime) -> dict[str, Any]:
+        """The getDeleted answer for ``[start, end)`` (seconds ignored), or ``ReplicationError``.
+
+        ``earliestDateAvailable`` is the later of midnight UTC 15 days before today and the last
+        purge; ``latestDateCovered`` is ``end`` but never later than now.
+        """
+        with self._lock:
+            spec = self.spec(sobject)
+            if spec is None:
+                raise LookupError(sobject)
+            now = _minute(self.now())
+            start, end = _minute(start), _minute(end)
+            if end - start <= timedelta(minutes=1):
+                raise ReplicationError(
+                    "INVALID_REPLICATION_DATE",
+                    "startDate must be at least one minute greater than endDate",
+                )
+            earliest = self._earliest_deleted_available(now)
+            if start < earliest:
+                raise ReplicationError(
+                    "INVALID_REPLICATION_DATE",
+                    f"startDate before earliestDateAvailable {format_datetime(earliest)}",
+                )
+            latest = min(end, now)
+            found = sorted(
+                (when, record_id)
+                for record_id, when in self.delete_log[spec.name].items()
+                if start <= when < latest
+            )
+            if len(found) > self.deleted_id_limit:
+                raise ReplicationError(
+                    "EXCEEDED_ID_LIMIT",
+                    f"More than {self.deleted_id_limit} ids were found; choose start and end "
+                    "dates that are closer together",
+                )
+            return {
+                "deletedRecords": [
+                    {"id": record_id, "deletedDate": format_datetime(when)}
+                    for when, record_id in found
+                ],
+                "earliestDateAvailable": format_datetime(earliest),
+                "latestDateCovered": format_datetime(latest),
+            }
+
+    def _earliest_deleted_available(self, now: datetime) -> datetime:
+        midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        earliest = midnight - timedelta(days=DELETED_RETENTION_DAYS)
+        if self.delete_log_purged is not None:
+            earliest = max(earliest, _minute(self.delete_log_purged))
+        return earliest
+
+    def merge(
+        self,
+        master_id: str,
+        loser_ids: Sequence[str],
+        fields: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Merge up to two records into ``master_id`` as ``merge()`` does; the MergeResult.
+
+        The losers are deleted (recycle bin and delete log) with ``MasterRecordId`` set to the
+        master; their child records (contacts, tasks, child accounts) are reparented to the
+        master; ``fields`` (validated like a REST update) are written on the master, whose
+        LastModifiedDate and SystemModstamp move. ``LookupError`` for an unknown id,
+        ``ValueError`` for a merge the API refuses.
+        """
+        with self._lock:
+            spec, master = self._merge_record(master_id)
+            if spec.name not in MERGEABLE_OBJECTS:
+                raise ValueError(f"merge supports {', '.join(MERGEABLE_OBJECTS)}, not {spec.name}")
+            if not loser_ids or len(loser_ids) > MAX_MERGE_LOSERS:
+                raise ValueError(
+                    f"a merge combines the master with 1 to {MAX_MERGE_LOSERS} other records"
+                )
+            losers: list[dict[str, Any]] = []
+            for loser_id in loser_ids:
+                loser_spec, loser = self._merge_record(loser_id)
+                if loser_spec is not spec:
+                    raise ValueError(f"{loser['Id']} is a {loser_spec.name}, not a {spec.name}")
+                if loser["Id"] == master["Id"] or loser["Id"] in {r["Id"] for r in losers}:
+                    raise ValueError(f"{loser['Id']} is named twice in the merge")
+                losers.append(loser)
+            try:
+                changes = self._prepare(spec, fields or {}, source="rest", creating=False)
+            except RecordError as exc:
+                raise ValueError(exc.message) from None
+            for loser in losers:
+                self.delete(spec.name, loser["Id"])
+                loser["MasterRecordId"] = master["Id"]
+            related = self._reparent({loser["Id"] for loser in losers}, master["Id"])
+            self._commit(spec, master, changes)
+            return {
+                "id": master["Id"],
+                "success": True,
+                "mergedRecordIds": [loser["Id"] for loser in losers],
+                "updatedRelatedIds": related,
+                "errors": [],
+            }
+
+    def _merge_record(self, record_id: Any) -> tuple[ObjectSpec, dict[str, Any]]:
+        """A live record by id alone (its key prefix names the object)."""
+        if not isinstance(record_id, str) or not _ID_RE.match(record_id):
+            raise ValueError(f"malformed id {record_id!r}")
+        for spec in self.schema.values():
+            if record_id.startswith(spec.key_prefix):
+                record = self._find(spec.name, record_id)
+                if record is None:
+                    break
+                if record["IsDeleted"]:
+                    raise ValueError(f"{record['Id']} is deleted")
+                return spec, record
+        raise LookupError(f"no record {record_id}")
+
+    def _reparent(self, losers: set[str], master_id: str) -> list[str]:
+        """Point every live reference to a loser at the master; the ids of the records moved."""
+        moved: list[str] = []
+        now = self.now()
+        for spec in self.schema.values():
+            references = [
+                f for f in spec.fields if f.type == "reference" and f.name != "MasterRecordId"
+            ]
+            for record in self.records[spec.name].values():
+                if record.get("IsDeleted"):
+                    continue
+                hit = [f.name for f in references if record.get(f.name) in losers]
+                for name in hit:
+                    record[name] = master_id
+                if hit:
+                    record["SystemModstamp"] = now
+                    moved.append(record["Id"])
+        return moved
+
+    def change_identity(
+        self, org_id: str | None = None, clear_fields: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Become another org with the same records, as a sandbox refresh or a restore does.
+
+        The Organization row gets ``org_id`` (default: a new one), the delete log starts empty,
+        and each field in ``clear_fields`` is emptied on every record of every object that has
+        it, SystemModstamp untouched (a copy made before pls-sync wrote them). Sessions stay
+        valid so the same credentials reach the new org. ``ValueError`` for a malformed org id
+        or a field that no object has or that cannot be empty.
+        """
+        with self._lock:
+            new_id = checked_org_id(org_id) if org_id is not None else self._new_org_id()
+            targets = self._clearable(clear_fields)
+            previous = self.org_id
+            self.records["Organization"].clear()
+            self.org_id = new_id
+            self._insert_organization()
+            for entries in self.delete_log.values():
+                entries.clear()
+            cleared: dict[str, int] = {}
+            for sobject, names in targets.items():
+                for record in self.records[sobject].values():
+                    for name in names:
+                        record[name] = None
+                cleared[sobject] = len(self.records[sobject])
+            return {"org_id": new_id, "previous_org_id": previous, "cleared": cleared}
+
+    def _new_org_id(self) -> str:
+        while True:
+            candidate = make_id("00D", next(self._org_sequence), pod="5g")
+            if candidate != self.org_id:
+                return candidate
+
+    def _clearable(self, names: Sequence[str]) -> dict[str, list[str]]:
+        """Object -> canonical field names to empty, checked."""
+        targets: dict[str, list[str]] = {}
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError("clear_fields is a list of field names")
+            found = False
+            for spec in self.schema.values():
+                field_spec = spec.field(name)
+                if field_spec is None:
+                    continue
+                if not field_spec.nillable or not field_spec.updateable:
+                    raise ValueError(f"{spec.name}.{field_spec.name} cannot be emptied")
+                targets.setdefault(spec.name, []).append(field_spec.name)
+                found = True
+            if not found:
+                raise ValueError(f"no object has a field {name}")
+        return targets
+
+    def _insert_organization(self) -> None:
+        self.insert(
+            "Organization",
+            {
+                "Id": self.org_id,
+                "Name": ORG_NAME,
+                "InstanceName": "CS42",
+                "IsSandbox": True,
+                "OrganizationType": "Enterprise Edition",
+            },
+        )
 
     def expire_sessions(self) -> None:
         """Invalidate every session, as a session timeout does; log in again to get a new one."""
@@ -986,30 +1313,73 @@ class SalesforceApi:
             fields,
             required=spec.required,
             defaults=spec.defaults,
+            createable=spec.createable,
+            deletable=spec.deletable,
         )
         self.schema[spec.name] = rebuilt
         self._schema_lower[spec.name.lower()] = rebuilt
 
     def admin(self, name: str, request: Request) -> Response | None:
-        """Serve ``POST /__sandbox/salesforce/schema``; None for admin names that are not ours.
+        """Serve ``POST /__sandbox/salesforce/{schema,merge,identity}``; None for other names.
 
-        The body names ``object`` and ``field`` and the change (see ``change_field``):
-        ``{"object": "Account", "field": "PQA_Motion__c", "picklist": ["sales", "success"]}``.
-        Answers 200 with the field's describe entry (``null`` once deleted), 400 for a bad
-        change, 404 for an unknown object or field.
+        ``schema``: the body names ``object`` and ``field`` and the change (see
+        ``change_field``): ``{"object": "Account", "field": "PQA_Motion__c", "picklist":
+        ["sales", "success"]}``. Answers 200 with the field's describe entry (``null`` once
+        deleted), 400 for a bad change, 404 for an unknown object or field.
+
+        ``merge``: ``{"master": id, "losers": [id, ...], "fields": {...}?}`` (see ``merge``);
+        200 with the MergeResult, 400 for a merge the API refuses, 404 for an unknown id.
+
+        ``identity``: ``{"org_id": "00D...", "clear_fields": ["PQA_Score__c", ...]}``, both
+        optional (see ``change_identity``); 200 ``{"org_id", "previous_org_id", "cleared"}``.
         """
-        if name != "salesforce/schema":
+        handlers: dict[str, Callable[[Request], Response]] = {
+            "salesforce/schema": self._admin_schema,
+            "salesforce/merge": self._admin_merge,
+            "salesforce/identity": self._admin_identity,
+        }
+        handler = handlers.get(name)
+        if handler is None:
             return None
         if request.method.upper() != "POST":
-            return Response(405, {"message": "use POST /__sandbox/salesforce/schema"})
+            return Response(405, {"message": f"use POST /__sandbox/{name}"})
         try:
-            body = request.json()
-            target, change = parse_schema_change(body, SALESFORCE_SCHEMA_CHANGES)
-            entry = self.change_field(target[0], target[1], **change)
+            return handler(request)
         except LookupError as exc:
             return Response(404, {"message": str(exc)})
         except (ValueError, TypeError) as exc:
             return Response(400, {"message": str(exc)})
+
+    def _admin_merge(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ValueError('a merge is a JSON object {"master": id, "losers": [id, ...]}')
+        master, losers, fields = body.get("master"), body.get("losers"), body.get("fields")
+        if not isinstance(master, str):
+            raise ValueError("master is the id of the record to keep")
+        if not isinstance(losers, list) or not all(isinstance(i, str) for i in losers):
+            raise ValueError("losers is a list of record ids")
+        if fields is not None and not isinstance(fields, dict):
+            raise ValueError("fields is a JSON object of field values for the master")
+        return Response(200, self.merge(master, losers, fields))
+
+    def _admin_identity(self, request: Request) -> Response:
+        body = request.json()
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ValueError('an identity change is a JSON object {"org_id", "clear_fields"}')
+        unknown = sorted(set(body) - {"org_id", "clear_fields"})
+        if unknown:
+            raise ValueError(f"unknown key {', '.join(unknown)}; use org_id, clear_fields")
+        clear = body.get("clear_fields") or []
+        if not isinstance(clear, list):
+            raise ValueError("clear_fields is a list of field names")
+        return Response(200, self.change_identity(body.get("org_id"), clear))
+
+    def _admin_schema(self, request: Request) -> Response:
+        target, change = parse_schema_change(request.json(), SALESFORCE_SCHEMA_CHANGES)
+        entry = self.change_field(target[0], target[1], **change)
         return Response(200, {"object": target[0], "field": target[1], "describe": entry})
 
     # ----------------------------------------------------------------- module contract
@@ -1119,6 +1489,8 @@ class SalesforceApi:
                 return "sf.describe", self._describe_global, ctx
             if n == 3 and parts[2].lower() == "describe" and method == "GET":
                 return "sf.describe", self._describe, ctx
+            if n == 3 and parts[2].lower() == "deleted" and method == "GET":
+                return "sf.sobject.deleted", self._get_deleted, ctx
             if n == 2 and method == "POST":
                 return "sf.sobject.create", self._create, ctx
             if n == 3 and method == "GET":
@@ -1186,7 +1558,7 @@ class SalesforceApi:
             f"<userId>{self.integration_user}</userId>"
             "<userInfo>"
             f"<organizationId>{self.org_id}</organizationId>"
-            "<organizationName>pls-sync sandbox</organizationName>"
+            f"<organizationName>{ORG_NAME}</organizationName>"
             f"<userEmail>{self.username}</userEmail><userFullName>Integration User</userFullName>"
             f"<userId>{self.integration_user}</userId><userName>{self.username}</userName>"
             "<userTimeZone>Etc/UTC</userTimeZone>"
@@ -1342,11 +1714,37 @@ class SalesforceApi:
         names = wanted.split(",") if wanted else [f.name for f in spec.fields]
         return Response(200, self._record_json(spec, record, ctx.version, names))
 
+    def _get_deleted(self, request: Request, ctx: _Ctx) -> Response:
+        """sObject Get Deleted: ``deletedRecords``, ``earliestDateAvailable``,
+        ``latestDateCovered`` for ``?start=&end=`` (ISO 8601, seconds ignored)."""
+        spec = self.spec(ctx.parts[1])
+        if spec is None:
+            return Response(404, _NOT_FOUND)
+        try:
+            start, end = (soql.parse_datetime(request.param(k) or "") for k in ("start", "end"))
+        except ValueError:
+            return Response(
+                400,
+                [
+                    {
+                        "errorCode": "MISSING_ARGUMENT",
+                        "message": "start and end must be dateTimes such as "
+                        "2026-01-31T09:00:00+00:00",
+                    }
+                ],
+            )
+        try:
+            return Response(200, self.deleted_between(spec.name, start, end))
+        except ReplicationError as exc:
+            return Response(400, [{"errorCode": exc.code, "message": exc.message}])
+
     def _delete_record(self, request: Request, ctx: _Ctx) -> Response:
         spec = self.spec(ctx.parts[1])
         record = self._find(spec.name, ctx.parts[2]) if spec else None
         if spec is None or record is None:
             return Response(404, _NOT_FOUND)
+        if not spec.deletable:
+            return Response(400, [_cannot("deleted", spec.name)])
         if record["IsDeleted"]:
             return Response(
                 404, [{"errorCode": "ENTITY_IS_DELETED", "message": "entity is deleted"}]
@@ -1458,7 +1856,7 @@ class SalesforceApi:
         return record
 
     def _commit(self, spec: ObjectSpec, record: dict[str, Any], changes: Mapping[str, Any]) -> None:
-        now = datetime.now(UTC)
+        now = self.now()
         record.update(changes)
         record["LastModifiedDate"] = record["SystemModstamp"] = now
         record["LastModifiedById"] = self.integration_user
@@ -1508,6 +1906,8 @@ class SalesforceApi:
         spec = self.spec(ctx.parts[1])
         if spec is None:
             return Response(404, _NOT_FOUND)
+        if not spec.createable:
+            return Response(400, [_cannot("inserted", spec.name)])
         body = _json_body(request)
         if isinstance(body, Response):
             return body
@@ -1681,7 +2081,7 @@ class SalesforceApi:
             raise soql.SoqlError(
                 "NUMBER_OUTSIDE_VALID_RANGE", f"Maximum SOQL offset allowed is {MAX_OFFSET}"
             )
-        now = datetime.now(UTC)
+        now = self.now()
         rows = [
             record
             for record in self.records[root.name].values()
@@ -1783,7 +2183,7 @@ class SalesforceApi:
             return Response(400, _json_parser_error("Can not deserialize job info"))
         operation = body.get("operation")
         spec = self.spec(str(body.get("object", "")))
-        if spec is None:
+        if spec is None or not (spec.createable and spec.deletable):
             return Response(
                 400,
                 [
@@ -2122,6 +2522,14 @@ def _batch_size(header: str) -> int:
     if not match:
         return QUERY_BATCH_DEFAULT
     return max(QUERY_BATCH_MIN, min(QUERY_BATCH_DEFAULT, int(match.group(1))))
+
+
+def _cannot(operation: str, sobject: str) -> dict[str, Any]:
+    """The REST error for an operation the object does not support (Organization)."""
+    return {
+        "errorCode": "INVALID_TYPE_FOR_OPERATION",
+        "message": f"entity type cannot be {operation}: {sobject}",
+    }
 
 
 def _json_parser_error(message: str) -> list[dict[str, Any]]:

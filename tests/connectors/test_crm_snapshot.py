@@ -60,7 +60,13 @@ def test_salesforce_steady_state_reads_only_what_changed(
 
     box.reset_counts()
     again = {r.id: r for r in snap.read_records(mapping)}
-    assert snap.last_read == {"mode": "incremental", "changed": 0, "since": snap.last_read["since"]}
+    assert snap.last_read == {
+        "mode": "incremental",
+        "changed": 0,
+        "deleted": 0,
+        "since": snap.last_read["since"],
+        "crm": sf.crm_identity(),
+    }
     assert again.keys() == full.keys()
     assert box.counts().get("sf.query", 0) == 1 and "sf.query_more" not in box.counts()
 
@@ -122,6 +128,7 @@ def test_full_refresh_on_demand_on_age_and_on_mapping_change(
         "mode": "full",
         "reason": "snapshot older than the maximum age",
         "records": snap.last_read["records"],
+        "crm": snap.crm_identity(),
     }
     narrower = replace(mapping, fields=mapping.fields[:2])
     list(snap.read_records(narrower))
@@ -149,8 +156,73 @@ def test_hubspot_incremental_read_by_last_modified_search(
     again = {r.id: r for r in snap.read_records(mapping)}
     assert snap.last_read["mode"] == "incremental" and snap.last_read["changed"] == 1
     assert again[target].fields["pqa_tier"] == "sales"
+    # one search for what changed, one for what was merged away, one archived-list page
     counts = box.counts()
-    assert counts.get("hs.companies.search", 0) == 1 and "hs.companies.list" not in counts
+    assert counts.get("hs.companies.search", 0) == 2 and counts.get("hs.companies.list") == 1
+
+
+def test_salesforce_deleted_and_merged_accounts_leave_the_snapshot_in_an_incremental_read(
+    box: Sandbox, store: SqlStateStore, settings
+) -> None:
+    # Salesforce's deleted-records resource ignores seconds and covers whole minutes up to
+    # the call: runs are minutes apart, as a schedule makes them (both clocks move together).
+    later = [timedelta(0)]
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + later[0]
+
+    box.salesforce.clock = clock
+    mapping = settings.destinations["salesforce"].mapping
+    snap = SnapshottingDestination(salesforce(box), store.engine, store, clock=clock)
+    ids = sorted(r.id for r in snap.read_records(mapping))
+    deleted, master, loser = ids[0], ids[1], ids[2]
+    later[0] = timedelta(minutes=10)
+    box.salesforce.delete("Account", deleted)
+    box.salesforce.merge(master, [loser])
+    later[0] = timedelta(minutes=20)
+    after = {r.id for r in snap.read_records(mapping)}
+    assert snap.last_read["mode"] == "incremental" and snap.last_read["deleted"] == 2
+    assert deleted not in after and loser not in after and master in after
+    assert {r.id for r in snap._load()} == after
+
+
+def test_hubspot_archived_and_merged_companies_leave_the_snapshot_in_an_incremental_read(
+    box: Sandbox, store: SqlStateStore, settings
+) -> None:
+    mapping = settings.destinations["hubspot"].mapping
+    hs = HubSpotDestination.from_env(
+        {"HUBSPOT_ACCESS_TOKEN": box.hubspot_token, "HUBSPOT_BASE_URL": box.url}
+    )
+    snap = SnapshottingDestination(hs, store.engine, store)
+    ids = sorted(r.id for r in snap.read_records(mapping))
+    archived, primary, secondary = ids[0], ids[1], ids[2]
+    assert box.hubspot is not None
+    box.hubspot.archive("companies", [archived])
+    merged = box.hubspot.merge("companies", primary, secondary)
+    after = {r.id for r in snap.read_records(mapping)}
+    assert snap.last_read["mode"] == "incremental"
+    assert archived not in after and secondary not in after and merged in after
+    assert (primary in after) == (merged == primary)  # a merge may give the result a new id
+    assert {r.id for r in snap._load()} == after
+
+
+def test_another_crm_behind_the_same_state_store_is_read_in_full(
+    box: Sandbox, store: SqlStateStore, settings
+) -> None:
+    mapping = settings.destinations["salesforce"].mapping
+    first = SnapshottingDestination(salesforce(box), store.engine, store)
+    list(first.read_records(mapping))
+    old = first.crm_identity()
+    box.salesforce.change_identity(clear_fields=["PQA_Score__c"])  # a refreshed sandbox org
+    other = SnapshottingDestination(salesforce(box), store.engine, store)
+    records = list(other.read_records(mapping))
+    new = other.crm_identity()
+    assert new != old and new.startswith("salesforce:00D")
+    assert other.last_read["mode"] == "full"
+    assert other.last_read["reason"] == f"another CRM: the snapshot is of {old}, this is {new}"
+    assert all(not r.fields.get("PQA_Score__c") for r in records)
+    list(other.read_records(mapping))
+    assert other.last_read["mode"] == "incremental"
 
 
 class _NoReads:

@@ -14,11 +14,25 @@ Shapes are pinned to HubSpot's documentation:
 * rate-limit headers and the 429 body with ``policyName``:
   https://developers.hubspot.com/changelog/2018-11-06-rate-limit-information-headers-will-be-included-in-http-responses
   https://developers.hubspot.com/docs/api/usage-details
+* account details (``GET /account-info/v3/details``, an integer ``portalId``):
+  https://developers.hubspot.com/docs/api-reference/latest/account/account-information/get-account-details
+* archiving ("Deleted companies can be restored within 90 days of deletion"), single and batch:
+  https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/companies/delete-company
+  https://developers.hubspot.com/docs/api-reference/2026-03/crm/objects/companies/batch/delete-companies
+* ``archived=true`` on the list ("Whether to return only results that have been archived"),
+  results with ``archived`` and ``archivedAt``:
+  https://developers.hubspot.com/docs/api-reference/latest/crm/objects/companies/get-companies
+* merging (``primaryObjectId``, ``objectIdToMerge``): "a new record with a new ID will be created
+  for the resulting merged record ... fetching any records using the original IDs will return the
+  new merged record with the new ID":
+  https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/companies/merge-companies
+  https://developers.hubspot.com/changelog/updated-merge-functionality-for-contacts-and-companies
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -28,8 +42,10 @@ from pls_sync.sandbox.http import Request, Response
 from pls_sync.sandbox.hubspot import (
     BATCH_MAX,
     LIST_PAGE_MAX,
+    PORTAL_ID,
     SEARCH_RESULT_CAP,
     HubSpotApi,
+    iso_ms,
     normalise_value,
 )
 
@@ -122,6 +138,10 @@ def test_the_token_looks_like_a_private_app_token_and_depends_on_the_seed() -> N
         ("DELETE", "/crm/v3/properties/companies/pqa_score", "hs.properties.archive"),
         ("GET", "/crm/v3/properties/companies/groups", "hs.property_groups.list"),
         ("POST", "/crm/v3/properties/companies/groups", "hs.property_groups.create"),
+        ("DELETE", "/crm/v3/objects/companies/9000000001", "hs.companies.archive"),
+        ("POST", "/crm/v3/objects/companies/batch/archive", "hs.companies.batch_archive"),
+        ("POST", "/crm/v3/objects/companies/merge", "hs.companies.merge"),
+        ("GET", "/account-info/v3/details", "hs.account_info.details"),
     ],
 )
 def test_endpoint_names_for_the_request_counts(
@@ -812,3 +832,318 @@ def test_no_companies_means_an_empty_portal_with_its_properties() -> None:
     api = HubSpotApi(seed=7, companies=[])
     assert api.ids("companies") == [] and api.ids("contacts") == []
     assert "pqa_score" in api.properties["companies"]
+
+
+# --------------------------------------------------------------------------- account identity
+
+
+def identity(api: HubSpotApi, body: Any = None, method: str = "POST") -> Response | None:
+    raw = json.dumps(body).encode() if body is not None else b""
+    return api.admin(
+        "hubspot/identity", Request(method, "/__sandbox/hubspot/identity", {}, {}, raw)
+    )
+
+
+def test_account_details_answer_the_portal_id(api: HubSpotApi) -> None:
+    response = call(api, "GET", "/account-info/v3/details")
+    body = body_of(response)
+    assert response.status == 200
+    assert body["portalId"] == PORTAL_ID and isinstance(body["portalId"], int)
+    assert {"accountType", "timeZone", "companyCurrency", "uiDomain", "utcOffset"} <= set(body)
+    assert "X-HubSpot-RateLimit-Remaining" in response.headers
+    other = HubSpotApi(seed=3, companies=COMPANIES[:5], portal_id=123)
+    assert body_of(call(other, "GET", "/account-info/v3/details"))["portalId"] == 123
+    assert call(api, "GET", "/account-info/v3/details", token="pat-na1-wrong").status == 401
+    assert call(api, "POST", "/account-info/v3/details").status == 405
+    assert call(api, "GET", "/account-info/v3/nothing").status == 404
+
+
+def test_another_portal_has_the_same_companies_without_their_values(api: HubSpotApi) -> None:
+    ids = api.ids()
+    assert update(api, [{"id": i, "properties": {"pqa_score": 40}} for i in ids[:5]]).status == 200
+    stamps = {i: api.company(i)["hs_lastmodifieddate"] for i in ids}
+    answer = identity(api, {"portal_id": 123, "clear_properties": ["pqa_score", "pqa_tier"]})
+    assert answer is not None and answer.status == 200
+    assert body_of(answer)["portalId"] == 123
+    assert body_of(call(api, "GET", "/account-info/v3/details"))["portalId"] == 123
+    assert api.ids() == ids
+    assert not any("pqa_score" in api.company(i) or "pqa_tier" in api.company(i) for i in ids)
+    # Nothing in the new portal says it changed: the stamps are the records' own.
+    assert {i: api.company(i)["hs_lastmodifieddate"] for i in ids} == stamps
+    scored = search(
+        api, filterGroups=[{"filters": [{"propertyName": "pqa_score", "operator": "HAS_PROPERTY"}]}]
+    )
+    assert body_of(scored)["total"] == 0
+
+
+def test_without_a_portal_id_the_sandbox_becomes_a_new_portal(api: HubSpotApi) -> None:
+    first = identity(api)
+    assert first is not None and first.status == 200
+    new_id = body_of(first)["portalId"]
+    assert isinstance(new_id, int) and new_id != PORTAL_ID
+    again = HubSpotApi(seed=3, companies=COMPANIES[:5])
+    assert again.change_identity() == new_id  # deterministic for the seed
+    assert api.change_identity() not in (new_id, PORTAL_ID)
+    limited = body_of(api.render_fault("rate_limit", Request("GET", "/crm/v3/x", {}, {})))
+    assert limited["groupName"].endswith(str(api.portal_id))
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"portal_id": "123"}, "positive integer"),
+        ({"portal_id": True}, "positive integer"),
+        ({"portal_id": 0}, "positive integer"),
+        ({"clear_properties": ["no_such"]}, "no property no_such"),
+        ({"clear_properties": ["hs_object_id"]}, "read-only"),
+        ({"clear_properties": "pqa_score"}, "list of property names"),
+        ({"portalId": 5}, "unknown keys: portalId"),
+        ([1], "JSON object"),
+    ],
+)
+def test_a_bad_identity_change_is_a_400_and_changes_nothing(
+    api: HubSpotApi, body: Any, fragment: str
+) -> None:
+    before = api.portal_id
+    answer = identity(api, body)
+    assert answer is not None and answer.status == 400
+    assert fragment in body_of(answer)["message"]
+    assert api.portal_id == before
+
+
+def test_identity_is_post_only_and_other_admin_names_are_not_ours(api: HubSpotApi) -> None:
+    answer = identity(api, method="GET")
+    assert answer is not None and answer.status == 405
+    assert api.admin("hubspot/other", Request("POST", "/__sandbox/hubspot/other", {}, {})) is None
+
+
+# --------------------------------------------------------------------------- archived companies
+
+
+def list_ids(api: HubSpotApi, **query: str) -> tuple[list[dict[str, Any]], int]:
+    """Every result of the companies list (all pages) and the number of pages read."""
+    results: list[dict[str, Any]] = []
+    after: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": "100", **query, **({"after": after} if after else {})}
+        body = body_of(call(api, "GET", "/crm/v3/objects/companies", params))
+        pages += 1
+        results.extend(body["results"])
+        if "paging" not in body:
+            return results, pages
+        after = body["paging"]["next"]["after"]
+        assert "archived=" not in body["paging"]["next"]["link"] or query.get("archived")
+
+
+def test_an_archived_company_leaves_lists_search_and_writes(
+    api: HubSpotApi, clock: FakeTime
+) -> None:
+    target = api.ids()[3]
+    clock.now += 60
+    assert call(api, "DELETE", f"/crm/v3/objects/companies/{target}").status == 204
+    gone = call(api, "GET", f"/crm/v3/objects/companies/{target}")
+    assert gone.status == 404 and body_of(gone)["category"] == "OBJECT_NOT_FOUND"
+    assert target not in {r["id"] for r in list_ids(api)[0]}
+    found = search(
+        api,
+        filterGroups=[
+            {"filters": [{"propertyName": "hs_object_id", "operator": "EQ", "value": target}]}
+        ],
+    )
+    assert body_of(found)["total"] == 0
+    patched = call(api, "PATCH", f"/crm/v3/objects/companies/{target}", body={"properties": {}})
+    assert patched.status == 404
+    batch = update(api, [{"id": target, "properties": {"pqa_score": 1}}])
+    assert batch.status == 207
+    assert body_of(batch)["errors"][0]["category"] == "OBJECT_NOT_FOUND"
+    assert body_of(batch)["errors"][0]["context"]["ids"] == [target]
+    kept = call(api, "GET", f"/crm/v3/objects/companies/{target}", {"archived": "true"})
+    assert body_of(kept)["archived"] is True
+    assert body_of(kept)["archivedAt"] == iso_ms(datetime.fromtimestamp(clock.now, UTC))
+    archived, _ = list_ids(api, archived="true")
+    assert [(r["id"], r["archived"]) for r in archived] == [(target, True)]
+    assert archived[0]["archivedAt"] == body_of(kept)["archivedAt"]
+    # Archiving is idempotent, and an unknown id changes nothing.
+    assert call(api, "DELETE", f"/crm/v3/objects/companies/{target}").status == 204
+    assert call(api, "DELETE", "/crm/v3/objects/companies/123").status == 204
+    assert len(list_ids(api, archived="true")[0]) == 1
+
+
+def test_batch_archive_and_the_archived_list_pages_at_100(api: HubSpotApi) -> None:
+    ids = api.ids()
+    chosen = ids[:105]
+    too_many = call(
+        api,
+        "POST",
+        "/crm/v3/objects/companies/batch/archive",
+        body={"inputs": [{"id": i} for i in ids[: BATCH_MAX + 1]]},
+    )
+    assert too_many.status == 400
+    for start in (100, 0):  # archive order is not id order; the list is in id order
+        batch = [{"id": i} for i in chosen[start : start + 100]]
+        answer = call(
+            api, "POST", "/crm/v3/objects/companies/batch/archive", body={"inputs": batch}
+        )
+        assert answer.status == 204
+    archived, pages = list_ids(api, archived="true", limit="500")
+    assert [r["id"] for r in archived] == chosen
+    assert pages == 2
+    assert all(r["archived"] is True and r["archivedAt"] for r in archived)
+    live, _ = list_ids(api)
+    assert [r["id"] for r in live] == ids[105:]
+    assert all(r["archived"] is False and "archivedAt" not in r for r in live)
+
+
+# --------------------------------------------------------------------------- merges
+
+
+def merge(api: HubSpotApi, primary: str, secondary: str) -> Response:
+    return call(
+        api,
+        "POST",
+        "/crm/v3/objects/companies/merge",
+        body={"primaryObjectId": primary, "objectIdToMerge": secondary},
+    )
+
+
+def two_companies_with_domains(api: HubSpotApi) -> tuple[str, str]:
+    with_domain = [i for i in api.ids() if api.company(i).get("domain")]
+    return with_domain[0], with_domain[1]
+
+
+def test_a_merge_leaves_a_new_company_that_both_old_ids_read_as(
+    api: HubSpotApi, clock: FakeTime
+) -> None:
+    primary, secondary = two_companies_with_domains(api)
+    update(
+        api,
+        [
+            {"id": primary, "properties": {"pqa_score": 10, "pqa_tier": ""}},
+            {"id": secondary, "properties": {"pqa_score": 90, "pqa_tier": "sales"}},
+        ],
+    )
+    domains = (api.company(primary)["domain"], api.company(secondary)["domain"])
+    clock.now += 3600
+    response = merge(api, primary, secondary)
+    body = body_of(response)
+    assert response.status == 200
+    new_id = body["id"]
+    assert new_id not in (primary, secondary) and body["archived"] is False
+    assert body["properties"]["hs_merged_object_ids"] == f"{primary};{secondary}"
+    stored = api.company(new_id)
+    assert stored["pqa_score"] == "10"  # the primary's value wins
+    assert stored["pqa_tier"] == "sales"  # the secondary fills the gap
+    assert stored["domain"] == domains[0]
+    assert domains[1] in stored["hs_additional_domains"].split(";")
+    now = iso_ms(datetime.fromtimestamp(clock.now, UTC))
+    assert stored["hs_lastmodifieddate"] == now and body["updatedAt"] == now
+    for old in (primary, secondary):
+        assert body_of(call(api, "GET", f"/crm/v3/objects/companies/{old}"))["id"] == new_id
+    read = call(
+        api,
+        "POST",
+        "/crm/v3/objects/companies/batch/read",
+        body={"inputs": [{"id": primary}, {"id": secondary}]},
+    )
+    assert [r["id"] for r in body_of(read)["results"]] == [new_id]
+    live = [r["id"] for r in list_ids(api)[0]]
+    assert new_id in live and primary not in live and secondary not in live
+    recent = search(
+        api,
+        filterGroups=[
+            {
+                "filters": [
+                    {
+                        "propertyName": "hs_lastmodifieddate",
+                        "operator": "GTE",
+                        "value": str(int(clock.now * 1000)),
+                    },
+                    {"propertyName": "hs_merged_object_ids", "operator": "HAS_PROPERTY"},
+                ]
+            }
+        ],
+        properties=["hs_merged_object_ids"],
+    )
+    assert [r["id"] for r in body_of(recent)["results"]] == [new_id]
+    # Merged-away ids are not archived records, and writes to them are not redirected.
+    assert list_ids(api, archived="true")[0] == []
+    assert update(api, [{"id": primary, "properties": {"pqa_score": 1}}]).status == 207
+
+
+def test_merging_again_lists_every_merged_id(api: HubSpotApi) -> None:
+    first, second, third = api.ids()[:3]
+    merged = body_of(merge(api, first, second))["id"]
+    again = body_of(merge(api, third, merged))
+    assert again["properties"]["hs_merged_object_ids"] == ";".join(
+        sorted([first, second, third, merged], key=int)
+    )
+    for old in (first, second, third, merged):
+        assert body_of(call(api, "GET", f"/crm/v3/objects/companies/{old}"))["id"] == again["id"]
+
+
+def test_a_merge_moves_contacts_tasks_and_child_companies(api: HubSpotApi) -> None:
+    parent = next(i for i in api.ids() if api.company(i).get("hs_num_child_companies"))
+    children = [i for i in api.ids() if api.company(i).get("hs_parent_company_id") == parent]
+    other = next(i for i in api.ids() if i != parent and i not in children)
+    contact = next(iter(api.objects["contacts"]))
+    api.objects["contacts"][contact]["properties"]["associatedcompanyid"] = other
+    task = call(
+        api,
+        "POST",
+        "/crm/v3/objects/tasks",
+        body={
+            "properties": {"hs_timestamp": "2026-01-01T00:00:00Z", "hs_task_subject": "Call"},
+            "associations": [
+                {"to": {"id": other}, "types": [{"associationTypeId": 192}]},
+            ],
+        },
+    )
+    new_id = api.merge("companies", parent, other)
+    assert all(api.company(c)["hs_parent_company_id"] == new_id for c in children)
+    assert api.company(new_id)["hs_num_child_companies"] == str(len(children))
+    assert api.objects["contacts"][contact]["properties"]["associatedcompanyid"] == new_id
+    links = api.objects["tasks"][body_of(task)["id"]]["associations"]["companies"]["results"]
+    assert [link["id"] for link in links] == [new_id]
+
+
+def test_a_merge_can_keep_the_primary_id_as_merges_once_did(clock: FakeTime) -> None:
+    api = HubSpotApi(seed=3, companies=COMPANIES[:20], clock=clock, merge_keeps_primary_id=True)
+    primary, secondary = api.ids()[:2]
+    clock.now += 60
+    body = body_of(merge(api, primary, secondary))
+    assert body["id"] == primary
+    assert body["properties"]["hs_merged_object_ids"] == secondary
+    assert api.company(primary)["hs_lastmodifieddate"] == iso_ms(
+        datetime.fromtimestamp(clock.now, UTC)
+    )
+    assert body_of(call(api, "GET", f"/crm/v3/objects/companies/{secondary}"))["id"] == primary
+    assert secondary not in api.ids()
+
+
+def test_contacts_merge_too(api: HubSpotApi) -> None:
+    first, second = list(api.objects["contacts"])[:2]
+    response = call(
+        api,
+        "POST",
+        "/crm/v3/objects/contacts/merge",
+        body={"primaryObjectId": first, "objectIdToMerge": second},
+    )
+    assert response.status == 200
+    assert body_of(response)["properties"]["hs_merged_object_ids"] == f"{first};{second}"
+
+
+def test_merge_refusals(api: HubSpotApi) -> None:
+    first, second = api.ids()[:2]
+    missing = call(api, "POST", "/crm/v3/objects/companies/merge", body={"primaryObjectId": first})
+    assert missing.status == 400
+    unknown = merge(api, first, "123")
+    assert unknown.status == 404 and body_of(unknown)["context"] == {"id": ["123"]}
+    itself = merge(api, first, first)
+    assert itself.status == 400 and "into itself" in body_of(itself)["message"]
+    assert call(api, "POST", "/crm/v3/objects/tasks/merge", body={}).status == 405
+    assert api.ids()[:2] == [first, second]
+    with pytest.raises(LookupError):
+        api.merge("companies", first, "123")
+    with pytest.raises(ValueError):
+        api.merge("tasks", first, second)

@@ -36,7 +36,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from pls_sync.sandbox.salesforce import id18, sandbox_login_session
+from pls_sync.sandbox.salesforce import SalesforceApi, id18, sandbox_login_session
 from pls_sync.sandbox.server import Sandbox
 
 
@@ -631,3 +631,313 @@ def test_query_speed_on_the_seeded_org(seeded: Sandbox, connect: Callable[..., A
     )
     assert accounts["totalSize"] == len(accounts["records"]) > 300
     assert time.perf_counter() - started < 2.0
+
+
+# ----------------------------------------------------------------------------- org identity,
+# deleted and merged records
+#
+# - Organization (one row, Id = the org id, key prefix 00D):
+#   https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_objects_organization.htm
+# - sObject Get Deleted (deletedRecords [{id, deletedDate}], earliestDateAvailable,
+#   latestDateCovered; seconds ignored; 15 days back at most):
+#   https://developer.salesforce.com/docs/platform/api-rest/guide/resources-getdeleted.md
+#   https://developer.salesforce.com/docs/platform/api-rest/guide/dome-get-deleted.md
+# - getDeleted() rules (INVALID_REPLICATION_DATE):
+#   https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_calls_getdeleted.htm
+# - merge() (losers deleted, MasterRecordId, queryAll sees them):
+#   https://developer.salesforce.com/docs/platform/api/guide/sforce-api-calls-merge.html
+
+NOW = datetime(2026, 3, 2, 10, 15, 30, tzinfo=UTC)
+
+
+class Clock:
+    """A settable clock for the sandbox org: ``box.salesforce.clock = clock``."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock(box: Sandbox) -> Clock:
+    """The org's clock, fixed at ``NOW`` until a test moves it."""
+    fixed = Clock(NOW)
+    box.salesforce.clock = fixed
+    return fixed
+
+
+def admin(box: Sandbox, name: str, body: Any) -> requests.Response:
+    return requests.post(f"{box.url}/__sandbox/salesforce/{name}", json=body, timeout=5)
+
+
+def get_deleted(sf: Any, sobject: str, start: datetime, end: datetime) -> Any:
+    params = {"start": start.isoformat(), "end": end.isoformat()}
+    return sf.restful(f"sobjects/{sobject}/deleted/", params=params)
+
+
+def test_organization_query_answers_the_org_id(box: Sandbox, sf: Any) -> None:
+    org_id = box.salesforce.org_id
+    assert len(org_id) == 18 and org_id.startswith("00D") and org_id == id18(org_id[:15])
+    (row,) = sf.query("SELECT Id, Name FROM Organization")["records"]
+    assert (row["Id"], row["Name"]) == (org_id, "pls-sync sandbox")
+    assert box.session_id.startswith(org_id[:15] + "!")
+    describe = sf.Organization.describe()
+    assert (describe["keyPrefix"], describe["createable"], describe["deletable"]) == (
+        "00D",
+        False,
+        False,
+    )
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.Organization.create({"Name": "Another"})
+    assert error_of(caught.value)["errorCode"] == "INVALID_TYPE_FOR_OPERATION"
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.Organization.delete(org_id)
+    assert sf.query("SELECT COUNT() FROM Organization")["totalSize"] == 1
+
+
+def test_a_given_org_id_is_the_org_identity() -> None:
+    given = SalesforceApi(org_id="00D5g00000AbCdE")
+    assert given.org_id == id18("00D5g00000AbCdE")
+    assert given.get("Organization", given.org_id) is not None
+    assert given.session_id.startswith("00D5g00000AbCdE!")
+    with pytest.raises(ValueError):
+        SalesforceApi(org_id="001000000000001")
+
+
+def test_rest_delete_goes_to_the_recycle_bin_and_the_delete_log(
+    box: Sandbox, sf: Any, clock: Clock
+) -> None:
+    kept, gone = add_accounts(box, 2)
+    deleted_at = clock.advance(minutes=3)
+    assert sf.Account.delete(gone) == 204
+    assert sf.query("SELECT Id FROM Account")["totalSize"] == 1
+    (row,) = sf.query_all(
+        "SELECT Id, IsDeleted, MasterRecordId, SystemModstamp FROM Account WHERE IsDeleted = true",
+        include_deleted=True,
+    )["records"]
+    assert (row["Id"], row["IsDeleted"], row["MasterRecordId"]) == (gone, True, None)
+    assert (
+        row["SystemModstamp"]
+        == "2026-03-02T10:18:30.000+0000"
+        == deleted_at.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+    )
+    clock.advance(minutes=10)
+    answer = get_deleted(sf, "Account", NOW - timedelta(hours=1), clock.now)
+    assert answer == {
+        "deletedRecords": [{"id": gone, "deletedDate": "2026-03-02T10:18:30.000+0000"}],
+        "earliestDateAvailable": "2026-02-15T00:00:00.000+0000",
+        "latestDateCovered": "2026-03-02T10:28:00.000+0000",
+    }
+    assert box.counts()["sf.sobject.deleted"] == 1
+    # the window is [start, end) with seconds dropped: a start after the deletion misses it
+    later = get_deleted(sf, "Account", deleted_at + timedelta(minutes=1), clock.now)
+    assert later["deletedRecords"] == []
+    assert get_deleted(sf, "Contact", NOW, clock.now)["deletedRecords"] == []
+    assert kept != gone
+
+
+def test_get_deleted_end_in_the_future_is_covered_up_to_now(
+    box: Sandbox, sf: Any, clock: Clock
+) -> None:
+    (gone,) = add_accounts(box, 1)
+    sf.Account.delete(gone)
+    answer = get_deleted(sf, "Account", NOW - timedelta(minutes=5), NOW + timedelta(days=1))
+    assert answer["latestDateCovered"] == "2026-03-02T10:15:00.000+0000"
+    # deleted during the current minute: after latestDateCovered, so in the next window
+    assert answer["deletedRecords"] == []
+    clock.advance(minutes=1)
+    again = get_deleted(sf, "Account", NOW - timedelta(minutes=5), clock.now)
+    assert [r["id"] for r in again["deletedRecords"]] == [gone]
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (NOW - timedelta(days=16), NOW),  # before earliestDateAvailable (15 days back)
+        (NOW, NOW),  # start must precede end by more than a minute
+        (NOW - timedelta(seconds=61), NOW),  # seconds are dropped: 10:14 -> 10:15
+        (NOW, NOW - timedelta(hours=1)),
+    ],
+)
+def test_get_deleted_windows_the_org_cannot_answer(
+    box: Sandbox, sf: Any, clock: Clock, start: datetime, end: datetime
+) -> None:
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        get_deleted(sf, "Account", start, end)
+    assert caught.value.status == 400
+    assert error_of(caught.value)["errorCode"] == "INVALID_REPLICATION_DATE"
+
+
+def test_get_deleted_after_a_purge_and_over_the_id_limit(
+    box: Sandbox, sf: Any, clock: Clock
+) -> None:
+    ids = add_accounts(box, 3)
+    for record_id in ids:
+        sf.Account.delete(record_id)
+    clock.advance(minutes=5)
+    box.salesforce.deleted_id_limit = 2
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        get_deleted(sf, "Account", NOW - timedelta(hours=1), clock.now)
+    assert error_of(caught.value)["errorCode"] == "EXCEEDED_ID_LIMIT"
+    box.salesforce.purge_delete_log()
+    with pytest.raises(SalesforceMalformedRequest) as purged:
+        get_deleted(sf, "Account", NOW - timedelta(hours=1), clock.advance(minutes=5))
+    assert error_of(purged.value)["errorCode"] == "INVALID_REPLICATION_DATE"
+    after = get_deleted(sf, "Account", NOW + timedelta(minutes=5), clock.now)
+    assert after["earliestDateAvailable"] == "2026-03-02T10:20:00.000+0000"
+    assert after["deletedRecords"] == []
+    # the recycle bin still holds them: queryAll is not the delete log
+    assert sf.query("SELECT COUNT() FROM Account", include_deleted=True)["totalSize"] == 3
+
+
+def test_get_deleted_needs_both_dates(box: Sandbox, sf: Any) -> None:
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.restful("sobjects/Account/deleted/", params={"start": "yesterday"})
+    assert error_of(caught.value)["errorCode"] == "MISSING_ARGUMENT"
+    with pytest.raises(SalesforceResourceNotFound):
+        get_deleted(sf, "Nope__c", NOW - timedelta(hours=1), NOW)
+
+
+def test_merge_deletes_the_losers_and_moves_the_master(box: Sandbox, sf: Any, clock: Clock) -> None:
+    master, first, second = add_accounts(box, 3, PQA_Score__c=50.0)
+    contact = box.salesforce.insert("Contact", {"LastName": "Ng", "AccountId": second})
+    merged_at = clock.advance(minutes=2)
+    response = admin(
+        box,
+        "merge",
+        {"master": master, "losers": [first, second], "fields": {"PQA_Score__c": 70}},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "id": master,
+        "success": True,
+        "mergedRecordIds": [first, second],
+        "updatedRelatedIds": [contact],
+        "errors": [],
+    }
+    losers = sf.query_all(
+        f"SELECT Id, IsDeleted, MasterRecordId FROM Account WHERE MasterRecordId = '{master}'",
+        include_deleted=True,
+    )["records"]
+    assert {(r["Id"], r["IsDeleted"]) for r in losers} == {(first, True), (second, True)}
+    assert sf.query("SELECT COUNT() FROM Account")["totalSize"] == 1
+    kept = box.salesforce.get("Account", master)
+    assert kept is not None
+    assert (kept["PQA_Score__c"], kept["SystemModstamp"], kept["LastModifiedDate"]) == (
+        70.0,
+        merged_at,
+        merged_at,
+    )
+    moved = box.salesforce.get("Contact", contact)
+    assert moved is not None and (moved["AccountId"], moved["SystemModstamp"]) == (
+        master,
+        merged_at,
+    )
+    window = get_deleted(sf, "Account", NOW - timedelta(hours=1), clock.advance(minutes=2))
+    assert {r["id"] for r in window["deletedRecords"]} == {first, second}
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"master": "001Dn0000000zzzAAA", "losers": ["001Dn0000000zzyAAA"]}, 404),
+        ({"master": "{master}", "losers": ["{a}", "{b}", "{c}"]}, 400),  # at most 3 records
+        ({"master": "{master}", "losers": []}, 400),
+        ({"master": "{master}", "losers": ["{master}"]}, 400),
+        ({"master": "{master}", "losers": ["{deleted}"]}, 400),
+        ({"master": "{master}", "losers": ["{user}"]}, 400),  # not the same object
+        ({"master": "{user}", "losers": ["{a}"]}, 400),  # Users do not merge
+        ({"master": "{master}", "losers": ["{a}"], "fields": {"PQA_Tier__c": "gold"}}, 400),
+        ({"losers": ["{a}"]}, 400),
+    ],
+)
+def test_merges_the_api_refuses(box: Sandbox, body: dict[str, Any], status: int) -> None:
+    master, a, b, c, deleted = add_accounts(box, 5)
+    box.salesforce.delete("Account", deleted)
+    names = {
+        "master": master,
+        "a": a,
+        "b": b,
+        "c": c,
+        "deleted": deleted,
+        "user": box.salesforce.integration_user,
+    }
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.format(**names)
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    response = admin(box, "merge", {k: fill(v) for k, v in body.items()})
+    assert response.status_code == status, response.text
+    assert response.json()["message"]
+    live = [r for r in box.salesforce.records["Account"].values() if not r["IsDeleted"]]
+    assert len(live) == 4 and not any(r["MasterRecordId"] for r in live)
+
+
+def test_identity_change_is_another_org_with_the_same_records(
+    box: Sandbox, sf: Any, clock: Clock
+) -> None:
+    ids = add_accounts(box, 3, PQA_Score__c=80.0, PQA_Tier__c="sales")
+    sf.Account.delete(ids[2])
+    stamps = {i: box.salesforce.records["Account"][i]["SystemModstamp"] for i in ids}
+    before = box.salesforce.org_id
+    response = admin(
+        box, "identity", {"org_id": "00D5g00000Refr1", "clear_fields": ["PQA_Score__c"]}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "org_id": id18("00D5g00000Refr1"),
+        "previous_org_id": before,
+        "cleared": {"Account": 3},
+    }
+    # the same session reaches the new org
+    (org,) = sf.query("SELECT Id FROM Organization")["records"]
+    assert org["Id"] == id18("00D5g00000Refr1") != before
+    rows = sf.query("SELECT Id, PQA_Score__c, PQA_Tier__c, SystemModstamp FROM Account")
+    assert {(r["Id"], r["PQA_Score__c"], r["PQA_Tier__c"]) for r in rows["records"]} == {
+        (ids[0], None, "sales"),
+        (ids[1], None, "sales"),
+    }
+    assert {i: box.salesforce.records["Account"][i]["SystemModstamp"] for i in ids} == stamps
+    # the new org's delete log starts empty
+    window = get_deleted(sf, "Account", NOW - timedelta(hours=1), clock.advance(minutes=5))
+    assert window["deletedRecords"] == []
+    # without an org id: a new one each time
+    second = admin(box, "identity", {}).json()["org_id"]
+    third = admin(box, "identity", None).json()["org_id"]
+    assert len({second, third, id18("00D5g00000Refr1")}) == 3
+    assert all(o.startswith("00D") and len(o) == 18 for o in (second, third))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"org_id": "001Dn0000000001"},
+        {"org_id": "00D5g00000Refr1XXX"},  # wrong case-safe suffix
+        {"clear_fields": ["Nope__c"]},
+        {"clear_fields": ["Name"]},  # required on Account
+        {"clear_fields": "PQA_Score__c"},
+        {"portal": 1},
+    ],
+)
+def test_identity_changes_the_sandbox_refuses(box: Sandbox, body: dict[str, Any]) -> None:
+    before = box.salesforce.org_id
+    response = admin(box, "identity", body)
+    assert response.status_code == 400, response.text
+    assert response.json()["message"]
+    assert box.salesforce.org_id == before
+
+
+def test_admin_endpoints_want_post(box: Sandbox) -> None:
+    for name in ("merge", "identity"):
+        response = requests.get(f"{box.url}/__sandbox/salesforce/{name}", timeout=5)
+        assert response.status_code == 405
