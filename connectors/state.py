@@ -671,9 +671,7 @@ class SqlStateStore:
                 for record_id, account_key, fields in conn.execute(query)
             }
 
-    def save_owned(
-        self, crm: str, rows: Iterable[OwnedRecord], forget: Iterable[str] = ()
-    ) -> None:
+    def save_owned(self, crm: str, rows: Iterable[OwnedRecord], forget: Iterable[str] = ()) -> None:
         """Store (replace) ledger rows and forget records, in one transaction."""
         upserts = [
             {

@@ -9,10 +9,15 @@ The built-in model reads ``users`` and ``events`` (DESIGN.md section 2) with one
    conditional aggregates over the time windows;
 2. they are joined to users and grouped by email host (and workspace at the workspace level).
 
-Python then sees one row per host, not per event: it classifies each host once (free mail,
-disposable and junk hosts are skipped and counted) and merges hosts sharing a registrable domain
-(``eng.acme.co.uk`` + ``acme.co.uk``): counts sum, feature flags OR, ``first_seen`` is the minimum.
+Python then sees one row per host (per host and workspace at the workspace level), not per
+event: it classifies each host once (free mail, disposable and junk hosts are skipped and counted)
+and merges hosts sharing a registrable domain (``eng.acme.co.uk`` + ``acme.co.uk``), or a
+workspace's company hosts: counts sum, feature flags OR, ``first_seen`` is the minimum.
 Distinct-feature counts do not sum across hosts, hence one 0/1 column per configured feature.
+A skipped host's users and events count toward no account, at either level: the gmail.com
+members of a company's workspace are skipped as ``free_mail`` and the workspace is scored on its
+company members. Since the query already groups by host, leaving a host out is exact (its users,
+events and feature bits are its row alone) and costs no second pass.
 
 Time windows are computed in Python from ``as_of`` and bound as parameters, half-open
 ``[as_of - N days, as_of)``; event names are bound values, never SQL text. Timestamps without a
@@ -22,7 +27,10 @@ rows in chunks.
 A custom model is a SQL file returning one row per account: ``domain`` (plus ``workspace_id`` at
 the workspace level), numeric metric columns and optionally ``first_seen``. It may use the bind
 parameters ``:as_of``, ``:since_7d``, ``:since_14d``, ``:since_28d``, ``:since_56d`` and
-``:since_63d`` (naive UTC timestamps).
+``:since_63d`` (naive UTC timestamps). A NULL metric is unknown and stays ``None``, never 0 (a
+condition ``< 1`` must not fire on missing data), and so is a sum of rows of one account with an
+unknown part; a value that is not a finite number (text, NaN, infinity) skips the row as
+``bad_metric``.
 
 Email hosts: SQL cuts the host out of each email the same way on every dialect
 (``connectors.sql_constructs.email_host``); Python lower-cases it, so the result never depends on
@@ -198,15 +206,20 @@ class _Account:
     first_seen: datetime | None
     hosts: set[str] = field(default_factory=set)
     users: int = 0
-    # workspace level: users per usable registrable domain, and per skip reason otherwise
+    # workspace level: users per registrable domain, to find the dominant one
     domain_users: dict[str, int] = field(default_factory=dict)
-    unusable_users: dict[str, int] = field(default_factory=dict)
 
     def merge(
         self, counts: Sequence[Any], flags: Sequence[Any], first_seen: datetime | None
     ) -> None:
-        """Fold another row of the same account in (rare: most accounts are one row)."""
-        self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
+        """Fold another row of the same account in (rare: most accounts are one row).
+
+        An unknown (``None``) count stays unknown: a part we do not know makes the sum unknown.
+        """
+        self.counts = [
+            None if a is None or b is None else a + b
+            for a, b in zip(self.counts, counts, strict=True)
+        ]
         self.flags = [int(a or 0) | int(b or 0) for a, b in zip(self.flags, flags, strict=True)]
         if first_seen is not None and (self.first_seen is None or first_seen < self.first_seen):
             self.first_seen = first_seen
@@ -317,14 +330,34 @@ def _to_datetime(value: Any) -> datetime | None:
     return None
 
 
-def _number(value: Any) -> float | None:
-    """A metric value as a finite float; ``None`` when it is not a number. NULL counts as 0."""
+class _NotANumber(Exception):
+    """A custom model's metric cell that is neither NULL nor a finite number."""
+
+
+def _metric(value: Any) -> float | None:
+    """A custom model's metric cell as a float; ``None`` for NULL, an unknown value (never 0).
+
+    Raises ``_NotANumber`` for text, NaN, an infinity or a number beyond float range.
+    """
     if value is None:
-        return 0.0
+        return None
     if isinstance(value, int | float | Decimal):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    return None
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):  # Decimal('sNaN'); an int beyond float range
+            raise _NotANumber from None
+        if math.isfinite(number):
+            return number
+    raise _NotANumber
+
+
+def _row_users(value: Any) -> int:
+    """The users a custom model's row stands for: its ``total_users`` when known, else one."""
+    try:
+        number = _metric(value)
+    except _NotANumber:
+        return 1
+    return 1 if number is None else int(number)
 
 
 def _type_from_name(name: str) -> TypeEngine[Any]:
@@ -1188,16 +1221,13 @@ class SqlUsageSource:
                 n_users = int(row[first])
                 verdict = classify_host(host)
                 domain = verdict.domain if verdict.reason is None else None
-                if by_workspace:
-                    if row[1] is None:
-                        stats.skip("no_workspace", users=n_users)
-                        continue
-                    key = f"workspace:{row[1]}"
-                elif domain is None:
+                if by_workspace and row[1] is None:
+                    stats.skip("no_workspace", users=n_users)
+                    continue
+                if domain is None:
                     stats.skip(verdict.reason or "invalid", users=n_users)
                     continue
-                else:
-                    key = domain
+                key = f"workspace:{row[1]}" if by_workspace else domain
                 counts = row[first:flags_at]
                 flags = row[flags_at : flags_at + n_flags]
                 first_seen = _to_datetime(row[-1])
@@ -1207,12 +1237,8 @@ class SqlUsageSource:
                 else:
                     account.merge(counts, flags, first_seen)
                 account.users += n_users
-                if domain is not None:
-                    account.hosts.add(host)
-                    account.domain_users[domain] = account.domain_users.get(domain, 0) + n_users
-                else:
-                    reason = verdict.reason or "invalid"
-                    account.unusable_users[reason] = account.unusable_users.get(reason, 0) + n_users
+                account.hosts.add(host)
+                account.domain_users[domain] = account.domain_users.get(domain, 0) + n_users
         self._count_dropped_events(drops, counted, stats)
         return self._finish_builtin(accounts, stats)
 
@@ -1250,11 +1276,6 @@ class SqlUsageSource:
         for key in sorted(accounts):
             account = accounts[key]
             if by_workspace:
-                if not account.domain_users:
-                    # No member has a company address: the workspace cannot be matched.
-                    reason = max(account.unusable_users.items(), key=lambda kv: (kv[1], kv[0]))[0]
-                    stats.skip(reason, users=account.users)
-                    continue
                 domain = min(account.domain_users.items(), key=lambda kv: (-kv[1], kv[0]))[0]
                 workspace_id: str | None = key.removeprefix("workspace:")
             else:
@@ -1376,20 +1397,17 @@ class SqlUsageSource:
             if lower[i] not in ("domain", "workspace_id", "first_seen")
         ]
         metric_names = [name for name, _ in metric_columns]
+        users_at = next((i for name, i in metric_columns if name == "total_users"), None)
         accounts: dict[str, _Account] = {}
         domains: dict[str, str] = {}
         for partition in result.partitions():
             for row in partition:
                 stats.rows_read += 1
-                metrics: dict[str, float] = {}
-                for name, i in metric_columns:
-                    number = _number(row[i])
-                    if number is None:
-                        break
-                    metrics[name] = number
                 # Skips are counted in users; a row without a user count stands for one.
-                n_users = int(metrics.get("total_users", 1.0))
-                if len(metrics) != len(metric_columns):
+                n_users = 1 if users_at is None else _row_users(row[users_at])
+                try:
+                    values = [_metric(row[i]) for _, i in metric_columns]
+                except _NotANumber:
                     stats.skip("bad_metric", users=n_users)
                     continue
                 raw_domain = row[index["domain"]]
@@ -1410,7 +1428,6 @@ class SqlUsageSource:
                 first_seen = (
                     _to_datetime(row[index["first_seen"]]) if "first_seen" in index else None
                 )
-                values = list(metrics.values())
                 account = accounts.get(key)
                 if account is None:
                     account = accounts[key] = _Account(values, [], first_seen)

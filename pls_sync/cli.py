@@ -458,6 +458,11 @@ def export_columns(settings: Settings) -> list[str]:
     ]
 
 
+def _whole(value: float | None) -> int | None:
+    """A count as an int; None stays None (a custom model's NULL: unknown, not 0)."""
+    return None if value is None else int(value)
+
+
 def export_row(result: AccountResult, ids: Mapping[str, str], mqls_checked: bool) -> dict[str, Any]:
     """One account as an export row (keys of ``export_columns``)."""
     score = result.score
@@ -473,7 +478,7 @@ def export_row(result: AccountResult, ids: Mapping[str, str], mqls_checked: bool
         "mqls_checked": mqls_checked,
         "motion": result.motion,
         "buyers": list(result.buyers),
-        "active_users_28d": int(score.metrics.get("active_users_28d", 0)),
+        "active_users_28d": _whole(score.metrics.get("active_users_28d", 0)),
         "first_seen": result.account.first_seen,
         "age_guard": score.guard,
         "salesforce_id": ids.get("salesforce"),

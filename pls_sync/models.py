@@ -38,12 +38,13 @@ class ProductAccount:
 
     ``key`` identifies the account across runs: the registrable domain at the company level,
     ``workspace:<id>`` at the workspace level. ``domain`` is what matching uses.
-    ``metrics`` holds numeric usage metrics by name (the warehouse model's columns).
+    ``metrics`` holds numeric usage metrics by name (the warehouse model's columns); ``None``
+    is an unknown value (a custom model's NULL), never 0.
     """
 
     key: str
     domain: str
-    metrics: Mapping[str, float]
+    metrics: Mapping[str, float | None]
     first_seen: datetime | None = None
     workspace_id: str | None = None
     hosts: tuple[str, ...] = ()

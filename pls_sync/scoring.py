@@ -2,6 +2,11 @@
 
 The model is data (``ScoringModel``), built from ``config/scoring.yaml`` by ``pls_sync.config``.
 Conditions are compared, never evaluated as code.
+
+A metric may be unknown: ``None`` (a warehouse NULL), NaN, or absent from the account. Unknown
+is never 0: a condition on it does not hold (neither ``< 1`` nor ``== 0``), a component with
+no known metric scores 0 points and says which metrics were unknown, and a ratio with an
+unknown side is unknown.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ __all__ = [
     "Condition",
     "ConditionGroup",
     "FiredSignal",
+    "Metrics",
     "Ratio",
     "Rule",
     "ScoringModel",
@@ -44,7 +50,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """``metric op value``, e.g. ``active_users_28d >= 7``. A missing metric never matches."""
+    """``metric op value``, e.g. ``active_users_28d >= 7``. An unknown metric never matches."""
 
     metric: str
     op: str  # one of >=, >, <=, <, ==, !=
@@ -162,7 +168,7 @@ class AccountScore:
     tier: str
     components: tuple[ComponentScore, ...]
     signals: tuple[FiredSignal, ...]
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)
     age_days: float | None = None
     guard: str | None = None
     scored_at: datetime | None = None
@@ -183,9 +189,12 @@ GUARD_MIN_AGE = "min_account_age"
 
 _SECONDS_PER_DAY = 86_400.0
 
+Metrics = Mapping[str, float | None]
+"""Metric values by name; ``None`` is an unknown value (a warehouse NULL)."""
+
 
 def _present(value: float | None) -> bool:
-    """A metric is present when it is a number and not NaN (warehouse NULLs arrive as None)."""
+    """A metric is known when it is a number and not NaN (a warehouse NULL arrives as None)."""
     return value is not None and value == value
 
 
@@ -193,22 +202,26 @@ def _present(value: float | None) -> bool:
 # Derived metrics
 
 
-def derive_metrics(metrics: Mapping[str, float], ratios: Sequence[Ratio]) -> dict[str, float]:
+def derive_metrics(metrics: Metrics, ratios: Sequence[Ratio]) -> dict[str, float | None]:
     """Return a copy of ``metrics`` plus every ratio, computed in order.
 
-    A ratio is ``numerator / max(denominator, min_denominator)``. A missing numerator leaves
-    the ratio missing; a missing denominator counts as 0, so ``min_denominator`` applies. Ratios
-    are computed in order, so a later ratio may use an earlier one.
+    A ratio is ``numerator / max(denominator, min_denominator)``. A numerator the account does
+    not have leaves the ratio missing; a denominator it does not have counts as 0, so
+    ``min_denominator`` applies. A side that is there but unknown (``None``) makes the ratio
+    unknown (``None``): "15 new users, usual week unknown" is no spike. Ratios are computed in
+    order, so a later ratio may use an earlier one.
     """
     derived = dict(metrics)
     for ratio in ratios:
-        numerator = derived.get(ratio.numerator)
-        if numerator is None:
+        if ratio.numerator not in derived:
             continue
-        denominator = derived.get(ratio.denominator)
-        divisor = ratio.min_denominator if denominator is None else denominator
-        if not divisor >= ratio.min_denominator:  # also catches a NaN denominator
-            divisor = ratio.min_denominator
+        numerator = derived[ratio.numerator]
+        denominator = derived.get(ratio.denominator, ratio.min_denominator)
+        if numerator is None or denominator is None:
+            derived[ratio.name] = None
+            continue
+        # A denominator below the floor (or NaN, which compares false) is the floor.
+        divisor = denominator if denominator >= ratio.min_denominator else ratio.min_denominator
         if divisor <= 0:
             # A model with min_denominator <= 0 would divide by zero: the ratio is undefined.
             continue
@@ -271,11 +284,11 @@ def _operator(op: str) -> Callable[[float, float], bool]:
         raise ValueError(f"unknown comparison operator {op!r}") from None
 
 
-def evaluate(rule: Rule, metrics: Mapping[str, float]) -> bool:
+def evaluate(rule: Rule, metrics: Metrics) -> bool:
     """Whether ``rule`` holds for ``metrics``; data is compared, never evaluated as code.
 
-    A condition on a missing (or NaN) metric is false. ``all`` of nothing is true, ``any`` of
-    nothing is false.
+    A condition on an unknown metric (missing, ``None`` or NaN) is false, whatever its
+    operator. ``all`` of nothing is true, ``any`` of nothing is false.
     """
     if isinstance(rule, Condition):
         value = metrics.get(rule.metric)
@@ -289,7 +302,7 @@ def evaluate(rule: Rule, metrics: Mapping[str, float]) -> bool:
     raise TypeError(f"not a rule: {rule!r}")
 
 
-_Predicate = Callable[[Mapping[str, float]], bool]
+_Predicate = Callable[[Metrics], bool]
 
 
 def _compile_rule(rule: Rule) -> _Predicate:
@@ -297,7 +310,7 @@ def _compile_rule(rule: Rule) -> _Predicate:
     if isinstance(rule, Condition):
         compare, metric, threshold = _operator(rule.op), rule.metric, rule.value
 
-        def condition(metrics: Mapping[str, float]) -> bool:
+        def condition(metrics: Metrics) -> bool:
             value = metrics.get(metric)
             return value is not None and value == value and compare(value, threshold)
 
@@ -374,8 +387,8 @@ class _Template:
         self.keys = tuple(dict.fromkeys(name for _, name, _ in pieces))
         self.names = frozenset(self.keys)
 
-    def render(self, values: Mapping[str, float]) -> str:
-        """The label filled from ``values``; missing or NaN values show as ``?``."""
+    def render(self, values: Metrics) -> str:
+        """The label filled from ``values``; missing, unknown or NaN values show as ``?``."""
         out = ""
         for literal, name, spec in self.pieces:
             value = values.get(name)
@@ -398,13 +411,13 @@ def _template(template: str) -> _Template:
     return parsed
 
 
-def render_label(template: str, values: Mapping[str, float]) -> str:
+def render_label(template: str, values: Metrics) -> str:
     """Fill ``{name}`` and ``{name:spec}`` placeholders in ``template`` from ``values``.
 
     Only plain names are substituted (no attribute or index access: this is not
-    ``str.format``). A missing name renders as ``?``; a spec that is not a small numeric
-    format spec (``.0f``, ``.1f``, ``d``, ``,``, ``.0%``...) falls back to the plain value;
-    integer-valued floats without a spec render without ``.0``. ``{{`` and ``}}`` are literal
+    ``str.format``). A missing or unknown name renders as ``?``; a spec that is not a small
+    numeric format spec (``.0f``, ``.1f``, ``d``, ``,``, ``.0%``...) falls back to the plain
+    value; integer-valued floats without a spec render without ``.0``. ``{{`` and ``}}`` are literal
     braces; any other brace text is left as it is.
     """
     return _template(template).render(values)
@@ -506,7 +519,7 @@ _CACHE_LIMIT = 16_384
 class _CompiledComponent:
     """A component with its curve, label and per-metric caches of scored parts."""
 
-    __slots__ = ("name", "weight", "curve", "template", "lookups", "empty", "cached", "single")
+    __slots__ = ("name", "weight", "curve", "template", "lookups", "unknown", "cached", "single")
 
     def __init__(self, component: Component) -> None:
         self.name = component.name
@@ -519,15 +532,17 @@ class _CompiledComponent:
             (metric, {}) for metric in component.metrics
         )
         self.single = self.lookups[0] if len(self.lookups) == 1 else None
-        self.empty = ComponentScore(self.name, None, None, 0.0, self.weight, 0.0, "")
+        self.unknown = ComponentScore(
+            self.name, None, None, 0.0, self.weight, 0.0, f"{', '.join(component.metrics)} unknown"
+        )
 
-    def score(self, metrics: Mapping[str, float]) -> ComponentScore:
-        """The component's part for ``metrics``: the best of its metrics, or ``empty``."""
+    def score(self, metrics: Metrics) -> ComponentScore:
+        """The component's part for ``metrics``: the best of its known metrics, or ``unknown``."""
         if self.single is not None:  # the common case, kept short
             metric, cache = self.single
             value = metrics.get(metric)
             if value is None or value != value:
-                return self.empty
+                return self.unknown
             scored = cache.get(value)
             if scored is None:
                 scored = self._build(metric, value, self.curve(value), metrics, cache)
@@ -547,7 +562,7 @@ class _CompiledComponent:
                 best, best_metric, best_value = normalised, metric, value
                 best_scored, best_cache = scored, cache
         if best_metric is None:
-            return self.empty
+            return self.unknown
         if best_scored is not None:
             return best_scored
         # Only the metric that carries the component gets its label rendered.
@@ -558,7 +573,7 @@ class _CompiledComponent:
         metric: str,
         value: float,
         normalised: float,
-        metrics: Mapping[str, float],
+        metrics: Metrics,
         cache: dict[float, ComponentScore],
     ) -> ComponentScore:
         values = {"value": value} if self.cached else {**metrics, "value": value}
@@ -598,7 +613,7 @@ class _CompiledSignal:
         self.template = _template(signal.label)
         self.cache: dict[object, FiredSignal] = {}
 
-    def fire(self, metrics: Mapping[str, float]) -> FiredSignal:
+    def fire(self, metrics: Metrics) -> FiredSignal:
         """The fired signal with its label for ``metrics``."""
         keys = self.template.keys
         key: object = (
@@ -695,9 +710,10 @@ def score_account(
     """Score one account: components, signals, a 0-100 score, its tier and why.
 
     Each component takes the best normalised value among its metrics (the first metric wins a
-    tie), times its weight; a component with none of its metrics present scores 0. Each signal
-    whose condition holds adds its points. The total is clamped to 0..100 and rounded half up.
-    The tier applies hysteresis against ``previous_tier``, then the age guard: an account
+    tie), times its weight; a component with none of its metrics known scores 0 and its
+    description names them as unknown. Each signal whose condition holds adds its points (a
+    condition on an unknown metric does not hold). The total is clamped to 0..100 and rounded
+    half up. The tier applies hysteresis against ``previous_tier``, then the age guard: an account
     younger than ``min_account_age_days`` never sits in a guarded tier (it drops to the
     highest unguarded tier below) and ``guard`` says so. An unknown ``first_seen`` is not
     guarded. Naive datetimes are taken as UTC.

@@ -831,8 +831,9 @@ def account_lists(
             rows, key=lambda row: (-row["score"], row["domain"], row.get("destination", ""))
         )
 
-    def users(result: AccountResult, metric: str) -> int:
-        return int(result.score.metrics.get(metric, 0) or 0)
+    def users(result: AccountResult, metric: str) -> int | None:
+        value = result.score.metrics.get(metric, 0)
+        return None if value is None else int(value)  # a custom model's NULL is unknown
 
     abm = [
         {

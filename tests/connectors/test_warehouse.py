@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from connectors.warehouse import BUILTIN_METRICS, SqlUsageSource
 from pls_sync.errors import WarehouseError
 from pls_sync.models import ProductAccount, UsageReadStats
+from pls_sync.scoring import Component, Condition, ScoringModel, Signal, score_account
 
 AS_OF = datetime(2024, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -295,16 +296,56 @@ def test_workspace_level(duckdb_url: str) -> None:
     ws11 = accounts["workspace:11"]
     assert ws11.domain == "acme.com"
     assert ws11.metrics["active_users_28d"] == 0 and ws11.metrics["usual_weekly_new_users"] == 1 / 8
-    # beta.io plus a disposable address: the company domain wins, both members count
+    # beta.io plus a disposable address: the disposable member is skipped, as at company level
     ws30 = accounts["workspace:30"]
-    assert ws30.domain == "beta.io" and ws30.metrics["total_users"] == 2
-    assert ws30.metrics["events_7d"] == 4  # the disposable member's event counts in its workspace
+    assert ws30.domain == "beta.io" and ws30.hosts == ("beta.io",)
+    assert_metrics(ws30, BETA)
     # one member at zeta.com, one at alpha.com: a tie goes to the first name
     assert accounts["workspace:40"].domain == "alpha.com"
-    # ws 20 is free mail only, ws 21 junk only: not matchable
-    assert stats.skipped_reasons == {"free_mail": 1, "invalid": 2}
-    assert stats.users == 2 + 1 + 2 + 2
+    # ws 20 is free mail only, ws 21 junk only: not matchable; ws 30's disposable member skipped
+    assert stats.skipped_reasons == {"free_mail": 1, "invalid": 2, "disposable": 1}
+    assert stats.skipped_users == 4
+    assert stats.users == 2 + 1 + 1 + 2
     assert stats.accounts == 4
+
+
+def test_workspace_level_free_mail_members_count_toward_nothing(duckdb_url: str) -> None:
+    """Free-mail members of acme's workspace are skipped as free_mail; none of their usage counts.
+
+    Their events (7 and 28 days, a core and an enterprise feature only they used, an admin
+    change, a legal page view, older usage), their admin flag and their early sign-up would all
+    change workspace 10 if they counted.
+    """
+    source = SqlUsageSource(duckdb_url, taxonomy=TAXONOMY, account_level="workspace")
+    before, before_stats = read(source)
+    engine = sa.create_engine(duckdb_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (user_id, email, workspace_id, created_at, is_admin) "
+                "VALUES (50, 'x@gmail.com', 10, :created, true), "
+                "(51, 'y@Yahoo.com', 10, :created, false)"
+            ),
+            {"created": datetime(2023, 1, 1)},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO events (user_id, workspace_id, event_name, occurred_at) VALUES "
+                "(50, 10, 'commented', :recent), (50, 10, 'enabled_scim', :recent), "
+                "(50, 10, 'admin_added', :recent), (50, 10, 'viewed_terms_of_use', :recent), "
+                "(51, 10, 'logged_in', :older)"
+            ),
+            {"recent": datetime(2024, 5, 30), "older": datetime(2024, 4, 1)},
+        )
+    engine.dispose()
+    after, stats = read(source)
+    assert after == before
+    assert after["workspace:10"].hosts == ("acme.com", "eng.acme.com")
+    assert after["workspace:10"].first_seen == datetime(2024, 1, 1, tzinfo=UTC)
+    assert stats.skipped_reasons == {**before_stats.skipped_reasons, "free_mail": 1 + 2}
+    assert stats.users == before_stats.users
+    # their events were read with their users, not dropped
+    assert stats.dropped_events == before_stats.dropped_events
 
 
 def test_custom_model_company_level(tmp_path: Path, sqlite_url: str) -> None:
@@ -333,12 +374,77 @@ def test_custom_model_company_level(tmp_path: Path, sqlite_url: str) -> None:
     assert dict(acme.metrics) == {"total_users": 7.0, "mrr": 110.5}
     assert acme.first_seen == datetime(2022, 6, 1, tzinfo=UTC)
     assert acme.hosts == ("acme.com",)
-    assert dict(accounts["gamma.co.uk"].metrics) == {"total_users": 0.0, "mrr": 7.0}
+    # NULL is unknown, never 0; the row stands for one user
+    assert dict(accounts["gamma.co.uk"].metrics) == {"total_users": None, "mrr": 7.0}
     assert stats.rows_read == 6
     # skips count users (total_users) when the row says, else one per row
     assert stats.skipped_reasons == {"free_mail": 1, "bad_metric": 1, "invalid": 1}
     assert stats.skipped_rows == 3
-    assert stats.users == 7
+    assert stats.users == 7 + 1
+
+
+# A scoring model over a custom model's ``seats``: the conditions that must not fire on NULL.
+SEATS_MODEL = ScoringModel(
+    components=(Component("seats", 1.0, ("seats",), ((0, 0), (10, 100)), "{value:.0f} seats"),),
+    signals=(
+        Signal("no_seats", Condition("seats", "<", 1), 10, "no seats"),
+        Signal("zero_seats", Condition("seats", "==", 0), 10, "zero seats"),
+        Signal("team", Condition("seats", ">=", 7), 10, "{seats:.0f} seats"),
+        Signal("not_five", Condition("seats", "!=", 5), 10, "not five"),
+    ),
+)
+
+
+def test_custom_model_null_metric_stays_unknown_through_scoring(
+    tmp_path: Path, duckdb_url: str
+) -> None:
+    model = tmp_path / "seats.sql"
+    model.write_text(
+        "SELECT * FROM (VALUES\n"
+        "  ('acme.com', 3, CAST(NULL AS INTEGER), CAST(NULL AS DECIMAL(10, 2))),\n"
+        "  ('beta.io', 2, 0, 5.50),\n"
+        "  ('gamma.com', 1, 4, 1.00),\n"
+        "  ('eng.gamma.com', 1, NULL, 2.00)\n"  # same company: an unknown part, an unknown sum
+        ") AS t(domain, total_users, seats, mrr)"
+    )
+    accounts, stats = read(SqlUsageSource(duckdb_url, taxonomy=TAXONOMY, model=model))
+    assert dict(accounts["acme.com"].metrics) == {"total_users": 3.0, "seats": None, "mrr": None}
+    assert dict(accounts["beta.io"].metrics) == {"total_users": 2.0, "seats": 0.0, "mrr": 5.5}
+    assert dict(accounts["gamma.com"].metrics) == {"total_users": 2.0, "seats": None, "mrr": 3.0}
+    assert stats.skipped_reasons == {}
+
+    acme = score_account(accounts["acme.com"], SEATS_MODEL, AS_OF)
+    assert acme.signals == ()
+    assert acme.score == 0
+    (seats,) = acme.components
+    assert (seats.points, seats.metric, seats.value) == (0, None, None)
+    assert seats.description == "seats unknown"
+    assert score_account(accounts["gamma.com"], SEATS_MODEL, AS_OF).signals == ()
+    beta = score_account(accounts["beta.io"], SEATS_MODEL, AS_OF)
+    assert [s.name for s in beta.signals] == ["no_seats", "zero_seats", "not_five"]
+
+
+def test_custom_model_bad_metrics_are_not_numbers_and_null_is_not_one(
+    tmp_path: Path, duckdb_url: str
+) -> None:
+    model = tmp_path / "odd.sql"
+    model.write_text(
+        "SELECT * FROM (VALUES\n"
+        "  ('acme.com', 4, CAST(NULL AS DOUBLE)),\n"
+        "  ('beta.io', 5, CAST('inf' AS DOUBLE)),\n"
+        "  ('gamma.com', NULL, CAST('-inf' AS DOUBLE)),\n"
+        "  ('delta.com', 6, CAST('nan' AS DOUBLE)),\n"
+        "  ('epsilon.com', NULL, 1.5)\n"
+        ") AS t(domain, total_users, x)"
+    )
+    accounts, stats = read(SqlUsageSource(duckdb_url, taxonomy=TAXONOMY, model=model))
+    assert sorted(accounts) == ["acme.com", "epsilon.com"]
+    assert accounts["acme.com"].metrics == {"total_users": 4.0, "x": None}
+    assert accounts["epsilon.com"].metrics == {"total_users": None, "x": 1.5}
+    # skips count the row's users when known, else one; a NULL user count is one user too
+    assert stats.skipped_reasons == {"bad_metric": 5 + 1 + 6}
+    assert stats.skipped_rows == 3
+    assert stats.users == 4 + 1
 
 
 def test_custom_model_workspace_level_on_duckdb(tmp_path: Path, duckdb_url: str) -> None:
@@ -546,6 +652,27 @@ def test_postgres_missing_column_and_read_only_utc_session(
     )
     accounts, _ = read(SqlUsageSource(url, taxonomy=TAXONOMY, schema=schema, model=model))
     assert dict(accounts["acme.com"].metrics) == {"ro": 1.0, "utc": 1.0}
+
+
+@pytest.mark.postgres
+def test_postgres_custom_model_null_numeric_is_unknown_and_nan_is_bad(
+    postgres_schema: tuple[str, str], tmp_path: Path
+) -> None:
+    url, schema = postgres_schema
+    model = tmp_path / "numeric.sql"
+    model.write_text(
+        "SELECT * FROM (VALUES\n"
+        "  ('acme.com', 2::bigint, NULL::numeric),\n"
+        "  ('beta.io', 3::bigint, 'NaN'::numeric),\n"
+        "  ('gamma.com', 1::bigint, 0::numeric)\n"
+        ") AS t(domain, total_users, seats)"
+    )
+    accounts, stats = read(SqlUsageSource(url, taxonomy=TAXONOMY, schema=schema, model=model))
+    assert accounts["acme.com"].metrics == {"total_users": 2.0, "seats": None}
+    assert accounts["gamma.com"].metrics == {"total_users": 1.0, "seats": 0.0}
+    assert stats.skipped_reasons == {"bad_metric": 3}
+    signals = [s.name for s in score_account(accounts["acme.com"], SEATS_MODEL, AS_OF).signals]
+    assert signals == []
 
 
 # -- dropped events --------------------------------------------------------------------------

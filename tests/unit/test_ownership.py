@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.matching import build_index, match_accounts
 from pls_sync.models import CrmRecord, FieldSpec, FieldType, OwnedRecord, ProductAccount
@@ -236,10 +238,8 @@ def test_a_write_whose_outcome_was_never_recorded_is_still_pls_syncs() -> None:
         saved(crm_id, rows, forget)
 
     state.save_owned = crash_after_write  # type: ignore[method-assign]
-    try:
+    with pytest.raises(SystemExit):
         run(usage, state, crm, 1, mapping)
-    except SystemExit:
-        pass
     state.save_owned = saved  # type: ignore[method-assign]
     assert crm.records["001A"].fields["PQA_Tier__c"] == "success"
     usage.accounts = accounts({"acme.com": 1})

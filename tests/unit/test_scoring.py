@@ -86,6 +86,16 @@ def test_later_ratios_may_use_earlier_ones() -> None:
     assert derive_metrics({"x": 12, "y": 3}, ratios)["b"] == 2.0
 
 
+def test_ratio_with_an_unknown_side_is_unknown() -> None:
+    ratios = MODEL.ratios
+    unknown_baseline = derive_metrics({"new_users_7d": 15, "usual_weekly_new_users": None}, ratios)
+    assert unknown_baseline["user_velocity"] is None  # not 15 / min_denominator
+    unknown_count = derive_metrics({"new_users_7d": None, "usual_weekly_new_users": 3}, ratios)
+    assert unknown_count["user_velocity"] is None
+    later = derive_metrics({"x": None, "z": 2}, (Ratio("a", "x", "y"), Ratio("b", "a", "z")))
+    assert later["a"] is None and later["b"] is None
+
+
 def test_ratio_with_no_positive_denominator_is_missing() -> None:
     assert "r" not in derive_metrics({"x": 1}, (Ratio("r", "x", "y", min_denominator=0),))
 
@@ -138,6 +148,24 @@ def test_condition_operators(op: str, value: float, expected: bool) -> None:
 def test_missing_or_nan_metric_makes_every_condition_false(op: str) -> None:
     assert evaluate(Condition("users", op, 7), {}) is False
     assert evaluate(Condition("users", op, 7), {"users": float("nan")}) is False
+
+
+@pytest.mark.parametrize("op", [">=", ">", "<=", "<", "==", "!="])
+@pytest.mark.parametrize("value", [0, 1, 7])
+def test_unknown_metric_makes_every_condition_false(op: str, value: float) -> None:
+    """A warehouse NULL is unknown, not 0: ``< 1`` and ``== 0`` do not hold on it either."""
+    condition = Condition("users", op, value)
+    assert evaluate(condition, {"users": None}) is False
+    assert evaluate(ConditionGroup("any", (condition,)), {"users": None}) is False
+    model = linear_model(
+        signals=(
+            Signal("alone", condition, 10, "alone"),
+            Signal("grouped", ConditionGroup("all", (condition, Condition("x", ">=", 0))), 10, ""),
+        )
+    )
+    result = score_account(account({"x": 0, "users": None}), model, AS_OF)
+    assert result.signals == ()
+    assert result.metrics["users"] is None
 
 
 def test_groups_nest_and_empty_groups_follow_all_any() -> None:
@@ -301,12 +329,45 @@ def test_missing_metrics_score_zero_with_no_metric() -> None:
     result = score_account(account({"events_28d": 50}), MODEL, AS_OF)
     team = component(result, "team_size")
     assert (team.metric, team.value, team.points, team.normalised) == (None, None, 0, 0)
-    assert team.description == ""
+    assert team.description == "active_users_28d unknown"
     assert component(result, "velocity").metric is None
     assert result.score == 5  # 20 * 0.25 from volume only
     assert result.signals == ()
     empty = score_account(account({}), MODEL, AS_OF)
     assert (empty.score, empty.tier) == (0, "self_serve")
+
+
+def test_unknown_metrics_score_zero_and_the_explanation_says_so() -> None:
+    """An account whose warehouse row has NULLs scores, fires nothing on them and says why."""
+    metrics = {
+        "active_users_28d": None,
+        "events_28d": 500,  # volume 60 * 0.25 = 15
+        "new_users_7d": 15,
+        "usual_weekly_new_users": None,  # user velocity unknown: no spike
+        "events_7d": None,
+        "usual_weekly_events": 20,
+        "core_features_28d": 4,  # breadth 75 * 0.2 = 15
+        "legal_page_views_14d": None,
+    }
+    result = score_account(account(metrics), MODEL, AS_OF)
+    team = component(result, "team_size")
+    assert (team.metric, team.value, team.points) == (None, None, 0)
+    assert team.description == "active_users_28d unknown"
+    velocity = component(result, "velocity")
+    assert (velocity.points, velocity.description) == (0, "user_velocity, event_velocity unknown")
+    assert result.metrics["user_velocity"] is None
+    assert result.signals == ()
+    assert result.score == 30
+    # a known velocity carries the component even when the other one is unknown
+    known = score_account(account({**metrics, "events_7d": 60}), MODEL, AS_OF)
+    assert component(known, "velocity").metric == "event_velocity"
+
+
+def test_label_shows_an_unknown_value_as_a_question_mark() -> None:
+    template = "{new_users_7d:.0f} new users this week, {user_velocity:.0f}x usual"
+    assert render_label(template, {"new_users_7d": 15, "user_velocity": None}) == (
+        "15 new users this week, ?x usual"
+    )
 
 
 def test_score_rounds_half_up_despite_float_noise() -> None:
@@ -479,6 +540,36 @@ def test_score_is_always_an_int_between_0_and_100(metrics: dict[str, float], age
     assert type(result.score) is int
     assert 0 <= result.score <= 100
     assert result.raw_tier == tier_for(result.score, TIERS, None, 0)
+
+
+def rule_metrics(rule: Rule) -> set[str]:
+    """Every metric a rule reads."""
+    if isinstance(rule, Condition):
+        return {rule.metric}
+    return set().union(*(rule_metrics(inner) for inner in rule.rules))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    metrics=st.dictionaries(
+        st.sampled_from(USAGE_METRICS + BASELINE_METRICS), st.one_of(st.none(), metric_value)
+    )
+)
+def test_unknown_metrics_never_fire_a_signal_or_score_above_known(
+    metrics: dict[str, float | None],
+) -> None:
+    result = score_account(account(metrics), MODEL, AS_OF)
+    assert 0 <= result.score <= 100
+    by_name = {signal.name: signal for signal in MODEL.signals}
+    for fired in result.signals:
+        assert all(
+            result.metrics.get(m) is not None for m in rule_metrics(by_name[fired.name].when)
+        )
+    for name, value in metrics.items():
+        if value is None:  # the default model only rewards more usage: unknown never beats known
+            for known in (0, 1, 1000):
+                with_known = score_account(account({**metrics, name: known}), MODEL, AS_OF)
+                assert result.score <= with_known.score
 
 
 @settings(max_examples=200, deadline=None)
