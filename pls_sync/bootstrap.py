@@ -18,9 +18,20 @@ if TYPE_CHECKING:
 from pls_sync.service import Adapters
 
 
+def apply_host_lists(settings: Settings) -> None:
+    """Add the config's ``matching:`` hosts to the lists of hosts that never name a company,
+    before anything classifies an email or a CRM domain."""
+    from pls_sync.domains import configure_host_lists
+
+    matching = settings.matching
+    configure_host_lists(matching.platform_hosts, matching.shared_hosting)
+
+
 def build_usage_source(settings: Settings) -> SqlUsageSource:
     """The warehouse reader for the configured URL and model."""
     from connectors.warehouse import SqlUsageSource
+
+    apply_host_lists(settings)
 
     wh = settings.warehouse
     return SqlUsageSource(
@@ -67,6 +78,7 @@ def build_destination(
     name: str, settings: Settings, env: Mapping[str, str] | None = None
 ) -> CrmDestination:
     """A destination client with credentials from the environment (or /run/secrets)."""
+    apply_host_lists(settings)
     dest = settings.destinations[name]
     if name == "salesforce":
         from connectors.salesforce import SalesforceDestination

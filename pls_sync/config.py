@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -212,6 +213,14 @@ class CrmSnapshotSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MatchingSettings:
+    """Hosts that never name a company, beyond the built-in lists (``matching:``)."""
+
+    platform_hosts: tuple[str, ...] = ()
+    shared_hosting: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a run needs, validated. Built by :func:`load_settings`."""
 
@@ -230,6 +239,7 @@ class Settings:
     channels: ChannelSettings = field(default_factory=lambda: ChannelSettings())
     history_days: int | None = 730
     channels_path: Path | None = None
+    matching: MatchingSettings = field(default_factory=lambda: MatchingSettings())
     # Where every key of every file is, for problems found after loading (validate, run).
     lines: ConfigLines = field(default_factory=ConfigLines, repr=False, compare=False)
 
@@ -420,6 +430,24 @@ class CrmSnapshotSpec(_Spec):
     skew_seconds: int = Field(default=300, ge=0)
 
 
+def _host_entry(value: str) -> str:
+    from pls_sync.domains import host_list_entry
+
+    return host_list_entry(value)
+
+
+HostEntry = Annotated[Name, AfterValidator(_host_entry)]
+
+
+class MatchingSpec(_Spec):
+    """``matching:``: hosts where the path, not the host, names the company (a platform) and
+    shared-hosting suffixes where each subdomain has another owner, added to the built-in
+    lists. Neither ever makes a CRM match or a product account."""
+
+    platform_hosts: list[HostEntry] = Field(default_factory=list)
+    shared_hosting: list[HostEntry] = Field(default_factory=list)
+
+
 class JobSpec(_Spec):
     """One ``schedule.jobs`` item."""
 
@@ -492,6 +520,7 @@ class MainSpec(_Spec):
     plans_dir: Name = ".pls-sync/plans"
     api_budget: ApiBudgetSpec = Field(default_factory=ApiBudgetSpec)
     crm_snapshot: CrmSnapshotSpec = Field(default_factory=CrmSnapshotSpec)
+    matching: MatchingSpec = Field(default_factory=MatchingSpec)
     channels: Name | None = None
     schedule: ScheduleSpec = Field(default_factory=_default_schedule)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
@@ -1487,6 +1516,9 @@ class _Loader:
                 main.crm_snapshot.enabled,
                 main.crm_snapshot.full_refresh_hours,
                 main.crm_snapshot.skew_seconds,
+            ),
+            matching=MatchingSettings(
+                tuple(main.matching.platform_hosts), tuple(main.matching.shared_hosting)
             ),
         )
 

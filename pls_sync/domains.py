@@ -1,46 +1,66 @@
-"""Email and CRM domain normalisation: registrable domains, free-mail and disposable hosts.
+"""Email and CRM domain normalisation: registrable domains and the hosts that name no company.
 
 Everything here turns a messy string (an email, a URL, a bare host, a CRM Website field) into the
-lower-case punycode *registrable domain* (eTLD+1) that identifies a company, or ``None``.
+lower-case punycode *registrable domain* (eTLD+1) that identifies a company, or ``None``, and says
+why a host cannot stand for a company: free-mail and disposable providers, platforms where the
+path names the company (``linkedin.com/company/acme``) and shared hosting where every subdomain
+has another owner (``acme.github.io``).
 
-This is the one domain-core module allowed a non-standard-library import: ``tldextract``. It is
-used as pure computation over the Public Suffix List snapshot bundled inside the package: the
-extractor is built with no suffix-list URLs and no cache directory, so it never touches the
-network or writes to disk; the only I/O is reading that bundled file once. tldextract parses the
-list (ICANN section only: private suffixes such as ``github.io`` are not company boundaries);
-the lookup itself is the PSL algorithm over punycode rule sets built once from
-``TLDExtract.tlds``, because it runs once per distinct CRM value and is several times faster
-than ``extract_str`` (100k CRM records are indexed per run). Tests check it agrees with
-tldextract.
+Internationalised names follow IDNA 2008 / UTS #46 (non-transitional, the ``idna`` package):
+``faß.de`` is ``xn--fa-hia.de``, not the IDNA 2003 ``fass.de`` (another registered domain).
 
-The free-mail and disposable provider lists live in ``pls_sync/data/*.txt`` (one domain a line,
-``#`` comments allowed) and are read once with :mod:`importlib.resources`.
+This is the one domain-core module allowed non-standard-library imports: ``tldextract``, ``idna``
+and, lazily, ``disposable_email_domains``. The Public Suffix List is the snapshot bundled inside
+``tldextract``, read as pure data and split into its ICANN and PRIVATE sections by tldextract's own
+parser: no network, no cache directory. The registrable domain uses the ICANN section only; the
+lookup is the PSL algorithm over punycode rule sets built once, because it runs once per distinct
+CRM value and is several times faster than ``TLDExtract.extract_str`` (100k CRM records are
+indexed per run); tests check it agrees with tldextract. The PRIVATE section (``github.io``,
+``herokuapp.com``...) lists the shared-hosting suffixes.
+
+The project's own lists live in ``pls_sync/data/*.txt`` (one host a line, ``#`` comments allowed)
+and are read once with :mod:`importlib.resources`; :func:`configure_host_lists` adds a user's.
 """
 
 from __future__ import annotations
 
 import functools
+import pkgutil
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
-import tldextract
+import idna
+from tldextract.suffix_list import extract_tlds_from_suffix_list
 
 __all__ = [
+    "REASON_DISPOSABLE",
+    "REASON_FREE_MAIL",
+    "REASON_INVALID",
+    "REASON_PLATFORM_HOST",
+    "REASON_SHARED_HOSTING",
     "HostVerdict",
     "classify_host",
+    "company_domain",
+    "configure_host_lists",
     "disposable_domains",
     "email_host",
     "free_mail_domains",
+    "host_list_entry",
     "is_disposable",
     "is_free_mail",
+    "platform_host_names",
     "registrable_domain",
+    "shared_hosting_suffixes",
     "split_domain_values",
 ]
 
 REASON_INVALID = "invalid"
 REASON_FREE_MAIL = "free_mail"
 REASON_DISPOSABLE = "disposable"
+REASON_PLATFORM_HOST = "platform_host"
+REASON_SHARED_HOSTING = "shared_hosting"
 
 _CACHE_SIZE = 200_000
 _MAX_HOST = 253
@@ -57,17 +77,18 @@ _HOST_IN_VALUE = re.compile(rf"{_PREFIX}([^/?#:@\[\]\s]*){_SUFFIX}")
 # The same for the common case of a valid ascii host, checked in the same pass.
 _ASCII_HOST_IN_VALUE = re.compile(rf"{_PREFIX}\.*((?:{_ANY_LABEL}\.)*{_ANY_LABEL})\.*{_SUFFIX}")
 _WHITESPACE = re.compile(r"\s")
-# Ideographic and full-width full stops are label separators in IDNA (RFC 3490 section 3.1).
-_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+# Entries added by configure_host_lists, by reason; the built-in lists are never changed.
+_configured: dict[str, frozenset[str]] = {}
 
 
 @dataclass(frozen=True, slots=True)
 class HostVerdict:
-    """Whether an email host identifies a company.
+    """Whether a host (of an email, a URL, a CRM domain field) identifies a company.
 
-    ``domain`` is the registrable domain when one could be computed (also for free-mail and
-    disposable hosts, so callers can report them); ``reason`` is ``None`` when the host is usable,
-    else ``"invalid"``, ``"free_mail"`` or ``"disposable"``.
+    ``domain`` is the registrable domain when one could be computed (also for refused hosts, so
+    callers can report them); ``reason`` is ``None`` when the host is usable, else one of
+    ``"invalid"``, ``"free_mail"``, ``"disposable"``, ``"platform_host"``, ``"shared_hosting"``.
     """
 
     domain: str | None
@@ -80,8 +101,13 @@ class HostVerdict:
 
 
 @functools.cache
-def _extractor() -> tldextract.TLDExtract:
-    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+def _psl_sections() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(ICANN rules, PRIVATE rules) of the Public Suffix List snapshot bundled in tldextract."""
+    data = pkgutil.get_data("tldextract", ".tld_set_snapshot")
+    if data is None:  # pragma: no cover - the tldextract wheel always ships it
+        raise RuntimeError("tldextract's bundled Public Suffix List snapshot is missing")
+    icann, private = extract_tlds_from_suffix_list(data.decode("utf-8"))
+    return tuple(icann), tuple(private)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +123,16 @@ def _suffix_rules() -> _SuffixRules:
     exact: set[str] = set()
     wildcard: set[str] = set()
     exception: set[str] = set()
-    for rule in _extractor().tlds:
+    for rule in _psl_sections()[0]:
         target = exact
         if rule.startswith("!"):
             target, rule = exception, rule[1:]
         elif rule.startswith("*."):
             target, rule = wildcard, rule[2:]
-        try:
-            # The list spells IDN suffixes in Unicode; hosts here are punycode.
-            target.add(".".join(label.encode("idna").decode("ascii") for label in rule.split(".")))
-        except UnicodeError:
-            continue  # a rule the stdlib IDNA 2003 codec cannot encode matches no host here
+        # The list spells IDN suffixes in Unicode; hosts here are punycode.
+        encoded = rule if rule.isascii() else _idna_to_ascii(rule)
+        if encoded is not None:  # a rule IDNA 2008 cannot encode matches no host here
+            target.add(encoded)
     nested = {rule.rpartition(".")[2] for rule in exact | wildcard | exception if "." in rule}
     flat = {rule for rule in exact if "." not in rule} - nested - wildcard
     return _SuffixRules(
@@ -135,14 +160,17 @@ def _registrable(host: str) -> str | None:
         start, previous = dot + 1, start
 
 
+def _list_entry(line: str) -> str | None:
+    """One line of a data file as hosts are compared (lower-case punycode), or None if blank."""
+    entry = line.split("#", 1)[0].strip().lower().rstrip(".")
+    if not entry or entry.isascii():
+        return entry or None
+    return _idna_to_ascii(entry)
+
+
 def _load_list(name: str) -> frozenset[str]:
     text = (resources.files("pls_sync") / "data" / name).read_text(encoding="utf-8")
-    entries = set()
-    for line in text.splitlines():
-        entry = line.split("#", 1)[0].strip().lower().rstrip(".")
-        if entry:
-            entries.add(entry)
-    return frozenset(entries)
+    return frozenset(entry for line in text.splitlines() if (entry := _list_entry(line)))
 
 
 @functools.cache
@@ -153,8 +181,94 @@ def free_mail_domains() -> frozenset[str]:
 
 @functools.cache
 def disposable_domains() -> frozenset[str]:
-    """The disposable-address provider domains from ``data/disposable.txt``."""
-    return _load_list("disposable.txt")
+    """Disposable-address provider domains: a maintained list plus the project's additions.
+
+    The ``disposable-email-domains`` package's ``blocklist`` (about 10,000 domains, updated
+    monthly; imported on first use, not with this module) and ``data/disposable.txt``.
+    """
+    from disposable_email_domains import blocklist
+
+    return frozenset(blocklist) | _load_list("disposable.txt")
+
+
+@functools.cache
+def platform_host_names() -> frozenset[str]:
+    """Hosts where the path, not the host, names the company: ``linkedin.com``, ``bit.ly``...
+
+    ``data/platform_hosts.txt`` plus entries from :func:`configure_host_lists`. The host itself
+    and every host under it are refused.
+    """
+    return _load_list("platform_hosts.txt") | _configured.get(REASON_PLATFORM_HOST, frozenset())
+
+
+@functools.cache
+def shared_hosting_suffixes() -> frozenset[str]:
+    """Shared-hosting suffixes, where each subdomain has a different owner (``github.io``).
+
+    The Public Suffix List's PRIVATE section (a wildcard ``*.x`` counts as ``x``; its few
+    exception rules are left out), ``data/shared_hosting.txt`` for what the PSL lacks
+    (``sites.google.com``) and entries from :func:`configure_host_lists`.
+    """
+    suffixes = set(_load_list("shared_hosting.txt"))
+    for rule in _psl_sections()[1]:
+        if rule.startswith("!"):
+            continue
+        rule = rule.removeprefix("*.")
+        encoded = rule if rule.isascii() else _idna_to_ascii(rule)
+        if encoded is not None:
+            suffixes.add(encoded)
+    return frozenset(suffixes) | _configured.get(REASON_SHARED_HOSTING, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedHosting:
+    suffixes: frozenset[str]
+    domains: frozenset[str]  # their registrable domains: one lookup rules most hosts out
+
+
+@functools.cache
+def _shared_hosting() -> _SharedHosting:
+    suffixes = shared_hosting_suffixes()
+    domains = {domain for suffix in suffixes if (domain := _registrable(suffix))}
+    return _SharedHosting(suffixes, frozenset(domains))
+
+
+def configure_host_lists(
+    platform_hosts: Iterable[str] = (), shared_hosting: Iterable[str] = ()
+) -> None:
+    """Add a user's entries to the built-in platform-host and shared-hosting lists.
+
+    Entries are hosts (``wiki.acme-cloud.com``; a URL or a PSL-style ``*.`` prefix is reduced
+    to its host) normalised like list entries: lower case, punycode, no trailing dot. A platform
+    host is refused with every host under it; a shared-hosting suffix refuses the hosts under it,
+    and itself when it sits below a registrable domain (``sites.google.com``). Each call
+    replaces the entries of the previous one (reloading a config does not pile them up) and
+    clears the memoised verdicts. Raises ``ValueError`` naming the first entry that is not a
+    host with a public suffix; nothing is changed then.
+    """
+    platform = frozenset(host_list_entry(entry) for entry in platform_hosts)
+    shared = frozenset(host_list_entry(entry) for entry in shared_hosting)
+    _configured[REASON_PLATFORM_HOST] = platform
+    _configured[REASON_SHARED_HOSTING] = shared
+    for cached in (
+        platform_host_names,
+        shared_hosting_suffixes,
+        _shared_hosting,
+        _refusable_domains,
+        classify_host,
+        company_domain,
+    ):
+        cached.cache_clear()
+
+
+def host_list_entry(entry: str) -> str:
+    """A configured list entry (a host, a URL or a ``*.`` suffix) as a lower-case punycode
+    host; ``ValueError`` when it is not a host name with a public suffix."""
+    text = entry.strip().removeprefix("*.") if isinstance(entry, str) else ""
+    normalised = _normalise_host(text) if text else None
+    if normalised is None:
+        raise ValueError(f"{entry!r} is not a host name with a public suffix")
+    return normalised[0]
 
 
 def email_host(email: str) -> str | None:
@@ -174,17 +288,30 @@ def email_host(email: str) -> str | None:
     return host.lower()
 
 
+def _idna_to_ascii(text: str) -> str | None:
+    """IDNA 2008 / UTS #46 (non-transitional) punycode of a non-ascii host, or None if invalid.
+
+    Ascii labels are left as they are for the caller's host check, so underscores and ``xn--``
+    labels are treated exactly as on the ascii path. The UTS #46 mapping also folds case and
+    turns the ideographic and full-width full stops into dots.
+    """
+    try:
+        mapped = idna.uts46_remap(text, std3_rules=False, transitional=False).strip(".")
+        return ".".join(
+            label if label.isascii() else idna.alabel(label).decode("ascii")
+            for label in mapped.split(".")
+        )
+    except UnicodeError:  # idna.IDNAError: a disallowed code point, a label too long...
+        return None
+
+
 def _to_ascii(host: str) -> str | None:
     """Lower-case punycode form of ``host`` with every label checked, or ``None``."""
     if not host.isascii():
-        host = host.translate(_DOTS).strip(".")
-        labels = []
-        for label in host.split("."):
-            try:
-                labels.append(label.encode("idna").decode("ascii").lower())
-            except UnicodeError:
-                return None  # not a valid IDN label (too long, prohibited code point...)
-        host = ".".join(labels)
+        encoded = _idna_to_ascii(host)
+        if encoded is None:
+            return None
+        host = encoded
     host = host.strip(".")
     if len(host) > _MAX_HOST or not _ASCII_HOST.match(host):
         return None
@@ -220,9 +347,11 @@ def registrable_domain(value: str) -> str | None:
     ``value`` may be an email, a URL (any scheme or none, with ``www``, user-info, port, path,
     query, fragment, upper case, trailing dots, surrounding whitespace) or a bare host:
     ``eng.acme.co.uk`` -> ``acme.co.uk``; ``https://WWW.Acme.com:8443/p?q`` -> ``acme.com``;
-    ``münchen.de`` -> ``xn--mnchen-3ya.de``. ``None`` for junk: IP addresses, ``localhost``,
-    hosts without a public suffix, bare suffixes (``co.uk``), empty or placeholder values,
-    whitespace or invalid characters inside the host, labels over 63 characters. Memoised.
+    ``münchen.de`` -> ``xn--mnchen-3ya.de``; ``faß.de`` -> ``xn--fa-hia.de`` (IDNA 2008).
+    ``None`` for junk: IP addresses, ``localhost``, hosts without a public suffix, bare suffixes
+    (``co.uk``), empty or placeholder values, whitespace or invalid characters inside the host,
+    labels over 63 characters. Only the PSL's ICANN section counts (``acme.github.io`` ->
+    ``github.io``): :func:`company_domain` says whether the value names a company. Memoised.
     """
     if not isinstance(value, str):
         return None
@@ -239,6 +368,42 @@ def _listed(host: str, domain: str, listed: frozenset[str]) -> bool:
             return True
         host = host.partition(".")[2]
     return False
+
+
+def _shared_hosted(host: str, domain: str) -> bool:
+    """True when ``host`` is a tenant's host on a shared-hosting suffix, or such a suffix itself.
+
+    A suffix that is itself a registrable domain (``github.io``, ``pythonanywhere.com``,
+    ``zendesk.com``) is the operator's own domain: that host and its ``www`` stay usable, only
+    hosts below it are refused. A suffix below a registrable domain (``sites.google.com``) is
+    refused with everything under it: there the path names the owner.
+    """
+    shared = _shared_hosting()
+    if domain not in shared.domains:  # the common case: one lookup
+        return False
+    if host.startswith("www."):
+        host = host[4:]
+    if host == domain:
+        return False
+    return _listed(host, domain, shared.suffixes)
+
+
+@functools.cache
+def _refusable_domains() -> frozenset[str]:
+    """Registrable domains with a platform host or a shared-hosting suffix at or under them."""
+    platform = {domain for host in platform_host_names() if (domain := _registrable(host))}
+    return frozenset(platform) | _shared_hosting().domains
+
+
+def _refusal(host: str, domain: str) -> str | None:
+    """Why a CRM value's host names no company (platform or shared hosting), or None."""
+    if domain not in _refusable_domains():  # the common case: one lookup
+        return None
+    if _listed(host, domain, platform_host_names()):
+        return REASON_PLATFORM_HOST
+    if _shared_hosted(host, domain):
+        return REASON_SHARED_HOSTING
+    return None
 
 
 def is_free_mail(domain: str) -> bool:
@@ -259,10 +424,12 @@ def is_disposable(domain: str) -> bool:
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def classify_host(host: str) -> HostVerdict:
-    """Classify an email host (or a whole email): its registrable domain and why it is unusable.
+    """Classify an email host (or a whole email, or an account domain) as a company or not.
 
-    Free-mail and disposable providers are recognised by registrable domain and by full host
-    (``googlemail.com``, ``yahoo.co.uk``, ``mail.ru``). Memoised: call it once per distinct host.
+    Refused, by the first reason that applies: ``invalid`` (no registrable domain),
+    ``disposable``, ``free_mail`` (recognised by registrable domain and by full host:
+    ``googlemail.com``, ``yahoo.co.uk``, ``mail.ru``), ``platform_host`` (``jobs.linkedin.com``)
+    and ``shared_hosting`` (``acme.github.io``). Memoised: call it once per distinct host.
     """
     normalised = _normalise_host(host) if isinstance(host, str) else None
     if normalised is None:
@@ -272,7 +439,26 @@ def classify_host(host: str) -> HostVerdict:
         return HostVerdict(domain, REASON_DISPOSABLE)
     if _listed(full, domain, free_mail_domains()):
         return HostVerdict(domain, REASON_FREE_MAIL)
-    return HostVerdict(domain, None)
+    return HostVerdict(domain, _refusal(full, domain))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def company_domain(value: str) -> HostVerdict:
+    """The company a CRM domain value names: its registrable domain, or why it names none.
+
+    ``value`` is a Website or domain field value: a URL, a bare host or an email, decorated as
+    :func:`registrable_domain` accepts. Refused: ``invalid`` (no registrable domain),
+    ``platform_host`` (``https://www.linkedin.com/company/acme-corp``: the path names the
+    company) and ``shared_hosting`` (``https://sites.google.com/view/gamma``,
+    ``gamma.github.io``). Free-mail and disposable providers are not refused here: a record for
+    the provider itself may well name its domain, and no product account ever has one.
+    Memoised: call it once per distinct value.
+    """
+    normalised = _normalise_host(value) if isinstance(value, str) else None
+    if normalised is None:
+        return HostVerdict(None, REASON_INVALID)
+    full, domain = normalised
+    return HostVerdict(domain, _refusal(full, domain))
 
 
 def split_domain_values(raw: str | None) -> list[str]:

@@ -1,19 +1,28 @@
 """Matching product accounts to CRM records by registrable domain. Standard library only.
 
 The CRM side is indexed once per run (:func:`build_index`): every record's domain fields are
-split and normalised to registrable domains with :mod:`pls_sync.domains`, junk is counted and
-ignored. :func:`match_accounts` then looks every account's domain up, applies the mapping's
-``on_multiple`` rule when several records share it, and settles records claimed by two accounts
-(a record with two domains, or two workspaces of one company) in favour of the higher priority.
+split and reduced to company domains with :func:`pls_sync.domains.company_domain`; values that
+name no company (junk, platform URLs such as ``linkedin.com/company/acme``, shared hosting such
+as ``acme.github.io``) are counted by reason and ignored. :func:`match_accounts` then looks
+every account's domain up, applies the mapping's ``on_multiple`` rule when several records share
+it, and settles records claimed by two accounts (a record with two domains, or two workspaces of
+one company) in favour of the higher priority.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from pls_sync.domains import registrable_domain, split_domain_values
+from pls_sync.domains import (
+    REASON_INVALID,
+    REASON_PLATFORM_HOST,
+    REASON_SHARED_HOSTING,
+    company_domain,
+    split_domain_values,
+)
 from pls_sync.models import CrmRecord
 
 __all__ = [
@@ -21,6 +30,7 @@ __all__ = [
     "AMBIGUOUS_SKIPPED",
     "CONFLICT_LOST",
     "MATCHED",
+    "REFUSAL_REASONS",
     "RULES",
     "STATUSES",
     "UNMATCHED",
@@ -41,6 +51,9 @@ STATUSES = (MATCHED, UNMATCHED, AMBIGUOUS_RESOLVED, AMBIGUOUS_SKIPPED, CONFLICT_
 
 RULES = ("skip", "most_recently_modified", "parent")
 
+# Why a CRM domain value was not indexed; MatchReport.counts() reports each as crm_refused_<reason>.
+REFUSAL_REASONS = (REASON_INVALID, REASON_PLATFORM_HOST, REASON_SHARED_HOSTING)
+
 
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -58,15 +71,25 @@ class Match:
 
 
 class DomainIndex:
-    """CRM records by registrable domain, with counts of what could not be indexed."""
+    """CRM records by registrable domain, with counts of what could not be indexed.
+
+    ``refused`` counts the domain values that name no company, by reason (``invalid``,
+    ``platform_host``, ``shared_hosting``); ``records_without_domain`` the records left with no
+    usable domain at all.
+    """
 
     def __init__(self) -> None:
         """Create an empty index; use :func:`build_index`."""
         self._by_domain: dict[str, list[CrmRecord]] = {}
         self.records: dict[str, CrmRecord] = {}
-        self.invalid_values = 0
+        self.refused: Counter[str] = Counter()
         self.records_without_domain = 0
         self.duplicate_records = 0
+
+    @property
+    def invalid_values(self) -> int:
+        """Domain values with no registrable domain at all (junk, placeholders, IPs)."""
+        return self.refused[REASON_INVALID]
 
     def candidates(self, domain: str) -> tuple[CrmRecord, ...]:
         """The records whose domain fields name ``domain`` (a registrable domain), in read order."""
@@ -77,6 +100,16 @@ class DomainIndex:
         record = self.records.get(record_id)
         return _record_domains(record)[0] if record else ()
 
+    def shared_records(self) -> set[str]:
+        """Ids of the records that share a domain with another record: the ones whose
+        last-modified stamps decide a ``most_recently_modified`` match."""
+        return {
+            record.id
+            for records in self._by_domain.values()
+            if len(records) > 1
+            for record in records
+        }
+
     def __len__(self) -> int:
         """The number of distinct domains indexed."""
         return len(self._by_domain)
@@ -86,24 +119,26 @@ class DomainIndex:
         return domain in self._by_domain
 
 
-def _record_domains(record: CrmRecord) -> tuple[tuple[str, ...], int]:
-    """A record's distinct registrable domains in field order, and its count of junk values."""
+def _record_domains(record: CrmRecord) -> tuple[tuple[str, ...], list[str]]:
+    """A record's distinct company domains in field order, and the reasons of refused values."""
     domains: list[str] = []
-    invalid = 0
+    refused: list[str] = []
     for raw in record.domain_values:
         for piece in split_domain_values(raw):
-            domain = registrable_domain(piece)
-            if domain is None:
-                invalid += 1
+            verdict = company_domain(piece)
+            domain = verdict.domain
+            if verdict.reason is not None or domain is None:
+                refused.append(verdict.reason or REASON_INVALID)
             elif domain not in domains:
                 domains.append(domain)
-    return tuple(domains), invalid
+    return tuple(domains), refused
 
 
 def build_index(records: Iterable[CrmRecord]) -> DomainIndex:
-    """Index CRM records by the registrable domains of their domain fields.
+    """Index CRM records by the company domains of their domain fields.
 
-    A record read twice (paged reads can repeat one) is indexed once, the first copy kept.
+    Values that name no company are counted in ``refused`` by reason, not indexed. A record
+    read twice (paged reads can repeat one) is indexed once, the first copy kept.
     """
     index = DomainIndex()
     by_domain, by_id = index._by_domain, index.records
@@ -112,8 +147,9 @@ def build_index(records: Iterable[CrmRecord]) -> DomainIndex:
             index.duplicate_records += 1
             continue
         by_id[record.id] = record
-        domains, invalid = _record_domains(record)
-        index.invalid_values += invalid
+        domains, refused = _record_domains(record)
+        if refused:
+            index.refused.update(refused)
         if not domains:
             index.records_without_domain += 1
         for domain in domains:
@@ -176,20 +212,31 @@ def resolve(candidates: Sequence[CrmRecord], rule: str) -> CrmRecord | None:
 
 @dataclass(slots=True)
 class MatchReport:
-    """The outcome of matching every account: one :class:`Match` per account key."""
+    """The outcome of matching every account: one :class:`Match` per account key.
+
+    ``crm_refused`` counts the CRM domain values that were not indexed, by refusal reason.
+    """
 
     matches: dict[str, Match]
     crm_records: int = 0
     crm_domains: int = 0
     priorities: dict[str, float] = field(default_factory=dict)
+    crm_refused: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        """Accounts per status (every status present, zero included), plus CRM totals."""
+        """Accounts per status (every status present, zero included), plus CRM totals.
+
+        The CRM totals: ``crm_records``, ``crm_domains`` and ``crm_refused_<reason>`` for every
+        reason of :data:`REFUSAL_REASONS` (``crm_refused_invalid``,
+        ``crm_refused_platform_host``, ``crm_refused_shared_hosting``), zero included.
+        """
         counts = dict.fromkeys(STATUSES, 0)
         for match in self.matches.values():
             counts[match.status] += 1
         counts["crm_records"] = self.crm_records
         counts["crm_domains"] = self.crm_domains
+        for reason in REFUSAL_REASONS:
+            counts[f"crm_refused_{reason}"] = self.crm_refused.get(reason, 0)
         return counts
 
     def matched(self) -> list[Match]:
@@ -275,4 +322,5 @@ def match_accounts(
         crm_records=len(index.records),
         crm_domains=len(index),
         priorities=priorities,
+        crm_refused=dict(index.refused),
     )

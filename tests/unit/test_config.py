@@ -697,3 +697,20 @@ def test_channels_errors_name_file_line_and_key(repo_copy: Path) -> None:
     assert "no motion rule covers tier" in keys["motions"].message
     assert keys["alerts.tier"].line == line_of(channels, "tier: enterprise")
     assert "unknown tier 'enterprise'" in keys["alerts.tier"].message
+
+
+def test_matching_host_lists_are_hosts_each_checked_on_its_line(repo_copy: Path) -> None:
+    edit(
+        repo_copy,
+        "  platform_hosts: []",
+        "  platform_hosts:\n    - https://Community.Example.com/forum\n    - not a host",
+    )
+    issue = only_issue(repo_copy)
+    assert (issue.key, issue.line) == (
+        "matching.platform_hosts[1]",
+        line_of(repo_copy, "- not a host"),
+    )
+    assert "not a host name with a public suffix" in issue.message
+    edit(repo_copy, "    - not a host", "    - '*.apps.example-cloud.com'")
+    settings = load_settings(repo_copy, env={})
+    assert settings.matching.platform_hosts == ("community.example.com", "apps.example-cloud.com")

@@ -64,11 +64,43 @@ def test_index_normalises_splits_and_counts_junk() -> None:
     assert len(index) == 5  # acme.com, beta.co.uk, beta.de, beta.fr, gamma.io
     assert set(index.records) == {"a", "b", "c", "d", "e", "f"}
     assert index.invalid_values == 4  # n/a, localhost, junk..value, 10.0.0.1
+    assert index.refused == {"invalid": 4}
     assert index.records_without_domain == 3  # c, d, e
     assert index.domains_of("a") == ("acme.com",)
     assert index.domains_of("b") == ("beta.co.uk", "beta.de", "beta.fr")
     assert index.domains_of("c") == ()
     assert index.domains_of("missing") == ()
+
+
+def test_index_refuses_platform_and_shared_hosting_values_with_their_reason() -> None:
+    index = build_index(
+        [
+            rec("acme", "https://www.linkedin.com/company/acme-corp", "acme.com/linkedin"),
+            rec("gamma", "https://sites.google.com/view/gamma"),
+            rec("delta", "delta.github.io; https://twitter.com/delta"),
+            rec("eng", "eng.acme.co.uk", "bit.ly/acme"),
+        ]
+    )
+    assert index.domains_of("acme") == ("acme.com",)
+    assert index.domains_of("gamma") == ()
+    assert index.domains_of("delta") == ()
+    assert index.domains_of("eng") == ("acme.co.uk",)
+    for platform in ("linkedin.com", "google.com", "github.io", "twitter.com", "bit.ly"):
+        assert platform not in index
+    assert index.refused == {"platform_host": 3, "shared_hosting": 2}
+    assert index.invalid_values == 0
+    assert index.records_without_domain == 2  # gamma, delta
+
+    # LinkedIn's own people no longer land on Acme's record (issue 12, case 5)
+    report = match_accounts(
+        [("linkedin.com", "linkedin.com", 90.0), ("acme.com", "acme.com", 10.0)], index, "skip"
+    )
+    assert report.matches["linkedin.com"].status == UNMATCHED
+    assert report.record_for("acme.com") == "acme"
+    counts = report.counts()
+    assert counts["crm_refused_platform_host"] == 3
+    assert counts["crm_refused_shared_hosting"] == 2
+    assert counts["crm_refused_invalid"] == 0
 
 
 def test_index_keeps_first_copy_of_a_repeated_record() -> None:
@@ -263,14 +295,23 @@ def test_match_accounts_rejects_unknown_rule_and_repeated_keys() -> None:
 
 
 def test_counts_cover_every_status_and_the_crm_totals() -> None:
-    index = build_index([rec("r1", "a.com"), rec("r2", "b.com"), rec("r3", "b.com"), rec("r4")])
+    index = build_index(
+        [rec("r1", "a.com"), rec("r2", "b.com"), rec("r3", "b.com"), rec("r4", "n/a", "x.com/a")]
+    )
     report = match_accounts(
         [("a.com", "a.com", 1.0), ("b.com", "b.com", 1.0), ("c.com", "c.com", 1.0)],
         index,
         "skip",
     )
     counts = report.counts()
-    assert set(counts) == {*STATUSES, "crm_records", "crm_domains"}
+    assert set(counts) == {
+        *STATUSES,
+        "crm_records",
+        "crm_domains",
+        "crm_refused_invalid",
+        "crm_refused_platform_host",
+        "crm_refused_shared_hosting",
+    }
     assert counts[MATCHED] == 1
     assert counts[AMBIGUOUS_SKIPPED] == 1
     assert counts[UNMATCHED] == 1
@@ -278,6 +319,9 @@ def test_counts_cover_every_status_and_the_crm_totals() -> None:
     assert counts[CONFLICT_LOST] == 0
     assert counts["crm_records"] == 4
     assert counts["crm_domains"] == 2
+    assert counts["crm_refused_invalid"] == 1
+    assert counts["crm_refused_platform_host"] == 1
+    assert counts["crm_refused_shared_hosting"] == 0
     assert sum(counts[status] for status in STATUSES) == len(report.matches)
 
 
