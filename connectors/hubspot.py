@@ -47,6 +47,7 @@ from connectors.retrying import (
     CallTrace,
     call_with_retries,
     current_trace,
+    http_date,
 )
 from pls_sync.domains import split_domain_values
 from pls_sync.errors import (
@@ -486,6 +487,16 @@ def _error_fields(error: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(n) for n in names))
 
 
+def _merged_ids(company: Mapping[str, Any]) -> Iterator[str]:
+    """The ids merged into a company (its ``hs_merged_object_ids``), not its own."""
+    survivor = str(company.get("id"))
+    merged = _dict(company.get("properties")).get(MERGED_IDS_PROPERTY)
+    for merged_id in str(merged or "").split(";"):
+        merged_id = merged_id.strip()
+        if merged_id and merged_id != survivor:
+            yield merged_id
+
+
 def _dict(value: Any) -> Mapping[str, Any]:
     """A decoded JSON object, or an empty one for anything else."""
     return value if isinstance(value, dict) else {}
@@ -643,6 +654,8 @@ class HubSpotDestination:
         self.pacer = RequestPacer(requests_per_10s, clock=clock, sleep=self.sleep)
         self._calls: dict[str, int] = {"read": 0, "write": 0, "describe": 0}
         self._daily_remaining: int | None = None
+        self._server_time: datetime | None = None  # the last answer's Date
+        self._write_uncertain = False  # a write request was retried in this write
         self._daily_limit: int | None = None
         self._wall_clock = wall_clock
         self._identity: str | None = None
@@ -853,7 +866,7 @@ class HubSpotDestination:
             def fetch(cursor: str | None = page_after) -> Any:
                 kwargs: dict[str, Any] = {
                     "limit": PAGE_SIZE,
-                    "properties": ["hs_object_id"],
+                    "properties": ["hs_object_id", MERGED_IDS_PROPERTY],
                     "archived": True,
                 }
                 if cursor:
@@ -865,6 +878,9 @@ class HubSpotDestination:
                 archived_at = _parse_datetime(result.get("archivedAt"))
                 if archived_at is None or archived_at >= since:
                     yield str(result.get("id"))
+                    # A company archived after a merge takes the ids merged into it along:
+                    # no live company lists them any more.
+                    yield from _merged_ids(result)
             after = _next_after(page)
             if not after:
                 return
@@ -878,12 +894,7 @@ class HubSpotDestination:
             having=MERGED_IDS_PROPERTY,
         )
         for result in search_in_id_windows(fetch, object_name="companies"):
-            props: Mapping[str, Any] = _dict(result.get("properties"))
-            survivor = str(result.get("id"))
-            for merged_id in str(props.get(MERGED_IDS_PROPERTY) or "").split(";"):
-                merged_id = merged_id.strip()
-                if merged_id and merged_id != survivor:
-                    yield merged_id
+            yield from _merged_ids(result)
 
     def write(
         self,
@@ -903,6 +914,7 @@ class HubSpotDestination:
         self._check_object(object_name)
         result = WriteResult(method="batch_update")
         started = self._calls["write"]
+        self._write_uncertain = False
         batches = [
             list(changes[i : i + self.batch_size]) for i in range(0, len(changes), self.batch_size)
         ]
@@ -943,6 +955,8 @@ class HubSpotDestination:
                     break
         finally:
             result.calls = self._calls["write"] - started
+            result.server_time = self._server_time
+            result.uncertain = self._write_uncertain
         return result
 
     # ----------------------------------------------------------------- writing
@@ -1136,6 +1150,8 @@ class HubSpotDestination:
             return value
 
         def on_retry(error: RetriableError, attempt_number: int, wait: float) -> None:
+            if kind == "write":  # the failed attempt may still be applied (a lost answer)
+                self._write_uncertain = True
             log.warning(
                 "hubspot_retry",
                 kind=kind,
@@ -1155,6 +1171,7 @@ class HubSpotDestination:
 
     def _observe(self, headers: Any, *, track_window: bool) -> None:
         values = _lower_headers(headers)
+        self._server_time = http_date(values.get("date")) or self._server_time
 
         def number(name: str) -> int | None:
             try:

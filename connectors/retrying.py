@@ -17,6 +17,8 @@ import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,6 +38,18 @@ ANNOUNCE_WAITS_OVER_SECONDS = 1.0
 
 _SOQL_FROM = re.compile(r"\bFROM\s+([A-Za-z][A-Za-z0-9_]*)", re.IGNORECASE)
 _PARENTHESES = re.compile(r"\([^()]*\)")
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP ``Date`` header (RFC 9110: ``Fri, 04 Dec 2026 19:22:20 GMT``) as an aware UTC
+    datetime: the CRM's own clock; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def backoff_delay(

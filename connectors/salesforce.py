@@ -46,7 +46,7 @@ from simple_salesforce.exceptions import (
 )
 
 from connectors.credentials import get_secret
-from connectors.retrying import CallTrace, call_with_retries, current_trace
+from connectors.retrying import CallTrace, call_with_retries, current_trace, http_date
 from pls_sync.errors import (
     AuthError,
     FatalError,
@@ -657,6 +657,8 @@ class SalesforceDestination:
         self._describe_cache: dict[str, dict[str, FieldSpec]] = {}
         self._usage: tuple[int, int] | None = None
         self._retry_after: float | None = None
+        self._server_time: datetime | None = None  # the last answer's Date
+        self._write_uncertain = False  # a write request was retried in this write
         self._identity: str | None = None
         # latestDateCovered of the last getDeleted answer: deletions after it (at most the
         # current minute) come in a later window.
@@ -790,6 +792,7 @@ class SalesforceDestination:
     def _remember_retry_after(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         # A session hook sees every response, Bulk API 2.0 ones included, which simple-salesforce
         # sends without parsing Sforce-Limit-Info.
+        self._server_time = http_date(response.headers.get("Date")) or self._server_time
         if response.status_code >= 400:
             self._retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
         usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
@@ -878,9 +881,14 @@ class SalesforceDestination:
             attempt,
             attempts=self._attempts,
             sleep=self.sleep,
-            on_retry=self._on_retry,
+            on_retry=self._on_write_retry if kind == "write" else self._on_retry,
             trace=trace,
         )
+
+    def _on_write_retry(self, error: RetriableError, attempt: int, wait: float) -> None:
+        # The attempt that failed may still be applied later (a timeout, a lost answer).
+        self._write_uncertain = True
+        self._on_retry(error, attempt, wait)
 
     # CrmDestination
 
@@ -1056,6 +1064,7 @@ class SalesforceDestination:
         result = WriteResult(method="collections")
         if not changes:
             return result
+        self._write_uncertain = False
         for change in changes:
             for field in change.fields:
                 check_field_name(field, allow_path=False)
@@ -1087,6 +1096,8 @@ class SalesforceDestination:
             budget_hit = True
         if budget_hit:
             result.method += "+budget"
+        result.server_time = self._server_time
+        result.uncertain = self._write_uncertain
         return result
 
     def _retry_locked(

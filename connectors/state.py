@@ -233,7 +233,8 @@ crm_ownership = Table(
     Column("crm", String(_KEY), primary_key=True),
     Column("record_id", String(_KEY), primary_key=True),
     Column("account_key", String(_KEY), nullable=False),
-    Column("fields_json", Text, nullable=False),
+    # {"fields": ..., "pending": ..., "modified": ..., "written_at": ...} as JSON text
+    Column("data", Text, nullable=False),
 )
 
 kv = Table(
@@ -663,12 +664,12 @@ class SqlStateStore:
     def load_owned(self, crm: str) -> dict[str, OwnedRecord]:
         """Every record pls-sync owns fields on in the CRM ``crm``, by record id."""
         query = select(
-            crm_ownership.c.record_id, crm_ownership.c.account_key, crm_ownership.c.fields_json
+            crm_ownership.c.record_id, crm_ownership.c.account_key, crm_ownership.c.data
         ).where(crm_ownership.c.crm == crm)
         with self._transaction("load the ownership ledger") as conn:
             return {
-                record_id: OwnedRecord(record_id, account_key, json.loads(fields))
-                for record_id, account_key, fields in conn.execute(query)
+                record_id: _owned_record(record_id, account_key, data)
+                for record_id, account_key, data in conn.execute(query)
             }
 
     def save_owned(self, crm: str, rows: Iterable[OwnedRecord], forget: Iterable[str] = ()) -> None:
@@ -678,8 +679,17 @@ class SqlStateStore:
                 "crm": crm,
                 "record_id": row.record_id,
                 "account_key": row.account_key,
-                "fields_json": json.dumps(
-                    dict(row.fields), default=_json_default, separators=(",", ":"), sort_keys=True
+                "data": json.dumps(
+                    {
+                        "fields": dict(row.fields),
+                        "pending": dict(row.pending),
+                        "modified": row.modified,
+                        "written_at": row.written_at,
+                        "in_flight": row.in_flight,
+                    },
+                    default=_json_default,
+                    separators=(",", ":"),
+                    sort_keys=True,
                 ),
             }
             for row in rows
@@ -699,7 +709,7 @@ class SqlStateStore:
                 conn,
                 crm_ownership,
                 ("crm", "record_id"),
-                ("account_key", "fields_json"),
+                ("account_key", "data"),
                 upserts,
             )
 
@@ -1009,6 +1019,24 @@ def _run_record(row: RowMapping) -> RunRecord:
         status=row["status"],
         summary=dict(row["summary"] or {}),
         error=row["error"],
+    )
+
+
+def _owned_record(record_id: str, account_key: str, data: str) -> OwnedRecord:
+    """A ledger row from its stored JSON."""
+    row = json.loads(data)
+
+    def moment(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return OwnedRecord(
+        record_id,
+        account_key,
+        row.get("fields") or {},
+        row.get("pending") or {},
+        moment(row.get("modified")),
+        moment(row.get("written_at")),
+        bool(row.get("in_flight")),
     )
 
 

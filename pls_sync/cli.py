@@ -52,7 +52,7 @@ log = structlog.get_logger("pls_sync.cli")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 TABLE, JSON, CSV = OutputFormat.TABLE, OutputFormat.JSON, OutputFormat.CSV
 
-PLAN_COLUMNS = ("destination", "object", "record_id", "account", "field", "from", "to")
+PLAN_COLUMNS = ("destination", "object", "record_id", "account", "field", "from", "to", "reason")
 RUN_COLUMNS = ("started_at", "command", "status", "duration", "written", "rejected", "error")
 EXPORT_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 NO_MQLS_NOTE = (

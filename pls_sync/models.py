@@ -193,6 +193,14 @@ class OwnedRecord:
     # Values a write was about to send when its outcome was last recorded: until the write
     # is confirmed, the CRM holding either these or ``fields`` means nobody else changed it.
     pending: Mapping[str, Any] = field(default_factory=dict)
+    # pls-sync's own writes move the record's last-modified stamp; matching by "most recently
+    # modified" must not see them. ``written_at`` is the CRM's clock when pls-sync's last write
+    # to the record finished, ``modified`` the record's last change by anyone else before it.
+    modified: datetime | None = None
+    written_at: datetime | None = None
+    # A write to the record was sent and its outcome never recorded (the run died): whatever
+    # stamp the record has may be that write's, until the next run settles it.
+    in_flight: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +223,12 @@ class WriteResult:
     not_attempted: list[str] = field(default_factory=list)
     calls: int = 0
     method: str = "collections"
+    # The CRM's clock (its HTTP ``Date``) when the last write answer arrived: every record
+    # written has a last-modified stamp at or before it.
+    server_time: datetime | None = None
+    # A write request was retried: the failed attempt may be applied after ``server_time``
+    # (a timeout whose request the CRM still ran), so the written records' stamps are unsure.
+    uncertain: bool = False
     # Set when a fatal error (an expired session, a revoked token) stopped the write partway:
     # what was written is still reported, the rest is ``not_attempted``.
     error: str | None = None

@@ -428,7 +428,8 @@ def json_value(value: Any) -> Any:
 
 def plan_rows(plan: Plan) -> Iterator[dict[str, Any]]:
     """One flat row per changed field (``destination, object, record_id, account, field,
-    from, to``) with JSON-ready values, for ``--format csv|json``."""
+    from, to, reason``) with JSON-ready values, for ``--format csv|json``; ``reason`` says why
+    a record no account targets is written (``account_gone``, ``not_target``), else null."""
     for change in plan.changes:
         current = change.current or {}
         for name, value in change.fields.items():
@@ -440,6 +441,7 @@ def plan_rows(plan: Plan) -> Iterator[dict[str, Any]]:
                 "field": name,
                 "from": json_value(current.get(name)),
                 "to": json_value(value),
+                "reason": change.reason,
             }
 
 
@@ -503,11 +505,17 @@ class _Planner:
             self.plan.left_alone.append(
                 LeftAlone(record.id, account_key, name, why, current, desired[name])
             )
-        after = (
-            OwnedRecord(record.id, account_key, owned_values(desired, diff.held, last))
-            if keep
-            else None
-        )
+        stamps = (row.modified, row.written_at) if row is not None else (None, None)
+        if row is not None and row.in_flight:
+            # Settled now: the stamp read is taken as that write's; later ones are people's.
+            stamps = (row.modified, record.last_modified)
+        if keep:
+            fields = owned_values(desired, diff.held, last)
+            after: OwnedRecord | None = OwnedRecord(record.id, account_key, fields, {}, *stamps)
+        else:
+            # Nothing owned any more; a record pls-sync wrote keeps its stamps, so that the
+            # write does not make it the "most recently modified" of its domain.
+            after = OwnedRecord(record.id, "", {}, {}, *stamps) if stamps[1] else None
         # A changed record's row is always stored after its write: it replaces the intent.
         if diff.changes or after != self.stored.get(record.id):
             self.plan.ownership[record.id] = after
@@ -559,7 +567,8 @@ def plan_changes(
     - A record whose domain has an MQL and no product usage gets the ``mql_only`` channel.
     - A record the ownership ledger (``owned``) ties to an account that left the warehouse
       (``result.gone``) gets that account's no-usage values (``account_gone``).
-    - Any other owned record no account targets has its owned fields cleared (``not_target``).
+    - Any other record no account targets has its owned fields cleared (``not_target``):
+      every ``always`` field holding a value, and the other fields where pls-sync wrote.
     Write policies are applied against what the ledger says pls-sync last wrote. ``stored``
     is what the ledger holds (default ``owned``; empty when ``owned`` was just adopted from
     the CRM): the plan's ``ownership`` holds every row that differs from it.
@@ -585,13 +594,18 @@ def plan_changes(
             change_priority(result),
         )
     channel_targets = [fm.target for fm in mapping.fields if fm.source == "lead_channel"]
+    always = [fm.target for fm in mapping.fields if fm.write == "always"]
     mql = frozenset(mql_only)
     for record in records.values():
         if record.id in targeted:
             continue
         row = owned.get(record.id)
         hits = domains_of(record) & mql if mql and channel_targets and domains_of else set()
-        if row is None and not hits:
+        # An ``always`` field is pls-sync's on every record: a value in it where no account
+        # (and no MQL) wants one is stale, whoever put it there (a merge copies values, an
+        # import brings an earlier tool's). Other fields only where pls-sync wrote them.
+        stale = [name for name in always if record.fields.get(name) not in (None, "")]
+        if row is None and not hits and not stale:
             continue
         plan.records_considered += 1
         tag = {
@@ -603,11 +617,12 @@ def plan_changes(
             desired.update(tag if hits else dict.fromkeys(channel_targets))
             planner.add(record, desired, account.account.key, RETIREMENT_PRIORITY, ACCOUNT_GONE)
             continue
-        cleared = {
-            name: None
+        cleared = dict.fromkeys(stale)
+        cleared.update(
+            (name, None)
             for name in (row.fields if row is not None else ())
             if name in planner.by_target
-        }
+        )
         if hits:
             cleared.update(tag)
             retiring = any(name not in tag for name in cleared)
@@ -619,14 +634,28 @@ def plan_changes(
                 NOT_TARGET if retiring else None,
             )
         else:
-            assert row is not None
-            planner.add(
-                record, cleared, row.account_key, RETIREMENT_PRIORITY, NOT_TARGET, keep=False
-            )
+            account_key = row.account_key if row is not None else ""
+            planner.add(record, cleared, account_key, RETIREMENT_PRIORITY, NOT_TARGET, keep=False)
     for record_id in owned.keys() - records.keys():
         plan.ownership[record_id] = None  # the CRM no longer has it (deleted or merged)
     plan.changes.sort(key=lambda change: (-change.priority, change.record_id))
     return plan
+
+
+def effective_modified(record: CrmRecord, owned: OwnedRecord | None) -> datetime | None:
+    """When the record was last changed by anyone but pls-sync, as far as anyone can tell.
+
+    When its stamp is no later than pls-sync's last write to it, that write is its latest
+    change, and the change before it is the ledger's ``modified``.
+    """
+    stamp = record.last_modified
+    if owned is None or stamp is None:
+        return stamp
+    if owned.in_flight:
+        return owned.modified or stamp
+    if owned.written_at is None:
+        return stamp
+    return owned.modified if _as_utc(stamp) <= _as_utc(owned.written_at) else stamp
 
 
 def adopt_owned(

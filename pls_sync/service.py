@@ -20,9 +20,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import structlog
 from pls_sync.alerts import queue_alerts, send_alerts
 from pls_sync.channels import DEFAULT_MOTIONS, LEAD_CHANNELS, USAGE_NO_BUYER
 from pls_sync.config import ChannelSettings
-from pls_sync.domains import classify_host, registrable_domain, split_domain_values
+from pls_sync.domains import classify_host, company_domain, split_domain_values
 from pls_sync.enrich import Enrichment, enrich
 from pls_sync.errors import (
     FatalError,
@@ -56,6 +56,7 @@ from pls_sync.planning import (
     AccountResult,
     Plan,
     adopt_owned,
+    effective_modified,
     json_value,
     plan_changes,
 )
@@ -154,6 +155,7 @@ class DestinationOutcome:
     crm: str | None = None  # the CRM's identity: salesforce:<org id>, hubspot:<portal id>
     adopted: int = 0  # records whose mapped values were taken as pls-sync's (no ledger yet)
     owned: dict[str, OwnedRecord] = field(default_factory=dict)  # the ledger the plan used
+    shared: set[str] = field(default_factory=set)  # records sharing a domain with another
 
 
 @dataclass(slots=True)
@@ -271,17 +273,34 @@ def match_destination(
     destination: CrmDestination,
     mapping: DestinationMapping,
     results: list[AccountResult],
+    owned: Mapping[str, OwnedRecord] | None = None,
 ) -> DestinationOutcome:
-    """Read the destination's records, index them by domain and match every account."""
+    """Read the destination's records, index them by domain and match every account.
+
+    ``owned`` (the ownership ledger) tells which last-modified stamps are pls-sync's own
+    writes: "most recently modified" compares the changes people made.
+    """
     outcome = DestinationOutcome(name=destination.name)
     outcome.records = {record.id: record for record in destination.read_records(mapping)}
-    index = build_index(outcome.records.values())
+    indexed: Iterable[CrmRecord] = outcome.records.values()
+    if owned:
+        indexed = [human_stamped(record, owned.get(record.id)) for record in indexed]
+    index = build_index(indexed)
+    outcome.shared = index.shared_records()
     outcome.report = match_accounts(
         ((r.account.key, r.account.domain, float(r.score.score)) for r in results if not r.gone),
         index,
         mapping.match.on_multiple,
     )
     return outcome
+
+
+def human_stamped(record: CrmRecord, owned: OwnedRecord | None) -> CrmRecord:
+    """The record with its last change by anyone but pls-sync as its last-modified stamp."""
+    if owned is None:
+        return record
+    stamp = effective_modified(record, owned)
+    return record if stamp == record.last_modified else replace(record, last_modified=stamp)
 
 
 def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, Any]:
@@ -356,13 +375,14 @@ class LeadContext:
 
 
 def record_domains(record: CrmRecord) -> set[str]:
-    """The registrable domains a CRM record's domain fields name."""
+    """The company domains a CRM record's domain fields name, as matching reads them
+    (platform and shared-hosting hosts name no company)."""
     found = set()
     for raw in record.domain_values:
         for value in split_domain_values(raw):
-            domain = registrable_domain(value)
-            if domain:
-                found.add(domain)
+            verdict = company_domain(value)
+            if verdict.usable and verdict.domain:
+                found.add(verdict.domain)
     return found
 
 
@@ -585,9 +605,10 @@ def prepare_destination(
             log.warning("mapping_warning", destination=name, warning=warning)
         with timer.stage(f"{name}.read"):
             outcome.crm = crm_identity(destination)
-            matched = match_destination(destination, mapping, scored.results)
             stored = state.load_owned(outcome.crm)
+            matched = match_destination(destination, mapping, scored.results, stored)
         outcome.records, outcome.report, outcome.specs = matched.records, matched.report, specs
+        outcome.shared = matched.shared
         assert outcome.report is not None
         log.info(
             "crm_read", destination=name, records=len(outcome.records), **outcome.report.counts()
@@ -678,28 +699,32 @@ def write_destination(
 def record_write_intent(
     state: StateStore, outcome: DestinationOutcome, mapping: DestinationMapping
 ) -> None:
-    """Before a write: each changed record's ledger row gets the values about to be sent as
-    ``pending``, when a write policy depends on knowing what pls-sync wrote (``if_empty``,
-    ``unless_edited``); with ``always`` fields only, nothing depends on it."""
+    """Before a write, mark the changed records whose outcome a crash would leave unknown and
+    that something depends on: with ``if_empty`` or ``unless_edited`` fields, every changed
+    record gets the values about to be sent as ``pending``; a record sharing its domain with
+    another (where "most recently modified" decides the match) is marked ``in_flight`` with
+    its last change by people, so that this write's stamp is never taken for theirs."""
     plan = outcome.plan
     if plan is None or outcome.crm is None or not plan.changes:
         return
-    if all(fm.write == "always" for fm in mapping.fields):
-        return
-    owned = outcome.owned
+    policies = any(fm.write != "always" for fm in mapping.fields)
     intents = []
     for change in plan.changes:
-        row = owned.get(change.record_id)
-        sending = {name: json_value(value) for name, value in change.fields.items()}
-        intents.append(
-            OwnedRecord(
-                change.record_id,
-                row.account_key if row is not None else change.account_key,
-                row.fields if row is not None else {},
-                {**(row.pending if row is not None else {}), **sending},
-            )
+        shared = change.record_id in outcome.shared
+        if not (policies or shared):
+            continue
+        row = outcome.owned.get(change.record_id) or OwnedRecord(
+            change.record_id, change.account_key, {}
         )
-    state.save_owned(outcome.crm, intents)
+        if policies:
+            sending = {name: json_value(value) for name, value in change.fields.items()}
+            row = replace(row, pending={**row.pending, **sending})
+        record = outcome.records.get(change.record_id)
+        if shared and record is not None:
+            row = replace(row, modified=effective_modified(record, row), in_flight=True)
+        intents.append(row)
+    if intents:
+        state.save_owned(outcome.crm, intents)
 
 
 def record_ownership(state: StateStore, outcome: DestinationOutcome) -> None:
@@ -713,10 +738,21 @@ def record_ownership(state: StateStore, outcome: DestinationOutcome) -> None:
         return
     written = set(write.written)
     changed = {change.record_id for change in plan.changes}
+    # Every stamp a written record has is at or before the answer's Date; a second's margin
+    # for the header's resolution. Without a Date, this machine's clock.
+    finished = (write.server_time or datetime.now(UTC)) + timedelta(seconds=1)
     rows, forget = [], []
     for record_id, row in plan.ownership.items():
-        if record_id in changed and record_id not in written:
-            continue
+        if record_id in changed:
+            if record_id not in written:
+                continue
+            record = outcome.records.get(record_id)
+            modified = effective_modified(record, outcome.owned.get(record_id)) if record else None
+            base = row or OwnedRecord(record_id, "", {})
+            if write.uncertain:  # a retried request may land later: the next run settles it
+                row = replace(base, modified=modified, written_at=None, in_flight=True)
+            else:
+                row = replace(base, modified=modified, written_at=finished)
         if row is None:
             forget.append(record_id)
         else:

@@ -20,7 +20,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -63,6 +64,8 @@ class SandboxServer(ThreadingHTTPServer):
     def __init__(self, port: int, apis: Sequence[ApiModule], faults: FaultInjector):
         self.apis = list(apis)
         self.faults = faults
+        # The CRM's clock, for the Date header of every answer (epoch seconds).
+        self.clock: Callable[[], float] = time.time
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         super().__init__((LOOPBACK, port), _Handler)
@@ -105,6 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: request lines would carry session ids in query strings and flood test output."""
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header, from the sandbox's clock (a test may move it), as a CRM's is."""
+        return super().date_time_string(self.server.clock() if timestamp is None else timestamp)
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -269,6 +276,14 @@ class Sandbox:
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.salesforce.base_url = self.url
         self._thread: threading.Thread | None = None
+
+    def set_clock(self, now: Callable[[], datetime]) -> None:
+        """Run both CRMs and the answers' Date headers on ``now`` (aware UTC datetimes):
+        record stamps and deletion times follow it (rate-limit windows keep real time)."""
+        self.salesforce.clock = now
+        if self.hubspot is not None:
+            self.hubspot.clock = lambda: now().timestamp()
+        self._server.clock = lambda: now().timestamp()
 
     @property
     def apis(self) -> list[ApiModule]:

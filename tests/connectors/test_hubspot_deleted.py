@@ -242,6 +242,20 @@ def test_merged_ids_are_gone_and_the_company_left_is_read_as_modified(
     assert modified == [again]
 
 
+def test_a_merged_company_archived_later_takes_the_merged_ids_along(
+    box: Any, clock: FakeTime, wall: WallClock
+) -> None:
+    """No live company lists the ids merged into an archived one: the archived list must."""
+    ids = box.hubspot.ids()
+    since = wall.moment
+    wall.moment += timedelta(minutes=1)
+    survivor = merge(box, ids[0], ids[1])
+    wall.moment += timedelta(minutes=1)
+    archive(box, [survivor])
+    gone = destination(box, clock, wall).read_deleted_since(MAPPING, since)
+    assert gone == by_id([ids[0], ids[1], survivor])
+
+
 def test_a_merge_that_keeps_the_primary_id_retires_the_secondary_only(
     box: Any, clock: FakeTime, wall: WallClock
 ) -> None:

@@ -121,6 +121,7 @@ def test_plan_rows_are_one_json_ready_row_per_field_change() -> None:
         "field": "PQA_Score__c",
         "from": 40,
         "to": 85,
+        "reason": None,
     }
     assert rows[2]["to"] == "2026-11-22T10:00:00Z" and rows[2]["from"] is None
     assert rows[3]["to"] is None and rows[4]["to"] == "2026-11-22"
@@ -128,7 +129,7 @@ def test_plan_rows_are_one_json_ready_row_per_field_change() -> None:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]))
     writer.writerows(rows)
-    assert out.getvalue().splitlines()[0] == "salesforce,Account,001A,acme.com,PQA_Score__c,40,85"
+    assert out.getvalue().splitlines()[0] == "salesforce,Account,001A,acme.com,PQA_Score__c,40,85,"
 
 
 def summary_with(**overrides: Any) -> dict[str, Any]:
