@@ -167,6 +167,13 @@ def _add_match_rows(table: Table, dest: Mapping[str, Any]) -> None:
             f"{match.get('ambiguous_resolved', 0) + match.get('ambiguous_skipped', 0)}"
             f" ({match.get('ambiguous_skipped', 0)} skipped)",
         )
+    refused = {
+        key.removeprefix("crm_refused_"): count
+        for key, count in match.items()
+        if key.startswith("crm_refused_") and count
+    }
+    if refused:
+        table.add_row("CRM domains naming no company", _counts(refused))
     top = dest.get("top_unmatched") or []
     if top:
         shown = top[:UNMATCHED_SHOWN]

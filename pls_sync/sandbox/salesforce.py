@@ -1258,14 +1258,17 @@ class SalesforceApi:
         precision: int | None = None,
         scale: int | None = None,
         label: str | None = None,
+        type: str | None = None,
     ) -> dict[str, Any] | None:
         """Change one field's metadata as an admin does in Setup; describe shows it at once.
 
         ``delete`` removes a custom field and its values; ``picklist`` replaces a picklist's
         values (records keep what they hold); ``restricted`` turns "restrict picklist to the
         values defined" on or off; ``updateable`` is field-level security (read-only when
-        false); ``length``, ``precision`` and ``scale`` resize text and number fields.
-        Writes then fail the way the org fails them (INVALID_FIELD,
+        false); ``length``, ``precision`` and ``scale`` resize text and number fields;
+        ``type`` changes a custom text or picklist field to another of ``string``, ``textarea``,
+        ``picklist`` or ``multipicklist`` (a picklist type needs its values), as "Change Field
+        Type" does; stored values are kept as they are. Writes then fail the way the org fails them (INVALID_FIELD,
         INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST, INVALID_FIELD_FOR_INSERT_UPDATE...).
         Returns the field's new describe entry, None once deleted. Raises ``LookupError`` for an
         unknown object or field and ``ValueError`` for a change Setup would refuse.
@@ -1290,6 +1293,7 @@ class SalesforceApi:
                 precision=precision,
                 scale=scale,
                 label=label,
+                type=type,
             )
             self._replace_object(spec, tuple(changed if f is current else f for f in spec.fields))
             return changed.describe()
@@ -1813,6 +1817,8 @@ class SalesforceApi:
                 return soql.parse_datetime(value)
             except ValueError:
                 raise _type_error(spec, value, source) from None
+        if kind == "multipicklist":
+            return self._multi_select(spec, value, source)
         if kind == "reference":
             if not isinstance(value, str) or not _ID_RE.match(value):
                 raise RecordError(
@@ -1839,6 +1845,33 @@ class SalesforceApi:
                 )
             return text
         return value
+
+    @staticmethod
+    def _multi_select(spec: FieldSpec, value: Any, source: str) -> str | None:
+        """A multi-select picklist value as Salesforce keeps it: the selected options, each once,
+        ``;``-joined in the picklist's definition order (values it does not define, on an
+        unrestricted field, after them in the order sent). "SOQL, Apex and API access on these
+        fields will however return the values in their created order" (knowledge article
+        000231088)."""
+        if not isinstance(value, str):
+            raise _type_error(spec, value, source)
+        chosen = list(dict.fromkeys(part.strip() for part in value.split(";") if part.strip()))
+        unknown = [option for option in chosen if option not in spec.picklist]
+        if unknown and spec.restricted:
+            raise RecordError(
+                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                f"{spec.label}: bad value for restricted picklist field: {unknown[0]}",
+                [spec.name],
+            )
+        ordered = [option for option in spec.picklist if option in chosen] + unknown
+        text = ";".join(ordered)
+        if len(text) > spec.length:
+            raise RecordError(
+                "STRING_TOO_LONG",
+                f"{spec.label}: data value too large: {text[:40]} (max length={spec.length})",
+                [spec.name],
+            )
+        return text or None
 
     def _target(self, spec: ObjectSpec, record_id: Any) -> dict[str, Any]:
         """The live record an update addresses, or the per-record error the API returns."""
@@ -2404,6 +2437,7 @@ class SalesforceApi:
 
 # The admin changes a field accepts, with the JSON type each takes.
 SALESFORCE_SCHEMA_CHANGES: dict[str, type] = {
+    "type": str,
     "delete": bool,
     "picklist": list,
     "restricted": bool,
@@ -2414,6 +2448,7 @@ SALESFORCE_SCHEMA_CHANGES: dict[str, type] = {
     "label": str,
 }
 _PICKLIST_TYPES = frozenset({"picklist", "multipicklist"})
+_CONVERTIBLE = frozenset({"string", "textarea", "picklist", "multipicklist"})
 _RESIZABLE_TEXT = frozenset({"string", "textarea", "url", "email", "phone", "combobox"})
 _DECIMAL_TYPES = frozenset({"double", "currency", "percent"})
 MAX_NUMBER_DIGITS = 18
@@ -2474,9 +2509,23 @@ def _changed_field(
     precision: int | None,
     scale: int | None,
     label: str | None,
+    type: str | None = None,
 ) -> FieldSpec:
     """``spec`` with the change applied, or ``ValueError`` as Setup refuses it."""
     changes: dict[str, Any] = {}
+    if type is not None and type != spec.type:
+        if not spec.custom or spec.type not in _CONVERTIBLE or type not in _CONVERTIBLE:
+            raise ValueError(
+                f"{spec.name} cannot change from {spec.type} to {type} "
+                f"(custom {', '.join(sorted(_CONVERTIBLE))} fields only)"
+            )
+        if type in _PICKLIST_TYPES and not (picklist or spec.picklist):
+            raise ValueError(f"a {type} needs its values (picklist)")
+        lengths = {"multipicklist": 4099, "picklist": 255, "string": 255, "textarea": 32768}
+        changes.update(type=type, length=lengths[type])
+        if type not in _PICKLIST_TYPES:
+            changes.update(picklist=(), restricted=False)
+        spec = replace(spec, **changes)
     if picklist is not None or restricted is not None:
         if spec.type not in _PICKLIST_TYPES:
             raise ValueError(f"{spec.name} is a {spec.type} field, not a picklist")

@@ -183,6 +183,34 @@ def test_sf_an_unrestricted_picklist_stores_a_value_it_does_not_list(
     assert box.salesforce.get("Account", account)["PQA_Motion__c"] == "abm"  # type: ignore[index]
 
 
+def test_sf_a_multi_select_keeps_its_options_in_definition_order(
+    box: Sandbox, sf: Any, admin: Admin
+) -> None:
+    """ "SOQL, Apex and API access on these fields will however return the values in their
+    created order" (Salesforce knowledge article 000231088): what was written is not what
+    comes back; a restricted one refuses an option it does not define."""
+    first, second = accounts(box, 2)
+    entry = changed(
+        admin,
+        "salesforce",
+        object="Account",
+        field="PQA_Signals__c",
+        type="multipicklist",
+        picklist=["zeta", "beta", "alpha"],
+        restricted=True,
+    )
+    assert entry["type"] == "multipicklist" and entry["length"] == 4099
+    assert sf_update(sf, (first, {"PQA_Signals__c": "alpha; zeta;alpha"}))[0]["success"] is True
+    stored = sf.query(f"SELECT PQA_Signals__c FROM Account WHERE Id = '{first}'")["records"]
+    assert stored[0]["PQA_Signals__c"] == "zeta;alpha"
+    [refused] = sf_update(sf, (second, {"PQA_Signals__c": "alpha;omega"}))
+    assert refused["errors"][0]["statusCode"] == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+    status, answer = admin(
+        "salesforce", {"object": "Account", "field": "Website", "type": "multipicklist"}
+    )
+    assert status == 400 and "cannot change" in answer["message"]
+
+
 def test_sf_a_read_only_field(box: Sandbox, sf: Any, admin: Admin) -> None:
     [account] = accounts(box, 1)
     changed(admin, "salesforce", object="Account", field="PQA_Score__c", updateable=False)
