@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, insert, text
 from connectors.crm_snapshot import SnapshottingDestination
 from connectors.state import SCHEMA_VERSION, SqlStateStore, schema_version
 from pls_sync.errors import FatalError
-from pls_sync.models import CrmRecord, RecordRejection
+from pls_sync.models import CrmRecord, OwnedRecord, RecordRejection
 from pls_sync.ports import AccountState, TierTransition
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -600,3 +600,37 @@ def test_a_missing_driver_is_fatal_and_redacted() -> None:
     with pytest.raises(FatalError) as caught:
         SqlStateStore("nosuchdialect://u:TopSecret99@host/db")
     assert "TopSecret99" not in str(caught.value)
+
+
+# --- the ownership ledger -----------------------------------------------------------------
+
+
+def test_the_ownership_ledger_round_trips_per_crm_and_forgets(store: SqlStateStore) -> None:
+    written = T0 + timedelta(minutes=5)
+    rows = [
+        OwnedRecord("001A", "acme.com", {"PQA_Score__c": 90, "PQA_Tier__c": "sales"}),
+        OwnedRecord(
+            "001B",
+            "mql:beta.io",
+            {"PQA_Lead_Channel__c": "mql_only"},
+            pending={"PQA_Lead_Channel__c": None},
+            modified=T0.astimezone(IST),
+            written_at=written,
+        ),
+        OwnedRecord("001C", "", {}, modified=T0, in_flight=True),
+    ]
+    store.save_owned("salesforce:00D000000000001AAA", rows)
+    store.save_owned("salesforce:00D000000000002AAA", [rows[0]])  # another org: its own ledger
+    assert store.load_owned("salesforce:00D000000000001AAA") == {r.record_id: r for r in rows}
+
+    replaced = OwnedRecord("001A", "acme.com", {"PQA_Score__c": 40})
+    many = [f"001X{i:05d}" for i in range(1_200)]  # past one IN list's worth
+    store.save_owned("salesforce:00D000000000001AAA", [OwnedRecord(r, "x", {}) for r in many])
+    store.save_owned("salesforce:00D000000000001AAA", [replaced], forget=["001B", *many])
+    other = SqlStateStore(str(store.engine.url), engine=store.engine)
+    assert other.load_owned("salesforce:00D000000000001AAA") == {
+        "001A": replaced,
+        "001C": rows[2],
+    }
+    assert other.load_owned("salesforce:00D000000000002AAA") == {"001A": rows[0]}
+    assert other.load_owned("hubspot:1") == {}
