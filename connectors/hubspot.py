@@ -726,6 +726,11 @@ class HubSpotDestination:
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
         targets = mapping.targets
+        for result in self._list_companies(properties, archived=False):
+            yield self._record(result, mapping, targets)
+
+    def _list_companies(self, properties: list[str], *, archived: bool) -> Iterator[Any]:
+        """Every company of the list endpoint (live or archived ones), 100 a page."""
         api = self._companies_basic
         after: str | None = None
         while True:
@@ -735,15 +740,14 @@ class HubSpotDestination:
                 kwargs: dict[str, Any] = {
                     "limit": PAGE_SIZE,
                     "properties": properties,
-                    "archived": False,
+                    "archived": archived,
                 }
                 if cursor:
                     kwargs["after"] = cursor
                 return api.get_page(_request_timeout=self.timeout, _preload_content=False, **kwargs)
 
             page = self.call("read", api, functools.partial(read_json, fetch))
-            for result in page.get("results") or ():
-                yield self._record(result, mapping, targets)
+            yield from page.get("results") or ()
             after = _next_after(page)
             if not after:
                 return
@@ -858,32 +862,16 @@ class HubSpotDestination:
 
     def _archived_since(self, since: datetime) -> Iterator[str]:
         """Ids of companies archived at or after ``since`` (or at an unknown time)."""
-        api = self._companies_basic
-        after: str | None = None
-        while True:
-            page_after = after
-
-            def fetch(cursor: str | None = page_after) -> Any:
-                kwargs: dict[str, Any] = {
-                    "limit": PAGE_SIZE,
-                    "properties": ["hs_object_id", MERGED_IDS_PROPERTY],
-                    "archived": True,
-                }
-                if cursor:
-                    kwargs["after"] = cursor
-                return api.get_page(_request_timeout=self.timeout, _preload_content=False, **kwargs)
-
-            page = self.call("read", api, functools.partial(read_json, fetch))
-            for result in _dicts(page.get("results")):
-                archived_at = _parse_datetime(result.get("archivedAt"))
-                if archived_at is None or archived_at >= since:
-                    yield str(result.get("id"))
-                    # A company archived after a merge takes the ids merged into it along:
-                    # no live company lists them any more.
-                    yield from _merged_ids(result)
-            after = _next_after(page)
-            if not after:
-                return
+        archived = self._list_companies(["hs_object_id", MERGED_IDS_PROPERTY], archived=True)
+        for result in archived:
+            if not isinstance(result, Mapping):
+                continue
+            archived_at = _parse_datetime(result.get("archivedAt"))
+            if archived_at is None or archived_at >= since:
+                yield str(result.get("id"))
+                # A company archived after a merge takes the ids merged into it along:
+                # no live company lists them any more.
+                yield from _merged_ids(result)
 
     def _merged_away_since(self, since: datetime) -> Iterator[str]:
         """Ids merged into companies modified at or after ``since``."""

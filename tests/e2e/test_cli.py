@@ -198,16 +198,20 @@ def test_plan_as_json_or_csv_is_the_data_alone_on_stdout(workdir: Workdir, crm: 
     assert summary["command"] == "plan" and summary["dry_run"] is True
     total = sum(d["fields_changed"] for d in summary["destinations"].values())
     assert len(rows) == total > 0
-    assert set(rows[0]) == {
-        "destination",
-        "object",
-        "record_id",
-        "account",
-        "field",
-        "from",
-        "to",
-        "reason",
-    }
+    assert (
+        tuple(rows[0])
+        == cli.PLAN_COLUMNS
+        == (
+            "destination",
+            "object",
+            "record_id",
+            "account",
+            "field",
+            "from",
+            "to",
+            "reason",
+        )
+    )
     scores = [r for r in rows if r["field"] in ("PQA_Score__c", "pqa_score")]
     # Scores are whole numbers (85, not 85.0); the seeded CRM holds a few old ones already,
     # some on accounts no product account targets: those are cleared, and say why.
@@ -218,16 +222,7 @@ def test_plan_as_json_or_csv_is_the_data_alone_on_stdout(workdir: Workdir, crm: 
     dated = [r for r in rows if r["field"] == "PQA_Qualified_Since__c"]
     assert dated and all(re.fullmatch(r"\d{4}-\d\d-\d\d(T\S+Z)?", r["to"]) for r in dated)
     table = read_csv_text(as_csv.stdout)
-    assert table[0] == [
-        "destination",
-        "object",
-        "record_id",
-        "account",
-        "field",
-        "from",
-        "to",
-        "reason",
-    ]
+    assert tuple(table[0]) == cli.PLAN_COLUMNS
     assert len(table) - 1 == total
     assert {(r[0], r[2], r[4]) for r in table[1:]} == {
         (r["destination"], r["record_id"], r["field"]) for r in rows
