@@ -605,7 +605,10 @@ def plan_changes(
         # (and no MQL) wants one is stale, whoever put it there (a merge copies values, an
         # import brings an earlier tool's). Other fields only where pls-sync wrote them.
         stale = [name for name in always if record.fields.get(name) not in (None, "")]
-        if row is None and not hits and not stale:
+        # A row that only remembers when pls-sync wrote needs nothing, unless a write to the
+        # record is still in flight (settled below).
+        owns = row is not None and bool(row.fields or row.in_flight)
+        if not owns and not hits and not stale:
             continue
         plan.records_considered += 1
         tag = {
