@@ -495,7 +495,7 @@ def _score_for_export(
     """Scored accounts ranked by score, their matched record ids by account and destination,
     and whether every CRM's MQLs were read (without them a lead channel cannot say MQL)."""
     from pls_sync.bootstrap import build_adapters
-    from pls_sync.service import analyse, match_destination
+    from pls_sync.service import analyse, match_as_a_run_does
 
     matched: dict[str, dict[str, str]] = {}
     try:
@@ -506,7 +506,9 @@ def _score_for_export(
         if with_crm and adapters.destination_errors and not adapters.destinations:
             raise PlsSyncError("no CRM could be reached for --with-crm")
         for name, destination in adapters.destinations.items():
-            outcome = match_destination(destination, adapters.mappings[name], scored.results)
+            outcome = match_as_a_run_does(
+                destination, adapters.mappings[name], scored.results, adapters.state
+            )
             assert outcome.report is not None
             for key, match in outcome.report.matches.items():
                 if match.record_id:
@@ -587,7 +589,9 @@ def explain(
             fail(f"No product account {wanted!r} as of {iso(when)}.")
         data = account_breakdown(result, when)
         destinations: dict[str, Any] = {
-            name: destination_breakdown(destination, adapters.mappings[name], result)
+            name: destination_breakdown(
+                destination, adapters.mappings[name], result, adapters.state
+            )
             for name, destination in adapters.destinations.items()
         }
         for name, error in adapters.destination_errors.items():
@@ -944,3 +948,7 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":  # python -m pls_sync.cli, as the pls-sync script
+    main()

@@ -13,7 +13,7 @@ from pls_sync.output import iso, plain_number, text
 if TYPE_CHECKING:
     from pls_sync.mapping import DestinationMapping
     from pls_sync.planning import AccountResult
-    from pls_sync.ports import CrmDestination
+    from pls_sync.ports import CrmDestination, StateStore
 
 
 def account_breakdown(result: AccountResult, when: datetime) -> dict[str, Any]:
@@ -49,7 +49,10 @@ def account_breakdown(result: AccountResult, when: datetime) -> dict[str, Any]:
 
 
 def destination_breakdown(
-    destination: CrmDestination, mapping: DestinationMapping, result: AccountResult
+    destination: CrmDestination,
+    mapping: DestinationMapping,
+    result: AccountResult,
+    state: StateStore,
 ) -> dict[str, Any]:
     """The account's match in one CRM and the fields a run would write there, from and to.
 
@@ -57,10 +60,10 @@ def destination_breakdown(
     failing must not hide the other.
     """
     from pls_sync.planning import desired_fields, diff_fields
-    from pls_sync.service import match_destination
+    from pls_sync.service import match_as_a_run_does
 
     try:
-        outcome = match_destination(destination, mapping, [result])
+        outcome = match_as_a_run_does(destination, mapping, [result], state)
         assert outcome.report is not None
         match = outcome.report.matches.get(result.account.key)
         candidates = list(match.candidates) if match else []
@@ -71,7 +74,11 @@ def destination_breakdown(
         record = outcome.records[match.record_id]
         by_target = {f.target: f for f in mapping.fields}
         pending, current, _held = diff_fields(
-            record, desired_fields(result, mapping, specs), specs, by_target
+            record,
+            desired_fields(result, mapping, specs),
+            specs,
+            by_target,
+            outcome.owned.get(record.id),
         )
     except PlsSyncError as exc:
         return {"status": "failed", "error": redact(str(exc))}

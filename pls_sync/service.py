@@ -295,6 +295,21 @@ def match_destination(
     return outcome
 
 
+def match_as_a_run_does(
+    destination: CrmDestination,
+    mapping: DestinationMapping,
+    results: list[AccountResult],
+    state: StateStore,
+) -> DestinationOutcome:
+    """Read and match one destination with its CRM's ownership ledger, as a run does (export
+    and explain must name the record a run writes): pls-sync's own writes never decide
+    "most recently modified". The ledger used is kept in ``outcome.owned``."""
+    owned = state.load_owned(crm_identity(destination))
+    outcome = match_destination(destination, mapping, results, owned)
+    outcome.owned = owned
+    return outcome
+
+
 def human_stamped(record: CrmRecord, owned: OwnedRecord | None) -> CrmRecord:
     """The record with its last change by anyone but pls-sync as its last-modified stamp."""
     if owned is None:
