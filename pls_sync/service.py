@@ -304,9 +304,10 @@ def match_as_a_run_does(
     """Read and match one destination with its CRM's ownership ledger, as a run does (export
     and explain must name the record a run writes): pls-sync's own writes never decide
     "most recently modified". The ledger used is kept in ``outcome.owned``."""
-    owned = state.load_owned(crm_identity(destination))
+    crm = crm_identity(destination)
+    owned = state.load_owned(crm)
     outcome = match_destination(destination, mapping, results, owned)
-    outcome.owned = owned
+    outcome.crm, outcome.owned = crm, owned
     return outcome
 
 
@@ -619,9 +620,8 @@ def prepare_destination(
         for warning in outcome.warnings:
             log.warning("mapping_warning", destination=name, warning=warning)
         with timer.stage(f"{name}.read"):
-            outcome.crm = crm_identity(destination)
-            stored = state.load_owned(outcome.crm)
-            matched = match_destination(destination, mapping, scored.results, stored)
+            matched = match_as_a_run_does(destination, mapping, scored.results, state)
+            outcome.crm, stored = matched.crm, matched.owned
         outcome.records, outcome.report, outcome.specs = matched.records, matched.report, specs
         outcome.shared = matched.shared
         assert outcome.report is not None
