@@ -15,7 +15,13 @@ import pytest
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.matching import build_index, match_accounts
 from pls_sync.models import CrmRecord, FieldSpec, FieldType, OwnedRecord, ProductAccount
-from pls_sync.planning import adopt_owned, canonical, plan_changes, values_equal
+from pls_sync.planning import (
+    adopt_owned,
+    canonical,
+    effective_modified,
+    plan_changes,
+    values_equal,
+)
 from pls_sync.scoring import Component, ScoringModel, Tier
 from pls_sync.service import Adapters, RunOptions, run_sync
 from tests.fakes import FakeCrm, FakeState, FakeUsage
@@ -304,3 +310,32 @@ def test_multi_select_values_compare_as_sets_of_options() -> None:
     assert desired == "7+ users;Pricing page"
     assert values_equal(from_crm, desired, spec)
     assert canonical([], spec) is None and canonical(";", spec) is None
+
+
+def test_pls_syncs_own_writes_are_not_changes_people_made() -> None:
+    """ "Most recently modified" compares people's changes: a stamp no later than pls-sync's
+    write is that write's; a later one is a person's; an unsettled write is taken as ours."""
+    human = OLD + timedelta(days=3)
+    wrote = AS_OF + timedelta(seconds=1)
+    row = OwnedRecord("001A", "acme.com", {}, modified=human, written_at=wrote)
+    ours = record("001A", "acme.com")
+    assert effective_modified(replace(ours, last_modified=AS_OF), row) == human
+    later = AS_OF + timedelta(minutes=5)
+    assert effective_modified(replace(ours, last_modified=later), row) == later
+    in_flight = OwnedRecord("001A", "acme.com", {}, modified=human, in_flight=True)
+    assert effective_modified(replace(ours, last_modified=later), in_flight) == human
+    assert effective_modified(replace(ours, last_modified=later), None) == later
+
+    # the next plan settles an in-flight write: the stamp read now is taken as that write's
+    report = match_accounts([("acme.com", "acme.com", 90.0)], build_index([ours]), "skip")
+    plan = plan_changes(
+        [],
+        report,
+        {"001A": replace(ours, last_modified=later)},
+        MAPPING,
+        SPECS,
+        owned={"001A": in_flight},
+    )
+    settled = plan.ownership["001A"]
+    assert settled is not None and not settled.in_flight
+    assert (settled.modified, settled.written_at) == (human, later)
