@@ -666,9 +666,11 @@ class SqlStateStore:
         query = select(
             crm_ownership.c.record_id, crm_ownership.c.account_key, crm_ownership.c.data
         ).where(crm_ownership.c.crm == crm)
+        # Rows repeat the same field names and most values (tiers, channels): one object each.
+        shared: dict[str, str] = {}
         with self._transaction("load the ownership ledger") as conn:
             return {
-                record_id: _owned_record(record_id, account_key, data)
+                record_id: _owned_record(record_id, account_key, data, shared)
                 for record_id, account_key, data in conn.execute(query)
             }
 
@@ -1022,9 +1024,19 @@ def _run_record(row: RowMapping) -> RunRecord:
     )
 
 
-def _owned_record(record_id: str, account_key: str, data: str) -> OwnedRecord:
-    """A ledger row from its stored JSON."""
+def _owned_record(
+    record_id: str, account_key: str, data: str, shared: dict[str, str]
+) -> OwnedRecord:
+    """A ledger row from its stored JSON; field names and text values come from ``shared``."""
     row = json.loads(data)
+
+    def compact(values: Any) -> dict[str, Any]:
+        return {
+            shared.setdefault(key, key): shared.setdefault(value, value)
+            if isinstance(value, str)
+            else value
+            for key, value in (values or {}).items()
+        }
 
     def moment(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value) if value else None
@@ -1032,8 +1044,8 @@ def _owned_record(record_id: str, account_key: str, data: str) -> OwnedRecord:
     return OwnedRecord(
         record_id,
         account_key,
-        row.get("fields") or {},
-        row.get("pending") or {},
+        compact(row.get("fields")),
+        compact(row.get("pending")),
         moment(row.get("modified")),
         moment(row.get("written_at")),
         bool(row.get("in_flight")),

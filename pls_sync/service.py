@@ -630,7 +630,7 @@ def prepare_destination(
         )
         with timer.stage(f"{name}.plan"):
             owned = stored or adopt_owned(outcome.records.values(), mapping, specs)
-            outcome.owned, outcome.adopted = owned, 0 if stored else len(owned)
+            outcome.adopted = 0 if stored else len(owned)
             outcome.plan = plan_changes(
                 scored.results,
                 outcome.report,
@@ -642,6 +642,14 @@ def prepare_destination(
                 mql_only=leads.enrichment.mql_only if leads is not None else (),
                 domains_of=record_domains,
             )
+            # The write phase needs the ledger rows of changed records only; the whole ledger
+            # (100k rows in a big CRM) is not held while the next destination is prepared.
+            outcome.owned = {
+                c.record_id: owned[c.record_id]
+                for c in outcome.plan.changes
+                if c.record_id in owned
+            }
+            matched.owned = {}
         outcome.status = "planned"
         log.info(
             "planned",
