@@ -6,9 +6,11 @@ steady-state run reads only what changed since the last run (Salesforce SystemMo
 HubSpot ``hs_lastmodifieddate``) and takes the rest from the snapshot. A full refresh happens on
 demand, when the snapshot is older than ``max_age``, or when the mapping changed.
 
-The snapshot is kept honest by three rules: the watermark is taken before the read starts and
-reread with a skew, so a record changed during a read is read again next time; records we
-wrote are updated in the snapshot with what we wrote; records the CRM says are gone are dropped.
+The snapshot is kept honest by four rules: it is of one CRM identity (org or portal), and
+pointed at another the read is full; the watermark is taken before the read starts and reread
+with a skew, so a record changed during a read is read again next time; records we wrote are
+updated in the snapshot with what we wrote; records the CRM says are gone (deleted or merged
+away since the watermark, or refused as gone by a write) are dropped.
 """
 
 from __future__ import annotations

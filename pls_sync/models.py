@@ -198,8 +198,9 @@ class OwnedRecord:
     # to the record finished, ``modified`` the record's last change by anyone else before it.
     modified: datetime | None = None
     written_at: datetime | None = None
-    # A write to the record was sent and its outcome never recorded (the run died): whatever
-    # stamp the record has may be that write's, until the next run settles it.
+    # A write to the record was sent and its outcome is unknown (the run died before recording
+    # it) or unsure (a retried request may land later): whatever stamp the record has may be
+    # that write's, until the next run settles it.
     in_flight: bool = False
 
 
