@@ -233,7 +233,7 @@ crm_ownership = Table(
     Column("crm", String(_KEY), primary_key=True),
     Column("record_id", String(_KEY), primary_key=True),
     Column("account_key", String(_KEY), nullable=False),
-    # {"fields": ..., "pending": ..., "modified": ..., "written_at": ...} as JSON text
+    # {"fields", "pending", "modified", "written_at", "in_flight"} as JSON text
     Column("data", Text, nullable=False),
 )
 
