@@ -71,7 +71,7 @@ from pls_sync.ports import (
     TierTransition,
     UsageSource,
 )
-from pls_sync.run_lock import RunLock
+from pls_sync.run_lock import RunLock, WriteGate
 from pls_sync.schema_check import schema_issues
 from pls_sync.scoring import AccountScore, ScoringModel, score_account, tier_counts
 from pls_sync.transitions import advance
@@ -79,6 +79,11 @@ from pls_sync.transitions import advance
 log = structlog.get_logger("pls_sync")
 
 Progress = Callable[[str, int, int | None], None]
+
+LOCK_LOST = (
+    "the run lost its lock (paused past its lease, so another run may have written since): "
+    "nothing more was written; the next run writes the rest"
+)
 
 
 @dataclass(slots=True)
@@ -93,6 +98,8 @@ class RunOptions:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     lock_name: str = "pls-sync:run"
     lock_lease_seconds: float = 60.0
+    # The lease's clock (a test pauses a run by moving it); monotonic time otherwise.
+    lock_clock: Callable[[], float] = time.monotonic
     api_budget_share: float | None = None  # share of the remaining daily API calls a run may use
     history_days: int | None = None  # score history older than this is pruned after the run
     # Set by a SIGTERM handler: the destination being written finishes, the rest wait for
@@ -669,11 +676,15 @@ def write_destination(
     options: RunOptions,
     timer: StageTimer,
     leads: LeadContext | None = None,
+    gate: WriteGate | None = None,
 ) -> None:
     """Write a planned destination's diff, record rejections, then stale PQAs and rep alerts.
 
-    Errors stay inside the outcome, whose status says what happened.
+    ``gate`` (default: the SIGTERM event) is checked before every write request: once it is
+    set (SIGTERM, or the run lost its lock) nothing more is sent. Errors stay inside the
+    outcome, whose status says what happened.
     """
+    stop = gate if gate is not None else WriteGate(options.stop, None)
     name = outcome.name
     assert outcome.plan is not None
     with contained(outcome):
@@ -686,19 +697,21 @@ def write_destination(
             # is known as pls-sync's even when this run dies before recording the outcome.
             record_write_intent(state, outcome, mapping)
             outcome.write = destination.write(
-                mapping.object, outcome.plan.changes, outcome.specs, stop=options.stop, **capped
+                mapping.object, outcome.plan.changes, outcome.specs, stop=stop, **capped
             )
         write = outcome.write
         record_ownership(state, outcome)
         state.record_rejections(options.run_id, name, write.rejected, options.as_of)
         state.resolve_rejections(name, write.written)
         outcome.status = "succeeded" if not (write.rejected or write.not_attempted) else "partial"
-        if write.not_attempted and options.stop.is_set():
+        if write.not_attempted and stop.is_set():
             outcome.status = "stopped"  # SIGTERM: the rest of the diff waits for the next run
+        if stop.lock_lost:
+            outcome.status, outcome.error = "stopped", LOCK_LOST
         if write.error:
             outcome.status, outcome.error = "failed", write.error
         # After SIGTERM, no more CRM calls: queued alerts wait in the ledger for the next run.
-        stopping = options.stop.is_set()
+        stopping = stop.is_set()
         if leads is not None and not stopping:
             outcome.stale = stale_pqas(name, leads, scored, outcome, options.as_of)
         if (
@@ -979,7 +992,7 @@ def run_sync(
     started = datetime.now(UTC)
     timer = StageTimer()
     state = adapters.state
-    lock = RunLock(state, options.lock_name, options.lock_lease_seconds)
+    lock = RunLock(state, options.lock_name, options.lock_lease_seconds, clock=options.lock_clock)
     if not options.dry_run:
         try:
             lock.acquire()
@@ -1059,12 +1072,14 @@ def run_sync(
             planned["status"] = "planned"
             plans = [o.plan for o in done.outcomes.values() if o.plan is not None]
             plan_file = save_plan(options.plans_dir, options.run_id, plans, options.as_of, planned)
+        gate = WriteGate(options.stop, lock)
         for name, outcome in done.outcomes.items():
             if options.dry_run or outcome.status != "planned":
                 continue
-            lock.check()
-            if options.stop.is_set():
+            if gate.is_set():
                 outcome.status = "stopped"
+                if gate.lock_lost:
+                    outcome.error = LOCK_LOST
                 log.warning("destination_skipped_on_stop", destination=name)
                 continue
             write_destination(
@@ -1076,6 +1091,7 @@ def run_sync(
                 options,
                 timer,
                 leads,
+                gate,
             )
         summary = build_summary(
             options, scored, done.outcomes, timer, adapters, batch_sizes or {}, model
