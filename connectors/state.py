@@ -488,6 +488,24 @@ class SqlStateStore:
         with self._transaction("read score history") as conn:
             return [(row[0], row[1], row[2]) for row in conn.execute(query)]
 
+    def tier_entries(self, tier: str, keys: Iterable[str]) -> dict[str, int]:
+        """How many times each of ``keys`` entered ``tier``, by the recorded transitions (an
+        account never in it is left out)."""
+        wanted = list(dict.fromkeys(keys))
+        counts: dict[str, int] = {}
+        with self._transaction("count tier entries") as conn:
+            for start in range(0, len(wanted), 500):
+                query = (
+                    select(tier_transitions.c.account_key, func.count())
+                    .where(
+                        tier_transitions.c.to_tier == tier,
+                        tier_transitions.c.account_key.in_(wanted[start : start + 500]),
+                    )
+                    .group_by(tier_transitions.c.account_key)
+                )
+                counts.update((key, int(n)) for key, n in conn.execute(query))
+        return counts
+
     def prune_history(self, before: datetime) -> int:
         """Delete score history entries scored before ``before``; return how many went."""
         with self._transaction("prune score history", write=True) as conn:

@@ -35,17 +35,20 @@ def queue_alerts(
     *,
     tier: str,
     buyers: Mapping[str, Sequence[Buyer]],
+    entries: Callable[[Sequence[str]], Mapping[str, int]],
 ) -> int:
     """Record an alert for every account that entered ``tier`` now, before the state commit.
 
     The state commit makes the entry history; recording the alerts first means a run killed
-    anywhere after it still leaves them queued for the next run. Returns how many were queued.
+    anywhere after it still leaves them queued for the next run. ``entries`` gives, for
+    account keys, how many entries into ``tier`` the state store has recorded (committed
+    ones): this one is the next, and its number makes the alert's key, so a rerun of a run
+    killed before its commit queues the very same alerts. Returns how many were queued.
     """
+    entering = [r for r in results if entered(r, tier) is not None]
+    before = entries([r.account.key for r in entering]) if entering else {}
     queued = 0
-    for result in results:
-        since = entered(result, tier)
-        if since is None:
-            continue
+    for result in entering:
         subject, body = alert_text(
             result.account.domain,
             result.score.score,
@@ -53,8 +56,9 @@ def queue_alerts(
             buyers.get(result.account.key, ()),
             tier=tier,
         )
+        entry = before.get(result.account.key, 0) + 1
         for destination in destinations:
-            key = alert_key(destination, result.account.key, since, tier)
+            key = alert_key(destination, result.account.key, entry, tier)
             if ledger.mark_pending(
                 key,
                 destination=destination,

@@ -29,7 +29,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 __all__ = [
     "ALERT_KEY_PREFIX",
@@ -793,26 +792,21 @@ def abm_list(items: Iterable[tuple[str, str | None, int]], n: int) -> list[tuple
 
 ALERT_KEY_PREFIX = "pls-sync-alert-key:"
 _KEY_LENGTH = 24
-_KEY_VERSION = "pls-sync-alert/v1"
+_KEY_VERSION = "pls-sync-alert/v2"  # v2: the entry number, not its time
 _SUBJECT_MAX = 255  # Salesforce Task.Subject
 
 
-def alert_key(destination: str, account_key: str, entered_at: datetime, tier: str) -> str:
+def alert_key(destination: str, account_key: str, entry: int, tier: str) -> str:
     """A stable 24-hex-digit key for one entry of one account into one tier at one destination.
 
-    The same entry gives the same key on every retry and rerun, so the task it names is
-    created once; a later re-entry (another ``entered_at``) gives a new key. ``entered_at`` is
-    compared as a UTC instant (a naive datetime is taken as UTC), so time zones do not matter.
+    ``entry`` counts the account's entries into ``tier`` (1 for the first): it depends only on
+    the account's history, never on when a run happened, so a rerun after a crash at any
+    point (even hours later, at another ``--as-of``) computes the same key and the task it
+    names is created once; a later re-entry gets the next number and a new key.
     """
-    instant = entered_at.replace(tzinfo=UTC) if entered_at.tzinfo is None else entered_at
     payload = json.dumps(
-        [
-            _KEY_VERSION,
-            destination.strip().lower(),
-            account_key,
-            instant.astimezone(UTC).isoformat(),
-            tier,
-        ]
+        [_KEY_VERSION, destination.strip().lower(), account_key, int(entry), tier],
+        separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:_KEY_LENGTH]
 

@@ -156,6 +156,10 @@ class StateStore(Protocol):
         """Upsert states, append score history and transitions, in one transaction."""
         ...
 
+    def tier_entries(self, tier: str, keys: Iterable[str]) -> dict[str, int]:
+        """How many recorded transitions took each of ``keys`` into ``tier``."""
+        ...
+
     def prune_history(self, before: datetime) -> int:
         """Delete score history entries scored before ``before``; return how many went."""
         ...

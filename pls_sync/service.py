@@ -1035,6 +1035,7 @@ def run_sync(
                 scored.results,
                 tier=leads.alerts_tier,
                 buyers=leads.enrichment.buyers,
+                entries=lambda keys: state.tier_entries(leads.alerts_tier or "", keys),
             )
             log.info("alerts_queued", alerts=queued)
         if not options.dry_run:

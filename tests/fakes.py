@@ -249,6 +249,15 @@ class FakeState:
         run_id, at, lists = self.lists
         return run_id, at, {name: [dict(row) for row in rows] for name, rows in lists.items()}
 
+    def tier_entries(self, tier: str, keys: Iterable[str]) -> dict[str, int]:
+        self._check()
+        wanted = set(keys)
+        counts: dict[str, int] = {}
+        for transition in self.transitions:
+            if transition.to_tier == tier and transition.key in wanted:
+                counts[transition.key] = counts.get(transition.key, 0) + 1
+        return counts
+
     def load_owned(self, crm: str) -> dict[str, OwnedRecord]:
         self._check()
         return dict(self.owned.get(crm, {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -158,6 +159,46 @@ def test_alerts_once_per_entry_across_reruns() -> None:
     assert "ann@buyer.com" in body and "pls-sync-alert-key:" in body
     run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)), channels=ALERTS_ON)
     assert len(sink.tasks) == 3
+
+
+def test_a_run_killed_before_its_state_commit_queues_the_same_alerts_when_rerun_later() -> None:
+    """The alert key numbers the entry instead of timing it: a rerun hours later, at another
+    --as-of, sees the same entries (the killed run never committed them) and the same keys."""
+    adapters, sf = setup()
+    sink, state = adapters.alert_sinks["salesforce"], adapters.state
+    commit = state.save_account_states
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # SIGKILL between queueing the alerts and the state commit
+
+    state.save_account_states = killed  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    assert sink.tasks == {}
+    state.save_account_states = commit  # type: ignore[method-assign]
+    state.locks.clear()  # type: ignore[attr-defined]  # the dead run's lock
+    for hours in (4, 8):
+        run_sync(
+            adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=hours)), channels=ALERTS_ON
+        )
+    assert len(sink.tasks) == 3 and sink.duplicates == 0
+    assert len(adapters.alert_ledger.rows) == 3  # type: ignore[union-attr]
+
+
+def test_a_re_entry_into_the_tier_is_alerted_again() -> None:
+    adapters, sf = setup()
+    sink, usage = adapters.alert_sinks["salesforce"], adapters.usage
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    assert len(sink.tasks) == 3
+    full = list(usage.accounts)  # type: ignore[attr-defined]
+    usage.accounts = [  # type: ignore[attr-defined]
+        replace(a, metrics={**a.metrics, "active_users_28d": 0}) if a.key == "buyer.com" else a
+        for a in full
+    ]
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(days=1)), channels=ALERTS_ON)
+    usage.accounts = full  # type: ignore[attr-defined]
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(days=2)), channels=ALERTS_ON)
+    assert len(sink.tasks) == 4 and sink.duplicates == 0  # buyer.com's second entry
 
 
 def test_a_crash_between_task_creation_and_the_ledger_leaves_exactly_one_task() -> None:
