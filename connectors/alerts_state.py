@@ -326,6 +326,14 @@ def alerts_to_retry(
         return [_row(row) for row in conn.execute(query).mappings()]
 
 
+def any_alert(store: HasEngine, destination: str) -> bool:
+    """Whether any alert of ``destination`` was ever recorded."""
+    engine = _engine(store)
+    query = select(alerts.c.key).where(alerts.c.destination == destination).limit(1)
+    with _transaction(engine, "read alerts") as conn:
+        return conn.execute(query).first() is not None
+
+
 def get_alert(store: HasEngine, key: str) -> AlertRow | None:
     """The stored alert ``key``, or ``None``."""
     engine = _engine(store)

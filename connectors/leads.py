@@ -174,6 +174,22 @@ class StateAlertLedger:
             payload=payload,
         )
 
+    def is_live(self, destination: str) -> bool:
+        """Whether the ledger has any alert of ``destination``."""
+        return alerts_state.any_alert(self.store, destination)
+
+    def mark_baseline(self, key: str, *, destination: str, account_key: str) -> None:
+        """Record ``key`` as alerted, with no task."""
+        alerts_state.mark_pending(
+            self.store,
+            key,
+            destination=destination,
+            account_key=account_key,
+            record_id=None,
+            payload={"baseline": True},
+        )
+        alerts_state.mark_created(self.store, key, "")
+
     def mark_sending(self, key: str) -> None:
         """Record that the create is about to be sent."""
         alerts_state.mark_sending(self.store, key)

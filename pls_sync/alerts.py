@@ -36,6 +36,7 @@ def queue_alerts(
     tier: str,
     buyers: Mapping[str, Sequence[Buyer]],
     entries: Callable[[Sequence[str]], Mapping[str, int]],
+    backfill: bool = False,
 ) -> int:
     """Record an alert for every account that entered ``tier`` now, before the state commit.
 
@@ -44,10 +45,17 @@ def queue_alerts(
     account keys, how many entries into ``tier`` the state store has recorded (committed
     ones): this one is the next, and its number makes the alert's key, so a rerun of a run
     killed before its commit queues the very same alerts. Returns how many were queued.
+
+    At go-live (a destination with no alert ever recorded) accounts already in the tier, those
+    entering now included, are recorded as alerted without a task, unless ``backfill``: the
+    first run with alerts on does not flood reps with every existing PQA.
     """
     entering = [r for r in results if entered(r, tier) is not None]
     before = entries([r.account.key for r in entering]) if entering else {}
     queued = 0
+    live = [d for d in destinations if backfill or ledger.is_live(d)]
+    if len(live) < len(destinations):
+        go_live_baseline([d for d in destinations if d not in live], ledger, results, tier, entries)
     for result in entering:
         subject, body = alert_text(
             result.account.domain,
@@ -57,7 +65,7 @@ def queue_alerts(
             tier=tier,
         )
         entry = before.get(result.account.key, 0) + 1
-        for destination in destinations:
+        for destination in live:
             key = alert_key(destination, result.account.key, entry, tier)
             if ledger.mark_pending(
                 key,
@@ -68,6 +76,32 @@ def queue_alerts(
             ):
                 queued += 1
     return queued
+
+
+GO_LIVE = ""  # the account key of the row that marks a destination's alerts as live
+
+
+def go_live_baseline(
+    destinations: Sequence[str],
+    ledger: AlertLedger,
+    results: Sequence[AccountResult],
+    tier: str,
+    entries: Callable[[Sequence[str]], Mapping[str, int]],
+) -> int:
+    """Record every account in ``tier`` as alerted, without a task, at each destination, and
+    the go-live itself (so a go-live with no account in the tier still counts). Returns the
+    accounts recorded per destination."""
+    inside = [r for r in results if r.state.tier == tier and not r.gone]
+    recorded = entries([r.account.key for r in inside]) if inside else {}
+    for destination in destinations:
+        for result in inside:
+            # Its current entry: the next one when it enters now, else the last recorded.
+            entry = recorded.get(result.account.key, 0) + (entered(result, tier) is not None)
+            key = alert_key(destination, result.account.key, max(entry, 1), tier)
+            ledger.mark_baseline(key, destination=destination, account_key=result.account.key)
+        live_key = alert_key(destination, GO_LIVE, 0, tier)
+        ledger.mark_baseline(live_key, destination=destination, account_key=GO_LIVE)
+    return len(inside)
 
 
 def send_alerts(

@@ -198,6 +198,9 @@ class ChannelSettings:
     hs_mql_property: str | None = None
     alerts_enabled: bool = False
     alert_tier: str = "sales"
+    # At go-live (the first run with alerts on), accounts already in the tier are recorded as
+    # alerted without a task, unless backfilled: reps are not flooded with old news.
+    alerts_backfill: bool = False
     sf_alert_key_field: str = "PQA_Alert_Key__c"
     hs_alert_key_property: str = "pqa_alert_key"
     stale_after_days: int | None = None
@@ -408,6 +411,7 @@ class AlertsSpec(_Spec):
 
     enabled: bool = False
     tier: Name = "sales"
+    backfill: bool = False
     salesforce_key_field: Name = "PQA_Alert_Key__c"
     hubspot_key_property: Name = "pqa_alert_key"
 
@@ -1318,6 +1322,7 @@ def _channel_settings(
         hs_mql_property=spec.mql.hubspot.property,
         alerts_enabled=spec.alerts.enabled,
         alert_tier=spec.alerts.tier,
+        alerts_backfill=spec.alerts.backfill,
         sf_alert_key_field=spec.alerts.salesforce_key_field,
         hs_alert_key_property=spec.alerts.hubspot_key_property,
         stale_after_days=spec.stale_after_days,

@@ -279,6 +279,15 @@ class AlertLedger(Protocol):
         """Record the intent before creating; False when already created."""
         ...
 
+    def is_live(self, destination: str) -> bool:
+        """Whether alerts ever went live for ``destination`` (it has a row in the ledger)."""
+        ...
+
+    def mark_baseline(self, key: str, *, destination: str, account_key: str) -> None:
+        """Record ``key`` as alerted without a task (accounts already in the tier at go-live,
+        and the go-live itself under an account key of ``""``)."""
+        ...
+
     def mark_sending(self, key: str) -> None:
         """Record that the create is about to be sent."""
         ...

@@ -395,6 +395,7 @@ class LeadContext:
     activity_readers: dict[str, Callable[[list[str]], Mapping[str, date | None]]] = field(
         default_factory=dict
     )
+    alerts_backfill: bool = False  # at go-live, alert accounts already in the tier too
 
 
 def record_domains(record: CrmRecord) -> set[str]:
@@ -458,6 +459,7 @@ def find_leads(
         errors,
         channels.stale_after_days,
         adapters.activity_readers,
+        channels.alerts_backfill,
     )
 
 
@@ -1036,6 +1038,7 @@ def run_sync(
                 tier=leads.alerts_tier,
                 buyers=leads.enrichment.buyers,
                 entries=lambda keys: state.tier_entries(leads.alerts_tier or "", keys),
+                backfill=leads.alerts_backfill,
             )
             log.info("alerts_queued", alerts=queued)
         if not options.dry_run:

@@ -361,6 +361,19 @@ class FakeAlertLedger:
         }
         return True
 
+    def is_live(self, destination: str) -> bool:
+        return any(row["destination"] == destination for row in self.rows.values())
+
+    def mark_baseline(self, key: str, *, destination: str, account_key: str) -> None:
+        self.mark_pending(
+            key,
+            destination=destination,
+            account_key=account_key,
+            record_id=None,
+            payload={"baseline": True},
+        )
+        self.rows[key]["status"] = "created"
+
     def mark_sending(self, key: str) -> None:
         self.rows[key]["status"] = "sending"
         self.rows[key]["sent_at"] = self.clock()

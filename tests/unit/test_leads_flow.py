@@ -48,7 +48,9 @@ MAPPING = DestinationMapping(
         FieldMapping("PQA_Buyers__c", "buyers", null="clear"),
     ),
 )
-ALERTS_ON = ChannelSettings(alerts_enabled=True, alert_tier="sales")
+# Backfilled: these tests are about exactly once, not about go-live (which has its own).
+ALERTS_ON = ChannelSettings(alerts_enabled=True, alert_tier="sales", alerts_backfill=True)
+GO_LIVE = ChannelSettings(alerts_enabled=True, alert_tier="sales")
 
 
 def vp(email: str) -> UserProfile:
@@ -159,6 +161,43 @@ def test_alerts_once_per_entry_across_reruns() -> None:
     assert "ann@buyer.com" in body and "pls-sync-alert-key:" in body
     run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)), channels=ALERTS_ON)
     assert len(sink.tasks) == 3
+
+
+def test_go_live_records_accounts_already_in_the_tier_without_a_task() -> None:
+    adapters, sf = setup()
+    sink, usage = adapters.alert_sinks["salesforce"], adapters.usage
+    first = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=GO_LIVE)
+    assert sink.tasks == {}  # three PQAs already there: reps are not flooded
+    assert first.summary["destinations"]["salesforce"]["alerts"]["created"] == 0
+    rows = adapters.alert_ledger.rows  # type: ignore[union-attr]
+    assert sorted(r["account_key"] for r in rows.values()) == [
+        "",
+        "buyer.com",
+        "mql.com",
+        "nobody.com",
+    ]
+    # A later entry into the tier is news: it gets its task.
+    usage.accounts = [  # type: ignore[attr-defined]
+        replace(a, metrics={**a.metrics, "active_users_28d": 10}) if a.key == "small.com" else a
+        for a in usage.accounts  # type: ignore[attr-defined]
+    ]
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(days=1)), channels=GO_LIVE)
+    assert [t[0] for t in sink.tasks.values()] == [
+        next(r.id for r in sf.records.values() if r.name == "small.com")
+    ]
+
+
+def test_go_live_with_no_account_in_the_tier_still_goes_live() -> None:
+    adapters, sf = setup()
+    usage = adapters.usage
+    everyone = list(usage.accounts)  # type: ignore[attr-defined]
+    usage.accounts = [  # type: ignore[attr-defined]
+        replace(a, metrics={**a.metrics, "active_users_28d": 1}) for a in everyone
+    ]
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=GO_LIVE)
+    usage.accounts = everyone  # type: ignore[attr-defined]
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(days=1)), channels=GO_LIVE)
+    assert len(adapters.alert_sinks["salesforce"].tasks) == 3  # entries after go-live
 
 
 def test_a_run_killed_before_its_state_commit_queues_the_same_alerts_when_rerun_later() -> None:
