@@ -273,7 +273,9 @@ def create_salesforce_alert(
             raise TaskRejected(
                 RecordRejection(record_id=key, code=code, message=message, fields=fields)
             ) from None
-        except (requests.Timeout, requests.ConnectionError) as exc:
+        except (requests.RequestException, ValueError) as exc:
+            # No answer, or one we cannot read (cut mid-body, a 200 that is not JSON): the
+            # create may have been applied. Never sent again blindly: the loop looks first.
             raise _OutcomeUnknown(exc) from None
         except SalesforceError as exc:
             if exc.status >= 500:

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import responses
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from responses.registries import OrderedRegistry
 
 from connectors.alerts_state import (
     TaskRejected,
@@ -33,6 +36,7 @@ from connectors.salesforce_leads import (
 )
 from connectors.state import SqlStateStore
 from pls_sync.errors import FatalError
+from pls_sync.sandbox.http import Response
 from pls_sync.sandbox.salesforce import id18
 from pls_sync.sandbox.seed import owners
 
@@ -354,3 +358,58 @@ def test_a_missing_key_field_stops_with_a_fatal_error(sandbox: Any) -> None:
             key_field="No_Such__c",
         )
     assert "sf.sobject.create" not in sandbox.counts()
+
+
+def test_a_create_whose_answer_cannot_be_read_is_looked_up_not_sent_again(sandbox: Any) -> None:
+    """Salesforce created the Task but the answer is a 200 that is not JSON (a proxy's page):
+    the outcome is unknown, so the next attempt looks the key up first and finds it."""
+    api = sandbox.salesforce
+    handle = api.handle
+    mangled: list[str] = []
+
+    def answer_mangled(request: Any) -> Response:
+        response = handle(request)
+        if request.method == "POST" and request.path.rstrip("/").endswith("sobjects/Task"):
+            mangled.append(request.path)
+            return Response(200, "<html>upstream reset</html>", {"Content-Type": "text/html"})
+        return response
+
+    api.handle = answer_mangled
+    key = "pqa:mangled.io:1"
+    task_id, created = create_salesforce_alert(
+        destination(sandbox),
+        account_id=an_account(sandbox)["Id"],
+        owner_id=owners()[0]["id"],
+        subject="s",
+        description="d",
+        key=key,
+    )
+    assert created and len(mangled) == 1  # one POST: the second attempt found the task
+    assert [t["Id"] for t in tasks_with_key(sandbox, key)] == [task_id]
+
+
+@responses.activate(registry=OrderedRegistry)
+def test_a_create_whose_answer_is_cut_mid_body_is_looked_up_not_sent_again() -> None:
+    base = "https://acme.my.salesforce.com/services/data/v59.0"
+    lookup = f"{base}/queryAll/"  # deleted tasks count: a rep who deleted one has seen it
+    responses.get(lookup, json={"totalSize": 0, "done": True, "records": []})
+    responses.post(
+        f"{base}/sobjects/Task/",
+        body=requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead"),
+    )
+    found = {"totalSize": 1, "done": True, "records": [{"Id": "00T000000000001AAA"}]}
+    responses.get(lookup, json=found)
+    dest = SalesforceDestination.from_env(
+        {"SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com", "SALESFORCE_SESSION_ID": "x"},
+        sleep=lambda _seconds: None,
+    )
+    result = create_salesforce_alert(
+        dest,
+        account_id="001000000000001AAA",
+        owner_id="005000000000001AAA",
+        subject="s",
+        description="d",
+        key="pqa:cut.io:1",
+    )
+    assert result == ("00T000000000001AAA", True)
+    assert [c.request.method for c in responses.calls] == ["GET", "POST", "GET"]
