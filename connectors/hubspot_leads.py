@@ -51,7 +51,6 @@ from connectors.hubspot import (
     read_json,
     search_in_id_windows,
 )
-from connectors.retrying import backoff_delay
 from pls_sync.errors import FatalError, RetriableError
 from pls_sync.models import RecordRejection
 from pls_sync.planning import truncate
@@ -70,7 +69,6 @@ CONTACT_SOURCE = "hubspot_contact"
 TASK_TO_COMPANY = 192  # HUBSPOT_DEFINED association type: task to company
 SUBJECT_MAX = 255
 BODY_MAX = 65_536
-CREATE_ATTEMPTS = 3
 # Validation errors that mean the portal is not set up for alerts: every task would fail alike.
 _SETUP_ERRORS = frozenset({"PROPERTY_DOESNT_EXIST", "READ_ONLY_VALUE"})
 _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
@@ -80,6 +78,9 @@ _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 log = structlog.get_logger("pls_sync.hubspot")
+
+
+OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"  # a create whose answer was lost: settle, do not resend
 
 
 class _OutcomeUnknown(Exception):
@@ -262,8 +263,9 @@ def create_hubspot_alert(
 
     Raises ``TaskRejected`` when HubSpot refuses this task (unknown owner, company gone...):
     record it and retry on a later run. Raises ``FatalError`` when the portal lacks the key
-    property, ``RetriableError`` when the outcome stayed unknown after the retries, and the
-    destination's own errors (``AuthError``, ``QuotaExhaustedError``...) as they are.
+    property, ``RetriableError`` with code ``OUTCOME_UNKNOWN`` when the create's answer was
+    lost (the task may exist: never created again before a lookup past the search lag), and
+    the destination's own errors (``AuthError``, ``QuotaExhaustedError``...) as they are.
     """
     if not key:
         raise FatalError("alert key must not be empty", code="INVALID_KEY")
@@ -317,30 +319,18 @@ def create_hubspot_alert(
         except _TRANSPORT_ERRORS as exc:
             raise _OutcomeUnknown(dest.redact_secrets(f"{type(exc).__name__}: {exc}")) from None
 
-    last = ""
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        existing = find_alert_task(dest, key, key_property)
-        if existing is not None:
-            # Found after an attempt of ours whose answer was lost: it was created just now.
-            return existing, attempt > 1
-        try:
-            created = dest.call("write", api, create)
-        except _OutcomeUnknown as unknown:
-            last = str(unknown)
-            wait = backoff_delay(attempt, base=0.5, cap=10.0)
-            log.warning(
-                "hubspot_alert_outcome_unknown",
-                key=key,
-                attempt=attempt,
-                error=last,
-                wait_seconds=round(wait, 3),
-            )
-            dest.sleep(wait)
-            continue
-        return str(created.id), True
     existing = find_alert_task(dest, key, key_property)
     if existing is not None:
-        return existing, True
-    raise RetriableError(
-        f"HubSpot alert task {key!r} not confirmed: {last}", code="OUTCOME_UNKNOWN"
-    )
+        return existing, False
+    try:
+        created = dest.call("write", api, create)
+    except _OutcomeUnknown as unknown:
+        # The task may exist, and HubSpot's search shows it only after a lag ("it may take a
+        # few moments for newly created or updated CRM objects to appear in search results"):
+        # a lookup now could miss it and a second create would duplicate it. The caller
+        # leaves the alert settling; a later run looks it up once the lag has passed.
+        log.warning("hubspot_alert_outcome_unknown", key=key, error=str(unknown))
+        raise RetriableError(
+            f"HubSpot alert task {key!r} not confirmed: {unknown}", code=OUTCOME_UNKNOWN
+        ) from None
+    return str(created.id), True

@@ -10,7 +10,7 @@ from typing import Any
 from connectors import alerts_state
 from connectors.buyers import read_buyer_candidates
 from connectors.hubspot import HubSpotDestination
-from connectors.hubspot_leads import create_hubspot_alert, read_hubspot_mqls
+from connectors.hubspot_leads import OUTCOME_UNKNOWN, create_hubspot_alert, read_hubspot_mqls
 from connectors.salesforce import SalesforceDestination
 from connectors.salesforce_leads import (
     create_salesforce_alert,
@@ -19,8 +19,9 @@ from connectors.salesforce_leads import (
 )
 from connectors.warehouse import SqlUsageSource
 from pls_sync.channels import PersonaModel, UserProfile
+from pls_sync.errors import RetriableError
 from pls_sync.models import CrmRecord
-from pls_sync.ports import AlertRejected
+from pls_sync.ports import AlertRejected, AlertUnconfirmed
 
 
 def unwrap(destination: Any) -> Any:
@@ -130,7 +131,8 @@ class HubSpotAlerts:
     def create_alert(
         self, record: CrmRecord, subject: str, body: str, key: str
     ) -> tuple[str, bool]:
-        """Create or find the task; refusals raise ``AlertRejected``."""
+        """Create or find the task; refusals raise ``AlertRejected``, a lost answer
+        ``AlertUnconfirmed``."""
         try:
             return create_hubspot_alert(
                 unwrap(self.dest),
@@ -143,6 +145,10 @@ class HubSpotAlerts:
             )
         except alerts_state.TaskRejected as exc:
             raise AlertRejected(exc.rejection) from None
+        except RetriableError as exc:
+            if exc.code == OUTCOME_UNKNOWN:
+                raise AlertUnconfirmed(str(exc)) from None
+            raise
 
 
 class StateAlertLedger:

@@ -17,7 +17,7 @@ from pls_sync.channels import Buyer, alert_key, alert_text, with_alert_key
 from pls_sync.matching import MatchReport
 from pls_sync.models import CrmRecord
 from pls_sync.planning import AccountResult
-from pls_sync.ports import AlertLedger, AlertRejected, AlertSink
+from pls_sync.ports import AlertLedger, AlertRejected, AlertSink, AlertUnconfirmed
 
 
 def entered(result: AccountResult, tier: str) -> datetime | None:
@@ -139,6 +139,10 @@ def send_alerts(
             ledger.mark_rejected(key, f"{exc.rejection.code}: {exc.rejection.message}")
             counts["rejected"] += 1
             reasons[exc.rejection.code] += 1
+            continue
+        except AlertUnconfirmed:
+            # Left "sending": a later run looks it up once the lookup can see it (above).
+            counts["settling"] += 1
             continue
         ledger.mark_created(key, task_id)
         counts["created" if created else "found_existing"] += 1

@@ -260,6 +260,11 @@ class AlertRejected(Exception):
         self.rejection = rejection
 
 
+class AlertUnconfirmed(Exception):
+    """A create whose answer was lost: the task may exist, and only a lookup the CRM answers
+    truthfully (past its search lag) can tell; the alert settles until a later run looks."""
+
+
 class AlertLedger(Protocol):
     """Which alerts were created, so each entry into a tier alerts exactly once."""
 

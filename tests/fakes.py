@@ -310,11 +310,12 @@ class FakeAlertSink:
         self.lookup_lag_seconds = lookup_lag_seconds
         self.unindexed: set[str] = set()
         self.duplicates = 0
+        self.lose_answers = 0  # this many creates are applied and their answers lost
 
     def create_alert(
         self, record: CrmRecord, subject: str, body: str, key: str
     ) -> tuple[str, bool]:
-        from pls_sync.ports import AlertRejected
+        from pls_sync.ports import AlertRejected, AlertUnconfirmed
 
         if record.id in self.reject:
             code = self.reject[record.id]
@@ -324,6 +325,10 @@ class FakeAlertSink:
         if key in self.tasks:
             self.duplicates += 1
         self.tasks[key] = (record.id, subject, body)
+        if self.lose_answers:
+            self.lose_answers -= 1
+            self.unindexed.add(key)  # not searchable yet either
+            raise AlertUnconfirmed(f"answer lost for {key}")
         return f"task-{key}", True
 
 

@@ -163,6 +163,30 @@ def test_alerts_once_per_entry_across_reruns() -> None:
     assert len(sink.tasks) == 3
 
 
+def test_a_lost_answer_settles_and_is_confirmed_by_a_later_run_not_sent_again() -> None:
+    adapters, sf = setup()
+    sink = adapters.alert_sinks["salesforce"] = FakeAlertSink(lookup_lag_seconds=60)
+    ledger = adapters.alert_ledger
+    sink.lose_answers = 1
+    first = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    alerts = first.summary["destinations"]["salesforce"]["alerts"]
+    assert (alerts["created"], alerts["settling"]) == (2, 1)
+    (lost,) = sink.unindexed
+    assert ledger.rows[lost]["status"] == "sending"  # type: ignore[union-attr]
+
+    soon = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(seconds=10)), channels=ALERTS_ON
+    )
+    assert soon.summary["destinations"]["salesforce"]["alerts"]["settling"] == 1
+    sink.unindexed.clear()  # indexed once the lag has passed
+    ledger.rows[lost]["sent_at"] -= timedelta(seconds=61)  # type: ignore[union-attr]
+    later = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(minutes=5)), channels=ALERTS_ON
+    )
+    assert later.summary["destinations"]["salesforce"]["alerts"]["found_existing"] == 1
+    assert sink.duplicates == 0 and len(sink.tasks) == 3
+
+
 def test_go_live_records_accounts_already_in_the_tier_without_a_task() -> None:
     adapters, sf = setup()
     sink, usage = adapters.alert_sinks["salesforce"], adapters.usage
