@@ -1427,11 +1427,15 @@ class SalesforceApi:
         if kind in ("request_limit", "daily_limit"):
             return Response(403, _REQUEST_LIMIT)
         if kind == "rate_limit":
+            # Salesforce never answers 429: too many long-running requests at once is a 403
+            # REQUEST_LIMIT_EXCEEDED ("If the number of long running requests exceeds the limit,
+            # the API returns a REQUEST_LIMIT_EXCEEDED exception code", API Request Limits and
+            # Allocations), told from the daily total by its message.
             return Response(
-                429,
+                403,
                 [
                     {
-                        "message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+                        "message": "ConcurrentRequests (Concurrent API Requests) Limit exceeded.",
                         "errorCode": "REQUEST_LIMIT_EXCEEDED",
                     }
                 ],

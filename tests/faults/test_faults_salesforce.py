@@ -97,11 +97,12 @@ def test_clean_run_takes_several_batches(clean: CleanRun) -> None:
     assert entry["write_calls"] == entry["min_write_calls"] >= 3
 
 
-# --------------------------------------------------------------------------- 429 storms
+# ------------------------------------------------- rate-limit storms (403 REQUEST_LIMIT_EXCEEDED)
 
 
-def test_429_storm_with_retry_after_is_waited_out(rig: Rig, clean: CleanRun) -> None:
-    """429s with Retry-After on reads and writes: the run waits as told and finishes."""
+def test_a_rate_limit_storm_with_retry_after_is_waited_out(rig: Rig, clean: CleanRun) -> None:
+    """Concurrent-request limits (403 REQUEST_LIMIT_EXCEEDED, with Retry-After) on reads and
+    writes: the run waits as told and finishes."""
     rig.box.faults.add("rate_limit", endpoint="sf.query", times=2, retry_after=3)
     rig.box.faults.add("rate_limit", endpoint=SF_WRITE, times=3, retry_after=2)
     result = rig.run()
@@ -114,10 +115,11 @@ def test_429_storm_with_retry_after_is_waited_out(rig: Rig, clean: CleanRun) -> 
     converge(rig, clean)
 
 
-def test_429_storm_longer_than_the_retries_leaves_the_rest_for_the_next_run(
+def test_a_rate_limit_storm_longer_than_the_retries_leaves_the_rest_for_the_next_run(
     rig: Rig, clean: CleanRun
 ) -> None:
-    """The first batch goes through, then 429s outlast the retries: the rest is not attempted."""
+    """The first batch goes through, then rate limits outlast the retries: the rest is not
+    attempted."""
     assert rig.hooks is not None
     rig.hooks.add(
         after_nth(

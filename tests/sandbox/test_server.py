@@ -92,16 +92,18 @@ def test_counts_name_every_endpoint(box: Sandbox, sf: Any) -> None:
 
 
 def test_fault_kinds_in_salesforce_shapes(box: Sandbox, sf: Any) -> None:
+    # Salesforce's rate limit is a 403 REQUEST_LIMIT_EXCEEDED, never a 429.
     box.faults.add("rate_limit", endpoint="sf.query", times=1, retry_after=7)
-    with pytest.raises(SalesforceGeneralError) as caught:
+    with pytest.raises(SalesforceRefusedRequest) as refused:
         sf.query(LIMITS)
-    assert caught.value.status == 429
-    assert error_code(caught.value) == "REQUEST_LIMIT_EXCEEDED"
+    assert refused.value.status == 403
+    assert error_code(refused.value) == "REQUEST_LIMIT_EXCEEDED"
+    assert "ConcurrentRequests" in str(refused.value.content)
 
     raw = requests.Session()
     box.faults.add("rate_limit", times=1, retry_after=7)
     limited = raw.get(f"{box.url}/services/data/v59.0/limits", timeout=5)
-    assert (limited.status_code, limited.headers["Retry-After"]) == (429, "7")
+    assert (limited.status_code, limited.headers["Retry-After"]) == (403, "7")
 
     box.faults.add("server_error", endpoint="sf.query", times=1)
     with pytest.raises(SalesforceGeneralError) as caught:
