@@ -138,6 +138,9 @@ class FieldSpec:
     # refuses values it does not list; an unrestricted one stores them as inactive values.
     restricted: bool = False
     precision: int | None = None  # total digits of a number field, when the schema says
+    # A key a record can be found and written by: a Salesforce External ID (upsert by it) or a
+    # HubSpot unique-value property (``hasUniqueValue``, usable as ``idProperty``).
+    external_id: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,17 @@ either on the next ``times`` matching requests, at a seeded random ``rate``, or 
 on every matching request until cleared. The server asks ``pick`` before handling a request;
 ``lock_row`` rules are not request-level: API modules ask ``locked_records`` which records of a
 collection or bulk write must fail with UNABLE_TO_LOCK_ROW.
+
+After-write kinds (``AFTER_WRITE_KINDS``) let the request through and spoil only its answer, as a
+network or proxy does once the CRM has done the work:
+
+* ``answer_lost``: applied, then the connection closes without a byte of answer;
+* ``answer_cut``: applied, then the headers (full ``Content-Length``) and half the body, closed;
+* ``answer_late``: applied, then the answer waits ``delay`` seconds (default 5): past the client's
+  timeout, the write has already landed;
+* ``apply_late``: the CRM takes ``delay`` seconds (default 5) before applying, then answers: a
+  client that timed out and looks the record up at once does not find it yet;
+* ``answer_not_json``: applied, then a 200 ``text/html`` page (a proxy's) instead of the JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +39,12 @@ FAULT_KINDS = frozenset(
         "daily_limit",
         "lock_row",
     }
+    | {"answer_lost", "answer_cut", "answer_late", "answer_not_json", "apply_late"}
+)
+# Faults that strike once the request has been handled: the CRM applied the write (or applies it
+# late), and only the answer goes wrong. A client must treat the outcome as unknown.
+AFTER_WRITE_KINDS = frozenset(
+    {"answer_lost", "answer_cut", "answer_late", "answer_not_json", "apply_late"}
 )
 
 
@@ -106,6 +123,8 @@ class FaultInjector:
             raise ValueError("lock_row needs record_ids")
         if kind == "slow" and delay is None:
             delay = 1.0
+        if kind in ("answer_late", "apply_late") and delay is None:
+            delay = 5.0
         with self._lock:
             rule = FaultRule(
                 kind=kind,

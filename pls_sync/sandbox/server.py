@@ -7,7 +7,9 @@ Bound to 127.0.0.1 only. Each API module (Salesforce, HubSpot) follows the contr
 * ``GET /__sandbox/counts``: requests by endpoint name;
 * ``POST /__sandbox/reset-counts``;
 * ``POST /__sandbox/faults``: a JSON rule (``kind``, ``endpoint``, ``times``, ``rate``,
-  ``record_ids``, ``retry_after``, ``delay``) -> 201 with the rule;
+  ``record_ids``, ``retry_after``, ``delay``) -> 201 with the rule; the kinds and the after-write
+  faults (the CRM applies the request, the answer is lost, cut, late or not JSON) are described
+  in ``pls_sync.sandbox.faults``;
 * ``GET /__sandbox/faults``: the active rules; ``DELETE /__sandbox/faults``: clear them;
 * ``POST /__sandbox/salesforce/schema`` and ``POST /__sandbox/hubspot/schema``: change a
   field the way an admin would (delete it, change its picklist values, make it read-only...);
@@ -16,6 +18,7 @@ Bound to 127.0.0.1 only. Each API module (Salesforce, HubSpot) follows the contr
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -26,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from pls_sync.sandbox.faults import FaultInjector, FaultRule
+from pls_sync.sandbox.faults import AFTER_WRITE_KINDS, FaultInjector, FaultRule
 from pls_sync.sandbox.http import Request, Response
 from pls_sync.sandbox.salesforce import SalesforceApi
 
@@ -158,16 +161,45 @@ class _Handler(BaseHTTPRequestHandler):
                 # Close without a byte of response: the client sees a dropped connection.
                 self.close_connection = True
                 return
-            if rule.kind == "slow":
+            if rule.kind in ("slow", "apply_late"):
                 time.sleep(rule.delay or 0.0)
-            else:
+            elif rule.kind not in AFTER_WRITE_KINDS:
                 self._write(self._fault_response(api, rule, request))
                 return
         try:
             response = api.handle(request)
         except Exception as exc:  # a sandbox bug must surface as a 500, not a hung client
             response = Response(500, {"message": f"sandbox error: {type(exc).__name__}: {exc}"})
+        if rule is not None and rule.kind in AFTER_WRITE_KINDS:
+            self._spoil_answer(rule, response)
+            return
         self._write(response)
+
+    def _spoil_answer(self, rule: FaultRule, response: Response) -> None:
+        """Answer a request the API has handled the way an after-write fault says."""
+        if rule.kind == "answer_lost":
+            self.close_connection = True
+            return
+        if rule.kind == "answer_late":
+            time.sleep(rule.delay or 0.0)
+        elif rule.kind == "answer_not_json":
+            response = Response(200, _PROXY_PAGE, {"Content-Type": "text/html; charset=utf-8"})
+        elif rule.kind == "answer_cut":
+            body, content_type = response.encoded()
+            if len(body) < 2:  # nothing to cut: the answer is lost instead
+                self.close_connection = True
+                return
+            self.send_response(response.status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        # A late answer may find the client gone: that is the point of it.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._write(response)
 
     @staticmethod
     def _fault_response(api: ApiModule, rule: FaultRule, request: Request) -> Response:
@@ -224,6 +256,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not no_body and self.command != "HEAD":
             self.wfile.write(body)
+
+
+# What a proxy or load balancer in front of the CRM answers when it mangles the CRM's answer.
+_PROXY_PAGE = (
+    "<html><head><title>Service Unavailable</title></head><body><h1>Service Unavailable</h1>"
+    "<p>The server is temporarily unable to service your request.</p></body></html>"
+)
 
 
 def _seconds(value: float) -> str:

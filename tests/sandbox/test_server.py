@@ -153,6 +153,69 @@ def test_slow_and_dropped_responses(box: Sandbox, sf: Any) -> None:
     assert box.counts()["sf.composite.sobjects.patch"] == 2
 
 
+def _collection_patch(box: Sandbox, score: int) -> tuple[str, dict[str, Any]]:
+    account = box.salesforce.insert("Account", {"Name": f"After write {score}"})
+    record = {"attributes": {"type": "Account"}, "id": account, "PQA_Score__c": score}
+    return account, {"records": [record]}
+
+
+def _score(box: Sandbox, account: str) -> Any:
+    return box.salesforce.get("Account", account)["PQA_Score__c"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("answer_lost", requests.exceptions.ConnectionError),
+        ("answer_cut", requests.exceptions.ChunkedEncodingError),
+        ("answer_late", requests.exceptions.ReadTimeout),
+    ],
+)
+def test_after_write_faults_apply_the_write_and_spoil_only_the_answer(
+    box: Sandbox, kind: str, error: type[BaseException]
+) -> None:
+    """The write lands; the client sees a dropped, cut or late answer (a timeout of 0.3 s)."""
+    account, body = _collection_patch(box, 41)
+    box.faults.add(kind, endpoint="sf.composite.*", times=1, delay=1.0)
+    url = f"{box.url}/services/data/v59.0/composite/sobjects"
+    headers = {"Authorization": f"Bearer {box.session_id}"}
+    with pytest.raises(error):
+        requests.patch(url, json=body, headers=headers, timeout=0.3).json()
+    if kind == "answer_late":
+        time.sleep(0.8)  # the late answer goes to a client that has hung up: no traceback
+    assert _score(box, account) == 41
+    assert box.counts()["faults_injected"] == 1
+
+
+def test_an_answer_that_is_not_json_follows_an_applied_write(box: Sandbox) -> None:
+    account, body = _collection_patch(box, 42)
+    box.faults.add("answer_not_json", endpoint="sf.composite.*", times=1)
+    url = f"{box.url}/services/data/v59.0/composite/sobjects"
+    answer = requests.patch(url, json=body, headers={"Authorization": f"Bearer {box.session_id}"})
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/html")
+    with pytest.raises(ValueError):
+        answer.json()
+    assert _score(box, account) == 42
+
+
+def test_a_write_applied_late_is_not_there_when_the_client_gives_up(box: Sandbox) -> None:
+    """``apply_late``: the CRM completes the write after the client's timeout (a lookup made at
+    once misses it; one made later finds it)."""
+    account, body = _collection_patch(box, 43)
+    box.faults.add("apply_late", endpoint="sf.composite.*", times=1, delay=0.6)
+    url = f"{box.url}/services/data/v59.0/composite/sobjects"
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.patch(
+            url, json=body, headers={"Authorization": f"Bearer {box.session_id}"}, timeout=0.2
+        )
+    assert _score(box, account) is None
+    deadline = time.monotonic() + 5
+    while _score(box, account) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _score(box, account) == 43
+
+
 def test_expired_session_is_refreshed_by_a_password_client(
     box: Sandbox, connect: Callable[..., Any]
 ) -> None:
