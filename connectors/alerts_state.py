@@ -56,7 +56,10 @@ __all__ = [
     "SENDING",
     "AlertRow",
     "TaskRejected",
+    "alert_crm",
     "alerts_to_retry",
+    "record_alert_crm",
+    "settle_in_flight",
     "get_alert",
     "mark_created",
     "mark_pending",
@@ -89,6 +92,16 @@ alerts = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_alerts_status", "status"),
+)
+
+# Which CRM (its identity, e.g. ``salesforce:<org id>``) each destination's alerts go to, so a
+# destination pointed at another CRM is noticed before a task is sent there.
+alert_crms = Table(
+    "alert_crms",
+    _metadata,
+    Column("destination", String(32), primary_key=True),
+    Column("identity", String(_KEY), nullable=False),
+    Column("since", UtcDateTime(), nullable=False),
 )
 
 # Engines whose alerts table is known to exist: checked once per engine per process.
@@ -340,3 +353,41 @@ def get_alert(store: HasEngine, key: str) -> AlertRow | None:
     with _transaction(engine, "read an alert") as conn:
         row = conn.execute(select(alerts).where(alerts.c.key == key)).mappings().first()
     return _row(row) if row is not None else None
+
+
+def alert_crm(store: HasEngine, destination: str) -> str | None:
+    """The identity of the CRM ``destination``'s alerts last went to, or ``None``."""
+    engine = _engine(store)
+    query = select(alert_crms.c.identity).where(alert_crms.c.destination == destination)
+    with _transaction(engine, "read the alerts' CRM") as conn:
+        return conn.execute(query).scalar()
+
+
+def record_alert_crm(
+    store: HasEngine, destination: str, identity: str, *, now: datetime | None = None
+) -> None:
+    """Record that ``destination``'s alerts go to the CRM ``identity`` from now on."""
+    engine = _engine(store)
+    values = {"identity": identity, "since": now or _now()}
+    with _transaction(engine, "record the alerts' CRM", write=True) as conn:
+        done = conn.execute(
+            update(alert_crms).where(alert_crms.c.destination == destination).values(**values)
+        )
+        if not done.rowcount:
+            conn.execute(insert(alert_crms).values(destination=destination, **values))
+
+
+def settle_in_flight(
+    store: HasEngine, destination: str, reason: str, *, now: datetime | None = None
+) -> int:
+    """Record every alert of ``destination`` sent without a known outcome (``sending``) as
+    alerted, with no task id and ``reason``; returns how many. Used when the destination now
+    points at another CRM: the task may exist in the one it was sent to."""
+    engine = _engine(store)
+    query = (
+        update(alerts)
+        .where(alerts.c.destination == destination, alerts.c.status == SENDING)
+        .values(status=CREATED, task_id="", reason=reason, updated_at=now or _now())
+    )
+    with _transaction(engine, "settle alerts in flight", write=True) as conn:
+        return int(conn.execute(query).rowcount or 0)

@@ -100,6 +100,10 @@ class SalesforceAlerts:
         self.dest = dest
         self.key_field = key_field
 
+    def crm_identity(self) -> str:
+        """``salesforce:<org id>``: the org the tasks go to."""
+        return str(unwrap(self.dest).crm_identity())
+
     def create_alert(
         self, record: CrmRecord, subject: str, body: str, key: str
     ) -> tuple[str, bool]:
@@ -127,6 +131,10 @@ class HubSpotAlerts:
     def __init__(self, dest: Any, key_property: str):
         self.dest = dest
         self.key_property = key_property
+
+    def crm_identity(self) -> str:
+        """``hubspot:<portal id>``: the portal the tasks go to."""
+        return str(unwrap(self.dest).crm_identity())
 
     def create_alert(
         self, record: CrmRecord, subject: str, body: str, key: str
@@ -195,6 +203,16 @@ class StateAlertLedger:
             payload={"baseline": True},
         )
         alerts_state.mark_created(self.store, key, "")
+
+    def crm_of(self, destination: str) -> str | None:
+        """The CRM identity ``destination``'s alerts last went to."""
+        return alerts_state.alert_crm(self.store, destination)
+
+    def move_to_crm(self, destination: str, identity: str, reason: str | None) -> int:
+        """Settle alerts in flight to the previous CRM (with a ``reason``), record ``identity``."""
+        settled = alerts_state.settle_in_flight(self.store, destination, reason) if reason else 0
+        alerts_state.record_alert_crm(self.store, destination, identity)
+        return settled
 
     def mark_sending(self, key: str) -> None:
         """Record that the create is about to be sent."""

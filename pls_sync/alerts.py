@@ -1,9 +1,14 @@
 """Rep alerts: one CRM task for the account owner when an account newly enters a tier.
 
 Exactly once per entry, across retries, crashes and reruns: the alert's key is derived from
-(destination, account, when it entered, tier); the ledger records the intent before the CRM
-call and the result after it, and the CRM side finds an existing task by the same key, so a
-crash between "task created" and "ledger updated" is repaired without a second task.
+(destination, account, which entry into the tier it is, tier); the ledger records the intent
+before the CRM call and the result after it, and the CRM side finds an existing task by the same
+key, so a crash between "task created" and "ledger updated" is repaired without a second task.
+
+The ledger also records which CRM (its identity) each destination's alerts go to. When a
+destination is pointed at another CRM, accounts already alerted stay alerted (reps of the new
+CRM hear of new entries, as at go-live), and an alert sent to the old CRM without a known outcome
+is settled there rather than sent again to the new one.
 """
 
 from __future__ import annotations
@@ -122,6 +127,7 @@ def send_alerts(
     counts: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     lag = float(sink.lookup_lag_seconds)
+    moved = follow_crm(destination, sink, ledger)
     for key, account_key, record_id, payload, sent in ledger.alerts_to_retry(destination):
         record = records.get(report.record_for(account_key) or record_id or "")
         if record is None or not payload.get("subject"):
@@ -150,4 +156,27 @@ def send_alerts(
     summary: dict[str, Any] = {name: counts.get(name, 0) for name in names}
     if reasons:
         summary["rejection_reasons"] = dict(reasons)
+    if moved is not None:
+        summary["crm_changed"] = moved
     return summary
+
+
+def follow_crm(destination: str, sink: AlertSink, ledger: AlertLedger) -> dict[str, Any] | None:
+    """Record the CRM ``sink`` sends to; when it is not the one the destination's alerts went to
+    before, settle the alerts in flight to that one and say so (else ``None``).
+
+    Runs before any task is sent: an alert whose create reached the old CRM with no known
+    outcome must not be looked up in the new one (where it is absent) and created there.
+    """
+    identity = sink.crm_identity()
+    if not identity:
+        return None
+    previous = ledger.crm_of(destination)
+    if previous == identity:
+        return None
+    if previous is None:  # the first CRM recorded (go-live, or an upgrade): nothing moved
+        ledger.move_to_crm(destination, identity, None)
+        return None
+    reason = f"sent to {previous} before the destination moved to {identity}"
+    settled = ledger.move_to_crm(destination, identity, reason)
+    return {"from": previous, "to": identity, "in_flight_settled": settled}

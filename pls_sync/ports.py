@@ -243,6 +243,10 @@ class AlertSink(Protocol):
 
     lookup_lag_seconds: float
 
+    def crm_identity(self) -> str | None:
+        """Which CRM the tasks go to (``salesforce:<org id>``, ``hubspot:<portal id>``)."""
+        ...
+
     def create_alert(
         self, record: CrmRecord, subject: str, body: str, key: str
     ) -> tuple[str, bool]:
@@ -291,6 +295,16 @@ class AlertLedger(Protocol):
     def mark_baseline(self, key: str, *, destination: str, account_key: str) -> None:
         """Record ``key`` as alerted without a task (accounts already in the tier at go-live,
         and the go-live itself under an account key of ``""``)."""
+        ...
+
+    def crm_of(self, destination: str) -> str | None:
+        """The CRM identity ``destination``'s alerts last went to, ``None`` before the first."""
+        ...
+
+    def move_to_crm(self, destination: str, identity: str, reason: str | None) -> int:
+        """Record that ``destination``'s alerts now go to ``identity``. With a ``reason`` (the
+        destination moved from another CRM), alerts sent to the previous CRM without a known
+        outcome are recorded as alerted, not resent to this one. Returns how many."""
         ...
 
     def mark_sending(self, key: str) -> None:

@@ -311,6 +311,10 @@ class FakeAlertSink:
         self.unindexed: set[str] = set()
         self.duplicates = 0
         self.lose_answers = 0  # this many creates are applied and their answers lost
+        self.identity: str | None = "fake:crm-1"
+
+    def crm_identity(self) -> str | None:
+        return self.identity
 
     def create_alert(
         self, record: CrmRecord, subject: str, body: str, key: str
@@ -339,6 +343,19 @@ class FakeAlertLedger:
         self.rows: dict[str, dict[str, Any]] = {}
         self.crash_on_created = False
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self.crms: dict[str, str] = {}
+
+    def crm_of(self, destination: str) -> str | None:
+        return self.crms.get(destination)
+
+    def move_to_crm(self, destination: str, identity: str, reason: str | None) -> int:
+        settled = 0
+        for row in self.rows.values() if reason else ():
+            if row["destination"] == destination and row["status"] == "sending":
+                row.update(status="created", reason=reason)
+                settled += 1
+        self.crms[destination] = identity
+        return settled
 
     def pending_or_missing(self, keys: Iterable[str]) -> set[str]:
         return {k for k in keys if self.rows.get(k, {}).get("status") != "created"}

@@ -19,6 +19,7 @@ from connectors.alerts_state import (
     REJECTED,
     SENDING,
     TaskRejected,
+    alert_crm,
     alerts_to_retry,
     get_alert,
     mark_created,
@@ -26,6 +27,8 @@ from connectors.alerts_state import (
     mark_rejected,
     mark_sending,
     pending_or_missing,
+    record_alert_crm,
+    settle_in_flight,
 )
 from connectors.state import SqlStateStore
 from pls_sync.errors import FatalError
@@ -209,6 +212,39 @@ def test_bookkeeping_matches_a_model(operations: list[tuple[str, str]], tmp_path
     state.close()
 
 
+def crm_moves(state: SqlStateStore) -> None:
+    """The CRM a destination's alerts go to is recorded and replaced; moving settles only the
+    alerts in flight (``sending``) of that destination."""
+    assert alert_crm(state, "salesforce") is None
+    record_alert_crm(state, "salesforce", "salesforce:00D000000000001AAA", now=T0)
+    record_alert_crm(state, "hubspot", "hubspot:123", now=T0)
+    assert alert_crm(state, "salesforce") == "salesforce:00D000000000001AAA"
+    for key in ("pqa:a.io:1", "pqa:b.io:1", "pqa:c.io:1"):
+        pending(state, key, now=T0)
+    mark_sending(state, "pqa:a.io:1", now=T0)
+    mark_sending(state, "pqa:b.io:1", now=T0)
+    mark_created(state, "pqa:b.io:1", "00T1", now=T0)
+    mark_pending(state, "pqa:h.io:1", destination="hubspot", account_key="h.io", now=T0)
+    mark_sending(state, "pqa:h.io:1", now=T0)
+
+    assert settle_in_flight(state, "salesforce", "sent to the old org", now=T0) == 1
+    record_alert_crm(state, "salesforce", "salesforce:00D000000000002AAA", now=T0)
+    assert alert_crm(state, "salesforce") == "salesforce:00D000000000002AAA"
+    settled = get_alert(state, "pqa:a.io:1")
+    assert settled is not None and (settled.status, settled.reason) == (
+        CREATED,
+        "sent to the old org",
+    )
+    assert {r.key: r.status for r in alerts_to_retry(state)} == {
+        "pqa:c.io:1": PENDING,
+        "pqa:h.io:1": SENDING,
+    }
+
+
+def test_a_destination_moved_to_another_crm(store: SqlStateStore) -> None:
+    crm_moves(store)
+
+
 @pytest.mark.postgres
 def test_on_postgres(postgres_url: str) -> None:
     schema = f"alerts_{uuid.uuid4().hex[:8]}"
@@ -227,6 +263,7 @@ def test_on_postgres(postgres_url: str) -> None:
         assert sending_since(state, "pqa:pg.io:1") == T0
         mark_created(state, "pqa:pg.io:1", "00T1")
         assert pending_or_missing(state, ["pqa:pg.io:1", "pqa:pg.io:2"]) == {"pqa:pg.io:2"}
+        crm_moves(state)
         engine.dispose()
     finally:
         with admin.begin() as conn:

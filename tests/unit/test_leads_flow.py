@@ -211,6 +211,50 @@ def test_go_live_records_accounts_already_in_the_tier_without_a_task() -> None:
     ]
 
 
+def test_a_destination_moved_to_another_crm_settles_alerts_in_flight_and_floods_no_one() -> None:
+    """Alerts went to one org; the destination now points at another. An alert sent to the old
+    org with no known outcome is not created in the new one, accounts already alerted are not
+    alerted again, and a later entry into the tier is alerted in the new org."""
+    adapters, sf = setup()
+    sink = adapters.alert_sinks["salesforce"] = FakeAlertSink(lookup_lag_seconds=60)
+    ledger = adapters.alert_ledger
+    sink.lose_answers = 1
+    first = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    assert first.summary["destinations"]["salesforce"]["alerts"]["settling"] == 1
+    assert "crm_changed" not in first.summary["destinations"]["salesforce"]["alerts"]
+    (lost,) = sink.unindexed
+
+    new_org = FakeAlertSink(lookup_lag_seconds=60)
+    new_org.identity = "fake:crm-2"
+    adapters.alert_sinks["salesforce"] = new_org
+    ledger.rows[lost]["sent_at"] -= timedelta(seconds=61)  # type: ignore[union-attr]
+    moved = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)), channels=ALERTS_ON
+    )
+    alerts = moved.summary["destinations"]["salesforce"]["alerts"]
+    assert alerts["crm_changed"] == {
+        "from": "fake:crm-1",
+        "to": "fake:crm-2",
+        "in_flight_settled": 1,
+    }
+    assert new_org.tasks == {} and alerts["created"] == alerts["found_existing"] == 0
+    assert ledger.rows[lost]["status"] == "created"  # type: ignore[union-attr]
+    assert "fake:crm-1" in ledger.rows[lost]["reason"]  # type: ignore[union-attr]
+
+    usage = adapters.usage
+    usage.accounts = [  # type: ignore[attr-defined]
+        replace(a, metrics={**a.metrics, "active_users_28d": 10}) if a.key == "small.com" else a
+        for a in usage.accounts  # type: ignore[attr-defined]
+    ]
+    again = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(days=1)), channels=ALERTS_ON
+    )
+    assert "crm_changed" not in again.summary["destinations"]["salesforce"]["alerts"]
+    assert [t[0] for t in new_org.tasks.values()] == [
+        next(r.id for r in sf.records.values() if r.name == "small.com")
+    ]
+
+
 def test_go_live_with_no_account_in_the_tier_still_goes_live() -> None:
     adapters, sf = setup()
     usage = adapters.usage
