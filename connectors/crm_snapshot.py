@@ -16,6 +16,7 @@ away since the watermark, or refused as gone by a write) are dropped.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from sqlalchemy import Column, MetaData, String, Table, Text, delete, select
+from sqlalchemy import Column, MetaData, String, Table, Text, delete, func, select
 from sqlalchemy.engine import Engine
 
 from connectors.state import NATIVE_UPSERT_DIALECTS, dialect_insert
@@ -180,16 +181,20 @@ class SnapshottingDestination:
                 reason = "the CRM cannot list the records deleted since the last read"
         if reason is None:
             assert deleted is not None
-            changed = list(self.inner.read_records_modified_since(mapping, since))  # type: ignore[attr-defined]
+            changed, listed = self._read_changed(mapping, since)
             # A record read by the (non-deleted) query exists now, whatever the deletion
             # list says: it was restored, or deleted before a change we read.
             alive = {record.id for record in changed}
             dropped = [record_id for record_id in dict.fromkeys(deleted) if record_id not in alive]
-            self._upsert(changed)
-            self._delete(dropped)
+            if listed:  # every live record, read whole: the snapshot is this list
+                self._replace(changed)
+            else:
+                self._upsert(changed)
+                self._delete(dropped)
             records = self._load()
             self.last_read = {
                 "mode": "incremental",
+                "path": "list" if listed else "changes",
                 "changed": len(changed),
                 "deleted": len(dropped),
                 "since": since.isoformat(),
@@ -210,6 +215,24 @@ class SnapshottingDestination:
         self._read = {record.id: record for record in records}
         log.info("crm_snapshot_read", destination=self.name, **self.last_read)
         return iter(records)
+
+    def _read_changed(
+        self, mapping: DestinationMapping, since: datetime
+    ) -> tuple[list[CrmRecord], bool]:
+        """The records changed since ``since``, and whether the CRM listed every live record
+        instead (HubSpot does when its full list costs less than searching the changes: it is
+        told how many records the snapshot holds)."""
+        reader = self.inner.read_records_modified_since  # type: ignore[attr-defined]
+        if "known_records" not in inspect.signature(reader).parameters:
+            return list(reader(mapping, since)), False
+        changed = list(reader(mapping, since, known_records=self._count()))
+        choice = getattr(self.inner, "last_read_path", None)
+        return changed, getattr(choice, "path", None) == "list"
+
+    def _count(self) -> int:
+        query = select(func.count()).where(crm_snapshot.c.destination == self.name)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def _deleted_since(
         self, mapping: DestinationMapping, since: datetime, until: datetime

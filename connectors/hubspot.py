@@ -10,9 +10,17 @@ gone since a moment (``read_deleted_since``) are the archived list's (``?archive
 ids in ``hs_merged_object_ids`` of companies a merge left.
 
 Requests are paced client-side to the portal's ten-second allowance, tightened by the
-``X-HubSpot-RateLimit-*`` headers. urllib3's own retries are switched off (it leaves POST out
-anyway): ``call_with_retries`` owns every retry, honouring Retry-After. A daily-limit 429 stops
-the writes cleanly; what was not written is reported as ``not_attempted`` for the next run.
+``X-HubSpot-RateLimit-*`` headers. Search requests (``POST /crm/v3/objects/*/search``) are
+also paced on their own, evenly, at 4 a second: HubSpot limits search to 5 requests a second
+per token and its search answers carry no rate-limit headers to learn from. urllib3's own
+retries are switched off (it leaves POST out anyway): ``call_with_retries`` owns every retry,
+honouring Retry-After; a 429 without one waits the project's backoff, and also fills the
+ten-second window or, for a search, slows the search pace. A daily-limit 429 stops the writes
+cleanly; what was not written is reported as ``not_attempted`` for the next run.
+
+An incremental read may be told how many companies the portal holds: it then compares the
+search (200 a page at the search pace) with the list (100 a page at the burst pace) from the
+search's first page ``total`` and reads by the cheaper path (``estimate_read_paths``).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -82,6 +91,14 @@ PAGE_SIZE = 100
 SEARCH_PAGE_SIZE = 200
 SEARCH_RESULT_CAP = 10_000
 WINDOW_SECONDS = 10.0
+# HubSpot: "the search endpoints are rate limited to five requests per second per account";
+# one under it leaves room for a request delayed on its way.
+SEARCH_REQUESTS_PER_SECOND = 4.0
+# A search 429 halves the pace, down to this; that many searches in a row answered raise it again.
+SEARCH_SLOWEST_PER_SECOND = 0.5
+SEARCH_RECOVERY_STREAK = 20
+TEN_SECONDLY = "TEN_SECONDLY_ROLLING"
+UNNAMED_LIMIT = "RATE_LIMIT"  # a 429 whose body names no policy (search 429s do not)
 # HubSpot string properties hold at most 65,536 characters.
 STRING_MAX = 65_536
 READ_PROPERTIES = (
@@ -203,6 +220,81 @@ class RequestPacer:
             self._expire(now)
             while len(self._sent) < used:
                 self._sent.append(now)
+
+    def fill(self) -> None:
+        """Count the window as full from now: a ten-second 429 said so, without saying how long.
+
+        The next request waits until the oldest one this client sent leaves the window.
+        """
+        self.observe(self.limit, 0)
+
+
+class SearchPacer:
+    """Search requests evenly spaced at ``rate`` a second, slowed by a search 429.
+
+    HubSpot's search answers carry no rate-limit headers, so this is a fixed client-side pace:
+    each search goes at least ``1 / rate`` seconds after the previous one was sent. A 429 on a
+    search halves the rate (down to ``slowest``) and holds the next search back for its
+    Retry-After, or a second; ``recovery_streak`` searches answered in a row raise it again by
+    one a second, up to the configured rate.
+    """
+
+    def __init__(
+        self,
+        rate: float = SEARCH_REQUESTS_PER_SECOND,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        slowest: float = SEARCH_SLOWEST_PER_SECOND,
+        recovery_streak: int = SEARCH_RECOVERY_STREAK,
+    ):
+        self.configured = max(slowest, rate)
+        self.rate = self.configured
+        self.slowest = slowest
+        self.waited = 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._recovery_streak = max(1, recovery_streak)
+        self._streak = 0
+        self._next = -math.inf  # the earliest moment the next search may go
+
+    def acquire(self) -> None:
+        """Wait for the next search's turn, then take it."""
+        now = self._clock()
+        delay = self._next - now
+        if delay > 0:
+            if delay > ANNOUNCE_WAITS_OVER_SECONDS:
+                log.info(
+                    "rate_limit_wait",
+                    destination="hubspot",
+                    seconds=round(delay, 1),
+                    searches_per_second=self.rate,
+                )
+                notify(f"waiting {delay:.1f} s for HubSpot's search rate limit")
+            self._sleep(delay)
+            self.waited += delay
+            # A sleep that does not move the clock (a test double) still ends at the turn.
+            now = max(self._clock(), self._next)
+        self._next = now + 1.0 / self.rate
+
+    def answered(self) -> None:
+        """A search was answered: after a streak of them, pace back up towards the rate set."""
+        self._streak += 1
+        if self._streak >= self._recovery_streak and self.rate < self.configured:
+            self.rate = min(self.configured, self.rate + 1.0)
+            self._streak = 0
+
+    def slow_down(self, retry_after: float | None) -> None:
+        """A search was refused with a 429: halve the pace and hold the next search back."""
+        self.rate = max(self.slowest, self.rate / 2)
+        self._streak = 0
+        pause = retry_after if retry_after is not None and retry_after > 0 else 1.0
+        self._next = max(self._next, self._clock() + pause)
+        log.warning(
+            "hubspot_search_slowed",
+            searches_per_second=self.rate,
+            pause_seconds=round(pause, 2),
+        )
 
 
 # --------------------------------------------------------------------------- values
@@ -405,7 +497,8 @@ def translate_api_error(exc: Exception, secrets: Sequence[str] = ()) -> PlsSyncE
     """Turn a hubspot-api-client ``ApiException`` (any API package) into the project's errors.
 
     401 -> ``AuthError``; 403 -> ``AuthError`` (missing scopes); 429 DAILY ->
-    ``QuotaExhaustedError``; other 429 -> ``RateLimitedError`` with Retry-After; 5xx and
+    ``QuotaExhaustedError``; other 429 -> ``RateLimitedError`` coded with its ``policyName``
+    (``RATE_LIMIT`` when none, as on a search 429) and Retry-After (None when absent); 5xx and
     status 0 (TLS, transport) -> ``RetriableError``; 400 VALIDATION_ERROR ->
     ``HubSpotValidationError``; anything else -> ``FatalError``. No message carries a token.
     """
@@ -433,11 +526,12 @@ def translate_api_error(exc: Exception, secrets: Sequence[str] = ()) -> PlsSyncE
                 "HubSpot daily API limit reached (429 DAILY); the rest waits for the next run",
                 code="DAILY",
             )
-        # Without a Retry-After, a second is a fair guess inside a ten-second window.
+        # Without a Retry-After (HubSpot does not always send one) the retry waits the
+        # project's backoff; the destination also paces the next request from the policy.
         return RateLimitedError(
-            f"HubSpot rate limit reached (429 {policy or 'TEN_SECONDLY_ROLLING'})",
-            retry_after=_retry_after(headers) or 1.0,
-            code=policy or "TEN_SECONDLY_ROLLING",
+            f"HubSpot rate limit reached (429 {policy or UNNAMED_LIMIT})",
+            retry_after=_retry_after(headers),
+            code=policy or UNNAMED_LIMIT,
         )
     if status == 0 or status >= 500 or status == 408:
         return RetriableError(
@@ -580,6 +674,22 @@ def _next_after(page: Mapping[str, Any]) -> str | None:
     return str(after) if after else None
 
 
+def _replaying_first_page(
+    fetch: Callable[[str | None, str | None], Mapping[str, Any]], first: Mapping[str, Any]
+) -> Callable[[str | None, str | None], Mapping[str, Any]]:
+    """``fetch`` that answers its first call for the first page with ``first``, already read."""
+    replayed = False
+
+    def replay(above_id: str | None, after: str | None) -> Mapping[str, Any]:
+        nonlocal replayed
+        if above_id is None and after is None and not replayed:
+            replayed = True
+            return first
+        return fetch(above_id, after)
+
+    return replay
+
+
 def search_in_id_windows(
     fetch: Callable[[str | None, str | None], Mapping[str, Any]], *, object_name: str
 ) -> Iterator[Mapping[str, Any]]:
@@ -620,6 +730,84 @@ def search_in_id_windows(
             return
 
 
+# --------------------------------------------------------------------------- read paths
+
+
+def _burst_seconds(calls: int, requests_per_10s: int) -> float:
+    """How long ``calls`` requests take under the ten-second allowance alone (bursts of it)."""
+    return ((calls - 1) // max(1, requests_per_10s)) * WINDOW_SECONDS if calls > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ReadPathEstimate:
+    """What reading the modified companies would cost by search and by the full list.
+
+    ``path`` is the cheaper: the faster one, fewer calls breaking a tie; the list only when its
+    calls fit in the daily allowance left (``daily_remaining``, when known).
+    """
+
+    modified: int
+    records: int
+    search_calls: int
+    search_seconds: float
+    list_calls: int
+    list_seconds: float
+    daily_remaining: int | None = None
+
+    @property
+    def path(self) -> str:
+        """``"search"`` or ``"list"``."""
+        if self.daily_remaining is not None and self.list_calls > self.daily_remaining:
+            return "search"
+        search = (self.search_seconds, self.search_calls)
+        return "list" if (self.list_seconds, self.list_calls) < search else "search"
+
+
+def estimate_read_paths(
+    modified: int,
+    records: int,
+    *,
+    requests_per_10s: int,
+    searches_per_second: float = SEARCH_REQUESTS_PER_SECOND,
+    seconds_per_request: float = 0.0,
+    daily_remaining: int | None = None,
+) -> ReadPathEstimate:
+    """Calls and seconds to read ``modified`` companies by search or all ``records`` by list.
+
+    Search: ``ceil(modified / 200)`` pages (windows past the 10,000-result cap cost none
+    extra), no faster than ``searches_per_second`` nor the ten-second allowance. List:
+    ``ceil(records / 100)`` pages in bursts of ``requests_per_10s``. Either way each request
+    takes at least ``seconds_per_request`` (its round trip): calls go one after the other.
+    """
+    search_calls = max(1, math.ceil(max(0, modified) / SEARCH_PAGE_SIZE))
+    list_calls = max(1, math.ceil(max(0, records) / PAGE_SIZE))
+    trip = max(0.0, seconds_per_request)
+    search_seconds = max(
+        search_calls * trip,
+        (search_calls - 1) / searches_per_second,
+        _burst_seconds(search_calls, requests_per_10s),
+    )
+    list_seconds = max(list_calls * trip, _burst_seconds(list_calls, requests_per_10s))
+    return ReadPathEstimate(
+        modified=max(0, modified),
+        records=max(0, records),
+        search_calls=search_calls,
+        search_seconds=round(search_seconds, 3),
+        list_calls=list_calls,
+        list_seconds=round(list_seconds, 3),
+        daily_remaining=daily_remaining,
+    )
+
+
+def _is_search(api: Any) -> bool:
+    """Whether ``api`` is a search API (``POST /crm/v3/objects/{type}/search``).
+
+    Every object package of hubspot-api-client (companies, contacts, tasks...) names its
+    search client ``SearchApi``.
+    """
+    return type(api).__name__ == "SearchApi"
+
+
 # --------------------------------------------------------------------------- the destination
 
 
@@ -652,6 +840,11 @@ class HubSpotDestination:
         self._attempts = attempts
         self.timeout = timeout
         self.pacer = RequestPacer(requests_per_10s, clock=clock, sleep=self.sleep)
+        # Its own clock and sleep, not the destination's attributes: a test that fakes the
+        # backoff's sleep still paces searches against a sandbox that limits them in real time.
+        self.search_pacer = SearchPacer(clock=clock, sleep=sleep)
+        self._clock = clock
+        self.last_read_path: ReadPathEstimate | None = None
         self._calls: dict[str, int] = {"read": 0, "write": 0, "describe": 0}
         self._daily_remaining: int | None = None
         self._server_time: datetime | None = None  # the last answer's Date
@@ -753,7 +946,11 @@ class HubSpotDestination:
                 return
 
     def read_records_modified_since(
-        self, mapping: DestinationMapping, since: datetime
+        self,
+        mapping: DestinationMapping,
+        since: datetime,
+        *,
+        known_records: int | None = None,
     ) -> Iterator[CrmRecord]:
         """Companies modified at or after ``since``, by search (200 a page), in id order.
 
@@ -761,13 +958,57 @@ class HubSpotDestination:
         in windows of ids (``hs_object_id`` above the last one read), so the pages read stay in
         proportion to what changed. Id order does not move when a company is modified during
         the read, so paging never skips one.
+
+        With ``known_records`` (about how many companies the portal holds: the caller's
+        snapshot knows), the first search page's ``total`` tells what the search would cost;
+        when the full list is cheaper (``estimate_read_paths``), every live company is read
+        from the list instead: a superset of the modified ones, each as it is now. The choice
+        is logged (``hubspot_read_path``) and kept in ``last_read_path``.
         """
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
         targets = mapping.targets
-        fetch = functools.partial(self._search_modified_page, properties, _millis(since))
+        fetch: Callable[[str | None, str | None], Mapping[str, Any]] = functools.partial(
+            self._search_modified_page, properties, _millis(since)
+        )
+        self.last_read_path = None
+        if known_records is not None:
+            started = self._clock()
+            first = fetch(None, None)
+            estimate = self._estimate(first, known_records, self._clock() - started)
+            if estimate.path == "list":
+                yield from self.read_records(mapping)
+                return
+            fetch = _replaying_first_page(fetch, first)
         for result in search_in_id_windows(fetch, object_name="companies"):
             yield self._record(result, mapping, targets)
+
+    def _estimate(
+        self, first_page: Mapping[str, Any], known_records: int, round_trip: float
+    ) -> ReadPathEstimate:
+        """Search or list, from a first search page and the portal's company count; logged."""
+        total = first_page.get("total")
+        modified = total if isinstance(total, int) else len(_dicts(first_page.get("results")))
+        estimate = estimate_read_paths(
+            modified,
+            known_records,
+            requests_per_10s=self.pacer.limit,
+            searches_per_second=self.search_pacer.rate,
+            seconds_per_request=round_trip,
+            daily_remaining=self._daily_remaining,
+        )
+        self.last_read_path = estimate
+        log.info(
+            "hubspot_read_path",
+            path=estimate.path,
+            modified=estimate.modified,
+            records=estimate.records,
+            search_calls=estimate.search_calls,
+            search_seconds=estimate.search_seconds,
+            list_calls=estimate.list_calls,
+            list_seconds=estimate.list_seconds,
+        )
+        return estimate
 
     def _search_modified_page(
         self,
@@ -1114,8 +1355,12 @@ class HubSpotDestination:
         trace_requests(api)
         trace = CallTrace(self.name, kind)
 
+        search = _is_search(api)
+
         def attempt() -> T:
             self.pacer.acquire()
+            if search:  # after the ten-second wait, so the spacing counts from the send
+                self.search_pacer.acquire()
             self._calls[kind] += 1
             try:
                 value = invoke()
@@ -1123,7 +1368,14 @@ class HubSpotDestination:
                 self.pacer.completed()
                 status = int(getattr(exc, "status", 0) or 0)
                 self._observe(getattr(exc, "headers", None), track_window=status != 429)
-                raise self.translate(exc) from None
+                error = self.translate(exc)
+                if isinstance(error, RateLimitedError):
+                    self._paced_after_429(error, search=search)
+                raise error from None
+            except RateLimitedError as error:  # translated inside ``invoke`` (hubspot_leads)
+                self.pacer.completed()
+                self._paced_after_429(error, search=search)
+                raise
             except _TRANSPORT_ERRORS as exc:
                 self.pacer.completed()
                 trace.failed(exc)  # also a body cut off after the status line came
@@ -1132,6 +1384,8 @@ class HubSpotDestination:
                     code="TRANSPORT",
                 ) from None
             self.pacer.completed()
+            if search:
+                self.search_pacer.answered()
             last = getattr(api.api_client, "last_response", None)
             if last is not None:
                 self._observe(_response_headers(last), track_window=True)
@@ -1156,6 +1410,18 @@ class HubSpotDestination:
             on_retry=on_retry,
             trace=trace,
         )
+
+    def _paced_after_429(self, error: RateLimitedError, *, search: bool) -> None:
+        """Make the next request wait for the limit a 429 named (its code, the policy).
+
+        A search refused by any policy but the ten-second one hit the search limit: the search
+        pace slows. A ten-second (or unnamed) 429 without Retry-After fills this client's
+        window, as HubSpot counts it full.
+        """
+        if search and error.code != TEN_SECONDLY:
+            self.search_pacer.slow_down(error.retry_after)
+        elif error.retry_after is None and error.code in (TEN_SECONDLY, UNNAMED_LIMIT):
+            self.pacer.fill()
 
     def _observe(self, headers: Any, *, track_window: bool) -> None:
         values = _lower_headers(headers)

@@ -62,6 +62,7 @@ def test_salesforce_steady_state_reads_only_what_changed(
     again = {r.id: r for r in snap.read_records(mapping)}
     assert snap.last_read == {
         "mode": "incremental",
+        "path": "changes",
         "changed": 0,
         "deleted": 0,
         "since": snap.last_read["since"],
@@ -145,13 +146,18 @@ def test_hubspot_incremental_read_by_last_modified_search(
     hs = HubSpotDestination.from_env(
         {"HUBSPOT_ACCESS_TOKEN": box.hubspot_token, "HUBSPOT_BASE_URL": box.url}
     )
-    snap = SnapshottingDestination(hs, store.engine, store, skew=timedelta(0))
+    later = [timedelta(0)]
+    box.set_clock(lambda: datetime.now(UTC) + later[0])
+    snap = SnapshottingDestination(
+        hs, store.engine, store, skew=timedelta(0), clock=lambda: datetime.now(UTC) + later[0]
+    )
     full = {r.id: r for r in snap.read_records(mapping)}
     assert snap.last_read["mode"] == "full" and len(full) > 40
     box.reset_counts()
     target = sorted(full)[5]
     specs = snap.describe("companies")
     hs.write("companies", [RecordChange(target, {"pqa_tier": "sales"}, "x.com")], specs)
+    later[0] = timedelta(minutes=1)  # the next run: HubSpot's search has indexed the write
     box.reset_counts()
     again = {r.id: r for r in snap.read_records(mapping)}
     assert snap.last_read["mode"] == "incremental" and snap.last_read["changed"] == 1
@@ -193,12 +199,17 @@ def test_hubspot_archived_and_merged_companies_leave_the_snapshot_in_an_incremen
     hs = HubSpotDestination.from_env(
         {"HUBSPOT_ACCESS_TOKEN": box.hubspot_token, "HUBSPOT_BASE_URL": box.url}
     )
-    snap = SnapshottingDestination(hs, store.engine, store)
+    later = [timedelta(0)]
+    box.set_clock(lambda: datetime.now(UTC) + later[0])
+    snap = SnapshottingDestination(
+        hs, store.engine, store, clock=lambda: datetime.now(UTC) + later[0]
+    )
     ids = sorted(r.id for r in snap.read_records(mapping))
     archived, primary, secondary = ids[0], ids[1], ids[2]
     assert box.hubspot is not None
     box.hubspot.archive("companies", [archived])
     merged = box.hubspot.merge("companies", primary, secondary)
+    later[0] = timedelta(minutes=1)  # the next run: HubSpot's search has indexed the merge
     after = {r.id for r in snap.read_records(mapping)}
     assert snap.last_read["mode"] == "incremental"
     assert archived not in after and secondary not in after and merged in after
@@ -287,3 +298,48 @@ def test_rows_stored_by_the_json_column_type_still_load(store: SqlStateStore) ->
     )
     # a PostgreSQL json column hands the driver's dict back, not text
     assert _decode("001A", legacy) == record
+
+
+class _ListingPortal:
+    """A HubSpot-like destination whose change read lists every company when that is cheaper
+    (as ``HubSpotDestination`` does past a large write), told the snapshot's size."""
+
+    name = "hubspot"
+
+    def __init__(self, records: list[CrmRecord]) -> None:
+        self.records = records
+        self.known: list[int | None] = []
+        self.last_read_path: object = None
+
+    def crm_identity(self) -> str:
+        return "hubspot:1"
+
+    def read_records(self, mapping: object) -> Iterator[CrmRecord]:
+        return iter(self.records)
+
+    def read_deleted_since(self, mapping: object, since: datetime, until: datetime) -> list[str]:
+        return []
+
+    def read_records_modified_since(
+        self, mapping: object, since: datetime, *, known_records: int | None = None
+    ) -> Iterator[CrmRecord]:
+        self.known.append(known_records)
+        self.last_read_path = type("Estimate", (), {"path": "list"})()
+        return iter(self.records)
+
+
+def test_a_change_read_that_listed_every_record_replaces_the_snapshot(
+    store: SqlStateStore, settings
+) -> None:
+    mapping = settings.destinations["hubspot"].mapping
+    records = [CrmRecord(f"9{i:03d}", (f"c{i}.io",), {}) for i in range(5)]
+    portal = _ListingPortal(records)
+    snap = SnapshottingDestination(portal, store.engine, store)  # type: ignore[arg-type]
+    assert len(list(snap.read_records(mapping))) == 5 and snap.last_read["mode"] == "full"
+
+    portal.records = records[1:]  # one company gone without a trace in the archive
+    after = {r.id for r in snap.read_records(mapping)}
+
+    assert portal.known == [5]  # told how many companies the snapshot holds
+    assert snap.last_read["mode"] == "incremental" and snap.last_read["path"] == "list"
+    assert after == {r.id for r in records[1:]} == {r.id for r in snap._load()}

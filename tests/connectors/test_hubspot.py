@@ -11,12 +11,15 @@ HubSpot behaviour pinned here (see also tests/sandbox/test_hubspot_api.py):
 * 429 bodies with ``policyName`` (TEN_SECONDLY_ROLLING vs DAILY) and the rate-limit headers:
   https://developers.hubspot.com/docs/api/usage-details
 * 401 INVALID_AUTHENTICATION: https://developers.hubspot.com/docs/api-reference/error-handling
+* search has its own limit, 5 requests a second, with no rate-limit headers and a 429 without
+  Retry-After: https://developers.hubspot.com/docs/api-reference/search/guide#limitations
 * property values: numbers and enumerations as strings, dates at midnight UTC, "" clears:
   https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/companies/batch/update-companies
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -109,6 +112,13 @@ def destination(box: Any, clock: FakeTime, **options: Any) -> HubSpotDestination
     return HubSpotDestination(
         box.hubspot_token, base_url=box.url, sleep=clock.sleep, clock=clock, **options
     )
+
+
+def past_search_lag(box: Any) -> None:
+    """Run the sandbox's HubSpot date past its search lag: what was written is searchable."""
+    lag = box.hubspot.search_lag_seconds + 1
+    before = box.hubspot.clock
+    box.hubspot.clock = lambda: before() + lag
 
 
 def count(box: Any, endpoint: str) -> int:
@@ -228,6 +238,7 @@ def test_read_modified_since_uses_search(box: Any, clock: FakeTime) -> None:
     touched = box.hubspot.ids()[5:8]
     since = datetime.now(UTC) - timedelta(minutes=1)
     dest.write("companies", [RecordChange(i, {"pqa_score": 50.0}, f"k{i}") for i in touched], SPECS)
+    past_search_lag(box)
     records = list(dest.read_records_modified_since(MAPPING, since))
     assert sorted(r.id for r in records) == sorted(touched)
     assert all(r.fields["pqa_score"] == "50" for r in records)
@@ -572,7 +583,8 @@ def test_a_full_window_shared_with_other_apps_is_waited_out(box: Any, clock: Fak
     specs = dest.describe("companies")
     assert "pqa_score" in specs
     assert count(box, "hs.properties.list") == 2  # one 429, then the retry after the window moved
-    assert clock.sleeps and clock.sleeps[0] >= 1.0
+    # Its Retry-After when the 429 carried one; else the backoff, then the window moving on.
+    assert sum(clock.sleeps) >= 1.0
 
 
 def test_rate_limit_exhausting_the_retries_raises(box: Any, clock: FakeTime) -> None:
@@ -827,3 +839,341 @@ def test_whole_numbers_go_out_as_integers_in_batch_inputs(clock: FakeTime) -> No
 )
 def test_numbers_follow_the_property_scale(value: Any, spec: FieldSpec, wire: str) -> None:
     assert format_value(value, spec) == wire
+
+
+# --------------------------------------------------------------------------- search pacing and read paths
+#
+# HubSpot: "the search endpoints are rate limited to five requests per second per account"
+# (https://developers.hubspot.com/docs/api-reference/search/guide#limitations), a limit of its
+# own beside the ten-second one; its 429 bodies name the limit hit in ``policyName`` ("The
+# message and policyName will indicate which limit you hit (either daily or secondly)":
+# https://developers.hubspot.com/docs/api/usage-details), e.g. "SECONDLY".
+
+
+class FakePortal:
+    """A HubSpot stand-in over loopback: companies by list and by search, with scripted 429s.
+
+    Every request is logged with the fake clock's time when it arrived (the clock only moves
+    when the connector sleeps). No answer carries a rate-limit header. ``modified`` is the
+    ``total`` a search answers; searches page through ids from 0, lists through ``companies``.
+    """
+
+    def __init__(self, clock: FakeTime, *, companies: int, modified: int, page: int = 100):
+        self.clock = clock
+        self.companies = companies
+        self.modified = modified
+        self.page = page  # results per list page; a search page holds what the client asks
+        self.arrivals: list[tuple[str, float]] = []
+        self.refusals: dict[str, list[Refusal]] = {
+            "list": [],
+            "search": [],
+        }
+        portal = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server handler name
+                query = dict(
+                    part.split("=", 1)
+                    for part in self.path.partition("?")[2].split("&")
+                    if "=" in part
+                )
+                start = int(query.get("after", "0"))
+                portal.answer(self, "list", start, portal.page, portal.companies, total=False)
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server handler name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                start = int(body.get("after") or 0)
+                limit = int(body.get("limit") or 10)
+                portal.answer(self, "search", start, limit, portal.modified, total=True)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(
+        self,
+        handler: BaseHTTPRequestHandler,
+        kind: str,
+        start: int,
+        size: int,
+        count: int,
+        *,
+        total: bool,
+    ) -> None:
+        """One page of ids ``start..start+size`` below ``count``, or the next scripted refusal."""
+        self.arrivals.append((kind, self.clock()))
+        headers: dict[str, str] = {}
+        if self.refusals[kind]:
+            status, payload, headers = self.refusals[kind].pop(0)
+        else:
+            status = 200
+            ids = range(start, min(start + size, count))
+            payload = {
+                "results": [
+                    {"id": str(n + 1), "properties": {"domain": f"c{n + 1}.example"}} for n in ids
+                ]
+            }
+            if total:
+                payload["total"] = count
+            if start + size < count:
+                payload["paging"] = {"next": {"after": str(start + size)}}
+        data = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def times(self, kind: str) -> list[float]:
+        """When each request of ``kind`` (``list`` | ``search``) arrived, in order."""
+        return [moment for sent, moment in self.arrivals if sent == kind]
+
+    def __enter__(self) -> FakePortal:
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def portal_destination(portal: FakePortal, clock: FakeTime, **options: Any) -> HubSpotDestination:
+    return HubSpotDestination(
+        "pat-na1-fake-portal", base_url=portal.url, sleep=clock.sleep, clock=clock, **options
+    )
+
+
+def most_in_any_window(times: Sequence[float], seconds: float) -> int:
+    """The most of ``times`` inside any half-open window ``[t, t + seconds)``."""
+    return max((sum(1 for u in times if t <= u < t + seconds) for t in times), default=0)
+
+
+Refusal = tuple[int, dict[str, Any], dict[str, str]]
+SECONDLY_429: Refusal = (
+    429,
+    {"status": "error", "errorType": "RATE_LIMIT", "policyName": "SECONDLY"},
+    {},
+)
+TEN_SECONDLY_429: Refusal = (
+    429,
+    {"status": "error", "errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"},
+    {},
+)
+
+
+def test_the_search_pacer_sends_four_a_second_evenly(clock: FakeTime) -> None:
+    pacer = hubspot_connector.SearchPacer(clock=clock, sleep=clock.sleep)
+    start = clock.now
+    sent: list[float] = []
+    for _ in range(9):
+        pacer.acquire()
+        sent.append(clock.now)
+    assert clock.now - start >= (9 - 1) / 4
+    assert most_in_any_window(sent, 1.0) == 4
+    assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(sent))
+
+
+def test_a_search_429_halves_the_pace_and_a_streak_of_answers_restores_it(
+    clock: FakeTime,
+) -> None:
+    pacer = hubspot_connector.SearchPacer(clock=clock, sleep=clock.sleep, recovery_streak=3)
+    pacer.acquire()
+    refused_at = clock.now
+    pacer.slow_down(retry_after=None)
+    assert pacer.rate == 2.0
+    pacer.acquire()
+    assert clock.now == pytest.approx(refused_at + 1.0)  # no Retry-After: a second
+    before = clock.now
+    pacer.acquire()
+    assert clock.now == pytest.approx(before + 0.5)  # two a second now
+    for _ in range(3):
+        pacer.answered()
+    assert pacer.rate == 3.0
+    for _ in range(10):
+        pacer.slow_down(retry_after=0.1)
+    assert pacer.rate == hubspot_connector.SEARCH_SLOWEST_PER_SECOND
+
+
+def test_searches_through_the_destination_go_at_most_four_a_second(clock: FakeTime) -> None:
+    with FakePortal(clock, companies=100, modified=90) as portal:
+        dest = portal_destination(portal, clock)
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr(hubspot_connector, "SEARCH_PAGE_SIZE", 10)
+        try:
+            started = clock.now
+            records = list(
+                dest.read_records_modified_since(MAPPING, datetime(2030, 1, 1, tzinfo=UTC))
+            )
+        finally:
+            monkey.undo()
+    searches = portal.times("search")
+    assert len(records) == 90 and len(searches) == 9
+    assert clock.now - started >= (len(searches) - 1) / 4
+    assert most_in_any_window(searches, 1.0) <= 4
+
+
+def test_reads_and_searches_interleaved_respect_both_limits(clock: FakeTime) -> None:
+    with FakePortal(clock, companies=30, modified=30, page=1) as portal:
+        dest = portal_destination(portal, clock, requests_per_10s=6)
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr(hubspot_connector, "SEARCH_PAGE_SIZE", 1)
+        try:
+            listed = dest.read_records(MAPPING)
+            searched = dest.read_records_modified_since(MAPPING, datetime(2030, 1, 1, tzinfo=UTC))
+            for _ in range(12):  # one list page, one search page, turn about
+                next(listed)
+                next(searched)
+        finally:
+            monkey.undo()
+    everything = [moment for _, moment in portal.arrivals]
+    assert len(portal.times("list")) == 12 == len(portal.times("search"))
+    assert most_in_any_window(everything, 10.0) <= 6
+    assert most_in_any_window(portal.times("search"), 1.0) <= 4
+    assert clock.now - 1_000.0 >= 10.0 * ((24 - 1) // 6)  # the ten-second limit set the pace
+
+
+def test_a_429_without_retry_after_or_rate_headers_is_retried_with_backoff(
+    clock: FakeTime,
+) -> None:
+    with FakePortal(clock, companies=250, modified=0) as portal:
+        portal.refusals["list"] = [TEN_SECONDLY_429, (429, {}, {})]
+        dest = portal_destination(portal, clock, requests_per_10s=100)
+        records = list(dest.read_records(MAPPING))
+    assert len(records) == 250
+    refused, retried, *_ = portal.times("list")
+    assert len(portal.times("list")) == 3 + 2  # three pages, two of the first refused
+    # No Retry-After: the window counts as full, so the retry waits for it to move on.
+    assert retried - refused >= 10.0 - 1e-9
+    assert dest.pacer.limit == 100  # nothing learnt from headers that were not there
+
+
+def test_a_search_429_without_retry_after_slows_the_search_pace(clock: FakeTime) -> None:
+    with FakePortal(clock, companies=100, modified=40) as portal:
+        portal.refusals["search"] = [SECONDLY_429]
+        dest = portal_destination(portal, clock)
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr(hubspot_connector, "SEARCH_PAGE_SIZE", 10)
+        try:
+            with capture_logs() as events:
+                records = list(
+                    dest.read_records_modified_since(MAPPING, datetime(2030, 1, 1, tzinfo=UTC))
+                )
+        finally:
+            monkey.undo()
+    searches = portal.times("search")
+    assert len(records) == 40 and len(searches) == 1 + 4
+    assert searches[1] - searches[0] >= 1.0  # held back a second after the refusal
+    assert all(b - a >= 0.5 - 1e-9 for a, b in itertools.pairwise(searches[1:]))  # 2 a second
+    assert dest.search_pacer.rate == 2.0
+    assert dest.pacer.limit == 100  # the ten-second window is not touched by a search 429
+    assert [e["event"] for e in events].count("hubspot_search_slowed") == 1
+
+
+def test_a_429_without_retry_after_is_translated_without_one() -> None:
+    error = translate_api_error(api_exception(429, {"policyName": "SECONDLY"}))
+    assert isinstance(error, RateLimitedError)
+    assert error.retry_after is None and error.code == "SECONDLY"
+    bare = translate_api_error(api_exception(429, None))
+    assert isinstance(bare, RateLimitedError) and bare.code == "RATE_LIMIT"
+
+
+def test_the_read_path_estimate_weighs_search_pages_against_list_pages() -> None:
+    estimate = hubspot_connector.estimate_read_paths(30_000, 40_000, requests_per_10s=100)
+    # 150 search pages at 4 a second vs 400 list pages in bursts of 100 per ten seconds.
+    assert (estimate.search_calls, estimate.list_calls) == (150, 400)
+    assert estimate.search_seconds == pytest.approx(149 / 4)
+    assert estimate.list_seconds == pytest.approx(30.0)
+    assert estimate.path == "list"
+    few = hubspot_connector.estimate_read_paths(900, 40_000, requests_per_10s=100)
+    assert (few.search_calls, few.path) == (5, "search")
+    # Round trips slower than the search pace make the list's extra pages the slower path.
+    slow = hubspot_connector.estimate_read_paths(
+        30_000, 40_000, requests_per_10s=100, seconds_per_request=0.3
+    )
+    assert slow.search_seconds == pytest.approx(45.0) and slow.list_seconds == pytest.approx(120.0)
+    assert slow.path == "search"
+    # Not enough of the daily allowance left for the list: search.
+    short = hubspot_connector.estimate_read_paths(
+        30_000, 40_000, requests_per_10s=100, daily_remaining=300
+    )
+    assert short.path == "search"
+    nothing = hubspot_connector.estimate_read_paths(0, 0, requests_per_10s=100)
+    assert (nothing.search_calls, nothing.list_calls, nothing.path) == (1, 1, "search")
+
+
+def test_a_large_modified_set_is_read_from_the_list(clock: FakeTime) -> None:
+    with FakePortal(clock, companies=40_000, modified=30_000) as portal:
+        dest = portal_destination(portal, clock, requests_per_10s=100)
+        with capture_logs() as events:
+            records = list(
+                dest.read_records_modified_since(
+                    MAPPING, datetime(2030, 1, 1, tzinfo=UTC), known_records=40_000
+                )
+            )
+    assert len(portal.times("search")) == 1  # only the first page, for its total
+    assert len(portal.times("list")) == 400
+    assert len({record.id for record in records}) == 40_000  # every live company
+    (chosen,) = [e for e in events if e["event"] == "hubspot_read_path"]
+    assert chosen["path"] == "list"
+    assert (chosen["search_calls"], chosen["list_calls"]) == (150, 400)
+    assert chosen["search_seconds"] > chosen["list_seconds"]
+    assert dest.last_read_path is not None and dest.last_read_path.path == "list"
+
+
+def test_a_small_modified_set_keeps_the_search_and_its_first_page(
+    box: Any, clock: FakeTime
+) -> None:
+    dest = destination(box, clock)
+    touched = box.hubspot.ids()[3:9]
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    dest.write("companies", [RecordChange(i, {"pqa_score": 7.0}, f"k{i}") for i in touched], SPECS)
+    past_search_lag(box)
+    with capture_logs() as events:
+        records = list(
+            dest.read_records_modified_since(MAPPING, since, known_records=len(box.hubspot.ids()))
+        )
+    assert sorted(r.id for r in records) == sorted(touched)
+    assert count(box, "hs.companies.search") == 1  # the first page is not asked for twice
+    assert count(box, "hs.companies.list") == 0
+    assert [e["path"] for e in events if e["event"] == "hubspot_read_path"] == ["search"]
+
+
+def test_a_portal_allowing_fewer_searches_is_learnt_from_its_429s(
+    box: Any, clock: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sandbox's search 429 is HubSpot's: no policyName, no Retry-After, no rate headers.
+    box.hubspot.search_limiter.per_second = 1
+    monkeypatch.setattr(hubspot_connector, "SEARCH_PAGE_SIZE", 20)
+    dest = destination(box, clock)
+    records = list(dest.read_records_modified_since(MAPPING, datetime(2000, 1, 1, tzinfo=UTC)))
+    pages = math.ceil(len(box.hubspot.ids()) / 20)
+    assert sorted(r.id for r in records) == sorted(box.hubspot.ids())
+    assert dest.search_pacer.rate == 1.0  # halved twice, to what the portal allows
+    assert pages < count(box, "hs.companies.search") <= pages + 2
+
+
+def test_the_lead_and_alert_searches_are_paced_as_searches(box: Any, clock: FakeTime) -> None:
+    client = destination(box, clock).client()
+    assert hubspot_connector._is_search(client.crm.contacts.search_api)
+    assert hubspot_connector._is_search(client.crm.objects.tasks.search_api)
+    assert not hubspot_connector._is_search(client.crm.objects.tasks.basic_api)
+
+
+def test_alert_task_lookups_slow_down_on_the_search_limit(box: Any, clock: FakeTime) -> None:
+    # hubspot_leads translates the tasks package's errors inside the call: still paced.
+    from connectors.hubspot_leads import find_alert_task
+
+    box.hubspot.search_limiter.per_second = 1
+    dest = destination(box, clock)
+    started = clock.now
+    for n in range(6):
+        assert find_alert_task(dest, f"alert-{n}") is None
+    assert dest.search_pacer.rate == 1.0
+    assert count(box, "hs.tasks.search") == 6 + 2  # the two refusals that taught the pace
+    assert clock.now - started >= 6 - 1 - 1  # one a second, after the first two refusals

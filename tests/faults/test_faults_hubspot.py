@@ -133,6 +133,21 @@ def test_429_storm_longer_than_the_retries_leaves_the_rest_for_the_next_run(
     converge(rig, clean)
 
 
+def test_search_429s_without_retry_after_slow_the_searches_down(rig: Rig, clean: CleanRun) -> None:
+    """A portal allowing one search a second refuses the client's four with HubSpot's bare
+    search 429 (no policyName, Retry-After or rate-limit header): the searches of an
+    incremental rerun (modified companies, merges, MQLs) slow down and the run succeeds."""
+    assert rig.run().status == "succeeded"
+    portal(rig).search_limiter.per_second = 1
+    rig.sleep.waits.clear()
+    rerun = rig.run()
+    assert rerun.status == "succeeded", rerun.summary
+    assert rig.sleep.waits  # refused searches were retried, after a backoff
+    assert rig.box.counts()["hs.companies.search"] >= 2  # the rerun read by search
+    portal(rig).search_limiter.per_second = 5
+    converge(rig, clean)
+
+
 # --------------------------------------------------------------------------- 5xx, drops
 
 
@@ -330,4 +345,6 @@ def test_connectors_are_built_by_bootstrap(rig: Rig) -> None:
     inner = inner_destination(adapters.destinations["hubspot"])
     assert isinstance(inner, HubSpotDestination)
     assert inner.sleep is rig.sleep and inner.pacer._sleep is rig.sleep
+    # Searches keep real time: the sandbox limits them per real second.
+    assert inner.search_pacer._sleep is not rig.sleep
     assert inner.timeout == (TEST_TIMEOUT, TEST_TIMEOUT)
