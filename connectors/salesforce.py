@@ -79,6 +79,10 @@ MAX_BATCH_SIZE = 200  # the sObject Collections maximum
 # https://developer.salesforce.com/docs/platform/salesforce-app-limits-cheatsheet/guide/salesforce-app-limits-platform-bulkapi.html
 DEFAULT_BULK_THRESHOLD = 2000
 LOCK_CODES = frozenset({"UNABLE_TO_LOCK_ROW"})
+# A trigger or flow whose own DML meets a row lock fails the parent's save with this code and
+# the lock in its message ("...; first error: UNABLE_TO_LOCK_ROW, unable to obtain exclusive
+# access to this record or 1 records: 001...").
+_TRIGGER_FAILURE = "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"
 # Request-level error codes that a later attempt may not meet again.
 _RETRIABLE_REQUEST_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"})
 # Read with every record: identity, recency and hierarchy for matching (dropped when the
@@ -294,10 +298,19 @@ def field_spec(field: Mapping[str, Any]) -> FieldSpec:
         picklist_values=picklist,
         restricted=bool(field.get("restrictedPicklist", False)),
         precision=int(precision) if precision else None,
+        external_id=bool(field.get("externalId", False)),
     )
 
 
 # --- errors --------------------------------------------------------------------------------
+
+
+def lock_code(code: str | None, message: str) -> str | None:
+    """``UNABLE_TO_LOCK_ROW`` for a row lock in either form (direct, or a trigger's DML failing
+    the save with CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY), else ``code`` unchanged."""
+    if code == _TRIGGER_FAILURE and "UNABLE_TO_LOCK_ROW" in message:
+        return "UNABLE_TO_LOCK_ROW"
+    return code
 
 
 def _error_details(content: Any) -> tuple[str | None, str, tuple[str, ...]]:
@@ -348,6 +361,7 @@ def translate(
         return AuthError(clean(f"Salesforce login failed ({auth_code}): {detail}"), code=auth_code)
     if isinstance(exc, SalesforceError):
         code, message, _fields = _error_details(exc.content)
+        code = lock_code(code, message)
         status = exc.status
         what = f"Salesforce {exc.resource_name or 'request'} failed ({status} {code or ''}".rstrip()
         text = clean(f"{what}): {message}" if message else f"{what})")
@@ -1044,11 +1058,13 @@ class SalesforceDestination:
 
         Up to ``bulk_threshold`` changes go in sObject Collections batches (``method``
         ``collections``); more go in Bulk API 2.0 jobs (``bulk2``). Records refused with
-        ``UNABLE_TO_LOCK_ROW`` are sent once more through Collections, in half-size batches,
-        before being reported. A request that still fails after retries (or hits the daily
-        quota), a job that times out, fails or is aborted, leaves the rest ``not_attempted``;
-        so does a session that cannot be renewed partway (``result.error`` says so). Other
-        fatal request errors raise.
+        ``UNABLE_TO_LOCK_ROW`` (directly, or in a trigger's CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY)
+        are sent once more through Collections, in half-size batches, before being reported. A
+        request that still fails after retries (or hits the daily quota), a job that times out,
+        fails or is aborted, leaves the rest ``not_attempted``; so do a session that cannot be
+        renewed partway and a Collections request refused whole (a 400: none of its records
+        written, none rejected one by one), and ``result.error`` says why. Other fatal errors
+        of a Bulk API 2.0 request raise.
 
         ``max_write_calls`` caps the HTTP requests: the first changes (the caller sorts them
         by priority) that fit are written, the rest are ``not_attempted`` and ``method`` gets
@@ -1165,8 +1181,11 @@ class SalesforceDestination:
             before = self._calls["write"]
             try:
                 saves = self.call("write", functools.partial(self._patch, body=body))
-            except (RetriableError, QuotaExhaustedError, AuthError) as exc:
-                if isinstance(exc, AuthError):
+            except (RetriableError, FatalError) as exc:
+                # A request refused whole (400: malformed, over 200 records...) wrote none of its
+                # records: no per-record rejections; like an expired session it stops the write,
+                # keeping what earlier batches wrote.
+                if not isinstance(exc, RetriableError | QuotaExhaustedError):
                     result.error = self.redact_secrets(str(exc))
                 result.calls += self._calls["write"] - before
                 log.warning(
@@ -1331,6 +1350,7 @@ def _rejection(record_id: str, errors: Any, secrets: Sequence[str]) -> RecordRej
     items = [e for e in errors if isinstance(e, Mapping)] if isinstance(errors, list) else []
     code = next((str(e["statusCode"]) for e in items if e.get("statusCode")), "UNKNOWN_ERROR")
     message = "; ".join(str(e.get("message")) for e in items if e.get("message"))
+    code = lock_code(code, message) or code
     fields: list[str] = []
     for item in items:
         for name in item.get("fields") or ():

@@ -2,8 +2,11 @@
 
 ``SalesforceDestination.write`` switches here above its ``bulk_threshold``. One ingest job per
 at most ``max_job_bytes`` of CSV: create (update, CSV, LF), upload, close (UploadComplete), poll
-with backoff until JobComplete / Failed / Aborted, then read the successful, failed and (for a
-job that did not complete) unprocessed rows.
+with backoff until JobComplete / Failed / Aborted (a job answers InProgress for a while first),
+then read the successful, failed and (for a job that did not complete) unprocessed rows. Result
+rows come in no particular order: each is matched to its change by id (the echoed ``Id`` column
+or ``sf__Id``), never by position. A row lock reported through a trigger
+(CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY with UNABLE_TO_LOCK_ROW in the message) is a lock.
 
 Every HTTP request goes through a ``call`` function the destination supplies: it counts the
 request, translates errors, re-authenticates once on an expired session and retries transients,
@@ -43,7 +46,7 @@ import structlog
 from simple_salesforce import Salesforce
 from simple_salesforce.util import call_salesforce
 
-from connectors.salesforce import LOCK_CODES, format_value
+from connectors.salesforce import LOCK_CODES, format_value, lock_code
 from pls_sync.errors import AuthError, PlsSyncError, RetriableError, redact
 from pls_sync.models import FieldSpec, RecordChange, RecordRejection, WriteResult
 
@@ -397,6 +400,7 @@ class BulkIngest:
                     outcome.written.append(change.record_id)
                 elif kind == "failedResults":
                     code, message, fields = parse_bulk_error(row.get("sf__Error", ""))
+                    code = lock_code(code, message) or code
                     rejection = RecordRejection(
                         record_id=change.record_id,
                         code=code,

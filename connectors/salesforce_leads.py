@@ -4,13 +4,17 @@ Built on a ``SalesforceDestination``: its client, call counting, error translati
 refresh and retries. Every read filters in SOQL (never "every lead, filtered here"), values
 are escaped with ``soql_quote`` and field names from config are checked before any call.
 
-Alert tasks are idempotent by a key stored on the task (``PQA_Alert_Key__c``, Text(64),
-filterable): the task is looked up by its key first, deleted tasks included, and created only
-when none exists. A create whose outcome is unknown (timeout, dropped connection, 5xx) is never
-blindly re-sent: the key is looked up again before trying once more.
+Alert tasks are idempotent by a key stored on the task (``PQA_Alert_Key__c``, Text(64), an
+External ID): the task is looked up by its key first, deleted tasks included (a rep who deleted
+the alert has seen it), and written only when none exists, by an upsert on the key
+(``PATCH sobjects/Task/PQA_Alert_Key__c/<key>``) rather than a create: a request repeated after
+an unknown outcome (timeout, dropped or cut answer, 5xx), or one the org applies after the
+client gave up, updates the same task with the same values instead of making a second one.
+The key is looked up again before each repeat all the same.
 
 References:
-https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_sobject_create.htm
+https://developer.salesforce.com/docs/platform/api-rest/guide/dome-upsert.html
+https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_upsert_patch.htm
 https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_task.htm
 https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_queryall.htm
 """
@@ -22,6 +26,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import quote
 
 import requests
 import structlog
@@ -29,13 +34,17 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceError,
     SalesforceMalformedRequest,
+    SalesforceMoreThanOneRecord,
+    SalesforceResourceNotFound,
 )
 
 from connectors.alerts_state import TaskRejected
 from connectors.retrying import backoff_delay
 from connectors.salesforce import (
+    LOCK_CODES,
     SalesforceDestination,
     check_field_name,
+    lock_code,
     soql_quote,
 )
 from pls_sync.errors import FatalError, RetriableError
@@ -232,20 +241,24 @@ def create_salesforce_alert(
     """The Task for alert ``key`` on the account: ``(task id, created)``, created at most once.
 
     Looks the task up by ``key_field = key`` first (deleted tasks count: a rep who deleted the
-    alert has seen it); when found returns it with ``created`` False. Otherwise creates a Task
-    with ``WhatId`` (the account), ``OwnerId``, ``Subject``, ``Description``, ``Status`` "Not
-    Started", ``Priority`` "High", ``ActivityDate`` today (UTC) and the key.
+    alert has seen it); when found returns it with ``created`` False. Otherwise upserts a Task
+    by the key (an External ID) with ``WhatId`` (the account), ``OwnerId``, ``Subject``,
+    ``Description``, ``Status`` "Not Started", ``Priority`` "High" and ``ActivityDate`` today
+    (UTC): a repeat of that request can only update the same task with the same values. Several
+    tasks holding the key (made before it was an External ID) are not added to: the oldest id
+    is returned.
 
     Raises ``TaskRejected`` (with a ``RecordRejection``) when Salesforce refuses this record
     (invalid owner, validation rule, ...): record it and retry on a later run. Raises
-    ``FatalError`` when the org lacks the key field or it is not writable, ``RetriableError``
-    when the outcome stayed unknown after the retries, and the destination's own errors
-    (``AuthError``, ``QuotaExhaustedError``...) as they are.
+    ``FatalError`` when the org lacks the key field or it is not a writable External ID,
+    ``RetriableError`` when the outcome stayed unknown after the retries, and the destination's
+    own errors (``AuthError``, ``QuotaExhaustedError``...) as they are.
     """
     field = check_field_name(key_field, allow_path=False)
     if not key or len(key) > KEY_MAX:
         raise FatalError(f"alert key must be 1 to {KEY_MAX} characters", code="INVALID_KEY")
     _check_record_id(account_id, "account")
+    # "Do not specify Id or an external ID field in the request body": the URL carries the key.
     body = {
         "WhatId": account_id,
         "OwnerId": owner_id,
@@ -254,34 +267,15 @@ def create_salesforce_alert(
         "Status": "Not Started",
         "Priority": "High",
         "ActivityDate": (today or datetime.now(UTC).date()).isoformat(),
-        field: key,
     }
-    timeout = dest.timeout
-
-    def create(sf: Salesforce) -> Any:
-        try:
-            return sf.restful("sobjects/Task/", method="POST", json=body, timeout=timeout)
-        except SalesforceMalformedRequest as exc:
-            code, message, fields = _rejection_details(exc)
-            message = dest.redact_secrets(message)
-            if code in _SETUP_CODES:
-                raise FatalError(
-                    f"Salesforce cannot store alert tasks ({code}): {message}; "
-                    f"check that Task.{field} exists and is writable",
-                    code=code,
-                ) from None
-            raise TaskRejected(
-                RecordRejection(record_id=key, code=code, message=message, fields=fields)
-            ) from None
-        except (requests.RequestException, ValueError) as exc:
-            # No answer, or one we cannot read (cut mid-body, a 200 that is not JSON): the
-            # create may have been applied. Never sent again blindly: the loop looks first.
-            raise _OutcomeUnknown(exc) from None
-        except SalesforceError as exc:
-            if exc.status >= 500:
-                raise _OutcomeUnknown(exc) from None
-            raise  # 401, 403, 429: nothing was created; the destination re-authenticates/retries
-
+    upsert = functools.partial(
+        _upsert_task,
+        dest=dest,
+        path=f"sobjects/Task/{field}/{quote(key, safe='')}",
+        body=body,
+        key=key,
+        field=field,
+    )
     last: BaseException | None = None
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         existing = find_alert_task(dest, key, field)
@@ -289,7 +283,7 @@ def create_salesforce_alert(
             # Found after an attempt of ours whose answer was lost: it was created just now.
             return existing, attempt > 1
         try:
-            result = dest.call("write", create)
+            result = dest.call("write", upsert)
         except _OutcomeUnknown as unknown:
             last = unknown.error
             wait = backoff_delay(attempt, base=0.5, cap=10.0)
@@ -302,10 +296,9 @@ def create_salesforce_alert(
             )
             dest.sleep(wait)
             continue
-        task_id = result.get("id") if isinstance(result, Mapping) else None
-        if not task_id:
-            raise FatalError("Salesforce created a Task but returned no id", code="NO_ID")
-        return str(task_id), True
+        task_id, created = _upserted(dest, result, key, field)
+        # Updated rather than created after an attempt of ours with an unknown outcome: ours.
+        return task_id, created or attempt > 1
     existing = find_alert_task(dest, key, field)
     if existing is not None:
         return existing, True
@@ -313,3 +306,74 @@ def create_salesforce_alert(
         dest.redact_secrets(f"Salesforce alert task {key!r} not confirmed: {last}"),
         code="OUTCOME_UNKNOWN",
     )
+
+
+class _Duplicates:
+    """A 300 answer: several live tasks already hold the key (nothing was written)."""
+
+    def __init__(self, urls: Any):
+        self.ids = sorted(
+            str(url).rstrip("/").rsplit("/", 1)[-1]
+            for url in (urls if isinstance(urls, list) else [])
+            if isinstance(url, str) and url.strip("/")
+        )
+
+
+def _upsert_task(
+    sf: Salesforce,
+    *,
+    dest: SalesforceDestination,
+    path: str,
+    body: Mapping[str, Any],
+    key: str,
+    field: str,
+) -> Any:
+    """One upsert request, its failures sorted: setup (fatal), refusal, lock, unknown outcome."""
+    try:
+        return sf.restful(path, method="PATCH", json=body, timeout=dest.timeout)
+    except SalesforceMoreThanOneRecord as exc:
+        return _Duplicates(exc.content)
+    except (SalesforceMalformedRequest, SalesforceResourceNotFound) as exc:
+        code, message, fields = _rejection_details(exc)
+        message = dest.redact_secrets(message)
+        if lock_code(code, message) in LOCK_CODES:
+            raise  # nothing was written: the destination retries it as any locked request
+        if code in _SETUP_CODES:
+            raise FatalError(
+                f"Salesforce cannot store alert tasks ({code}): {message}; "
+                f"check that Task.{field} exists, is writable and is an External ID",
+                code=code,
+            ) from None
+        raise TaskRejected(
+            RecordRejection(record_id=key, code=code, message=message, fields=fields)
+        ) from None
+    except (requests.RequestException, ValueError) as exc:
+        # No answer, or one we cannot read (cut mid-body, a 200 that is not JSON): the upsert
+        # may have been applied. The loop looks the key up before repeating it.
+        raise _OutcomeUnknown(exc) from None
+    except SalesforceError as exc:
+        if exc.status >= 500:
+            raise _OutcomeUnknown(exc) from None
+        raise  # 401, 403: nothing was written; the destination re-authenticates/retries
+
+
+def _upserted(dest: SalesforceDestination, result: Any, key: str, field: str) -> tuple[str, bool]:
+    """``(task id, created)`` from an upsert's answer: 201 ``created`` true, 200 false, 204
+    (API 45.0 and earlier: no body) looked up, 300 the oldest of the tasks holding the key."""
+    if isinstance(result, _Duplicates):
+        if not result.ids:
+            raise FatalError("Salesforce answered 300 without the matching tasks", code="NO_ID")
+        log.warning("salesforce_alert_duplicates", key=key, task_ids=result.ids)
+        return result.ids[0], False
+    if result is None:
+        found = find_alert_task(dest, key, field)
+        if found is None:
+            raise RetriableError(
+                f"Salesforce upserted alert task {key!r} but it cannot be found",
+                code="OUTCOME_UNKNOWN",
+            )
+        return found, False
+    task_id = result.get("id") if isinstance(result, Mapping) else None
+    if not task_id:
+        raise FatalError("Salesforce upserted a Task but returned no id", code="NO_ID")
+    return str(task_id), bool(result.get("created", True))

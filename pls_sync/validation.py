@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pls_sync.config import Settings
 from pls_sync.config_yaml import KeyPath
 from pls_sync.cron import next_fire_times
 from pls_sync.errors import ConfigIssue, PlsSyncError, redact
+from pls_sync.models import FieldType
 from pls_sync.scoring import Condition, ConditionGroup, Rule
 
 if TYPE_CHECKING:
@@ -259,6 +260,49 @@ def check_crm(
                 f"{name}: {len(mapping.match.domain_fields)} domain field(s) and all "
                 f"{len(mapping.fields)} mapped fields fit the live schema of {mapping.object}"
             )
+        if settings.channels.alerts_enabled and name in ALERT_TASKS:
+            check_alert_key(settings, name, client, report)
+
+
+# The task object, the config key naming its alert-key field, and that key's default.
+ALERT_TASKS = {
+    "salesforce": ("Task", "salesforce_key_field"),
+    "hubspot": ("tasks", "hubspot_key_property"),
+}
+
+
+def check_alert_key(settings: Settings, name: str, client: Any, report: ValidationReport) -> None:
+    """Rep alerts need their key field on the CRM's tasks: a text field, and on Salesforce an
+    External ID, because tasks are created by upsert on it (a resent request cannot make a
+    second task). Reported against ``alerts.<key>`` in ``config/channels.yaml``."""
+    task_object, config_key = ALERT_TASKS[name]
+    channels = settings.channels
+    field_name = (
+        channels.sf_alert_key_field if name == "salesforce" else channels.hs_alert_key_property
+    )
+    try:
+        specs = client.describe(task_object)
+    except PlsSyncError as exc:
+        report.unreachable.append(f"{name}: cannot read the schema of {task_object}: {exc}")
+        return
+    spec = specs.get(field_name) or next(
+        (s for s in specs.values() if s.name.lower() == field_name.lower()), None
+    )
+    problem: str | None = None
+    if spec is None:
+        problem = f"{task_object} has no field {field_name}: create it (Text, 64) for rep alerts"
+    elif spec.type is not FieldType.STRING:
+        problem = f"{task_object}.{spec.name} is {spec.type.value}, not text: alert keys are text"
+    elif name == "salesforce" and not spec.external_id:
+        problem = (
+            f"Task.{spec.name} is not an External ID: tick 'External ID' on the field, so "
+            "pls-sync can create each task by upsert and a resent request cannot make a second"
+        )
+    if problem is None and spec is not None:
+        report.notes.append(f"{name}: rep alerts are keyed by {task_object}.{spec.name}")
+        return
+    path = settings.channels_path or settings.config_path
+    report.errors.append(settings.lines.issue(path, ("alerts", config_key), str(problem)))
 
 
 def validate_settings(

@@ -32,6 +32,31 @@ endpoints change the org the way people do outside the API:
   optional): the same records in another org (a sandbox refresh, a restore), the named fields
   empty. ``SELECT Id FROM Organization`` answers the org id.
 
+Upsert by External ID (``PATCH sobjects/{sObject}/{field}/{value}``, counted as
+``sf.sobject.upsert``): 201 ``{"id", "success", "errors", "created": true}`` when no live record
+holds the value, 200 with ``"created": false`` when one does (updated), 300 with the matching
+records' URLs when several do (nothing written), 404 NOT_FOUND when the field is not an External
+ID, 400 when the body names ``Id`` or the key field. ``Task.PQA_Alert_Key__c`` is an External ID;
+``{"object": "Task", "field": "PQA_Alert_Key__c", "external_id": false}`` on the schema admin
+endpoint makes it a plain text field.
+
+Where the real org is less kind than a naive fake, the sandbox is too. Each behaviour is on by
+default and tunable by a constructor argument of the same name (or the attribute, at any time):
+
+* ``bulk_polls_in_progress`` (2): a closed Bulk API 2.0 job answers ``InProgress`` to that many
+  status polls before its outcome (``UploadComplete`` -> ``InProgress`` -> ``JobComplete``);
+* ``shuffle_bulk_results`` (True): ``successfulResults`` and ``failedResults`` rows come in a
+  seeded shuffle (``seed``), not in upload order;
+* ``refuse_malformed_collections`` (True): a Collections request with a record that is not an
+  object or lacks ``attributes.type`` is refused whole with a 400 and nothing is written (as are
+  more than 200 records, EXCEEDED_ID_LIMIT, and a body without a ``records`` list, always);
+* ``api_overage_share`` (0.1): calls are refused (403 REQUEST_LIMIT_EXCEEDED) only once usage
+  reaches ``api_max * (1 + share)``; until then ``Sforce-Limit-Info`` reports usage above the
+  allocation (``api-usage=110018/100000``); 0 refuses at ``api_max``;
+* ``lock_error_style`` ("mixed"): a ``lock_row`` fault reads ``UNABLE_TO_LOCK_ROW`` ("direct"), or
+  ``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` with the lock in a trigger's message ("trigger"), or
+  the two in turn, direct first ("mixed").
+
 simple-salesforce always builds ``https://`` URLs; ``sandbox_login_session`` gives it a
 ``requests.Session`` that carries those (and the login hosts) to the sandbox over plain HTTP.
 """
@@ -44,6 +69,8 @@ import html
 import io
 import itertools
 import json
+import math
+import random
 import re
 import secrets
 import threading
@@ -53,7 +80,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from pls_sync.sandbox import soql
 from pls_sync.sandbox.faults import FaultInjector
@@ -78,6 +105,10 @@ API_VERSIONS: tuple[tuple[str, str], ...] = (
 )
 _VERSIONS = {v for v, _ in API_VERSIONS}
 DEFAULT_DAILY_API_LIMIT = 100_000
+# "api-usage=110018/100000": the org may run past its allocation before calls are refused.
+DEFAULT_API_OVERAGE_SHARE = 0.1
+DEFAULT_BULK_POLLS_IN_PROGRESS = 2
+LOCK_ERROR_STYLES = ("direct", "trigger", "mixed")
 COLLECTION_LIMIT = 200
 QUERY_BATCH_DEFAULT = 2000
 QUERY_BATCH_MIN = 200
@@ -131,6 +162,8 @@ class FieldSpec:
     restricted: bool = False
     reference_to: tuple[str, ...] = ()
     relationship: str | None = None
+    # The field's "External ID" attribute: an indexed key that upsert can match records by.
+    external_id: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The field's entry in the describe response."""
@@ -161,8 +194,8 @@ class FieldSpec:
             "custom": self.custom,
             "calculated": False,
             "unique": False,
-            "externalId": False,
-            "idLookup": self.name == "Id",
+            "externalId": self.external_id,
+            "idLookup": self.name == "Id" or self.external_id,
             "filterable": self.type != "textarea" or self.length <= 255,
             "sortable": self.type != "textarea" or self.length <= 255,
             "defaultedOnCreate": not self.nillable and self.type in ("boolean", "reference"),
@@ -599,8 +632,15 @@ def build_schema() -> dict[str, ObjectSpec]:
             FieldSpec("Description", "Description", "textarea", length=32000),
             _owner_field(),
             *_system_fields(),
-            # pls-sync's idempotency key for rep alerts (Text(64), filterable).
-            FieldSpec("PQA_Alert_Key__c", "PQA Alert Key", "string", length=64, custom=True),
+            # pls-sync's idempotency key for rep alerts (Text(64), External ID: upsert by it).
+            FieldSpec(
+                "PQA_Alert_Key__c",
+                "PQA Alert Key",
+                "string",
+                length=64,
+                custom=True,
+                external_id=True,
+            ),
         ),
         defaults=(("Status", "Not Started"), ("Priority", "Normal")),
     )
@@ -816,6 +856,9 @@ class BulkJob:
     unprocessed: list[list[str]] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
     processing_ms: int = 0
+    # The outcome a processed job shows once ``polls_left`` status polls have seen InProgress.
+    outcome: str | None = None
+    polls_left: int = 0
 
     def info(self, *, full: bool) -> dict[str, Any]:
         """The job info the create, close and get-job resources return."""
@@ -900,6 +943,12 @@ class SalesforceApi:
         daily_api_limit: int = DEFAULT_DAILY_API_LIMIT,
         org_id: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        bulk_polls_in_progress: int = DEFAULT_BULK_POLLS_IN_PROGRESS,
+        shuffle_bulk_results: bool = True,
+        api_overage_share: float = DEFAULT_API_OVERAGE_SHARE,
+        lock_error_style: str = "mixed",
+        refuse_malformed_collections: bool = True,
+        seed: int = 0,
     ):
         self.schema = build_schema()
         self._schema_lower = {name.lower(): spec for name, spec in self.schema.items()}
@@ -925,6 +974,23 @@ class SalesforceApi:
         self._org_sequence = itertools.count(1)
         self.api_max = daily_api_limit
         self.api_used = 0
+        # How far past api_max the org lets usage go before it refuses calls (0.1: 10 % more);
+        # Sforce-Limit-Info then reports usage above the allocation.
+        self.api_overage_share = api_overage_share
+        # How many status polls a closed Bulk API 2.0 job answers InProgress before its outcome.
+        self.bulk_polls_in_progress = bulk_polls_in_progress
+        # Bulk results rows in a seeded shuffle, not upload order (the API promises no order).
+        self.shuffle_bulk_results = shuffle_bulk_results
+        # lock_row faults: "direct" UNABLE_TO_LOCK_ROW, "trigger" (CANNOT_INSERT_UPDATE_ACTIVATE_
+        # ENTITY from a trigger's DML) or "mixed" (the two in turn, direct first).
+        self.lock_error_style = lock_error_style
+        self._locks_rendered = 0
+        # A Collections body with a record lacking attributes.type (or not an object) is refused
+        # whole with a 400; False keeps the older per-record INVALID_TYPE SaveResult.
+        self.refuse_malformed_collections = refuse_malformed_collections
+        self._random = random.Random(seed)
+        if lock_error_style not in LOCK_ERROR_STYLES:
+            raise ValueError(f"lock_error_style is one of {', '.join(LOCK_ERROR_STYLES)}")
         self._sessions = {self.session_id}
         self._sequence = itertools.count(1)
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
@@ -949,6 +1015,10 @@ class SalesforceApi:
     def now(self) -> datetime:
         """The org's current time (UTC), from ``clock``."""
         return self.clock().astimezone(UTC)
+
+    def api_refusal_point(self) -> int:
+        """The daily usage at which calls are refused: ``api_max`` plus the overage share."""
+        return math.floor(self.api_max * (1 + max(self.api_overage_share, 0.0)))
 
     def spec(self, sobject: str) -> ObjectSpec | None:
         """An object's metadata by name, case-insensitively."""
@@ -1259,6 +1329,7 @@ class SalesforceApi:
         scale: int | None = None,
         label: str | None = None,
         type: str | None = None,
+        external_id: bool | None = None,
     ) -> dict[str, Any] | None:
         """Change one field's metadata as an admin does in Setup; describe shows it at once.
 
@@ -1268,7 +1339,9 @@ class SalesforceApi:
         false); ``length``, ``precision`` and ``scale`` resize text and number fields;
         ``type`` changes a custom text or picklist field to another of ``string``, ``textarea``,
         ``picklist`` or ``multipicklist`` (a picklist type needs its values), as "Change Field
-        Type" does; stored values are kept as they are. Writes then fail the way the org fails them (INVALID_FIELD,
+        Type" does; stored values are kept as they are; ``external_id`` sets or clears a custom
+        text, number or email field's "External ID" attribute (upsert by it then works or answers
+        404 NOT_FOUND). Writes then fail the way the org fails them (INVALID_FIELD,
         INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST, INVALID_FIELD_FOR_INSERT_UPDATE...).
         Returns the field's new describe entry, None once deleted. Raises ``LookupError`` for an
         unknown object or field and ``ValueError`` for a change Setup would refuse.
@@ -1294,6 +1367,7 @@ class SalesforceApi:
                 scale=scale,
                 label=label,
                 type=type,
+                external_id=external_id,
             )
             self._replace_object(spec, tuple(changed if f is current else f for f in spec.fields))
             return changed.describe()
@@ -1410,7 +1484,7 @@ class SalesforceApi:
                 return Response(
                     401, _INVALID_SESSION, {"WWW-Authenticate": 'Token realm="Salesforce"'}
                 )
-            if self.api_used >= self.api_max:
+            if self.api_used >= self.api_refusal_point():
                 response = Response(403, _REQUEST_LIMIT)
             else:
                 self.api_used += 1
@@ -1507,6 +1581,8 @@ class SalesforceApi:
                 return "sf.sobject.patch", self._patch_record, ctx
             if n == 3 and method == "DELETE":
                 return "sf.sobject.delete", self._delete_record, ctx
+            if n == 4 and method == "PATCH":
+                return "sf.sobject.upsert", self._upsert, ctx
         if head == "composite" and n == 2 and parts[1].lower() == "sobjects" and method == "PATCH":
             return "sf.composite.sobjects.patch", self._collection_update, ctx
         if head == "jobs" and n >= 2 and parts[1].lower() == "ingest":
@@ -1902,11 +1978,20 @@ class SalesforceApi:
     def _locked(self, endpoint: str, ids: Iterable[str]) -> frozenset[str]:
         return self.faults.locked_records(endpoint, ids)
 
-    @staticmethod
-    def _lock_error(record_id: str) -> RecordError:
+    def _lock_error(self, record_id: str) -> RecordError:
+        """A row lock as the org reports it: directly, or through a trigger's failed DML."""
+        direct = f"unable to obtain exclusive access to this record or 1 records: {record_id}"
+        style = self.lock_error_style
+        if style == "mixed":
+            style = "direct" if self._locks_rendered % 2 == 0 else "trigger"
+        self._locks_rendered += 1
+        if style == "direct":
+            return RecordError("UNABLE_TO_LOCK_ROW", direct, [])
         return RecordError(
-            "UNABLE_TO_LOCK_ROW",
-            f"unable to obtain exclusive access to this record or 1 records: {record_id}",
+            "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+            "PQA_Rollup: execution of AfterUpdate\n\ncaused by: System.DmlException: Update "
+            f"failed. First exception on row 0 with id {record_id}; first error: "
+            f"UNABLE_TO_LOCK_ROW, {direct}: []\n\nTrigger.PQA_Rollup: line 14, column 1",
             [],
         )
 
@@ -1938,6 +2023,86 @@ class SalesforceApi:
             return Response(400, [exc.rest_error()])
         self._commit(spec, record, changes)
         return Response(204)
+
+    def _upsert(self, request: Request, ctx: _Ctx) -> Response:
+        """sObject Rows by External ID, PATCH: create (201) or update (200) the record whose
+        External ID field holds the value; 300 with the matching records' URLs when several do."""
+        spec = self.spec(ctx.parts[1])
+        if spec is None:
+            return Response(404, _NOT_FOUND)
+        key_spec = spec.field(ctx.parts[2])
+        if key_spec is None or not key_spec.external_id:
+            return Response(404, _not_external_id(ctx.parts[2]))
+        body = _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict):
+            return Response(
+                400, _json_parser_error("Can not deserialize SObject out of START_ARRAY token")
+            )
+        named_twice = [k for k in body if k.lower() in ("id", key_spec.name.lower())]
+        if named_twice:
+            return Response(400, [_key_in_body(named_twice[0], key_spec.name)])
+        value = unquote(ctx.parts[3])
+        matches = self._live_by_key(spec, key_spec, value)
+        if len(matches) > 1:
+            return Response(
+                300,
+                [f"/services/data/v{ctx.version}/sobjects/{spec.name}/{r['Id']}" for r in matches],
+            )
+        if matches:
+            return self._upsert_update(spec, matches[0], body)
+        return self._upsert_create(spec, key_spec, value, body)
+
+    def _live_by_key(
+        self, spec: ObjectSpec, key_spec: FieldSpec, value: str
+    ) -> list[dict[str, Any]]:
+        """Live records whose External ID equals ``value`` (text keys match case-insensitively;
+        the recycle bin is not searched), oldest first."""
+        wanted = value.lower()
+        return sorted(
+            (
+                record
+                for record in self.records[spec.name].values()
+                if not record["IsDeleted"]
+                and record.get(key_spec.name) is not None
+                and _fmt(record[key_spec.name]).lower() == wanted
+            ),
+            key=lambda record: (record["CreatedDate"], record["Id"]),
+        )
+
+    def _upsert_update(
+        self, spec: ObjectSpec, record: dict[str, Any], body: Mapping[str, Any]
+    ) -> Response:
+        try:
+            changes = self._prepare(spec, body, source="rest", creating=False)
+            if self._locked("sf.sobject.upsert", [record["Id"]]):
+                raise self._lock_error(record["Id"])
+        except RecordError as exc:
+            return Response(400, [exc.rest_error()])
+        self._commit(spec, record, changes)
+        # API 46.0 and later (every version served here) answer an update 200 with a body.
+        return Response(200, {"id": record["Id"], "success": True, "errors": [], "created": False})
+
+    def _upsert_create(
+        self, spec: ObjectSpec, key_spec: FieldSpec, value: str, body: Mapping[str, Any]
+    ) -> Response:
+        if not spec.createable:
+            return Response(400, [_cannot("inserted", spec.name)])
+        try:
+            values = self._prepare(spec, body, source="rest", creating=True)
+            values[key_spec.name] = self._coerce(key_spec, value, "rest")
+            missing = [name for name in spec.required if values.get(name) in (None, "")]
+            if missing:
+                raise RecordError(
+                    "REQUIRED_FIELD_MISSING",
+                    f"Required fields are missing: [{', '.join(missing)}]",
+                    missing,
+                )
+        except RecordError as exc:
+            return Response(400, [exc.rest_error()])
+        record_id = self.insert(spec.name, values)
+        return Response(201, {"id": record_id, "success": True, "errors": [], "created": True})
 
     def _create(self, request: Request, ctx: _Ctx) -> Response:
         spec = self.spec(ctx.parts[1])
@@ -1987,6 +2152,10 @@ class SalesforceApi:
                     }
                 ],
             )
+        if self.refuse_malformed_collections:
+            refusal = _malformed_collection(records, self.spec)
+            if refusal is not None:
+                return Response(400, [refusal])
         all_or_none = bool(body.get("allOrNone", False))
         planned: list[tuple[ObjectSpec, dict[str, Any], dict[str, Any]] | RecordError] = []
         for item in records:
@@ -2300,7 +2469,8 @@ class SalesforceApi:
             return body
         state = body.get("state") if isinstance(body, dict) else None
         if state == "Aborted" and job.state in ("Open", "UploadComplete", "InProgress"):
-            job.state = "Aborted"
+            # Records already processed stay processed: aborting rolls nothing back.
+            job.state, job.outcome = "Aborted", None
             job.modstamp = datetime.now(UTC)
             return Response(200, job.info(full=False))
         if state != "UploadComplete" or job.state != "Open":
@@ -2317,6 +2487,13 @@ class SalesforceApi:
         job.modstamp = datetime.now(UTC)
         response = Response(200, job.info(full=False))
         self._process(job)
+        if self.shuffle_bulk_results:
+            self._random.shuffle(job.successful)
+            self._random.shuffle(job.failures)
+        if self.bulk_polls_in_progress > 0:
+            # The work is done at once; the answer shows it as a real org would, some polls on.
+            job.outcome, job.state = job.state, "InProgress"
+            job.polls_left = self.bulk_polls_in_progress
         return response
 
     def _process(self, job: BulkJob) -> None:
@@ -2403,6 +2580,11 @@ class SalesforceApi:
         job = self._job(ctx)
         if isinstance(job, Response):
             return job
+        if job.outcome is not None:
+            if job.polls_left > 0:
+                job.polls_left -= 1
+            else:
+                job.state, job.outcome = job.outcome, None
         return Response(200, job.info(full=True))
 
     def _bulk_delete(self, request: Request, ctx: _Ctx) -> Response:
@@ -2450,11 +2632,14 @@ SALESFORCE_SCHEMA_CHANGES: dict[str, type] = {
     "precision": int,
     "scale": int,
     "label": str,
+    "external_id": bool,
 }
 _PICKLIST_TYPES = frozenset({"picklist", "multipicklist"})
 _CONVERTIBLE = frozenset({"string", "textarea", "picklist", "multipicklist"})
 _RESIZABLE_TEXT = frozenset({"string", "textarea", "url", "email", "phone", "combobox"})
 _DECIMAL_TYPES = frozenset({"double", "currency", "percent"})
+# "External ID: a custom field of type Text, Number, Email or Auto Number" (Setup).
+_EXTERNAL_ID_TYPES = frozenset({"string", "double", "int", "email"})
 MAX_NUMBER_DIGITS = 18
 
 
@@ -2514,6 +2699,7 @@ def _changed_field(
     scale: int | None,
     label: str | None,
     type: str | None = None,
+    external_id: bool | None = None,
 ) -> FieldSpec:
     """``spec`` with the change applied, or ``ValueError`` as Setup refuses it."""
     changes: dict[str, Any] = {}
@@ -2559,6 +2745,13 @@ def _changed_field(
         changes["precision"], changes["scale"] = total, places
     if label is not None:
         changes["label"] = label
+    if external_id is not None:
+        if external_id and not (spec.custom and spec.type in _EXTERNAL_ID_TYPES):
+            raise ValueError(
+                f"{spec.name} cannot be an External ID (custom "
+                f"{', '.join(sorted(_EXTERNAL_ID_TYPES))} fields only)"
+            )
+        changes["external_id"] = external_id
     return replace(spec, **changes)
 
 
@@ -2582,6 +2775,53 @@ def _cannot(operation: str, sobject: str) -> dict[str, Any]:
     return {
         "errorCode": "INVALID_TYPE_FOR_OPERATION",
         "message": f"entity type cannot be {operation}: {sobject}",
+    }
+
+
+def _malformed_collection(
+    records: Sequence[Any], spec_of: Callable[[str], ObjectSpec | None]
+) -> dict[str, Any] | None:
+    """The error that refuses a whole sObject Collections request ("Each object must contain an
+    attributes map. The map must contain a value for type"; "If the request isn't well formed,
+    the API returns a 400"), or None when every record is well formed."""
+    for item in records:
+        if not isinstance(item, dict):
+            return {
+                "errorCode": "JSON_PARSER_ERROR",
+                "message": "Cannot deserialize instance of SObject out of "
+                f"{type(item).__name__.upper()} token",
+            }
+        attributes = item.get("attributes")
+        type_name = attributes.get("type") if isinstance(attributes, dict) else None
+        if not isinstance(type_name, str) or not type_name:
+            return {"errorCode": "INVALID_TYPE", "message": "Must send a concrete entity type."}
+        if spec_of(type_name) is None:
+            return {
+                "errorCode": "INVALID_TYPE",
+                "message": f"sObject type '{type_name}' is not supported.",
+            }
+    return None
+
+
+def _not_external_id(field_name: str) -> list[dict[str, Any]]:
+    """Upsert by a field that is not an External ID (or does not exist): 404 NOT_FOUND."""
+    return [
+        {
+            "errorCode": "NOT_FOUND",
+            "message": "Provided external ID field does not exist or is not accessible: "
+            f"{field_name}",
+        }
+    ]
+
+
+def _key_in_body(given: str, key_field: str) -> dict[str, Any]:
+    """Upsert naming Id or the key field in its body ("Do not specify Id or an external ID
+    field in the request body or an error is generated")."""
+    return {
+        "errorCode": "INVALID_FIELD",
+        "message": f"{given} is not allowed in the body of an upsert by {key_field}: "
+        "the URL names the record",
+        "fields": [given],
     }
 
 

@@ -36,7 +36,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from responses import matchers
 from simple_salesforce import Salesforce
-from simple_salesforce.exceptions import SalesforceAuthenticationFailed
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceMalformedRequest,
+)
 
 from connectors.salesforce import (
     SalesforceDestination,
@@ -102,7 +105,7 @@ ACCOUNT_FIELDS = [
     sf_field("ParentId", "reference", length=18),
     sf_field("OwnerId", "reference", length=18),
     sf_field("Website", "url", length=255),
-    sf_field("Domain__c", "string", length=80),
+    sf_field("Domain__c", "string", length=80, externalId=True),
     sf_field("PQA_Score__c", "double", scale=0),
     sf_field("PQA_Ratio__c", "percent", scale=2),
     sf_field("AnnualRevenue", "currency", scale=2),
@@ -266,6 +269,7 @@ def test_describe_maps_salesforce_types_and_attributes(
     assert specs["PQA_Ratio__c"].scale == 2 and specs["PQA_Score__c"].scale == 0
     assert specs["Name"].scale is None and specs["PQA_Score__c"].length is None
     assert specs["Id"].updateable is False
+    assert specs["Domain__c"].external_id and not specs["Website"].external_id
     # cached: a second describe makes no call
     assert dest.describe("Account") == specs
     assert len(rsps.calls) == 1
@@ -881,19 +885,103 @@ def test_connection_errors_forever_raise_retriable_from_reads(
     assert len(rsps.calls) == 5 and len(sleeps) == 4
 
 
-def test_request_level_invalid_field_is_fatal_with_salesforce_message(
+def test_request_level_invalid_field_stops_the_write_with_salesforce_message(
     rsps: responses.RequestsMock, dest: SalesforceDestination
 ) -> None:
     message = "No such column 'Bogus__c' on sobject of type Account"
     rsps.patch(
         COLLECTIONS_URL, status=400, json=[{"errorCode": "INVALID_FIELD", "message": message}]
     )
-    with pytest.raises(FatalError) as info:
-        dest.write("Account", changes_for(1, Bogus__c=1), SPECS)
-    assert not isinstance(info.value, RetriableError)
-    assert info.value.code == "INVALID_FIELD"
-    assert message in str(info.value)
+    result = dest.write("Account", changes_for(1, Bogus__c=1), SPECS)
+    assert result.error is not None and "INVALID_FIELD" in result.error
+    assert message in result.error
+    assert result.not_attempted == [rid(0)] and result.rejected == []
     assert len(rsps.calls) == 1
+
+
+def test_a_request_refused_whole_keeps_what_earlier_batches_wrote(
+    rsps: responses.RequestsMock, sf: Salesforce
+) -> None:
+    """A malformed Collections request (400: over 200 records, a record without its type...)
+    writes none of its records: they are not per-record rejections, the write stops there and
+    reports what earlier batches wrote."""
+    dest = SalesforceDestination(sf, batch_size=2, sleep=lambda _s: None)
+    rsps.patch(COLLECTIONS_URL, json=[save_ok({"id": rid(0)}), save_ok({"id": rid(1)})])
+    rsps.patch(
+        COLLECTIONS_URL,
+        status=400,
+        json=[{"errorCode": "INVALID_TYPE", "message": "Must send a concrete entity type."}],
+    )
+    result = dest.write("Account", changes_for(5), SPECS)
+    assert result.written == [rid(0), rid(1)]
+    assert result.rejected == []
+    assert result.not_attempted == [rid(2), rid(3), rid(4)]
+    assert result.error is not None and "INVALID_TYPE" in result.error
+    assert len(rsps.calls) == 2  # not retried, nothing sent after it
+
+
+def test_a_row_lock_met_by_a_trigger_is_retried_like_a_direct_one(
+    rsps: responses.RequestsMock, sf: Salesforce, sleeps: list[float]
+) -> None:
+    """CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY carrying UNABLE_TO_LOCK_ROW: a trigger's DML met the
+    lock. Retried as a lock and, if it stays, reported as one (retriable)."""
+    dest = SalesforceDestination(sf, batch_size=4, sleep=sleeps.append, lock_retry_delay=2.0)
+    trigger_lock = save_error(
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+        "PQA_Rollup: execution of AfterUpdate caused by: System.DmlException: Update failed. "
+        f"First exception on row 0 with id {rid(9)}; first error: UNABLE_TO_LOCK_ROW, unable to "
+        f"obtain exclusive access to this record or 1 records: {rid(9)}: []",
+    )
+    other = save_error("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "PQA_Rollup: divide by zero")
+    rsps.patch(COLLECTIONS_URL, json=[save_ok({"id": rid(0)}), trigger_lock, trigger_lock, other])
+    rsps.patch(COLLECTIONS_URL, json=[save_ok({"id": rid(1)}), trigger_lock])
+    result = dest.write("Account", changes_for(4), SPECS)
+    bodies = patch_bodies(rsps)
+    assert [[r["id"] for r in b["records"]] for b in bodies] == [
+        [rid(0), rid(1), rid(2), rid(3)],
+        [rid(1), rid(2)],
+    ]
+    assert sorted(result.written) == [rid(0), rid(1)]
+    rejected = {r.record_id: (r.code, r.retriable) for r in result.rejected}
+    assert rejected == {
+        rid(2): ("UNABLE_TO_LOCK_ROW", True),
+        rid(3): ("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", False),
+    }
+    assert "first error: UNABLE_TO_LOCK_ROW" in next(
+        r.message for r in result.rejected if r.record_id == rid(2)
+    )
+    assert sleeps == [2.0]
+
+
+def test_a_request_level_trigger_lock_is_retriable() -> None:
+    content = [
+        {
+            "errorCode": "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+            "message": "T: execution of AfterUpdate ... first error: UNABLE_TO_LOCK_ROW, unable to "
+            "obtain exclusive access to this record: []",
+        }
+    ]
+    # simple-salesforce hands over the parsed JSON error list (its stubs say bytes).
+    parsed: Any = content
+    error = translate(
+        SalesforceMalformedRequest(f"{BASE}/sobjects/Account/x", 400, "Account", parsed)
+    )
+    assert type(error) is RetriableError and error.code == "UNABLE_TO_LOCK_ROW"
+
+
+def test_usage_above_the_allocation_leaves_no_write_budget(
+    rsps: responses.RequestsMock, dest: SalesforceDestination
+) -> None:
+    """Salesforce lets an org run past its daily allocation for a while
+    (``api-usage=110018/100000``): nothing remains, the budget is zero, no write is sent."""
+    rsps.get(DESCRIBE_URL, json=DESCRIBE, headers={"Sforce-Limit-Info": "api-usage=110018/100000"})
+    dest.describe("Account")
+    assert dest.daily_api_remaining() == (0, 100000)
+    assert dest.write_budget(0.5) == 0
+    result = dest.write("Account", changes_for(3), SPECS, max_write_calls=dest.write_budget(0.5))
+    assert result.written == [] and result.not_attempted == [rid(0), rid(1), rid(2)]
+    assert result.method == "collections+budget"
+    assert dest.api_calls()["write"] == 0
 
 
 @pytest.mark.parametrize(

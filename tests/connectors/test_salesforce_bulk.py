@@ -1003,3 +1003,52 @@ def test_whole_numbers_go_into_the_csv_as_integers(
 )
 def test_bulk_number_cells(value: Any, field_spec_: FieldSpec, expected: str) -> None:
     assert bulk_value(value, field_spec_) == expected
+
+
+def test_a_job_in_progress_for_a_while_with_results_in_any_order_against_the_sandbox() -> None:
+    """The sandbox's job answers InProgress to its first polls and returns result rows in a
+    shuffled order; some rows fail, two are locked (one through a trigger): every outcome must
+    land on the record it belongs to, matched by id, never by position."""
+    from pls_sync.sandbox.salesforce import sandbox_login_session
+    from pls_sync.sandbox.server import Sandbox
+
+    box = Sandbox(port=0, seed=None).start()
+    try:
+        org = box.salesforce
+        assert org.bulk_polls_in_progress == 2 and org.shuffle_bulk_results
+        assert org.lock_error_style == "mixed"
+        ids = [org.insert("Account", {"Name": f"Acme {n}", "PQA_Score__c": 1.0}) for n in range(30)]
+        out_of_range = set(ids[3::7])  # PQA_Score__c is Number(3, 0): 5000 does not fit
+        locked = [ids[1], ids[2]]
+        box.faults.add("lock_row", endpoint="sf.bulk2.close", record_ids=locked, times=1)
+        sf = Salesforce(
+            instance_url=box.url,
+            session_id=box.session_id,
+            version="59.0",
+            session=sandbox_login_session(box.url),
+        )
+        polls: list[float] = []
+        dest = SalesforceDestination(sf, bulk_threshold=1, sleep=polls.append)
+        specs = dest.describe("Account")
+        changes = [
+            RecordChange(i, {"PQA_Score__c": 5000 if i in out_of_range else n}, f"d{n}")
+            for n, i in enumerate(ids)
+        ]
+
+        result = dest.write("Account", changes, specs)
+
+        assert result.method == "bulk2"
+        assert {r.record_id for r in result.rejected} == out_of_range
+        assert {r.code for r in result.rejected} == {"NUMBER_OUTSIDE_VALID_RANGE"}
+        assert sorted(result.written) == sorted(set(ids) - out_of_range)  # locks: retried
+        assert result.not_attempted == []
+        for n, record_id in enumerate(ids):
+            stored = org.get("Account", record_id)
+            assert stored is not None
+            assert stored["PQA_Score__c"] == (1.0 if record_id in out_of_range else n)
+        counts = box.counts()
+        assert counts["sf.bulk2.status"] == 3  # InProgress, InProgress, JobComplete
+        assert counts["sf.composite.sobjects.patch"] == 1  # the two locked rows, once more
+        assert len(polls) >= 3
+    finally:
+        box.stop()

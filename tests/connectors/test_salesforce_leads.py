@@ -5,6 +5,7 @@ The real simple-salesforce client talks to the sandbox (``tests/conftest.py``) o
 
 from __future__ import annotations
 
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -330,9 +331,9 @@ def test_a_rejected_task_is_recorded_and_retried_later(sandbox: Any, store: SqlS
     assert alerts_to_retry(store) == []
 
 
-def test_a_create_whose_answer_is_lost_is_not_duplicated(sandbox: Any) -> None:
+def test_a_create_whose_request_is_dropped_is_looked_up_then_sent_again(sandbox: Any) -> None:
     dest = destination(sandbox)
-    sandbox.faults.add("drop", endpoint="sf.sobject.create", times=1)
+    sandbox.faults.add("drop", endpoint="sf.sobject.upsert", times=1)
     task_id, created = create_salesforce_alert(
         dest,
         account_id=an_account(sandbox)["Id"],
@@ -343,7 +344,22 @@ def test_a_create_whose_answer_is_lost_is_not_duplicated(sandbox: Any) -> None:
     )
     assert created
     assert [t["Id"] for t in tasks_with_key(sandbox, "pqa:dropped.io:2026-01-15")] == [task_id]
-    assert sandbox.counts()["sf.sobject.create"] == 2
+    assert sandbox.counts()["sf.sobject.upsert"] == 2
+
+
+def test_a_create_whose_answer_is_lost_after_it_was_applied_is_found(sandbox: Any) -> None:
+    sandbox.faults.add("answer_lost", endpoint="sf.sobject.upsert", times=1)
+    key = "pqa:lost.io:1"
+    task_id, created = create_salesforce_alert(
+        destination(sandbox),
+        account_id=an_account(sandbox)["Id"],
+        owner_id=owners()[0]["id"],
+        subject="s",
+        description="d",
+        key=key,
+    )
+    assert created and [t["Id"] for t in tasks_with_key(sandbox, key)] == [task_id]
+    assert sandbox.counts()["sf.sobject.upsert"] == 1  # the lookup found it: nothing re-sent
 
 
 def test_a_missing_key_field_stops_with_a_fatal_error(sandbox: Any) -> None:
@@ -363,18 +379,7 @@ def test_a_missing_key_field_stops_with_a_fatal_error(sandbox: Any) -> None:
 def test_a_create_whose_answer_cannot_be_read_is_looked_up_not_sent_again(sandbox: Any) -> None:
     """Salesforce created the Task but the answer is a 200 that is not JSON (a proxy's page):
     the outcome is unknown, so the next attempt looks the key up first and finds it."""
-    api = sandbox.salesforce
-    handle = api.handle
-    mangled: list[str] = []
-
-    def answer_mangled(request: Any) -> Response:
-        response = handle(request)
-        if request.method == "POST" and request.path.rstrip("/").endswith("sobjects/Task"):
-            mangled.append(request.path)
-            return Response(200, "<html>upstream reset</html>", {"Content-Type": "text/html"})
-        return response
-
-    api.handle = answer_mangled
+    sandbox.faults.add("answer_not_json", endpoint="sf.sobject.upsert", times=1)
     key = "pqa:mangled.io:1"
     task_id, created = create_salesforce_alert(
         destination(sandbox),
@@ -384,7 +389,7 @@ def test_a_create_whose_answer_cannot_be_read_is_looked_up_not_sent_again(sandbo
         description="d",
         key=key,
     )
-    assert created and len(mangled) == 1  # one POST: the second attempt found the task
+    assert created and sandbox.counts()["sf.sobject.upsert"] == 1
     assert [t["Id"] for t in tasks_with_key(sandbox, key)] == [task_id]
 
 
@@ -393,23 +398,192 @@ def test_a_create_whose_answer_is_cut_mid_body_is_looked_up_not_sent_again() -> 
     base = "https://acme.my.salesforce.com/services/data/v59.0"
     lookup = f"{base}/queryAll/"  # deleted tasks count: a rep who deleted one has seen it
     responses.get(lookup, json={"totalSize": 0, "done": True, "records": []})
-    responses.post(
-        f"{base}/sobjects/Task/",
+    responses.patch(
+        f"{base}/sobjects/Task/PQA_Alert_Key__c/0f3a9c1b2d4e5f6a7b8c9d0e",
         body=requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead"),
     )
     found = {"totalSize": 1, "done": True, "records": [{"Id": "00T000000000001AAA"}]}
     responses.get(lookup, json=found)
-    dest = SalesforceDestination.from_env(
-        {"SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com", "SALESFORCE_SESSION_ID": "x"},
-        sleep=lambda _seconds: None,
-    )
     result = create_salesforce_alert(
-        dest,
+        remote_destination(),
         account_id="001000000000001AAA",
         owner_id="005000000000001AAA",
         subject="s",
         description="d",
-        key="pqa:cut.io:1",
+        key="0f3a9c1b2d4e5f6a7b8c9d0e",
     )
     assert result == ("00T000000000001AAA", True)
-    assert [c.request.method for c in responses.calls] == ["GET", "POST", "GET"]
+    assert [c.request.method for c in responses.calls] == ["GET", "PATCH", "GET"]
+
+
+def remote_destination() -> SalesforceDestination:
+    return SalesforceDestination.from_env(
+        {"SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com", "SALESFORCE_SESSION_ID": "x"},
+        sleep=lambda _seconds: None,
+    )
+
+
+# --------------------------------------------------------------------------- upsert by the key
+#
+# Tasks are written by an upsert on the External ID key (PATCH sobjects/Task/<field>/<key>):
+# 201 created, 200 updated ("created": false), 300 when several records hold the key:
+# https://developer.salesforce.com/docs/platform/api-rest/guide/dome-upsert.html
+
+
+def alert_args(box: Any, key: str) -> dict[str, Any]:
+    return {
+        "account_id": an_account(box)["Id"],
+        "owner_id": owners()[0]["id"],
+        "subject": "PQA: late.io entered the sales tier",
+        "description": "score 88",
+        "key": key,
+    }
+
+
+def wait_for(condition: Any, seconds: float = 10.0) -> None:
+    """Wait (polling) until ``condition()`` holds: the sandbox applies a late request itself."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the sandbox never applied the late request"
+        time.sleep(0.02)
+
+
+def test_a_create_applied_after_the_client_gave_up_makes_one_task(sandbox: Any) -> None:
+    """Failure 3 of issue 13: the org applies the first request only after the client's timeout
+    (and after its lookup found nothing), so the client sends it again. Whatever lands later
+    must not be a second task."""
+    api = sandbox.salesforce
+    handle = api.handle
+    task_writes: list[str] = []
+
+    def counting(request: Any) -> Response:
+        response = handle(request)
+        if request.method in ("POST", "PATCH") and "/sobjects/Task" in request.path:
+            task_writes.append(request.method)
+        return response
+
+    api.handle = counting
+    sandbox.faults.add("apply_late", endpoint="sf.sobject.*", times=1, delay=1.0)
+    dest = destination(sandbox)
+    dest.timeout = 0.3
+    key = "0f3a9c1b2d4e5f6a7b8c9d0e"
+
+    task_id, created = create_salesforce_alert(dest, **alert_args(sandbox, key))
+
+    wait_for(lambda: len(task_writes) == 2)  # the resend, then the late first request
+    assert created
+    assert [t["Id"] for t in tasks_with_key(sandbox, key)] == [task_id]
+
+
+def test_the_task_is_upserted_by_its_key_which_stays_out_of_the_body(sandbox: Any) -> None:
+    api = sandbox.salesforce
+    handle = api.handle
+    sent: list[tuple[str, str, Any]] = []
+
+    def recording(request: Any) -> Response:
+        if "/sobjects/Task" in request.path:
+            sent.append((request.method, request.path, request.json()))
+        return handle(request)
+
+    api.handle = recording
+    key = "1a2b3c4d5e6f7a8b9c0d1e2f"
+    task_id, created = create_salesforce_alert(
+        destination(sandbox), **alert_args(sandbox, key), today=date(2026, 1, 15)
+    )
+    assert created
+    ((method, path, body),) = sent
+    assert (method, path) == ("PATCH", f"/services/data/v59.0/sobjects/Task/PQA_Alert_Key__c/{key}")
+    assert "PQA_Alert_Key__c" not in body and "Id" not in body
+    assert body["ActivityDate"] == "2026-01-15" and body["Status"] == "Not Started"
+    (task,) = tasks_with_key(sandbox, key)
+    assert task["Id"] == task_id
+    assert "sf.sobject.create" not in sandbox.counts()
+
+
+def test_a_key_field_that_is_not_an_external_id_stops_with_a_fatal_error(sandbox: Any) -> None:
+    sandbox.salesforce.change_field("Task", "PQA_Alert_Key__c", external_id=False)
+    dest = destination(sandbox)
+    assert dest.describe("Task")["PQA_Alert_Key__c"].external_id is False
+    with pytest.raises(FatalError, match="is an External ID") as caught:
+        create_salesforce_alert(dest, **alert_args(sandbox, "2b3c4d5e6f7a8b9c0d1e2f3a"))
+    assert caught.value.code == "NOT_FOUND"
+    assert tasks_with_key(sandbox, "2b3c4d5e6f7a8b9c0d1e2f3a") == []
+    sandbox.salesforce.change_field("Task", "PQA_Alert_Key__c", external_id=True)
+    assert destination(sandbox).describe("Task")["PQA_Alert_Key__c"].external_id is True
+
+
+@responses.activate(registry=OrderedRegistry)
+def test_several_tasks_holding_the_key_are_not_added_to() -> None:
+    """Tasks made before the key was an External ID: the upsert answers 300 and writes nothing;
+    the oldest (smallest) id is taken, nothing is created."""
+    base = "https://acme.my.salesforce.com/services/data/v59.0"
+    key = "3c4d5e6f7a8b9c0d1e2f3a4b"
+    responses.get(f"{base}/queryAll/", json={"totalSize": 0, "done": True, "records": []})
+    responses.patch(
+        f"{base}/sobjects/Task/PQA_Alert_Key__c/{key}",
+        status=300,
+        json=[
+            "/services/data/v59.0/sobjects/Task/00T000000000009AAA",
+            "/services/data/v59.0/sobjects/Task/00T000000000002AAA",
+        ],
+    )
+    result = create_salesforce_alert(
+        remote_destination(),
+        account_id="001000000000001AAA",
+        owner_id="005000000000001AAA",
+        subject="s",
+        description="d",
+        key=key,
+    )
+    assert result == ("00T000000000002AAA", False)
+    assert [c.request.method for c in responses.calls] == ["GET", "PATCH"]
+
+
+@responses.activate(registry=OrderedRegistry)
+def test_an_update_answered_204_without_a_body_is_looked_up() -> None:
+    """API 45.0 and earlier answer an upsert that updated with 204 and no body."""
+    base = "https://acme.my.salesforce.com/services/data/v59.0"
+    key = "4d5e6f7a8b9c0d1e2f3a4b5c"
+    responses.get(f"{base}/queryAll/", json={"totalSize": 0, "done": True, "records": []})
+    responses.patch(f"{base}/sobjects/Task/PQA_Alert_Key__c/{key}", status=204)
+    found = {"totalSize": 1, "done": True, "records": [{"Id": "00T000000000003AAA"}]}
+    responses.get(f"{base}/queryAll/", json=found)
+    result = create_salesforce_alert(
+        remote_destination(),
+        account_id="001000000000001AAA",
+        owner_id="005000000000001AAA",
+        subject="s",
+        description="d",
+        key=key,
+    )
+    assert result == ("00T000000000003AAA", False)
+
+
+@responses.activate(registry=OrderedRegistry)
+def test_a_row_lock_met_by_a_trigger_is_retried_like_any_lock() -> None:
+    base = "https://acme.my.salesforce.com/services/data/v59.0"
+    key = "5e6f7a8b9c0d1e2f3a4b5c6d"
+    upsert = f"{base}/sobjects/Task/PQA_Alert_Key__c/{key}"
+    responses.get(f"{base}/queryAll/", json={"totalSize": 0, "done": True, "records": []})
+    trigger_lock = (
+        "TaskRollup: execution of AfterInsert caused by: System.DmlException: Update failed. "
+        "First exception on row 0 with id 001000000000001AAA; first error: UNABLE_TO_LOCK_ROW, "
+        "unable to obtain exclusive access to this record or 1 records: 001000000000001AAA: []"
+    )
+    responses.patch(
+        upsert,
+        status=400,
+        json=[{"errorCode": "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "message": trigger_lock}],
+    )
+    created = {"id": "00T000000000004AAA", "success": True, "errors": [], "created": True}
+    responses.patch(upsert, status=201, json=created)
+    result = create_salesforce_alert(
+        remote_destination(),
+        account_id="001000000000001AAA",
+        owner_id="005000000000001AAA",
+        subject="s",
+        description="d",
+        key=key,
+    )
+    assert result == ("00T000000000004AAA", True)
+    assert [c.request.method for c in responses.calls] == ["GET", "PATCH", "PATCH"]

@@ -41,10 +41,14 @@ WRITE_ENDPOINTS = {
     HS_WRITE,
     "sf.sobject.patch",
     "sf.sobject.create",
+    "sf.sobject.upsert",
     "sf.bulk2.create",
     "sf.bulk2.upload",
     "hs.companies.batch_upsert",
     "hs.companies.update",
+    "hs.tasks.create",
+    "hs.tasks.batch_create",
+    "hs.tasks.batch_upsert",
 }
 CSV_HEADER = [
     "account",

@@ -226,3 +226,28 @@ def test_a_picklist_without_a_motion_value_fails_validate_and_is_not_written(
     counts = writes(crm.counts())
     assert SF_WRITE not in counts and counts.get(HS_WRITE, 0) >= 1
     assert "Not written to salesforce" in result.output
+
+
+# --------------------------------------------------------------------------- rep alerts
+
+
+def test_rep_alerts_need_an_external_id_key_on_salesforce_tasks(
+    workdir: Workdir, crm: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks are created by upsert on the alert key: a key field that is not an External ID
+    fails validate on the config line that names it, before any task could be duplicated."""
+    monkeypatch.setenv("PLS_SYNC_ALERTS_ENABLED", "true")
+    channels = Path(__file__).resolve().parents[2] / "config" / "channels.yaml"
+
+    checked = workdir.invoke("validate")
+    assert checked.exit_code == 0, checked.output
+    assert "salesforce: rep alerts are keyed by Task.PQA_Alert_Key__c" in checked.output
+    assert "hubspot: rep alerts are keyed by tasks.pqa_alert_key" in checked.output
+
+    crm.salesforce.change_field("Task", "PQA_Alert_Key__c", external_id=False)
+    refused = workdir.invoke("validate")
+
+    assert refused.exit_code == 2, refused.output
+    (problem,) = problem_lines(refused.output, "alerts.salesforce_key_field")
+    assert f"channels.yaml:{line_of(channels, 'salesforce_key_field:')}:" in problem, problem
+    assert "not an External ID" in problem

@@ -22,6 +22,7 @@ from pls_sync.sandbox.http import Request, Response
 from pls_sync.sandbox.salesforce import RecordError, sandbox_login_session
 from pls_sync.service import Adapters
 from tests.faults.harness import (
+    SF_TASK_WRITE,
     SF_WRITE,
     TEST_TIMEOUT,
     CleanRun,
@@ -482,3 +483,56 @@ def test_failed_mql_read_does_not_overwrite_lead_channels_with_guesses(
         if value != before[key][name] and value != clean.snapshot[key][name]
     ]
     assert not wrong, wrong[:5]
+
+
+# ------------------------------------------------- rep alerts whose create lands after the timeout
+
+
+@pytest.fixture(scope="module")
+def alert_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small-batch config with ``alerts.backfill: true``: the first run makes tasks."""
+    return small_batch_config(tmp_path_factory.mktemp("sf-alert-config"), BATCH, backfill=True)
+
+
+@pytest.fixture(scope="module")
+def clean_alerts(
+    demo: DemoData, alert_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> CleanRun:
+    """A clean run with rep alerts on: one task per alert key."""
+    return clean_reference(
+        demo, tmp_path_factory.mktemp("sf-clean-alerts"), SF, alert_config, alerts=True
+    )
+
+
+def test_task_creates_applied_after_the_client_gave_up_make_one_task_each(
+    demo: DemoData, alert_config: Path, clean_alerts: CleanRun, tmp_path: Path
+) -> None:
+    """Failure 3 of issue 13 with alerts on: the org applies the first task writes a second
+    after the client's timeout, when the client has already looked the key up (nothing yet) and
+    sent the write again. Each alert key still ends with exactly one task."""
+    box = new_sandbox(demo)
+    try:
+        api = box.salesforce
+        handle = api.handle
+        handled: list[str] = []
+
+        def counting(request: Request) -> Response:
+            response = handle(request)
+            if request.method == "PATCH" and "/sobjects/Task/" in request.path:
+                handled.append(request.path)
+            return response
+
+        api.handle = counting  # type: ignore[method-assign]
+        rig = Rig(box, demo, tmp_path, destinations=SF, config=alert_config, alerts=True)
+        late = box.faults.add("apply_late", endpoint=SF_TASK_WRITE, times=4, delay=1.0)
+        assert TEST_TIMEOUT < 1.0
+        rig.run()
+        assert late.fired == 4
+        deadline = time.monotonic() + 10
+        while len(handled) < box.counts()["sf.sobject.upsert"]:  # the late ones land
+            assert time.monotonic() < deadline, "late task writes never applied"
+            time.sleep(0.02)
+        assert "sf.sobject.create" not in box.counts()
+        converge(rig, clean_alerts)
+    finally:
+        box.stop()

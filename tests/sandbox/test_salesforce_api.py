@@ -200,6 +200,7 @@ def test_versions_and_limits(box: Sandbox, sf: Any) -> None:
 
 
 def test_daily_allowance_exhausted(box: Sandbox, sf: Any) -> None:
+    box.salesforce.api_overage_share = 0.0  # refused at the allocation itself
     box.salesforce.api_max = box.salesforce.api_used + 1
     sf.query("SELECT Id FROM Account")
     with pytest.raises(Exception) as caught:
@@ -512,6 +513,7 @@ def test_collection_all_or_none_rolls_back(box: Sandbox, sf: Any) -> None:
 
 
 def test_lock_row_on_chosen_records(box: Sandbox, sf: Any) -> None:
+    box.salesforce.lock_error_style = "direct"
     ids = add_accounts(box, 4)
     box.faults.add("lock_row", record_ids=[ids[1][:15], ids[3]], times=1)
     records = [{"attributes": {"type": "Account"}, "id": i, "PQA_Score__c": 10} for i in ids]
@@ -528,6 +530,7 @@ def test_lock_row_on_chosen_records(box: Sandbox, sf: Any) -> None:
 
 
 def test_bulk2_update_with_failures_and_na_clearing(box: Sandbox, sf: Any) -> None:
+    box.salesforce.lock_error_style = "direct"
     ids = add_accounts(box, 4, PQA_Signals__c="old signals", PQA_Score__c=5.0)
     box.faults.add("lock_row", record_ids=[ids[3]])
     result = sf.bulk2.Account.update(
@@ -557,12 +560,14 @@ def test_bulk2_update_with_failures_and_na_clearing(box: Sandbox, sf: Any) -> No
     success = list(
         csv.DictReader(sf.bulk2.Account.get_successful_records(job["job_id"]).splitlines())
     )
+    success.sort(key=lambda r: r["sf__Id"])  # results come in no particular order
     assert [(r["sf__Id"], r["sf__Created"]) for r in success] == [
         (ids[0], "false"),
         (ids[2], "false"),
     ]
     assert success[0]["PQA_Signals__c"] == "#N/A"
     failed = list(csv.DictReader(sf.bulk2.Account.get_failed_records(job["job_id"]).splitlines()))
+    failed.sort(key=lambda r: r["sf__Id"])
     assert [r["sf__Id"] for r in failed] == [ids[1], ids[3]]
     assert failed[0]["sf__Error"].startswith(
         "INVALID_TYPE_ON_FIELD_IN_RECORD:PQA Score: value not of required type: lots"
@@ -614,12 +619,11 @@ def test_bulk2_raw_protocol(box: Sandbox) -> None:
         f"{base}/{job['id']}", json={"state": "UploadComplete"}, headers=auth, timeout=5
     )
     assert closed.json()["state"] == "UploadComplete"
-    info = http.get(f"{base}/{job['id']}", headers=auth, timeout=5).json()
-    assert (info["state"], info["jobType"], info["numberRecordsProcessed"]) == (
-        "JobComplete",
-        "V2Ingest",
-        1,
-    )
+    # A real job is processed asynchronously: the first polls see it InProgress.
+    polls = [http.get(f"{base}/{job['id']}", headers=auth, timeout=5).json() for _ in range(3)]
+    assert [p["state"] for p in polls] == ["InProgress", "InProgress", "JobComplete"]
+    info = polls[-1]
+    assert (info["jobType"], info["numberRecordsProcessed"]) == ("V2Ingest", 1)
     assert box.salesforce.get("Account", account)["PQA_Tier__c"] == "success"  # type: ignore[index]
 
 
@@ -941,3 +945,204 @@ def test_admin_endpoints_want_post(box: Sandbox) -> None:
     for name in ("merge", "identity"):
         response = requests.get(f"{box.url}/__sandbox/salesforce/{name}", timeout=5)
         assert response.status_code == 405
+
+
+# ----------------------------------------------------------------------------- behaviours of the
+# real org that a kind fake would skip (issue 13)
+#
+# - Upsert by External ID (201 created / 200 updated with "created", 300 with the matching
+#   records, NOT_FOUND for a field that is not an External ID, no Id or key in the body):
+#   https://developer.salesforce.com/docs/platform/api-rest/guide/dome-upsert.html
+#   https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_upsert_patch.htm
+# - Bulk API 2.0 job states (UploadComplete -> InProgress -> JobComplete):
+#   https://developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_bulk_v2/bulk_api_2_job_states.htm
+# - sObject Collections: "If the request isn't well formed, the API returns a 400":
+#   https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-sobjects-collections-update.html
+# - Sforce-Limit-Info above the allocation ("api-usage=110018/100000; api-bursts=1/750"):
+#   https://developer.salesforce.com/docs/atlas.ja-jp.224.0.api_rest.meta/api_rest/headers_api_usage.htm
+
+ALERT_KEY = "0f3a9c1b2d4e5f6a7b8c9d0e"
+
+
+def upsert_task(box: Sandbox, key: str, body: Any, field: str = "PQA_Alert_Key__c") -> Any:
+    return requests.patch(
+        f"{box.url}/services/data/v59.0/sobjects/Task/{field}/{key}",
+        json=body,
+        headers={"Authorization": f"Bearer {box.session_id}"},
+        timeout=5,
+    )
+
+
+def tasks_keyed(box: Sandbox, key: str) -> list[dict[str, Any]]:
+    return [r for r in box.salesforce.records["Task"].values() if r["PQA_Alert_Key__c"] == key]
+
+
+def test_upsert_by_external_id_creates_once_then_updates(box: Sandbox, sf: Any) -> None:
+    (account,) = add_accounts(box, 1)
+    body = {"WhatId": account, "Subject": "PQA: acme.com entered sales", "Priority": "High"}
+    created = upsert_task(box, ALERT_KEY, body)
+    assert created.status_code == 201
+    task_id = created.json()["id"]
+    assert created.json() == {"id": task_id, "success": True, "errors": [], "created": True}
+    again = upsert_task(box, ALERT_KEY, body)
+    assert again.status_code == 200
+    assert again.json() == {"id": task_id, "success": True, "errors": [], "created": False}
+    (task,) = tasks_keyed(box, ALERT_KEY)
+    assert (task["Id"], task["WhatId"], task["Priority"]) == (task_id, account, "High")
+    assert box.counts()["sf.sobject.upsert"] == 2
+    describe = {f["name"]: f for f in sf.Task.describe()["fields"]}
+    assert describe["PQA_Alert_Key__c"]["externalId"] is True
+    assert describe["PQA_Alert_Key__c"]["idLookup"] is True
+    assert describe["Subject"]["externalId"] is False
+
+
+def test_upsert_matching_several_records_answers_300_and_writes_nothing(box: Sandbox) -> None:
+    first = box.salesforce.insert("Task", {"Subject": "old", "PQA_Alert_Key__c": ALERT_KEY})
+    second = box.salesforce.insert("Task", {"Subject": "old", "PQA_Alert_Key__c": ALERT_KEY})
+    answer = upsert_task(box, ALERT_KEY, {"Subject": "new"})
+    assert answer.status_code == 300
+    assert answer.json() == [
+        f"/services/data/v59.0/sobjects/Task/{first}",
+        f"/services/data/v59.0/sobjects/Task/{second}",
+    ]
+    assert [t["Subject"] for t in tasks_keyed(box, ALERT_KEY)] == ["old", "old"]
+
+
+def test_upsert_does_not_match_a_deleted_record(box: Sandbox) -> None:
+    """The recycle bin is not searched: a key held only by a deleted task makes a new one."""
+    gone = box.salesforce.insert("Task", {"Subject": "s", "PQA_Alert_Key__c": ALERT_KEY})
+    box.salesforce.delete("Task", gone)
+    answer = upsert_task(box, ALERT_KEY, {"Subject": "s"})
+    assert answer.status_code == 201 and answer.json()["id"] != gone
+    assert len(tasks_keyed(box, ALERT_KEY)) == 2
+
+
+def test_upsert_refuses_id_or_the_key_in_the_body(box: Sandbox) -> None:
+    for given in ("Id", "PQA_Alert_Key__c", "pqa_alert_key__c"):
+        answer = upsert_task(box, ALERT_KEY, {"Subject": "s", given: ALERT_KEY})
+        assert answer.status_code == 400, given
+        assert answer.json()[0]["errorCode"] == "INVALID_FIELD"
+    assert tasks_keyed(box, ALERT_KEY) == []
+
+
+def test_upsert_by_a_plain_text_field_is_not_found(box: Sandbox, sf: Any) -> None:
+    answer = upsert_task(box, "x", {"Status": "Completed"}, field="Subject")
+    assert answer.status_code == 404
+    assert answer.json() == [
+        {
+            "errorCode": "NOT_FOUND",
+            "message": "Provided external ID field does not exist or is not accessible: Subject",
+        }
+    ]
+    change = {"object": "Task", "field": "PQA_Alert_Key__c", "external_id": False}
+    changed = admin(box, "schema", change)
+    assert changed.status_code == 200 and changed.json()["describe"]["externalId"] is False
+    assert upsert_task(box, ALERT_KEY, {"Subject": "s"}).status_code == 404
+    assert tasks_keyed(box, ALERT_KEY) == []
+    assert admin(box, "schema", {**change, "external_id": True}).status_code == 200
+    assert upsert_task(box, ALERT_KEY, {"Subject": "s"}).status_code == 201
+    standard = admin(box, "schema", {"object": "Task", "field": "Subject", "external_id": True})
+    assert standard.status_code == 400 and "External ID" in standard.json()["message"]
+
+
+def run_bulk_job(box: Sandbox, rows: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    """Create, upload, close and poll one update job to a final state: (job id, states seen)."""
+    http = sandbox_login_session(box.url)
+    base = f"{box.url}/services/data/v59.0/jobs/ingest"
+    auth = {"Authorization": f"Bearer {box.session_id}"}
+    job = http.post(
+        base, json={"object": "Account", "operation": "update"}, headers=auth, timeout=5
+    ).json()
+    data = "Id,PQA_Signals__c\n" + "".join(f"{i},{v}\n" for i, v in rows)
+    http.put(f"{base}/{job['id']}/batches", data=data.encode(), headers=auth, timeout=5)
+    http.patch(f"{base}/{job['id']}", json={"state": "UploadComplete"}, headers=auth, timeout=5)
+    states: list[str] = []
+    while not states or states[-1] not in ("JobComplete", "Failed", "Aborted"):
+        states.append(http.get(f"{base}/{job['id']}", headers=auth, timeout=5).json()["state"])
+    return job["id"], states
+
+
+def bulk_result_ids(box: Sandbox, job_id: str, kind: str) -> list[str]:
+    http = sandbox_login_session(box.url)
+    text = http.get(
+        f"{box.url}/services/data/v59.0/jobs/ingest/{job_id}/{kind}/",
+        headers={"Authorization": f"Bearer {box.session_id}"},
+        timeout=5,
+    ).text
+    return [row["sf__Id"] for row in csv.DictReader(text.splitlines())]
+
+
+def test_bulk2_results_come_in_any_order(box: Sandbox) -> None:
+    ids = add_accounts(box, 40)
+    bad = set(ids[::5])
+    rows = [(i, "x" * 2000 if i in bad else "ok") for i in ids]  # 2000 > length 1000
+    job_id, states = run_bulk_job(box, rows)
+    assert states == ["InProgress", "InProgress", "JobComplete"]
+    succeeded = bulk_result_ids(box, job_id, "successfulResults")
+    failed = bulk_result_ids(box, job_id, "failedResults")
+    assert sorted(succeeded) == sorted(set(ids) - bad) and sorted(failed) == sorted(bad)
+    assert succeeded != [i for i in ids if i not in bad]  # not the upload order
+
+    box.salesforce.shuffle_bulk_results = False
+    box.salesforce.bulk_polls_in_progress = 0
+    job_id, states = run_bulk_job(box, rows)
+    assert states == ["JobComplete"]
+    assert bulk_result_ids(box, job_id, "successfulResults") == [i for i in ids if i not in bad]
+
+
+def test_a_malformed_collections_request_is_refused_whole(box: Sandbox, sf: Any) -> None:
+    ids = add_accounts(box, 3, PQA_Score__c=1.0)
+    good: list[Any] = [
+        {"attributes": {"type": "Account"}, "id": i, "PQA_Score__c": 9} for i in ids[:2]
+    ]
+    cases: list[tuple[Any, str]] = [
+        ({"id": ids[2], "PQA_Score__c": 9}, "INVALID_TYPE"),
+        ({"attributes": {}, "id": ids[2], "PQA_Score__c": 9}, "INVALID_TYPE"),
+        ({"attributes": {"type": "Nope__c"}, "id": ids[2]}, "INVALID_TYPE"),
+        ("not a record", "JSON_PARSER_ERROR"),
+    ]
+    for bad, code in cases:
+        with pytest.raises(SalesforceMalformedRequest) as caught:
+            collection(sf, [*good, bad])
+        assert caught.value.status == 400 and error_of(caught.value)["errorCode"] == code
+    assert all(box.salesforce.get("Account", i)["PQA_Score__c"] == 1.0 for i in ids)  # type: ignore[index]
+
+    box.salesforce.refuse_malformed_collections = False  # the older, per-record answer
+    results = collection(sf, [*good, cases[0][0]])
+    assert [r["success"] for r in results] == [True, True, False]
+    assert results[2]["errors"][0]["statusCode"] == "INVALID_TYPE"
+
+
+def test_usage_can_run_past_the_allocation_before_calls_are_refused(box: Sandbox, sf: Any) -> None:
+    org = box.salesforce
+    org.api_max, org.api_used = 100, 100
+    sf.query("SELECT Id FROM Account")
+    assert (sf.api_usage["api-usage"].used, sf.api_usage["api-usage"].total) == (101, 100)
+    org.api_used = 109
+    sf.query("SELECT Id FROM Account")  # the 110th call of a 100 allocation, 10 % over
+    with pytest.raises(Exception) as caught:
+        sf.query("SELECT Id FROM Account")
+    assert caught.value.status == 403  # type: ignore[attr-defined]
+    assert error_of(caught.value)["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+def test_a_row_lock_can_surface_through_a_trigger(box: Sandbox, sf: Any) -> None:
+    ids = add_accounts(box, 2)
+    box.faults.add("lock_row", record_ids=ids, times=2)
+    records = [{"attributes": {"type": "Account"}, "id": i, "PQA_Score__c": 9} for i in ids]
+    errors = [collection(sf, [record])[0]["errors"][0] for record in records]
+    assert [e["statusCode"] for e in errors] == [
+        "UNABLE_TO_LOCK_ROW",  # "mixed": direct first, then through a trigger
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+    ]
+    assert (
+        "first error: UNABLE_TO_LOCK_ROW, unable to obtain exclusive access"
+        in (errors[1]["message"])
+    )
+    assert ids[1] in errors[1]["message"]
+    box.salesforce.lock_error_style = "trigger"
+    box.faults.add("lock_row", record_ids=ids[:1], times=1)
+    (only,) = collection(sf, records[:1])
+    assert only["errors"][0]["statusCode"] == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"
+    with pytest.raises(ValueError, match="lock_error_style"):
+        SalesforceApi(lock_error_style="sometimes")
