@@ -108,6 +108,13 @@ def _decode(record_id: str, data: str | Mapping[str, Any]) -> CrmRecord:
     )
 
 
+def _later(first: datetime | None, second: datetime | None) -> datetime | None:
+    """The later of two optional times."""
+    if first is None or second is None:
+        return first or second
+    return max(first, second)
+
+
 def mapping_fingerprint(mapping: DestinationMapping) -> str:
     """What the snapshot holds depends on the object, the domain fields and the targets."""
     basis = json.dumps([mapping.object, list(mapping.match.domain_fields), sorted(mapping.targets)])
@@ -182,6 +189,12 @@ class SnapshottingDestination:
         if reason is None:
             assert deleted is not None
             changed, listed = self._read_changed(mapping, since)
+            if self._reads_lag:
+                # The changes come from a search that lags the CRM's writes, the deletions
+                # from a list that does not: a record in both was deleted after the change
+                # the search still shows (a restored one leaves the deletion list).
+                gone = set(deleted)
+                changed = self._newer_than_known([r for r in changed if r.id not in gone])
             # A record read by the (non-deleted) query exists now, whatever the deletion
             # list says: it was restored, or deleted before a change we read.
             alive = {record.id for record in changed}
@@ -229,6 +242,23 @@ class SnapshottingDestination:
         choice = getattr(self.inner, "last_read_path", None)
         return changed, getattr(choice, "path", None) == "list"
 
+    @property
+    def _reads_lag(self) -> bool:
+        """Whether the CRM's change reads lag its writes (HubSpot's search)."""
+        return bool(getattr(self.inner, "change_reads_lag", False))
+
+    def _newer_than_known(self, changed: list[CrmRecord]) -> list[CrmRecord]:
+        """The read records not older than the snapshot's copy: a lagging search can still
+        show a record as it was before a write this snapshot recorded (stamped with the CRM's
+        time of that write), and that stale copy must not replace what is known."""
+        known = {r.id: r.last_modified for r in self._load(dict.fromkeys(r.id for r in changed))}
+        fresh = []
+        for record in changed:
+            stamp = known.get(record.id)
+            if stamp is None or record.last_modified is None or record.last_modified >= stamp:
+                fresh.append(record)
+        return fresh
+
     def _count(self) -> int:
         query = select(func.count()).where(crm_snapshot.c.destination == self.name)
         with self.engine.connect() as conn:
@@ -273,6 +303,9 @@ class SnapshottingDestination:
         written = set(result.written)
         by_id = {c.record_id: c for c in changes if c.record_id in written}
         if by_id:
+            # Where change reads lag, a written record is stamped with the CRM's time of the
+            # write (its Date), as a read would show it: a stale search copy is older.
+            stamp = result.server_time if self._reads_lag else None
             current = {rid: self._read[rid] for rid in by_id if rid in self._read}
             missing = [rid for rid in by_id if rid not in current]
             if missing:
@@ -290,7 +323,7 @@ class SnapshottingDestination:
                         record.domain_values,
                         fields,
                         record.name,
-                        record.last_modified,
+                        _later(record.last_modified, stamp),
                         record.parent_id,
                         record.owner_id,
                     )

@@ -815,6 +815,10 @@ class HubSpotDestination:
     """``CrmDestination`` for HubSpot companies, on hubspot-api-client (CRM v3)."""
 
     name = "hubspot"
+    # Changed companies are read by search, which lags writes ("it may take a few moments for
+    # newly created or updated CRM objects to appear in search results"); the archived list
+    # does not: the snapshot trusts the deletions over a change the search still shows.
+    change_reads_lag = True
 
     def __init__(
         self,

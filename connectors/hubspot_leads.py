@@ -7,15 +7,21 @@ query, so above that it searches on from the last id read.
 
 Alert tasks are idempotent by a key stored on the task (``pqa_alert_key``): a task search by the
 key comes first and the task is created only when none exists, associated with the company
-(``HUBSPOT_DEFINED`` type 192, task to company). A create whose outcome is unknown (transport
-error, 5xx) is never blindly re-sent: the key is searched again first.
+(``HUBSPOT_DEFINED`` type 192, task to company).
 
-HubSpot's search index trails writes by a few seconds: a rerun within seconds of a crash that
-happened right after a create may not find that task yet. The state store's ``pending`` row is
-what closes that window in practice (runs are hours apart).
+HubSpot's search index trails writes ("It may take a few moments for newly created or updated
+CRM objects to appear in search results"), and HubSpot documents unique-value properties for
+companies, deals, tickets, custom objects and contacts, not for tasks, so nothing on HubSpot's
+side refuses a second task with the same key. A create whose outcome is unknown (no answer, an
+answer cut or late past the timeout, a 5xx, a 200 that is not the created task) is therefore
+never sent again in the same run, nor looked up at once: it raises ``RetriableError`` with code
+``OUTCOME_UNKNOWN``, the alert stays ``settling`` and a later run, once the search lag has
+passed (``connectors.leads.HubSpotAlerts.lookup_lag_seconds``), searches the key before
+anything is sent again.
 
 References:
 https://developers.hubspot.com/docs/api/crm/search
+https://developers.hubspot.com/changelog/unique-properties-for-contacts
 https://developers.hubspot.com/docs/api/crm/tasks
 https://developers.hubspot.com/docs/api/crm/associations (task to company: 192)
 """
@@ -264,8 +270,9 @@ def create_hubspot_alert(
     Raises ``TaskRejected`` when HubSpot refuses this task (unknown owner, company gone...):
     record it and retry on a later run. Raises ``FatalError`` when the portal lacks the key
     property, ``RetriableError`` with code ``OUTCOME_UNKNOWN`` when the create's answer was
-    lost (the task may exist: never created again before a lookup past the search lag), and
-    the destination's own errors (``AuthError``, ``QuotaExhaustedError``...) as they are.
+    lost, cut, late or not the task (the task may exist: never created again before a lookup
+    past the search lag), and the destination's own errors (``AuthError``,
+    ``QuotaExhaustedError``...) as they are.
     """
     if not key:
         raise FatalError("alert key must not be empty", code="INVALID_KEY")
@@ -298,7 +305,7 @@ def create_hubspot_alert(
 
     def create() -> Any:
         try:
-            return api.create(
+            answer = api.create(
                 simple_public_object_input_for_create=task, _request_timeout=dest.timeout
             )
         except TasksApiException as exc:
@@ -318,6 +325,10 @@ def create_hubspot_alert(
             raise error from None
         except _TRANSPORT_ERRORS as exc:
             raise _OutcomeUnknown(dest.redact_secrets(f"{type(exc).__name__}: {exc}")) from None
+        if not getattr(answer, "id", None):
+            # A 2xx whose body is not the task (a proxy's page, say): the create may have landed.
+            raise _OutcomeUnknown("HubSpot answered the create with a body that is not the task")
+        return answer
 
     existing = find_alert_task(dest, key, key_property)
     if existing is not None:

@@ -104,7 +104,10 @@ def _parse_datetime(text: str) -> datetime | None:
     if not text:
         return None
     if text.isdigit():  # HubSpot may answer epoch milliseconds
-        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        try:
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            return None  # beyond the calendar: not a time, so the planned value replaces it
     cleaned = text.replace("Z", "+00:00")
     # Salesforce writes offsets without a colon: 2026-11-22T10:00:00.000+0000
     if len(cleaned) > 5 and cleaned[-5] in "+-" and cleaned[-4:].isdigit():

@@ -30,12 +30,41 @@ It answers 200 ``{"object", "field", "describe": <the definition or null>}``, 40
 ``{"message"}`` for a change HubSpot would refuse, 404 for an unknown property. Writes follow
 at once: PROPERTY_DOESNT_EXIST, INVALID_OPTION, READ_ONLY_VALUE.
 
+Where a client's correctness depends on it, the sandbox behaves like HubSpot rather than like
+a kind database. Each behaviour is on by default and tunable on ``HubSpotApi``:
+
+* **Search lags writes** (``search_lag_seconds``, default 3; 0 turns it off). HubSpot: "It may
+  take a few moments for newly created or updated CRM objects to appear in search results."
+  Every create, update, archive and merge reaches the search index ``search_lag_seconds`` after
+  it happened on the API's ``clock``: until then a search does not find a new record, finds an
+  updated one by its old values (and returns them), and still finds an archived or merged-away
+  one. Lists, single reads and batch reads are not lagged. Tests move the clock
+  (``Sandbox.set_clock``) instead of sleeping.
+* **Search has its own rate limit** (``search_per_second``, default 5; 0 or None turns it off).
+  HubSpot: "The search endpoints are rate limited to five requests per second per account", and
+  "Responses from the search API endpoints will not include any of the rate limit headers".
+  Searches count toward the daily allowance, not the ten-second window; past the limit they get
+  429 ``{"status": "error", "message": "You have reached your secondly limit.", "category":
+  "RATE_LIMITS"}`` with neither ``Retry-After`` nor ``X-HubSpot-RateLimit-*`` headers.
+* **A 429 does not always say when to retry** (``retry_after_rate``, default 0.5): a
+  ten-second-window 429 carries ``Retry-After`` on that seeded share of answers only; the daily
+  429 is the documented body (``policyName`` ``DAILY``) and never carries it.
+* **Unique values are enforced** (``hasUniqueValue``, e.g. contacts' ``email``): a create, batch
+  create, update, batch update or upsert that gives a record a value another live record of the
+  type holds is refused: a contact email with HubSpot's 409 ``CONFLICT`` "Contact already
+  exists. Existing ID: <id>", a custom unique property with a 400 ``VALIDATION_ERROR`` naming the
+  property (``VALUE_NOT_UNIQUE``; a batch update answers it record by record in its 207).
+* **``idProperty`` works on single records**: ``GET`` and ``PATCH``
+  ``/crm/v3/objects/{type}/{value}?idProperty=<unique property>``; a property without unique
+  values is refused as HubSpot refuses it ("Unable to perform update/upsert by non-unique ...").
+
 Standard library only. State lives in memory behind one lock; the server may call ``handle``
 from several threads.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 import json
@@ -73,6 +102,16 @@ WINDOW_MS = 10_000
 DEFAULT_BURST = 100
 DEFAULT_DAILY = 250_000
 PORTAL_ID = 24_681_357
+# How long a write takes to reach the search index: "a few moments" in HubSpot's words.
+DEFAULT_SEARCH_LAG = 3.0
+# "The search endpoints are rate limited to five requests per second per account."
+DEFAULT_SEARCH_PER_SECOND = 5
+# The share of ten-second-window 429s that carry a Retry-After header.
+DEFAULT_RETRY_AFTER_RATE = 0.5
+# Unique values taken, by property: lowered value -> the record (or batch input) holding it.
+_Held = dict[str, dict[str, str]]
+# HubSpot's object type ids, as its messages name the types.
+_OBJECT_TYPE_IDS = {"contacts": "0-1", "companies": "0-2", "tasks": "0-27"}
 
 # Task association type ids (HUBSPOT_DEFINED): task -> company 192, task -> contact 204.
 TASK_ASSOCIATIONS = {192: "companies", 204: "contacts"}
@@ -560,17 +599,26 @@ class RateLimiter:
         while self._hits and now - self._hits[0] >= WINDOW_MS / 1000:
             self._hits.popleft()
 
-    def admit(self) -> str | None:
-        """Count one request, or return the policy (``DAILY``, ``TEN_SECONDLY_ROLLING``) refusing it."""
+    def admit(self, *, windowed: bool = True) -> str | None:
+        """Count one request, or return the policy (``DAILY``, ``TEN_SECONDLY_ROLLING``) refusing it.
+
+        ``windowed`` False counts the request toward the day only (searches: HubSpot exempts them
+        from the ten-second window and limits them per second instead).
+        """
         now = self.monotonic()
         self._expire(now)
         if self.daily_used >= self.daily_limit:
             return "DAILY"
-        if len(self._hits) >= self.max_per_window:
-            return "TEN_SECONDLY_ROLLING"
-        self._hits.append(now)
+        if windowed:
+            if len(self._hits) >= self.max_per_window:
+                return "TEN_SECONDLY_ROLLING"
+            self._hits.append(now)
         self.daily_used += 1
         return None
+
+    def daily_exhausted(self) -> bool:
+        """Whether the day's allowance is used up."""
+        return self.daily_used >= self.daily_limit
 
     def retry_after(self) -> int:
         """Whole seconds until the window has room again (at least 1)."""
@@ -594,6 +642,32 @@ class RateLimiter:
     def exhaust_daily(self) -> None:
         """Use up the daily allowance (tests of the daily 429)."""
         self.daily_used = self.daily_limit
+
+
+class SearchRateLimiter:
+    """The search endpoints' own allowance: ``per_second`` requests in any one-second window.
+
+    ``per_second`` 0 or None lets every search through. Only searches that get through count.
+    """
+
+    def __init__(
+        self, per_second: int | None, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_second = per_second
+        self.monotonic = monotonic
+        self._hits: deque[float] = deque()
+
+    def admit(self) -> bool:
+        """Count one search; False when the second's allowance is used up."""
+        if not self.per_second:
+            return True
+        now = self.monotonic()
+        while self._hits and now - self._hits[0] >= 1.0:
+            self._hits.popleft()
+        if len(self._hits) >= self.per_second:
+            return False
+        self._hits.append(now)
+        return True
 
 
 # --------------------------------------------------------------------------- errors
@@ -681,6 +755,19 @@ AUTH_MESSAGE = (
 
 
 @dataclass(slots=True)
+class _IndexLag:
+    """A record's writes that have not reached the search index yet.
+
+    ``indexed`` is the copy of the record search shows meanwhile (None: search does not know
+    it). ``writes`` are the writes on their way, oldest first: each write's clock stamp and the
+    record as it left it, except the last, whose result is the live record (or its absence).
+    """
+
+    indexed: dict[str, Any] | None
+    writes: list[tuple[float, dict[str, Any] | None]]
+
+
+@dataclass(slots=True)
 class _Route:
     kind: str  # objects | properties | groups | unknown
     object_type: str
@@ -716,6 +803,11 @@ class HubSpotApi:
     with a new id, as HubSpot's merges of contacts and companies now do; both old ids then read
     as the new record. ``merge_keeps_primary_id`` gives the former behaviour (the primary keeps
     its id).
+
+    ``search_lag_seconds`` (default 3) is how long a write takes to reach search;
+    ``search_per_second`` (default 5) the search endpoints' own limit; ``retry_after_rate``
+    (default 0.5) the share of ten-second-window 429s that carry ``Retry-After``. All three are
+    attributes too (see the module docstring); 0 turns each off (``retry_after_rate`` 1.0: always).
     """
 
     def __init__(
@@ -732,6 +824,9 @@ class HubSpotApi:
         monotonic: Callable[[], float] = time.monotonic,
         portal_id: int = PORTAL_ID,
         merge_keeps_primary_id: bool = False,
+        search_lag_seconds: float = DEFAULT_SEARCH_LAG,
+        search_per_second: int | None = DEFAULT_SEARCH_PER_SECOND,
+        retry_after_rate: float = DEFAULT_RETRY_AFTER_RATE,
     ):
         self.seed = seed
         self.portal_id = portal_id
@@ -742,6 +837,15 @@ class HubSpotApi:
         self.batch_validation = batch_validation
         self.mql_property = mql_property
         self.limiter = RateLimiter(burst_limit, daily_limit, monotonic)
+        # Reads the main limiter's clock, so a test that fakes one fakes both.
+        self.search_limiter = SearchRateLimiter(search_per_second, lambda: self.limiter.monotonic())
+        self.retry_after_rate = retry_after_rate
+        self._retry_after_rng = random.Random(f"hubspot-retry-after-{seed}")
+        self.search_lag_seconds = search_lag_seconds
+        # What the search index shows instead of the live record, for records written within
+        # the lag: by type and id (see ``_touch``).
+        self._unindexed: dict[str, dict[str, _IndexLag]] = {t: {} for t in OBJECT_TYPES}
+        self._index_moves = 0
         self.clock = clock
         self._lock = threading.RLock()
         self.objects: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in OBJECT_TYPES}
@@ -754,7 +858,7 @@ class HubSpotApi:
         # The matches of the last search per query, so its later pages are not filtered and
         # sorted again; any write through the API makes them stale (as an index would).
         self._writes = 0
-        self._search_matches: dict[str, tuple[int, list[dict[str, Any]]]] = {}
+        self._search_matches: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
         self._next_id = dict(_ID_BASE)
         if companies is None:
             companies = _demo_companies(seed)
@@ -778,6 +882,8 @@ class HubSpotApi:
             if definition["modificationMetadata"]["readOnlyValue"]
         }
         _seed_portal(self, picture, seed)
+        # The seeded portal is fully indexed: its history is older than any lag.
+        self._unindexed = {t: {} for t in OBJECT_TYPES}
 
     # ----------------------------------------------------------------- module contract
 
@@ -825,6 +931,8 @@ class HubSpotApi:
         with self._lock:
             if not self._authorised(request):
                 return self._respond(HubSpotError(401, "INVALID_AUTHENTICATION", AUTH_MESSAGE))
+            if self._is_search(request):
+                return self._handle_search(request)
             policy = self.limiter.admit()
             if policy is not None:
                 return self._rate_limited(policy)
@@ -834,11 +942,34 @@ class HubSpotApi:
                 return self._respond(error)
             return Response(status, body, self.limiter.headers())
 
+    @staticmethod
+    def _is_search(request: Request) -> bool:
+        route = _route(request.path) if request.path.startswith(API_PREFIX) else None
+        return route is not None and route.kind == "objects" and route.rest == ("search",)
+
+    def _handle_search(self, request: Request) -> Response:
+        """A search: the daily allowance and the per-second search limit, no rate headers.
+
+        "Responses from the search API endpoints will not include any of the rate limit
+        headers" (HubSpot's API usage guidelines), and searches are exempt from the ten-second
+        window.
+        """
+        if self.limiter.daily_exhausted():
+            return self._rate_limited("DAILY", search=True)
+        if not self.search_limiter.admit():
+            return self._rate_limited("SECONDLY", search=True)
+        self.limiter.admit(windowed=False)
+        try:
+            status, body = self._dispatch(request)
+        except HubSpotError as error:
+            return Response(error.status, error.body(), {})
+        return Response(status, body, {})
+
     def render_fault(self, kind: str, request: Request) -> Response:
         """HubSpot's own response for an injected fault."""
         with self._lock:
             if kind in ("rate_limit", "request_limit"):
-                return self._rate_limited("TEN_SECONDLY_ROLLING")
+                return self._rate_limited("TEN_SECONDLY_ROLLING", retry_after=True)
             if kind == "daily_limit":
                 return self._rate_limited("DAILY")
             if kind == "invalid_session":
@@ -1087,21 +1218,40 @@ class HubSpotApi:
     def _respond(self, error: HubSpotError) -> Response:
         return Response(error.status, error.body(), self.limiter.headers())
 
-    def _rate_limited(self, policy: str) -> Response:
-        if policy == "DAILY":
-            message = "You have reached your daily limit."
-            headers = self.limiter.headers()
-        else:
-            message = "You have reached your ten_secondly_rolling limit."
-            headers = {**self.limiter.headers(), "Retry-After": str(self.limiter.retry_after())}
+    def _rate_limited(
+        self, policy: str, *, search: bool = False, retry_after: bool | None = None
+    ) -> Response:
+        """HubSpot's 429 for ``policy`` (``DAILY``, ``TEN_SECONDLY_ROLLING``, ``SECONDLY``).
+
+        The daily body is the documented example; the search's per-second 429 is the one the
+        search endpoints answer (``category`` RATE_LIMITS, no ``policyName``, no headers); only
+        some ten-second-window 429s carry ``Retry-After`` (``retry_after_rate``), unless
+        ``retry_after`` says whether this one does (an injected fault's).
+        """
+        headers = {} if search else self.limiter.headers()
+        correlation = str(uuid.uuid4())
+        if policy == "SECONDLY":
+            body: dict[str, Any] = {
+                "status": "error",
+                "message": "You have reached your secondly limit.",
+                "correlationId": correlation,
+                "category": "RATE_LIMITS",
+            }
+            return Response(429, body, headers)
         body = {
             "status": "error",
-            "message": message,
+            "message": f"You have reached your {policy.lower()} limit.",
             "errorType": "RATE_LIMIT",
-            "correlationId": str(uuid.uuid4()),
+            "correlationId": correlation,
             "policyName": policy,
-            "groupName": f"publicapi:private-app:{self.portal_id}",
+            "requestId": str(uuid.uuid4()),
         }
+        if policy != "DAILY":
+            body["groupName"] = f"publicapi:private-app:{self.portal_id}"
+            if retry_after is None:
+                retry_after = self._retry_after_rng.random() < self.retry_after_rate
+            if retry_after:
+                headers["Retry-After"] = str(self.limiter.retry_after())
         return Response(429, body, headers)
 
     def _now(self) -> datetime:
@@ -1181,7 +1331,9 @@ class HubSpotApi:
             if method == "GET":
                 return 200, self._get(object_type, rest[0], request)
             if method == "PATCH":
-                return 200, self._update_one(object_type, rest[0], self._body(request))
+                return 200, self._update_one(
+                    object_type, rest[0], self._body(request), request.param("idProperty")
+                )
             if method == "DELETE":
                 self._archive_record(object_type, rest[0])
                 return 204, None
@@ -1288,10 +1440,13 @@ class HubSpotApi:
         return body
 
     def _get(self, object_type: str, object_id: str, request: Request) -> dict[str, Any]:
+        id_property = request.param("idProperty")
+        if id_property:
+            self._check_id_property(object_type, id_property)
         if self._archived_flag(request):
             record = self.archived[object_type].get(object_id)
         else:
-            record = self._read_target(object_type, object_id, request.param("idProperty"))
+            record = self._read_target(object_type, object_id, id_property)
         if record is None:
             raise HubSpotError(
                 404,
@@ -1340,6 +1495,7 @@ class HubSpotApi:
         return clean, errors
 
     def _apply(self, object_type: str, record: dict[str, Any], values: dict[str, str]) -> None:
+        self._touch(object_type, record["id"])
         self._writes += 1
         stamp = iso_ms(self._now())
         stored = record["properties"]
@@ -1374,6 +1530,8 @@ class HubSpotApi:
             "createdAt": stamp,
             "updatedAt": stamp,
         }
+        if created is None:
+            self._touch(object_type, object_id)
         self.objects[object_type][object_id] = record
         if created is None:
             self._apply(object_type, record, values)
@@ -1404,6 +1562,7 @@ class HubSpotApi:
                     self.portal_id,
                 ),
             )
+        self._refuse_taken_values(object_type, values)
         record = self._new_record(object_type, values)
         if associations:
             record["associations"] = associations
@@ -1436,8 +1595,16 @@ class HubSpotApi:
                 results.append({"id": target, "type": f"task_to_{_SINGULAR[to_type].lower()}"})
         return found
 
-    def _update_one(self, object_type: str, object_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        record = self._find(object_type, object_id)
+    def _update_one(
+        self,
+        object_type: str,
+        object_id: str,
+        body: dict[str, Any],
+        id_property: str | None = None,
+    ) -> dict[str, Any]:
+        if id_property:
+            self._check_id_property(object_type, id_property)
+        record = self._find(object_type, object_id, id_property)
         if record is None:
             raise HubSpotError(
                 404,
@@ -1448,6 +1615,7 @@ class HubSpotApi:
         values, errors = self._check_properties(object_type, body.get("properties"))
         if errors:
             raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(errors, self.portal_id))
+        self._refuse_taken_values(object_type, values, record["id"])
         self._apply(object_type, record, values)
         return self._written_view(object_type, record, values)
 
@@ -1530,12 +1698,19 @@ class HubSpotApi:
         missing: list[str] = []
         errors: list[dict[str, Any]] = []
         invalid: list[PropertyValueError] = []
+        held: _Held = {}
         for item, key in zip(inputs, keys, strict=True):
-            record = self._find(object_type, key, item.get("idProperty"))
+            id_property = item.get("idProperty")
+            if id_property:
+                self._check_id_property(object_type, str(id_property), batch=True)
+            record = self._find(object_type, key, id_property)
             values, problems = self._check_properties(object_type, item.get("properties"))
             if record is None:
                 missing.append(key)
                 continue
+            if not problems:
+                taken = self._taken_value_errors(object_type, values, record["id"], held)
+                problems = [error for error, _ in taken]
             if problems:
                 invalid.extend(problems)
                 errors.append(
@@ -1576,6 +1751,87 @@ class HubSpotApi:
         definition = self.properties[object_type].get(id_property)
         return id_property == "hs_object_id" or bool(definition and definition["hasUniqueValue"])
 
+    def _check_id_property(
+        self, object_type: str, id_property: str, *, batch: bool = False
+    ) -> None:
+        """Refuse an ``idProperty`` without unique values, in HubSpot's words.
+
+        The batch endpoints refuse ``hs_object_id`` too: there the record id goes in ``id``
+        with no ``idProperty``.
+        """
+        unique = self._unique(object_type, id_property)
+        if unique and not (batch and id_property == "hs_object_id"):
+            return
+        raise HubSpotError(
+            400,
+            "VALIDATION_ERROR",
+            f"Unable to perform update/upsert by non-unique {_OBJECT_TYPE_IDS[object_type]} "
+            f"property {id_property} in portal ID {self.portal_id}",
+        )
+
+    def _taken_value_errors(
+        self,
+        object_type: str,
+        values: dict[str, str],
+        own_id: str | None = None,
+        held: _Held | None = None,
+    ) -> list[tuple[PropertyValueError, str]]:
+        """Each unique value in ``values`` that another live record (or earlier input) holds,
+        with the holder's id.
+
+        ``held`` is shared by the inputs of one batch: the unique values taken, by property
+        (filled from the live records on first use), then claimed by each input in turn, so two
+        inputs of one batch cannot take the same value either. Values compare case-insensitively.
+        """
+        held = {} if held is None else held
+        errors: list[tuple[PropertyValueError, str]] = []
+        definitions = self.properties[object_type]
+        for name, value in values.items():
+            definition = definitions.get(name)
+            if not value or definition is None or not definition["hasUniqueValue"]:
+                continue
+            if name not in held:
+                held[name] = {
+                    str(record["properties"][name]).lower(): key
+                    for key, record in self.objects[object_type].items()
+                    if record["properties"].get(name)
+                }
+            wanted = value.lower()
+            holder = held[name].get(wanted)
+            if holder is not None and holder != own_id:
+                message = (
+                    f"{value} already has that value: {_SINGULAR[object_type]} {holder} holds "
+                    f"it and {name} requires unique values"
+                )
+                errors.append((PropertyValueError(name, "VALUE_NOT_UNIQUE", message), holder))
+            else:
+                held[name][wanted] = own_id or f"input {len(held[name])}"
+        return errors
+
+    def _refuse_taken_values(
+        self,
+        object_type: str,
+        values: dict[str, str],
+        own_id: str | None = None,
+        *,
+        held: _Held | None = None,
+    ) -> None:
+        """Raise HubSpot's refusal when ``values`` reuse another record's unique value.
+
+        A contact's email is a 409 CONFLICT ("Contact already exists. Existing ID: <id>");
+        another unique property a 400 VALIDATION_ERROR listing the property.
+        """
+        taken = self._taken_value_errors(object_type, values, own_id, held)
+        if not taken:
+            return
+        email_holder = next((holder for error, holder in taken if error.name == "email"), None)
+        if object_type == "contacts" and email_holder is not None:
+            raise HubSpotError(
+                409, "CONFLICT", f"Contact already exists. Existing ID: {email_holder}"
+            )
+        errors = [error for error, _ in taken]
+        raise HubSpotError(400, "VALIDATION_ERROR", _validation_failure(errors, self.portal_id))
+
     def _batch_upsert(self, object_type: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         started = self._now()
         inputs = self._inputs(body)
@@ -1584,12 +1840,9 @@ class HubSpotApi:
         for item in inputs:
             id_property = str(item.get("idProperty") or "")
             key = str(item.get("id", ""))
-            if not id_property or not self._unique(object_type, id_property):
-                raise HubSpotError(
-                    400,
-                    "VALIDATION_ERROR",
-                    f"idProperty {id_property or '(missing)'} is not a unique property of {object_type}",
-                )
+            if not id_property:
+                raise HubSpotError(400, "VALIDATION_ERROR", "idProperty is required for upserts")
+            self._check_id_property(object_type, id_property, batch=True)
             values, problems = self._check_properties(object_type, item.get("properties"))
             problems_all.extend(problems)
             planned.append((self._find(object_type, key, id_property), id_property, key, values))
@@ -1598,6 +1851,13 @@ class HubSpotApi:
             raise HubSpotError(
                 400, "VALIDATION_ERROR", _validation_failure(problems_all, self.portal_id)
             )
+        held: _Held = {}
+        for record, id_property, key, values in planned:
+            full = (
+                {**values, id_property: values.get(id_property, key)} if record is None else values
+            )
+            own = record["id"] if record is not None else None
+            self._refuse_taken_values(object_type, full, own, held=held)
         results = []
         missing: list[str] = []
         for record, id_property, key, values in planned:
@@ -1630,6 +1890,9 @@ class HubSpotApi:
             raise HubSpotError(
                 400, "VALIDATION_ERROR", _validation_failure(problems_all, self.portal_id)
             )
+        held: _Held = {}
+        for values in checked:
+            self._refuse_taken_values(object_type, values, held=held)
         results = []
         for values in checked:
             record = self._new_record(object_type, values)
@@ -1644,9 +1907,10 @@ class HubSpotApi:
 
         Archiving an unknown or already archived id changes nothing and still answers 204.
         """
-        record = self.objects[object_type].pop(object_id, None)
-        if record is None:
+        if object_id not in self.objects[object_type]:
             return False
+        self._touch(object_type, object_id)
+        record = self.objects[object_type].pop(object_id)
         stamp = iso_ms(self._now())
         record["archivedAt"] = stamp
         record["updatedAt"] = stamp
@@ -1697,6 +1961,8 @@ class HubSpotApi:
                 400, "VALIDATION_ERROR", f"Cannot merge {_SINGULAR[object_type]} into itself"
             )
         values = _merged_values(object_type, primary["properties"], secondary["properties"])
+        self._touch(object_type, primary["id"])
+        self._touch(object_type, secondary["id"])
         retired = [secondary["id"]]
         del self.objects[object_type][secondary["id"]]
         if self.merge_keeps_primary_id:
@@ -1732,12 +1998,14 @@ class HubSpotApi:
             linked = (task.get("associations") or {}).get(object_type) or {}
             for link in linked.get("results") or []:
                 if link.get("id") in gone:
+                    self._touch("tasks", task["id"])
                     link["id"] = survivor_id
         if object_type == "companies":
             children = 0
             for record in self.objects["companies"].values():
                 stored = record["properties"]
                 if stored.get("hs_parent_company_id") in gone:
+                    self._touch("companies", record["id"])
                     stored["hs_parent_company_id"] = survivor_id
                 if stored.get("hs_parent_company_id") == survivor_id:
                     children += 1
@@ -1748,7 +2016,70 @@ class HubSpotApi:
                 survivor.pop("hs_num_child_companies", None)
             for contact in self.objects["contacts"].values():
                 if contact["properties"].get("associatedcompanyid") in gone:
+                    self._touch("contacts", contact["id"])
                     contact["properties"]["associatedcompanyid"] = survivor_id
+
+    # ----------------------------------------------------------------- the search index
+
+    def _touch(self, object_type: str, record_id: str) -> None:
+        """Queue the write about to change (create, archive) a record for the search index.
+
+        Called before the record changes: the first pending write keeps a copy of the record as
+        search knew it; a later one freezes the result of the write before it. Writes at the
+        same clock instant reach the index together.
+        """
+        if self.search_lag_seconds <= 0:
+            return
+        now = self.clock()
+        live = self.objects[object_type].get(record_id)
+        pending = self._unindexed[object_type].get(record_id)
+        if pending is None:
+            before = copy.deepcopy(live) if live is not None else None
+            self._unindexed[object_type][record_id] = _IndexLag(before, [(now, None)])
+            return
+        last_stamp = pending.writes[-1][0]
+        if last_stamp == now:
+            return
+        pending.writes[-1] = (last_stamp, copy.deepcopy(live) if live is not None else None)
+        pending.writes.append((now, None))
+
+    def _settle_index(self, object_type: str) -> None:
+        """Let the writes older than the lag reach the index.
+
+        A write stamped after ``clock()`` (a test moved the clock back) counts as indexed: it
+        must not stay invisible until the clock comes round again.
+        """
+        pending = self._unindexed[object_type]
+        if not pending:
+            return
+        now = self.clock()
+        cutoff = now - self.search_lag_seconds
+        for record_id, lag in list(pending.items()):
+            landed = 0
+            for stamp, _ in lag.writes:
+                if stamp > cutoff and stamp <= now:
+                    break
+                landed += 1
+            if not landed:
+                continue
+            self._index_moves += 1
+            if landed == len(lag.writes):
+                del pending[record_id]
+            else:
+                lag.indexed = lag.writes[landed - 1][1]
+                del lag.writes[:landed]
+
+    def _searchable(self, object_type: str) -> list[dict[str, Any]]:
+        """The records as the search index has them, in id order."""
+        self._settle_index(object_type)
+        live = self.objects[object_type]
+        pending = self._unindexed[object_type]
+        if not pending:
+            return list(live.values())
+        records = [record for key, record in live.items() if key not in pending]
+        records += [lag.indexed for lag in pending.values() if lag.indexed is not None]
+        records.sort(key=lambda record: int(record["id"]))
+        return records
 
     # ----------------------------------------------------------------- search
 
@@ -1810,12 +2141,14 @@ class HubSpotApi:
             sort_keys=True,
             default=str,
         )
+        self._settle_index(object_type)
+        version = (self._writes, self._index_moves)
         cached = self._search_matches.get(query_key)
-        if after > 0 and cached is not None and cached[0] == self._writes:
+        if after > 0 and cached is not None and cached[0] == version:
             records = cached[1]
         else:
             records = self._search_records(object_type, body, groups, definitions)
-            self._search_matches = {query_key: (self._writes, records)}
+            self._search_matches = {query_key: (version, records)}
         names = self._requested(object_type, body.get("properties") or [])
         end = min(after + limit, SEARCH_RESULT_CAP, len(records))
         result: dict[str, Any] = {
@@ -1833,8 +2166,8 @@ class HubSpotApi:
         groups: list[dict[str, Any]],
         definitions: dict[str, Any],
     ) -> list[dict[str, Any]]:
-        """Every record matching a search's filters and query, in its sort order."""
-        records = list(self.objects[object_type].values())
+        """Every indexed record matching a search's filters and query, in its sort order."""
+        records = self._searchable(object_type)
         if groups:
             records = [
                 r

@@ -1,7 +1,17 @@
 """MQL contacts and idempotent alert tasks against the HubSpot sandbox, with the real client.
 
-hubspot-api-client talks to the sandbox (``tests/conftest.py``) over loopback; pacing, backoff
-and the sandbox's rate-limit window share one fake clock, so no test sleeps.
+hubspot-api-client talks to the sandbox (``tests/conftest.py``) over loopback; pacing, backoff,
+the sandbox's rate-limit windows and its clock (record stamps, the search index's lag) share one
+fake clock, so no test sleeps. The sandbox's search lags writes as HubSpot's does ("It may take a
+few moments for newly created or updated CRM objects to appear in search results"):
+https://developers.hubspot.com/docs/api-reference/latest/crm/search-the-crm
+
+HubSpot documents unique-value properties for companies, deals, tickets, custom objects and
+contacts, not for tasks ("Historically, HubSpot has provided unique property support
+for Companies, Deals, Tickets, and Custom Objects"):
+https://developers.hubspot.com/changelog/unique-properties-for-contacts
+so a task's alert key cannot make HubSpot refuse a second create; after any failure once the
+create may have been sent, the task is looked up only past the search lag.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from connectors import alerts_state
 from connectors.alerts_state import (
     TaskRejected,
     alerts_to_retry,
@@ -30,10 +41,15 @@ from connectors.hubspot_leads import (
     OUTCOME_UNKNOWN,
     TASK_TO_COMPANY,
     create_hubspot_alert,
+    find_alert_task,
     read_hubspot_mqls,
 )
+from connectors.leads import HubSpotAlerts, StateAlertLedger
 from connectors.state import SqlStateStore
+from pls_sync.alerts import send_alerts
 from pls_sync.errors import FatalError, RetriableError
+from pls_sync.matching import MatchReport
+from pls_sync.models import CrmRecord
 
 MQL = "marketingqualifiedlead"
 
@@ -42,7 +58,7 @@ class FakeTime:
     """One clock for the connector's pacing and backoff and the sandbox's window."""
 
     def __init__(self) -> None:
-        self.now = 1_000.0
+        self.now = 1_790_000_000.0
         self._lock = threading.Lock()
 
     def __call__(self) -> float:
@@ -62,6 +78,7 @@ def clock() -> FakeTime:
 @pytest.fixture
 def box(sandbox: Any, clock: FakeTime) -> Any:
     sandbox.hubspot.limiter.monotonic = clock
+    sandbox.hubspot.clock = clock
     return sandbox
 
 
@@ -70,8 +87,10 @@ def store(tmp_path: Path) -> SqlStateStore:
     return SqlStateStore.open(f"sqlite:///{tmp_path / 'state.sqlite'}")
 
 
-def destination(box: Any, clock: FakeTime) -> HubSpotDestination:
-    return HubSpotDestination(box.hubspot_token, base_url=box.url, sleep=clock.sleep, clock=clock)
+def destination(box: Any, clock: FakeTime, **options: Any) -> HubSpotDestination:
+    return HubSpotDestination(
+        box.hubspot_token, base_url=box.url, sleep=clock.sleep, clock=clock, **options
+    )
 
 
 def http(box: Any, method: str, path: str, body: Any = None) -> Any:
@@ -246,6 +265,7 @@ def test_alert_creation_is_idempotent_by_key(box: Any, clock: FakeTime) -> None:
     }
     task_id, created = create_hubspot_alert(dest, **kwargs)
     assert created
+    clock.sleep(box.hubspot.search_lag_seconds)  # the task reaches the search index
     assert create_hubspot_alert(dest, **kwargs) == (task_id, False)
 
     (task,) = tasks_with_key(box, "pqa:acme.com:2026-01-15")
@@ -288,6 +308,7 @@ def test_a_crash_between_create_and_commit_leaves_exactly_one_task(
 
     with pytest.raises(SystemExit):
         run(crash=True)
+    clock.sleep(3600)  # the rerun comes with the next scheduled run, past the search lag
     run(crash=False)
     run(crash=False)
 
@@ -384,3 +405,96 @@ def test_a_missing_key_property_stops_with_a_fatal_error(box: Any, clock: FakeTi
 def test_an_unknown_mql_property_stops_with_a_fatal_error(box: Any, clock: FakeTime) -> None:
     with pytest.raises(FatalError, match="no_such_flag"):
         list(read_hubspot_mqls(destination(box, clock), mql_property="no_such_flag"))
+
+
+# --------------------------------------------------------------------------- unknown outcomes
+
+
+class ClockedLedger(StateAlertLedger):
+    """The state-store ledger, stamping "sending" with the test's clock instead of today's."""
+
+    def __init__(self, store: SqlStateStore, clock: FakeTime) -> None:
+        super().__init__(store)
+        self.clock = clock
+
+    def mark_sending(self, key: str) -> None:
+        alerts_state.mark_sending(self.store, key, now=datetime.fromtimestamp(self.clock(), UTC))
+
+
+# An answer that never arrives in time: the sandbox holds it 1 s, the client waits 0.3 s.
+LATE = {"delay": 1.0}
+
+
+@pytest.mark.parametrize("kind", ["answer_lost", "answer_cut", "answer_late", "answer_not_json"])
+def test_a_create_whose_outcome_is_unknown_settles_and_leaves_exactly_one_task(
+    box: Any, clock: FakeTime, store: SqlStateStore, kind: str
+) -> None:
+    """HubSpot applies the create and the answer goes wrong. The run leaves the alert settling;
+    a rerun seconds later neither looks it up nor sends it (the search would not show the task
+    yet); a run past the lookup lag finds the one task by its key."""
+    box.hubspot.search_lag_seconds = 5.0
+    box.faults.add(kind, endpoint="hs.tasks.create", times=1, **(LATE if "late" in kind else {}))
+    company = a_company(box)
+    key = f"pqa:{kind}.io:1"
+    ledger = ClockedLedger(store, clock)
+    ledger.mark_pending(
+        key,
+        destination="hubspot",
+        account_key=f"{kind}.io",
+        record_id=company,
+        payload={"subject": "PQA alert", "body": "score 90"},
+    )
+    sink = HubSpotAlerts(destination(box, clock, timeout=(1.0, 0.3)), "pqa_alert_key")
+    record = CrmRecord(id=company, domain_values=(), fields={}, owner_id=an_owner(box))
+
+    def run() -> dict[str, Any]:
+        return send_alerts(
+            "hubspot",
+            sink,
+            ledger,
+            MatchReport(matches={}),
+            {company: record},
+            clock=lambda: datetime.fromtimestamp(clock(), UTC),
+        )
+
+    assert run()["settling"] == 1
+    assert len(tasks_with_key(box, key)) == 1  # HubSpot made it; only the answer went wrong
+    assert (box.counts()["hs.tasks.search"], box.counts()["hs.tasks.create"]) == (1, 1)
+    clock.sleep(1.0)
+    assert run()["settling"] == 1
+    assert (box.counts()["hs.tasks.search"], box.counts()["hs.tasks.create"]) == (1, 1)
+    clock.sleep(sink.lookup_lag_seconds)
+    later = run()
+    assert (later["found_existing"], later["created"], later["settling"]) == (1, 0, 0)
+    (task,) = tasks_with_key(box, key)
+    row = get_alert(store, key)
+    assert row is not None and row.status == "created" and row.task_id == task["id"]
+    assert box.counts()["hs.tasks.create"] == 1
+
+
+def test_a_lookup_right_after_a_lost_answer_would_miss_the_task_so_nothing_is_resent(
+    box: Any, clock: FakeTime
+) -> None:
+    """Issue 13, failure 2: a lost answer, then a search by the key 0-1 s later with a 5 s search
+    lag, found nothing and created the task again. The search does miss it; the create is not
+    sent again, and past the lag the search finds the one task."""
+    box.hubspot.search_lag_seconds = 5.0
+    box.faults.add("answer_lost", endpoint="hs.tasks.create", times=1)
+    key = "pqa:lag.io:1"
+    dest = destination(box, clock)
+    args: dict[str, Any] = {
+        "company_id": a_company(box),
+        "owner_id": an_owner(box),
+        "subject": "s",
+        "body": "b",
+        "key": key,
+    }
+    with pytest.raises(RetriableError) as caught:
+        create_hubspot_alert(dest, **args)
+    assert caught.value.code == OUTCOME_UNKNOWN
+    clock.sleep(1.0)
+    (task,) = tasks_with_key(box, key)
+    assert find_alert_task(dest, key) is None  # what a retry in the same run would have seen
+    assert box.counts()["hs.tasks.create"] == 1
+    clock.sleep(5.0)
+    assert find_alert_task(dest, key) == task["id"]

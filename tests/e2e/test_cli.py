@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +313,10 @@ def test_a_rep_edit_in_the_crm_is_repaired_by_the_next_run(workdir: Workdir, crm
     hs_id = next(i for i in crm.hubspot.ids() if crm.hubspot.company(i).get("pqa_score"))
     sf_score = crm.salesforce.get("Account", sf_id)["PQA_Score__c"]  # type: ignore[index]
     hs_score = crm.hubspot.company(hs_id)["pqa_score"]
-    # Someone overwrites the score through the public APIs (which stamp the change).
+    # Someone overwrites the score through the public APIs (which stamp the change), a minute
+    # after the run; the next run comes a minute later, when HubSpot's search shows the edit.
+    later = [timedelta(minutes=1)]
+    crm.set_clock(lambda: datetime.now(UTC) + later[0])
     edited = [
         requests.patch(
             f"{crm.url}/services/data/v59.0/sobjects/Account/{sf_id}",
@@ -329,6 +333,7 @@ def test_a_rep_edit_in_the_crm_is_repaired_by_the_next_run(workdir: Workdir, crm
     ]
     assert [r.status_code for r in edited] == [204, 200]
     crm.reset_counts()
+    later[0] = timedelta(minutes=2)
 
     second, summary = workdir.sync("run", summary="s2.json")
 

@@ -146,12 +146,16 @@ def test_a_record_that_stops_being_the_target_is_cleared(workdir: Workdir, crm: 
     run(workdir, "s1")
     domain, sf_id, hs_id = matched_sales_account(workdir, crm)
     # A rep creates a duplicate account: under most_recently_modified the match moves to it.
-    created = sf_api(crm, "POST", "sobjects/Account", {"Name": "Dup", "Website": domain})
-    assert created.status_code == 201, created.text
-    dup_sf = created.json()["id"]
-    created = hs_api(crm, "POST", "companies", {"properties": {"name": "Dup", "domain": domain}})
-    assert created.status_code == 201, created.text
-    dup_hs = created.json()["id"]
+    # Minutes before the next run, so HubSpot's search (which lags its writes) shows it.
+    with crm_clock_behind(crm):
+        created = sf_api(crm, "POST", "sobjects/Account", {"Name": "Dup", "Website": domain})
+        assert created.status_code == 201, created.text
+        dup_sf = created.json()["id"]
+        created = hs_api(
+            crm, "POST", "companies", {"properties": {"name": "Dup", "domain": domain}}
+        )
+        assert created.status_code == 201, created.text
+        dup_hs = created.json()["id"]
 
     s2 = run(workdir, "s2")
     assert sf_account(crm, dup_sf)["PQA_Tier__c"] == "sales"
@@ -191,15 +195,19 @@ def test_an_mql_only_tag_goes_when_its_mql_goes(workdir: Workdir, crm: Sandbox) 
         if str(contact.get("Email") or "").lower().endswith(domain)
     ]
     assert leads or contacts
-    for lead_id in leads:  # marketing disqualifies them
-        response = sf_api(crm, "PATCH", f"sobjects/Lead/{lead_id}", {"Status": "Unqualified"})
-        assert response.status_code == 204, response.text
-    for contact_id in contacts:
-        assert sf_api(crm, "DELETE", f"sobjects/Contact/{contact_id}").status_code == 204
-    for company_contact in crm.hubspot.ids("contacts"):  # type: ignore[union-attr]
-        email = crm.hubspot.objects["contacts"][company_contact]["properties"].get("email") or ""  # type: ignore[union-attr]
-        if email.lower().endswith(domain):
-            hs_api(crm, "DELETE", f"contacts/{company_contact}")
+    # Minutes before the next run, so HubSpot's search (which lags its writes) shows it.
+    with crm_clock_behind(crm):
+        for lead_id in leads:  # marketing disqualifies them
+            response = sf_api(crm, "PATCH", f"sobjects/Lead/{lead_id}", {"Status": "Unqualified"})
+            assert response.status_code == 204, response.text
+        for contact_id in contacts:
+            assert sf_api(crm, "DELETE", f"sobjects/Contact/{contact_id}").status_code == 204
+        for company_contact in crm.hubspot.ids("contacts"):  # type: ignore[union-attr]
+            email = (
+                crm.hubspot.objects["contacts"][company_contact]["properties"].get("email") or ""
+            )  # type: ignore[union-attr]
+            if email.lower().endswith(domain):
+                hs_api(crm, "DELETE", f"contacts/{company_contact}")
 
     s2 = run(workdir, "s2")
     assert sf_account(crm, record_id)["PQA_Lead_Channel__c"] is None

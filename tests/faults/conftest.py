@@ -1,4 +1,5 @@
-"""Print the fault tests' tally (faults injected, runs killed, fields compared) after a run."""
+"""Print the fault tests' tally (faults by kind, runs killed, fields and rep alert tasks
+compared, duplicates) after a run."""
 
 from __future__ import annotations
 

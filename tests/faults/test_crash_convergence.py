@@ -2,22 +2,34 @@
 
 The CLI runs in a subprocess against a sandbox served by the test process. Kills land:
 
-* at code points inside the child (warehouse read, scoring, just before the state commit, after
-  every write just before ``finish_run``): the child's launcher pauses there and prints a
-  marker, and the test kills it while it waits; nothing else in the child changes;
-* at sandbox requests (the Nth describe, query, collection PATCH or batch update): the test
-  kills the child when the request arrives, before the sandbox applies it, or after the sandbox
-  applied it but before the child reads the answer;
+* at code points inside the child (warehouse read, scoring, just before the state commit, before
+  the first rep alert is sent, after every write just before ``finish_run``): the child's
+  launcher pauses there and prints a marker, and the test kills it while it waits; nothing else
+  in the child changes;
+* at sandbox requests (the Nth describe, query, collection PATCH, batch update, task create or
+  Bulk API 2.0 job step): the test kills the child when the request arrives, before the sandbox
+  applies it, or after the sandbox applied it but before the child reads the answer;
 * at time offsets: after start-up, and during a CRM read stretched by ``slow`` faults.
 
-After each kill the run is repeated to completion (in-process, with the same state store and
-config, without clearing the run lock), and the CRM's mapped fields are compared field by
-field with a clean uninterrupted run on a fresh sandbox. No record may be written twice: a
-write the killed run applied is never sent again.
+Rep alerts are on, with ``alerts.backfill: true`` so the first run gives every account in the
+sales tier its task. After each kill the run is repeated to completion (in-process, with the
+same state store and config, without clearing the run lock, the rig's clock moved past the time
+a created task takes to show in its lookup), and the CRM's mapped fields are compared field by
+field with a clean uninterrupted run on a fresh sandbox, and its tasks key by key: exactly one
+task per alert key, the clean run's keys. No record may be written twice: a write the killed run
+applied is never sent again.
+
+Some reruns run four hours later (``--as-of`` moved forward): the alert keys number the entry
+into the tier, not its time, so the tasks are the clean run's all the same. The fields are not:
+the score windows move, and a field like ``PQA_Qualified_Since__c`` keeps the time of the run
+whose state was committed. The reference is then a clean run at the later as-of when the killed
+run died before its state commit, and a clean run at the first as-of followed by one at the later
+as-of when it died after it (read from the state store, not assumed from the kill point).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 import subprocess
@@ -26,6 +38,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,8 +48,10 @@ from connectors.state import SqlStateStore
 from pls_sync.sandbox.http import Request, Response
 from tests.faults.harness import (
     DESTINATIONS,
+    HS_TASK_WRITE,
     HS_WRITE,
     REPO_ROOT,
+    SF_TASK_WRITE,
     SF_WRITE,
     TALLY,
     CleanRun,
@@ -57,6 +72,10 @@ HS_BATCH = 15
 LOCK_NAME = "pls-sync:run"
 MARKER = "@@PAUSED "
 CHILD_TIMEOUT = 30.0
+# The issue's reproduction reran four hours after the killed run.
+LATER = timedelta(hours=4)
+# Above it, Salesforce is written with Bulk API 2.0: the 51 changed demo Accounts go that way.
+BULK_THRESHOLD = 20
 
 # The child: the real CLI entry point, with optional pause points. A pause prints a marker and
 # waits to be killed; it changes nothing else in the run.
@@ -66,6 +85,17 @@ import os, sys, time
 def _pause(phase):
     print("@@PAUSED " + phase, flush=True)
     time.sleep(60)
+
+# The rig's clock (this machine's, moved forward): the alert ledger's stamps and settling.
+import functools
+from datetime import UTC, datetime, timedelta
+import connectors.alerts_state as _alerts_state
+import pls_sync.service as _service
+_offset = timedelta(seconds=float(os.environ.get("FAULTS_CLOCK_OFFSET", "0")))
+def _rig_now():
+    return datetime.now(UTC) + _offset
+_alerts_state._now = _rig_now
+_service.send_alerts = functools.partial(_service.send_alerts, clock=_rig_now)
 
 _where = os.environ.get("FAULTS_PAUSE_AT", "")
 if _where == "warehouse_read":
@@ -87,6 +117,12 @@ elif _where == "scoring":
             _pause(_where)
         return _score(*args, **kwargs)
     _service.score_account = _score_account
+elif _where == "send_alerts":
+    _run_alerts = _service.run_alerts
+    def _paused_alerts(*args, **kwargs):
+        _pause(_where)
+        return _run_alerts(*args, **kwargs)
+    _service.run_alerts = _paused_alerts
 elif _where in ("save_account_states", "finish_run"):
     from connectors.state import SqlStateStore
     _method = getattr(SqlStateStore, _where)
@@ -113,7 +149,12 @@ class Child:
             if not k.startswith(("SALESFORCE_", "HUBSPOT_", "PLS_SYNC_"))
         }
         env.update(rig.env())
-        env.update(PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1", FAULTS_PAUSE_AT=pause_at or "")
+        env.update(
+            PYTHONPATH=str(REPO_ROOT),
+            PYTHONUNBUFFERED="1",
+            FAULTS_PAUSE_AT=pause_at or "",
+            FAULTS_CLOCK_OFFSET=str(rig.clock.offset.total_seconds()),
+        )
         self.summary = rig.folder / "summary.json"
         self._stderr = (rig.folder / "child.stderr").open("wb")
         self.proc = subprocess.Popen(
@@ -191,9 +232,9 @@ def _alive(pid: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class KillPoint:
-    """Where to kill: a pause point in the child, the ``nth`` request to ``endpoint`` (before
-    or after the sandbox applies it; ``nth=-1`` is the clean run's last such request), or
-    ``offset`` seconds after start-up, or after the first (slowed) CRM request was answered.
+    """Where to kill: a pause point in the child, the ``nth`` request to ``endpoint`` (a glob;
+    before or after the sandbox applies it; ``nth=-1`` is the clean run's last such request),
+    or ``offset`` seconds after start-up, or after the first (slowed) CRM request was answered.
 
     With slow reads every read takes ``SLOW_READ_DELAY``; from the first answer on, the child
     reads Contact MQLs (0-0.5 s) and HubSpot MQLs (0.5-1), commits the state, describes
@@ -204,6 +245,7 @@ class KillPoint:
     pause_at: str | None = None
     endpoint: str | None = None
     soql_from: str | None = None  # only SOQL queries reading this object count
+    path_has: str | None = None  # only requests whose path contains this count
     nth: int = 1
     applied: bool = False
     offset: float | None = None
@@ -233,7 +275,34 @@ KILL_POINTS = [
     KillPoint("hs_batch2_applied", endpoint=HS_WRITE, nth=2, applied=True),
     KillPoint("hs_batch3_unapplied", endpoint=HS_WRITE, nth=3),
     KillPoint("hs_last_batch_applied", endpoint=HS_WRITE, nth=-1, applied=True),
+    KillPoint("before_alerts", pause_at="send_alerts"),
+    KillPoint("sf_task1_unapplied", endpoint=SF_TASK_WRITE, path_has="/Task"),
+    KillPoint("sf_task1_applied", endpoint=SF_TASK_WRITE, path_has="/Task", applied=True),
+    KillPoint(
+        "sf_last_task_applied", endpoint=SF_TASK_WRITE, path_has="/Task", nth=-1, applied=True
+    ),
+    KillPoint("hs_task1_unapplied", endpoint=HS_TASK_WRITE),
+    KillPoint("hs_task1_applied", endpoint=HS_TASK_WRITE, applied=True),
+    KillPoint("hs_task3_applied", endpoint=HS_TASK_WRITE, nth=3, applied=True),
     KillPoint("before_finish_run", pause_at="finish_run"),
+]
+KILLS_BY_NAME = {point.name: point for point in KILL_POINTS}
+# Rerun four hours later: killed before the state commit (the alerts were queued), between the
+# commit and the end of the writes, while creating Salesforce and HubSpot tasks.
+LATER_KILL_POINTS = [
+    KILLS_BY_NAME[name]
+    for name in ("before_state_commit", "sf_batch2_applied", "sf_task1_applied", "hs_task3_applied")
+]
+# Inside the Bulk API 2.0 write: the job is applied when it is closed (UploadComplete); the
+# sandbox then answers BULK_POLLS_IN_PROGRESS status polls InProgress before JobComplete.
+BULK_POLLS_IN_PROGRESS = 1
+BULK_KILL_POINTS = [
+    KillPoint("bulk_upload_unapplied", endpoint="sf.bulk2.upload"),
+    KillPoint("bulk_upload_applied", endpoint="sf.bulk2.upload", applied=True),
+    KillPoint("bulk_close_unapplied", endpoint="sf.bulk2.close"),
+    KillPoint("bulk_close_applied", endpoint="sf.bulk2.close", applied=True),
+    KillPoint("bulk_status_in_progress", endpoint="sf.bulk2.status"),
+    KillPoint("bulk_status_complete_applied", endpoint="sf.bulk2.status", nth=2, applied=True),
 ]
 # Each slowed request takes SLOW_READ_DELAY seconds: the read phases become wide windows.
 SLOW_READS = (
@@ -257,24 +326,73 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped config with small batches: several write requests per CRM."""
+    """The shipped config with small batches (several write requests per CRM) and every account
+    in the sales tier alerted on the first run."""
     return small_batch_config(
-        tmp_path_factory.mktemp("crash-config"), salesforce=SF_BATCH, hubspot=HS_BATCH
+        tmp_path_factory.mktemp("crash-config"),
+        salesforce=SF_BATCH,
+        hubspot=HS_BATCH,
+        backfill=True,
     )
 
 
 @pytest.fixture(scope="module")
 def clean(demo: DemoData, config: Path, tmp_path_factory: pytest.TempPathFactory) -> CleanRun:
     """A clean uninterrupted run on a fresh sandbox: what every killed run must converge to."""
-    return clean_reference(demo, tmp_path_factory.mktemp("crash-clean"), DESTINATIONS, config)
+    folder = tmp_path_factory.mktemp("crash-clean")
+    return clean_reference(demo, folder, DESTINATIONS, config, alerts=True)
+
+
+@pytest.fixture(scope="module")
+def clean_later(demo: DemoData, config: Path, tmp_path_factory: pytest.TempPathFactory) -> CleanRun:
+    """A clean run at the later as-of only: what a run killed before its state commit and
+    rerun later converges to."""
+    folder = tmp_path_factory.mktemp("crash-clean-later")
+    return clean_reference(
+        demo, folder, DESTINATIONS, config, alerts=True, as_ofs=(demo.as_of + LATER,)
+    )
+
+
+@pytest.fixture(scope="module")
+def clean_then_later(
+    demo: DemoData, config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> CleanRun:
+    """Clean runs at the demo's as-of, then at the later one: what a run killed after its state
+    commit and rerun later converges to."""
+    folder = tmp_path_factory.mktemp("crash-clean-then-later")
+    as_ofs = (demo.as_of, demo.as_of + LATER)
+    return clean_reference(demo, folder, DESTINATIONS, config, alerts=True, as_ofs=as_ofs)
+
+
+@pytest.fixture(scope="module")
+def bulk_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The crash config with Salesforce written through Bulk API 2.0."""
+    return small_batch_config(
+        tmp_path_factory.mktemp("bulk-config"),
+        salesforce=SF_BATCH,
+        hubspot=HS_BATCH,
+        backfill=True,
+        bulk_threshold=BULK_THRESHOLD,
+    )
+
+
+@pytest.fixture(scope="module")
+def bulk_clean(
+    demo: DemoData, bulk_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> CleanRun:
+    """A clean run with Salesforce written through Bulk API 2.0."""
+    folder = tmp_path_factory.mktemp("bulk-clean")
+    reference = clean_reference(demo, folder, DESTINATIONS, bulk_config, alerts=True)
+    assert reference.summary["destinations"]["salesforce"]["write_method"] == "bulk2"
+    return reference
 
 
 @pytest.fixture
 def rig(demo: DemoData, config: Path, tmp_path: Path) -> Iterator[Rig]:
-    """A fresh sandbox and state store, both CRMs."""
+    """A fresh sandbox and state store, both CRMs, rep alerts on."""
     box = new_sandbox(demo)
     try:
-        yield Rig(box, demo, tmp_path, config=config)
+        yield Rig(box, demo, tmp_path, config=config, alerts=True)
     finally:
         box.stop()
 
@@ -284,15 +402,31 @@ def write_calls(clean: CleanRun, destination: str) -> int:
     return int(clean.summary["destinations"][destination]["write_calls"])
 
 
+def last_nth(clean: CleanRun, point: KillPoint) -> int:
+    """How many requests the clean run made to ``point.endpoint`` (write or task create)."""
+    if point.endpoint in (SF_WRITE, HS_WRITE):
+        return write_calls(clean, "salesforce" if point.endpoint == SF_WRITE else "hubspot")
+    destination = "salesforce" if point.endpoint == SF_TASK_WRITE else "hubspot"
+    return sum(n for key, n in clean.tasks.items() if key.startswith(destination + ":"))
+
+
 def kill_hook(child_ref: list[Child], point: KillPoint, nth: int) -> Any:
     """A sandbox hook killing the child at the ``nth`` request to ``point.endpoint``."""
     seen = 0
     lock = threading.Lock()
     query = soql_from(point.soql_from) if point.soql_from else None
+    assert point.endpoint is not None
+
+    def counts(endpoint: str, request: Request) -> bool:
+        return (
+            fnmatch.fnmatchcase(endpoint, point.endpoint or "")
+            and (query is None or query(endpoint, request))
+            and (point.path_has is None or point.path_has in request.path)
+        )
 
     def hook(endpoint: str, request: Request, next_handler: Handler) -> Response:
         nonlocal seen
-        if endpoint != point.endpoint or (query is not None and not query(endpoint, request)):
+        if not counts(endpoint, request):
             return next_handler(request)
         with lock:
             seen += 1
@@ -327,15 +461,12 @@ def first_request_timer(child_ref: list[Child], point: KillPoint) -> Any:
     return hook
 
 
-def kill_and_rerun(rig: Rig, config: Path, clean: CleanRun, point: KillPoint) -> Child:
-    """Start the CLI, kill it at ``point``, check the lock and rerun to convergence."""
+def kill(rig: Rig, config: Path, clean: CleanRun, point: KillPoint) -> Child:
+    """Start the CLI and kill it at ``point``."""
     child_ref: list[Child] = []
     assert rig.hooks is not None
     if point.endpoint is not None:
-        nth = point.nth
-        if nth == -1:
-            destination = "salesforce" if point.endpoint == SF_WRITE else "hubspot"
-            nth = write_calls(clean, destination)
+        nth = point.nth if point.nth != -1 else last_nth(clean, point)
         rig.hooks.add(kill_hook(child_ref, point, nth))
     if point.slow_reads:
         for endpoint, times in SLOW_READS:
@@ -354,14 +485,28 @@ def kill_and_rerun(rig: Rig, config: Path, clean: CleanRun, point: KillPoint) ->
     assert code == -signal.SIGKILL, f"{point.name}: exit {code}: {child.log()}"
     TALLY.runs += 1
     TALLY.runs_killed += 1
-    TALLY.faults_injected += rig.box.faults.injected
-    rig.box.faults.injected = 0
+    rig.fault_kinds.tally()
     # The slow requests a killed child left behind finish before the rerun reads the CRM.
     if point.slow_reads:
         time.sleep(SLOW_READ_DELAY)
+    return child
+
+
+def kill_and_rerun(rig: Rig, config: Path, clean: CleanRun, point: KillPoint) -> Child:
+    """Start the CLI, kill it at ``point``, and rerun to convergence (the lock left as is)."""
+    child = kill(rig, config, clean, point)
     rerun = converge(rig, clean)
     assert rerun.status == "succeeded"
     return child
+
+
+def state_committed(rig: Rig) -> bool:
+    """Whether a run committed account states to the rig's state store."""
+    store = SqlStateStore(rig.state_url)
+    try:
+        return bool(store.load_account_states())
+    finally:
+        store.close()
 
 
 # --------------------------------------------------------------------------- tests
@@ -439,3 +584,44 @@ def test_killed_run_is_not_left_running_in_the_run_history(
     runs = SqlStateStore(rig.state_url).recent_runs(5)
     assert [r.status for r in runs][:1] == ["succeeded"]
     assert "running" not in [r.status for r in runs]
+
+
+@pytest.mark.parametrize("point", LATER_KILL_POINTS, ids=[p.name for p in LATER_KILL_POINTS])
+def test_killed_run_rerun_hours_later_converges(
+    rig: Rig,
+    config: Path,
+    clean: CleanRun,
+    clean_later: CleanRun,
+    clean_then_later: CleanRun,
+    point: KillPoint,
+) -> None:
+    """SIGKILL at ``point``, rerun four hours later: the same tasks, one per alert key (the key
+    numbers the entry, never its time); the fields of a clean run with the same history. A
+    record may be written by both runs (at each as-of), never more."""
+    kill(rig, config, clean, point)
+    reference = clean_then_later if state_committed(rig) else clean_later
+    assert set(reference.tasks) == set(clean.tasks)
+    converge(rig, reference, as_of=rig.demo.as_of + LATER, max_applied=2, same_writes=False)
+
+
+@pytest.fixture
+def bulk_rig(demo: DemoData, bulk_config: Path, tmp_path: Path) -> Iterator[Rig]:
+    """A fresh sandbox and state store, both CRMs, rep alerts on, Salesforce through Bulk.
+
+    Closed jobs stay InProgress for one poll, not the sandbox's default two: the child waits
+    for real between polls (1 s, then 2 s), and one is enough for a kill during the polls."""
+    box = new_sandbox(demo)
+    box.salesforce.bulk_polls_in_progress = BULK_POLLS_IN_PROGRESS
+    try:
+        yield Rig(box, demo, tmp_path, config=bulk_config, alerts=True)
+    finally:
+        box.stop()
+
+
+@pytest.mark.parametrize("point", BULK_KILL_POINTS, ids=[p.name for p in BULK_KILL_POINTS])
+def test_run_killed_inside_a_bulk_job_converges_on_rerun(
+    bulk_rig: Rig, bulk_config: Path, bulk_clean: CleanRun, point: KillPoint
+) -> None:
+    """SIGKILL at a step of the Salesforce Bulk API 2.0 job, rerun: the CRM equals the clean
+    run's, no record written twice (a job the killed run closed was applied: never resent)."""
+    kill_and_rerun(bulk_rig, bulk_config, bulk_clean, point)

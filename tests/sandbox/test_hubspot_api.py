@@ -27,6 +27,16 @@ Shapes are pinned to HubSpot's documentation:
   new merged record with the new ID":
   https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/companies/merge-companies
   https://developers.hubspot.com/changelog/updated-merge-functionality-for-contacts-and-companies
+* search lags writes ("It may take a few moments for newly created or updated CRM objects to
+  appear in search results") and has its own limit ("The search endpoints are rate limited to
+  five requests per second per account"):
+  https://developers.hubspot.com/docs/api-reference/latest/crm/search-the-crm
+* search answers carry no rate-limit headers ("Responses from the search API endpoints will not
+  include any of the rate limit headers listed above"); the daily 429's documented body:
+  https://developers.hubspot.com/docs/api/usage-details
+* unique values (``hasUniqueValue``, "you can't enter the same value for multiple records"),
+  ``?idProperty=`` on single records:
+  https://developers.hubspot.com/docs/api-reference/latest/crm/properties/guide
 """
 
 from __future__ import annotations
@@ -393,10 +403,14 @@ def test_multi_checkbox_options_are_checked_one_by_one() -> None:
 
 
 def search(api: HubSpotApi, object_type: str = "companies", **body: Any) -> Response:
+    """One search, paced as a client keeping to the five-a-second search limit would be."""
+    clock = api.limiter.monotonic
+    if isinstance(clock, FakeTime):
+        clock.now += 0.2
     return call(api, "POST", f"/crm/v3/objects/{object_type}/search", body=body)
 
 
-def test_search_filters_sorts_and_pages(api: HubSpotApi) -> None:
+def test_search_filters_sorts_and_pages(api: HubSpotApi, clock: FakeTime) -> None:
     ids = api.ids()[:6]
     scores = [10, 20, 30, 40, 50, 60]
     update(
@@ -409,6 +423,7 @@ def test_search_filters_sorts_and_pages(api: HubSpotApi) -> None:
             for i, s in zip(ids, scores, strict=True)
         ],
     )
+    clock.now += api.search_lag_seconds  # the writes reach the search index
 
     def found(
         *filters: dict[str, Any], groups: list[list[dict[str, Any]]] | None = None
@@ -508,7 +523,7 @@ def test_search_limits_are_enforced(api: HubSpotApi) -> None:
     assert search(api, filterGroups=too_many).status == 400
 
 
-def test_search_never_returns_more_than_10000_results(api: HubSpotApi) -> None:
+def test_search_never_returns_more_than_10000_results(api: HubSpotApi, clock: FakeTime) -> None:
     for start in range(0, 10_100, BATCH_MAX):
         inputs = [
             {"properties": {"email": f"user{n}@bulk.example"}}
@@ -520,6 +535,7 @@ def test_search_never_returns_more_than_10000_results(api: HubSpotApi) -> None:
             ).status
             == 201
         )
+    clock.now += api.search_lag_seconds
     bulk = [
         {
             "filters": [
@@ -723,6 +739,7 @@ def test_rate_limit_headers_on_every_response(api: HubSpotApi) -> None:
 
 def test_the_ten_second_window_slides(api: HubSpotApi, clock: FakeTime) -> None:
     api.set_burst_limit(5)
+    api.retry_after_rate = 1.0  # this 429 says when to come back
     for _ in range(5):
         assert call(api, "GET", "/crm/v3/objects/companies").status == 200
         clock.now += 1
@@ -942,6 +959,8 @@ def test_an_archived_company_leaves_lists_search_and_writes(
     target = api.ids()[3]
     clock.now += 60
     assert call(api, "DELETE", f"/crm/v3/objects/companies/{target}").status == 204
+    archived_at = clock.now
+    clock.now += api.search_lag_seconds
     gone = call(api, "GET", f"/crm/v3/objects/companies/{target}")
     assert gone.status == 404 and body_of(gone)["category"] == "OBJECT_NOT_FOUND"
     assert target not in {r["id"] for r in list_ids(api)[0]}
@@ -960,7 +979,7 @@ def test_an_archived_company_leaves_lists_search_and_writes(
     assert body_of(batch)["errors"][0]["context"]["ids"] == [target]
     kept = call(api, "GET", f"/crm/v3/objects/companies/{target}", {"archived": "true"})
     assert body_of(kept)["archived"] is True
-    assert body_of(kept)["archivedAt"] == iso_ms(datetime.fromtimestamp(clock.now, UTC))
+    assert body_of(kept)["archivedAt"] == iso_ms(datetime.fromtimestamp(archived_at, UTC))
     archived, _ = list_ids(api, archived="true")
     assert [(r["id"], r["archived"]) for r in archived] == [(target, True)]
     assert archived[0]["archivedAt"] == body_of(kept)["archivedAt"]
@@ -1049,6 +1068,8 @@ def test_a_merge_leaves_a_new_company_that_both_old_ids_read_as(
     assert [r["id"] for r in body_of(read)["results"]] == [new_id]
     live = [r["id"] for r in list_ids(api)[0]]
     assert new_id in live and primary not in live and secondary not in live
+    merged_at = clock.now
+    clock.now += api.search_lag_seconds
     recent = search(
         api,
         filterGroups=[
@@ -1057,7 +1078,7 @@ def test_a_merge_leaves_a_new_company_that_both_old_ids_read_as(
                     {
                         "propertyName": "hs_lastmodifieddate",
                         "operator": "GTE",
-                        "value": str(int(clock.now * 1000)),
+                        "value": str(int(merged_at * 1000)),
                     },
                     {"propertyName": "hs_merged_object_ids", "operator": "HAS_PROPERTY"},
                 ]
@@ -1147,3 +1168,283 @@ def test_merge_refusals(api: HubSpotApi) -> None:
         api.merge("companies", first, "123")
     with pytest.raises(ValueError):
         api.merge("tasks", first, second)
+
+
+# --------------------------------------------------------------------------- search lags writes
+
+
+def hits(api: HubSpotApi, object_type: str, name: str, value: str) -> list[dict[str, Any]]:
+    """What a search for ``name = value`` returns (all properties the test looks at)."""
+    body = body_of(
+        search(
+            api,
+            object_type,
+            filterGroups=[{"filters": [{"propertyName": name, "operator": "EQ", "value": value}]}],
+            properties=[name, "pqa_score"],
+            limit=200,
+        )
+    )
+    return list(body["results"])
+
+
+def test_a_new_record_is_found_by_search_only_once_the_lag_has_passed(
+    api: HubSpotApi, clock: FakeTime
+) -> None:
+    created = call(api, "POST", "/crm/v3/objects/companies", body={"properties": {"name": "Lagco"}})
+    new_id = body_of(created)["id"]
+    assert hits(api, "companies", "name", "Lagco") == []
+    # Reads by id and lists are not lagged.
+    assert call(api, "GET", f"/crm/v3/objects/companies/{new_id}").status == 200
+    read = call(
+        api, "POST", "/crm/v3/objects/companies/batch/read", body={"inputs": [{"id": new_id}]}
+    )
+    assert [r["id"] for r in body_of(read)["results"]] == [new_id]
+    clock.now += api.search_lag_seconds
+    assert [r["id"] for r in hits(api, "companies", "name", "Lagco")] == [new_id]
+
+
+def test_an_updated_record_is_found_by_its_old_values_until_the_lag_passes(
+    api: HubSpotApi, clock: FakeTime
+) -> None:
+    target = api.ids()[7]
+    update(api, [{"id": target, "properties": {"pqa_score": 11}}])
+    clock.now += api.search_lag_seconds
+    update(api, [{"id": target, "properties": {"pqa_score": 77}}])
+    clock.now += 1
+    assert hits(api, "companies", "pqa_score", "77") == []
+    (old,) = hits(api, "companies", "pqa_score", "11")
+    assert old["id"] == target and old["properties"]["pqa_score"] == "11"  # the old copy
+    assert api.company(target)["pqa_score"] == "77"
+    clock.now += api.search_lag_seconds
+    assert hits(api, "companies", "pqa_score", "11") == []
+    (new,) = hits(api, "companies", "pqa_score", "77")
+    assert new["properties"]["pqa_score"] == "77"
+
+
+def test_writes_reach_search_in_order_each_after_the_lag(api: HubSpotApi, clock: FakeTime) -> None:
+    target = api.ids()[8]
+    lag = api.search_lag_seconds
+    update(api, [{"id": target, "properties": {"pqa_score": 1}}])
+    clock.now += lag / 2
+    update(api, [{"id": target, "properties": {"pqa_score": 2}}])
+    clock.now += lag / 2  # the first write has landed, the second not yet
+    assert [r["id"] for r in hits(api, "companies", "pqa_score", "1")] == [target]
+    assert hits(api, "companies", "pqa_score", "2") == []
+    clock.now += lag / 2
+    assert hits(api, "companies", "pqa_score", "1") == []
+    assert [r["id"] for r in hits(api, "companies", "pqa_score", "2")] == [target]
+
+
+def test_an_archived_record_stays_findable_until_the_lag_passes(
+    api: HubSpotApi, clock: FakeTime
+) -> None:
+    target = api.ids()[9]
+    assert call(api, "DELETE", f"/crm/v3/objects/companies/{target}").status == 204
+    assert [r["id"] for r in hits(api, "companies", "hs_object_id", target)] == [target]
+    assert call(api, "GET", f"/crm/v3/objects/companies/{target}").status == 404
+    clock.now += api.search_lag_seconds
+    assert hits(api, "companies", "hs_object_id", target) == []
+
+
+def test_a_search_lag_of_zero_shows_writes_at_once(clock: FakeTime) -> None:
+    api = HubSpotApi(seed=3, companies=COMPANIES[:5], clock=clock, search_lag_seconds=0)
+    created = call(api, "POST", "/crm/v3/objects/companies", body={"properties": {"name": "Now"}})
+    assert [r["id"] for r in hits(api, "companies", "name", "Now")] == [body_of(created)["id"]]
+
+
+# --------------------------------------------------------------------------- search rate limit
+
+
+def test_searches_are_limited_per_second_apart_from_the_ten_second_window(
+    api: HubSpotApi, clock: FakeTime
+) -> None:
+    query = {"filterGroups": [{"filters": [{"propertyName": "name", "operator": "HAS_PROPERTY"}]}]}
+    path = "/crm/v3/objects/companies/search"
+    before = call(api, "GET", "/crm/v3/objects/companies")
+    answers = [call(api, "POST", path, body=query) for _ in range(6)]
+    assert [a.status for a in answers] == [200] * 5 + [429]
+    assert body_of(answers[5]) == {
+        "status": "error",
+        "message": "You have reached your secondly limit.",
+        "correlationId": body_of(answers[5])["correlationId"],
+        "category": "RATE_LIMITS",
+    }
+    for answer in answers:  # no rate-limit headers on search answers, not even on the 429
+        assert not any(
+            h.lower().startswith(("x-hubspot-ratelimit", "retry-after")) for h in answer.headers
+        )
+    after = call(api, "GET", "/crm/v3/objects/companies")
+    window = "X-HubSpot-RateLimit-Remaining"
+    assert int(before.headers[window]) - 1 == int(after.headers[window])  # searches not counted
+    daily = "X-HubSpot-RateLimit-Daily-Remaining"
+    # The day counts the five searches that got in (and the list), not the refused one.
+    assert int(before.headers[daily]) - 6 == int(after.headers[daily])
+    clock.now += 1
+    assert call(api, "POST", path, body=query).status == 200
+    api.search_limiter.per_second = 0  # off
+    assert all(call(api, "POST", path, body=query).status == 200 for _ in range(20))
+
+
+# --------------------------------------------------------------------------- 429 bodies
+
+
+def test_a_ten_second_429_says_when_to_retry_only_sometimes(clock: FakeTime) -> None:
+    def retry_afters(rate: float) -> list[bool]:
+        api = HubSpotApi(seed=3, companies=COMPANIES[:5], clock=clock, monotonic=clock)
+        api.set_burst_limit(1)
+        api.retry_after_rate = rate
+        call(api, "GET", "/crm/v3/objects/companies")
+        refused = [call(api, "GET", "/crm/v3/objects/companies") for _ in range(20)]
+        assert {r.status for r in refused} == {429}
+        assert {body_of(r)["policyName"] for r in refused} == {"TEN_SECONDLY_ROLLING"}
+        return ["Retry-After" in r.headers for r in refused]
+
+    sometimes = retry_afters(0.5)
+    assert any(sometimes) and not all(sometimes)
+    assert retry_afters(0.5) == sometimes  # seeded
+    assert not any(retry_afters(0.0)) and all(retry_afters(1.0))
+
+
+def test_the_daily_429_is_the_documented_body(api: HubSpotApi) -> None:
+    api.exhaust_daily()
+    refused = call(api, "GET", "/crm/v3/objects/companies")
+    body = body_of(refused)
+    assert set(body) == {
+        "status",
+        "message",
+        "errorType",
+        "correlationId",
+        "policyName",
+        "requestId",
+    }
+    assert (body["message"], body["errorType"], body["policyName"]) == (
+        "You have reached your daily limit.",
+        "RATE_LIMIT",
+        "DAILY",
+    )
+    assert "Retry-After" not in refused.headers
+    searched = search(api, filterGroups=[])
+    assert searched.status == 429 and body_of(searched)["policyName"] == "DAILY"
+    assert not searched.headers  # a search answer never carries rate-limit headers
+
+
+# --------------------------------------------------------------------------- unique values
+
+
+def unique_company_property(api: HubSpotApi, name: str = "erp_id") -> None:
+    created = call(
+        api,
+        "POST",
+        "/crm/v3/properties/companies",
+        body={
+            "name": name,
+            "label": "ERP id",
+            "type": "string",
+            "fieldType": "text",
+            "groupName": "companyinformation",
+            "hasUniqueValue": True,
+        },
+    )
+    assert created.status == 201
+
+
+def test_a_taken_unique_value_is_refused_on_every_write(api: HubSpotApi) -> None:
+    unique_company_property(api)
+    first, second = api.ids()[:2]
+    assert update(api, [{"id": first, "properties": {"erp_id": "E-1"}}]).status == 200
+    before = len(api.ids())
+
+    created = call(api, "POST", "/crm/v3/objects/companies", body={"properties": {"erp_id": "e-1"}})
+    assert created.status == 400 and body_of(created)["category"] == "VALIDATION_ERROR"
+    assert '"error":"VALUE_NOT_UNIQUE"' in body_of(created)["message"]
+    assert '"name":"erp_id"' in body_of(created)["message"]
+    twins = call(
+        api,
+        "POST",
+        "/crm/v3/objects/companies/batch/create",
+        body={"inputs": [{"properties": {"erp_id": "E-2"}}, {"properties": {"erp_id": "E-2"}}]},
+    )
+    assert twins.status == 400
+    assert len(api.ids()) == before  # nothing created, not even the first twin
+
+    patched = call(
+        api,
+        "PATCH",
+        f"/crm/v3/objects/companies/{second}",
+        body={"properties": {"erp_id": "E-1"}},
+    )
+    assert patched.status == 400
+    batch = update(
+        api,
+        [
+            {"id": second, "properties": {"erp_id": "E-1"}},
+            {"id": api.ids()[2], "properties": {"erp_id": "E-3"}},
+        ],
+    )
+    assert batch.status == 207
+    (error,) = body_of(batch)["errors"]
+    assert error["context"]["ids"] == [second]
+    assert error["errors"][0]["code"] == "VALUE_NOT_UNIQUE"
+    assert api.company(api.ids()[2])["erp_id"] == "E-3"
+    assert "erp_id" not in api.company(second)
+    # Rewriting a record's own value is no conflict.
+    assert update(api, [{"id": first, "properties": {"erp_id": "E-1"}}]).status == 200
+
+
+def test_a_taken_contact_email_is_hubspots_409_conflict(api: HubSpotApi) -> None:
+    holder, other = list(api.objects["contacts"])[:2]
+    email = api.objects["contacts"][holder]["properties"]["email"]
+    created = call(
+        api, "POST", "/crm/v3/objects/contacts", body={"properties": {"email": email.upper()}}
+    )
+    assert created.status == 409
+    assert body_of(created)["category"] == "CONFLICT"
+    assert body_of(created)["message"] == f"Contact already exists. Existing ID: {holder}"
+    moved = call(
+        api, "PATCH", f"/crm/v3/objects/contacts/{other}", body={"properties": {"email": email}}
+    )
+    assert moved.status == 409
+
+
+def test_id_property_reads_and_updates_a_single_record(api: HubSpotApi) -> None:
+    unique_company_property(api)
+    target = api.ids()[4]
+    update(api, [{"id": target, "properties": {"erp_id": "ERP-44"}}])
+    read = call(api, "GET", "/crm/v3/objects/companies/ERP-44", {"idProperty": "erp_id"})
+    assert read.status == 200 and body_of(read)["id"] == target
+    patched = call(
+        api,
+        "PATCH",
+        "/crm/v3/objects/companies/ERP-44",
+        {"idProperty": "erp_id"},
+        body={"properties": {"pqa_score": 44}},
+    )
+    assert patched.status == 200 and body_of(patched)["id"] == target
+    assert api.company(target)["pqa_score"] == "44"
+    missing = call(api, "GET", "/crm/v3/objects/companies/ERP-0", {"idProperty": "erp_id"})
+    assert missing.status == 404
+    email = next(iter(api.objects["contacts"].values()))["properties"]["email"]
+    contact = call(api, "GET", f"/crm/v3/objects/contacts/{email}", {"idProperty": "email"})
+    assert body_of(contact)["properties"]["email"] == email
+
+
+def test_an_id_property_without_unique_values_is_refused_as_hubspot_refuses_it(
+    api: HubSpotApi,
+) -> None:
+    name = api.company(api.ids()[0])["name"]
+    for method in ("GET", "PATCH"):
+        refused = call(
+            api,
+            method,
+            f"/crm/v3/objects/companies/{name}",
+            {"idProperty": "name"},
+            body={"properties": {}} if method == "PATCH" else None,
+        )
+        assert refused.status == 400
+        assert body_of(refused)["message"] == (
+            f"Unable to perform update/upsert by non-unique 0-2 property name in portal ID {PORTAL_ID}"
+        )
+    by_record_id = update(
+        api, [{"id": api.ids()[0], "idProperty": "hs_object_id", "properties": {}}]
+    )
+    assert by_record_id.status == 400  # a batch takes the record id without an idProperty
