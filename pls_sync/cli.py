@@ -810,8 +810,31 @@ def sandbox(
     companies: Annotated[
         int, typer.Option(min=0, help="Demo companies in the CRM (as `pls-sync demo`).")
     ] = 400,
+    search_lag: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds before HubSpot's search sees a write (0: at once)."),
+    ] = 3.0,
+    search_per_second: Annotated[
+        int, typer.Option(min=0, help="HubSpot searches allowed per second (0: no limit).")
+    ] = 5,
+    bulk_polls: Annotated[
+        int,
+        typer.Option(min=0, help="Polls a Salesforce Bulk API 2.0 job answers InProgress."),
+    ] = 2,
 ) -> None:
     """Serve the local Salesforce + HubSpot stand-in in the foreground (Ctrl-C stops it).
+
+    It behaves like the real services where pls-sync relies on them: HubSpot's search sees
+    writes only after a lag, has its own limit of 5 requests a second (answers without
+    rate-limit headers, a 429 without Retry-After), 429s of the ten-second limit carry
+    Retry-After only sometimes, unique-value properties refuse a taken value, idProperty works
+    on single records; Salesforce answers its rate limit with a 403 REQUEST_LIMIT_EXCEEDED,
+    upserts by External ID (201 created, 200 updated, 300 several), keeps Bulk API 2.0 jobs
+    InProgress for some polls and returns their results in any order, refuses a malformed
+    Collections request whole (400), lets API usage run past the allocation in
+    Sforce-Limit-Info, and reports some row locks as CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY.
+    Faults (POST /__sandbox/faults) include ones after the write is applied: the answer lost,
+    cut mid-body, late, not JSON, or the write applied after the client's timeout.
 
     Its settings go to .pls-sync/sandbox.env (mode 0600) for --sandbox; the credentials there
     are kept across restarts.
@@ -836,6 +859,10 @@ def sandbox(
         if exc.errno == errno.EADDRINUSE:
             fail(f"port {port} is in use: pass --port or stop the other process")
         fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}")
+    box.salesforce.bulk_polls_in_progress = bulk_polls
+    if box.hubspot is not None:
+        box.hubspot.search_lag_seconds = search_lag
+        box.hubspot.search_limiter.per_second = search_per_second or None
     settings = sandbox_settings(box.url, box.session_id, box.hubspot_token)
     try:
         write_sandbox_env(SANDBOX_ENV, settings)

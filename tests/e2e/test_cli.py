@@ -994,6 +994,26 @@ def test_sandbox_saves_its_settings_and_keeps_its_credentials_across_restarts(
     assert f"SALESFORCE_SESSION_ID={one.session_id}" in first.stdout.splitlines()[2]
 
 
+def test_sandbox_behaviours_are_tunable_from_the_command_line(
+    workdir: Workdir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = serve_once(monkeypatch)
+    default = ["sandbox", "--port", "0", "--companies", "3"]
+    tuned = [*default, "--search-lag", "0", "--search-per-second", "0", "--bulk-polls", "0"]
+
+    assert workdir.runner.invoke(cli.app, default).exit_code == 0
+    assert workdir.runner.invoke(cli.app, tuned).exit_code == 0
+
+    realistic, relaxed = served
+    assert realistic.hubspot is not None and relaxed.hubspot is not None
+    assert realistic.hubspot.search_lag_seconds == 3.0
+    assert realistic.hubspot.search_limiter.per_second == 5
+    assert realistic.salesforce.bulk_polls_in_progress == 2
+    assert relaxed.hubspot.search_lag_seconds == 0
+    assert relaxed.hubspot.search_limiter.per_second is None
+    assert relaxed.salesforce.bulk_polls_in_progress == 0
+
+
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_sandbox_on_a_port_out_of_range_is_a_usage_error(workdir: Workdir, port: str) -> None:
     result = workdir.runner.invoke(cli.app, ["sandbox", "--port", port])

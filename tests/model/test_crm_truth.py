@@ -28,6 +28,7 @@ minutes), so "most recently modified" is never a tie.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,13 +39,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from connectors.crm_snapshot import SnapshottingDestination
-from connectors.hubspot import HubSpotDestination
+from connectors.hubspot import HubSpotDestination, SearchPacer
 from connectors.salesforce import SalesforceDestination
 from connectors.state import SqlStateStore
 from pls_sync.config import ChannelSettings
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.models import ProductAccount
 from pls_sync.planning import apply_changes, canonical
+from pls_sync.sandbox.hubspot import SearchRateLimiter
 from pls_sync.sandbox.server import Sandbox
 from pls_sync.scoring import Component, Condition, ScoringModel, Signal, Tier
 from pls_sync.service import Adapters, RunOptions, RunResult, run_sync
@@ -193,6 +195,7 @@ class CrmTruth(RuleBasedStateMachine):
         self.box.set_clock(lambda: self.now)
         assert self.box.hubspot is not None
         self.box.hubspot.set_burst_limit(1_000_000)  # pacing is tested elsewhere
+        self.box.hubspot.search_limiter = SearchRateLimiter(None, time.monotonic)
         self.box.start()
         self.api = CrmApi(self.crm, self.box)
         self.users: dict[int, str] = {}
@@ -224,10 +227,12 @@ class CrmTruth(RuleBasedStateMachine):
                     "SALESFORCE_SESSION_ID": self.box.session_id,
                 }
             )
-        return HubSpotDestination.from_env(
+        hubspot = HubSpotDestination.from_env(
             {"HUBSPOT_ACCESS_TOKEN": self.box.hubspot_token, "HUBSPOT_BASE_URL": self.box.url},
             requests_per_10s=1_000_000,
         )
+        hubspot.search_pacer = SearchPacer(1_000_000, clock=time.monotonic, sleep=time.sleep)
+        return hubspot
 
     def _accounts(self) -> list[ProductAccount]:
         counts: dict[str, int] = {}
