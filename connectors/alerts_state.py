@@ -59,6 +59,7 @@ __all__ = [
     "alert_crm",
     "alerts_to_retry",
     "record_alert_crm",
+    "reopen_alert",
     "settle_in_flight",
     "get_alert",
     "mark_created",
@@ -391,3 +392,39 @@ def settle_in_flight(
     )
     with _transaction(engine, "settle alerts in flight", write=True) as conn:
         return int(conn.execute(query).rowcount or 0)
+
+
+def reopen_alert(
+    store: HasEngine,
+    key: str,
+    *,
+    destination: str,
+    account_key: str,
+    payload: Mapping[str, Any],
+    now: datetime | None = None,
+) -> None:
+    """Queue alert ``key`` again, whatever its status, with ``payload``'s text: its task is to
+    be made in another CRM than the one it was recorded for (a backfill after a CRM change)."""
+    engine = _engine(store)
+    stamp = now or _now()
+    values = {
+        "status": PENDING,
+        "task_id": None,
+        "reason": None,
+        "payload": dict(payload),
+        "updated_at": stamp,
+    }
+    with _transaction(engine, "reopen an alert", write=True) as conn:
+        done = conn.execute(update(alerts).where(alerts.c.key == key).values(**values))
+        if not done.rowcount:
+            conn.execute(
+                insert(alerts).values(
+                    key=key,
+                    destination=destination,
+                    account_key=account_key,
+                    record_id=None,
+                    attempts=0,
+                    created_at=stamp,
+                    **values,
+                )
+            )

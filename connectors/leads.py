@@ -214,6 +214,14 @@ class StateAlertLedger:
         alerts_state.record_alert_crm(self.store, destination, identity)
         return settled
 
+    def reopen(
+        self, key: str, *, destination: str, account_key: str, payload: Mapping[str, Any]
+    ) -> None:
+        """Queue ``key`` again for a task in another CRM."""
+        alerts_state.reopen_alert(
+            self.store, key, destination=destination, account_key=account_key, payload=payload
+        )
+
     def mark_sending(self, key: str) -> None:
         """Record that the create is about to be sent."""
         alerts_state.mark_sending(self.store, key)

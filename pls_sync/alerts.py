@@ -109,6 +109,41 @@ def go_live_baseline(
     return len(inside)
 
 
+def backfill_alerts(
+    destination: str,
+    ledger: AlertLedger,
+    results: Sequence[AccountResult],
+    *,
+    tier: str,
+    buyers: Mapping[str, Sequence[Buyer]],
+    entries: Callable[[Sequence[str]], Mapping[str, int]],
+) -> int:
+    """Queue again, for a CRM the destination has just moved to, the alert of every account in
+    ``tier`` (its current entry, with this run's text), whatever the ledger says it was.
+
+    Runs after the state commit: ``entries`` already counts an entry made in this run.
+    Returns how many were queued.
+    """
+    inside = [r for r in results if r.state.tier == tier and not r.gone]
+    recorded = entries([r.account.key for r in inside]) if inside else {}
+    for result in inside:
+        subject, body = alert_text(
+            result.account.domain,
+            result.score.score,
+            [s.description for s in result.score.signals],
+            buyers.get(result.account.key, ()),
+            tier=tier,
+        )
+        entry = max(recorded.get(result.account.key, 0), 1)
+        ledger.reopen(
+            alert_key(destination, result.account.key, entry, tier),
+            destination=destination,
+            account_key=result.account.key,
+            payload={"subject": subject, "body": body},
+        )
+    return len(inside)
+
+
 def send_alerts(
     destination: str,
     sink: AlertSink,
@@ -117,8 +152,13 @@ def send_alerts(
     records: Mapping[str, CrmRecord],
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    backfill: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     """Create the queued tasks of ``destination`` (this run's and earlier runs' leftovers).
+
+    When the destination now points at another CRM than its alerts went to, ``backfill`` (set
+    when ``alerts.backfill`` is on) queues the accounts already in the tier again for the new
+    CRM, as a go-live with backfill does; without it they stay alerted.
 
     An account without a matched CRM record keeps its alert queued until it has one. A create
     sent by a run that died before recording its outcome is retried only once the sink's lookup
@@ -128,6 +168,8 @@ def send_alerts(
     reasons: Counter[str] = Counter()
     lag = float(sink.lookup_lag_seconds)
     moved = follow_crm(destination, sink, ledger)
+    if moved is not None and backfill is not None:
+        moved["backfilled"] = backfill()
     for key, account_key, record_id, payload, sent in ledger.alerts_to_retry(destination):
         record = records.get(report.record_for(account_key) or record_id or "")
         if record is None or not payload.get("subject"):

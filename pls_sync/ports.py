@@ -307,6 +307,12 @@ class AlertLedger(Protocol):
         outcome are recorded as alerted, not resent to this one. Returns how many."""
         ...
 
+    def reopen(
+        self, key: str, *, destination: str, account_key: str, payload: dict[str, Any]
+    ) -> None:
+        """Queue ``key`` again, whatever its status, for a task in another CRM."""
+        ...
+
     def mark_sending(self, key: str) -> None:
         """Record that the create is about to be sent."""
         ...

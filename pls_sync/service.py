@@ -14,6 +14,7 @@ sends exactly what is missing. A run that fails after writing still records what
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import threading
@@ -29,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from pls_sync.alerts import queue_alerts, send_alerts
+from pls_sync.alerts import backfill_alerts, queue_alerts, send_alerts
 from pls_sync.channels import DEFAULT_MOTIONS, LEAD_CHANNELS, USAGE_NO_BUYER
 from pls_sync.config import ChannelSettings
 from pls_sync.domains import classify_host, company_domain, split_domain_values
@@ -538,12 +539,30 @@ def stale_pqas(
 
 
 def run_alerts(
-    name: str, leads: LeadContext, scored: ScoredAccounts, outcome: DestinationOutcome
+    name: str,
+    leads: LeadContext,
+    scored: ScoredAccounts,
+    outcome: DestinationOutcome,
+    state: StateStore,
 ) -> dict[str, Any]:
     """Send this destination's rep alerts; a failure is reported, never fatal to the run."""
     assert leads.ledger is not None and leads.alerts_tier is not None and outcome.report is not None
+    ledger, tier = leads.ledger, leads.alerts_tier
+    backfill = None
+    if leads.alerts_backfill:
+        backfill = functools.partial(
+            backfill_alerts,
+            name,
+            ledger,
+            scored.results,
+            tier=tier,
+            buyers=leads.enrichment.buyers,
+            entries=lambda keys: state.tier_entries(tier, keys),
+        )
     try:
-        return send_alerts(name, leads.sinks[name], leads.ledger, outcome.report, outcome.records)
+        return send_alerts(
+            name, leads.sinks[name], ledger, outcome.report, outcome.records, backfill=backfill
+        )
     except PlsSyncError as exc:
         log.error("alerts_failed", destination=name, error=str(exc))
         return {"error": str(exc)}
@@ -723,7 +742,7 @@ def write_destination(
             and not stopping
         ):
             with timer.stage(f"{name}.alerts"):
-                outcome.alerts = run_alerts(name, leads, scored, outcome)
+                outcome.alerts = run_alerts(name, leads, scored, outcome, state)
         log.info(
             "written",
             destination=name,

@@ -396,6 +396,17 @@ class FakeAlertLedger:
         )
         self.rows[key]["status"] = "created"
 
+    def reopen(
+        self, key: str, *, destination: str, account_key: str, payload: Mapping[str, Any]
+    ) -> None:
+        self.rows[key] = {
+            "status": "pending",
+            "destination": destination,
+            "account_key": account_key,
+            "record_id": None,
+            "payload": dict(payload),
+        }
+
     def mark_sending(self, key: str) -> None:
         self.rows[key]["status"] = "sending"
         self.rows[key]["sent_at"] = self.clock()

@@ -28,6 +28,7 @@ from connectors.alerts_state import (
     mark_sending,
     pending_or_missing,
     record_alert_crm,
+    reopen_alert,
     settle_in_flight,
 )
 from connectors.state import SqlStateStore
@@ -239,6 +240,15 @@ def crm_moves(state: SqlStateStore) -> None:
         "pqa:c.io:1": PENDING,
         "pqa:h.io:1": SENDING,
     }
+
+    # A backfill for the new org queues created alerts again, and unknown ones anew.
+    text = {"subject": "PQA", "body": "now"}
+    reopen_alert(state, "pqa:b.io:1", destination="salesforce", account_key="b.io", payload=text)
+    reopen_alert(state, "pqa:d.io:1", destination="salesforce", account_key="d.io", payload=text)
+    queued = {r.key: r for r in alerts_to_retry(state, destination="salesforce")}
+    assert sorted(queued) == ["pqa:b.io:1", "pqa:c.io:1", "pqa:d.io:1"]
+    assert queued["pqa:b.io:1"].status == PENDING and queued["pqa:b.io:1"].payload == text
+    assert queued["pqa:b.io:1"].task_id is None and queued["pqa:d.io:1"].payload == text
 
 
 def test_a_destination_moved_to_another_crm(store: SqlStateStore) -> None:

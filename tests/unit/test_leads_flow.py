@@ -211,17 +211,28 @@ def test_go_live_records_accounts_already_in_the_tier_without_a_task() -> None:
     ]
 
 
+def _set_users(adapters: Adapters, domain: str, users: int) -> None:
+    usage = adapters.usage
+    usage.accounts = [  # type: ignore[attr-defined]
+        replace(a, metrics={**a.metrics, "active_users_28d": users}) if a.key == domain else a
+        for a in usage.accounts  # type: ignore[attr-defined]
+    ]
+
+
 def test_a_destination_moved_to_another_crm_settles_alerts_in_flight_and_floods_no_one() -> None:
     """Alerts went to one org; the destination now points at another. An alert sent to the old
     org with no known outcome is not created in the new one, accounts already alerted are not
-    alerted again, and a later entry into the tier is alerted in the new org."""
+    alerted again (no backfill), and a later entry into the tier is alerted in the new org."""
     adapters, sf = setup()
     sink = adapters.alert_sinks["salesforce"] = FakeAlertSink(lookup_lag_seconds=60)
     ledger = adapters.alert_ledger
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=GO_LIVE)  # three in the tier
+    _set_users(adapters, "small.com", 10)
     sink.lose_answers = 1
-    first = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
-    assert first.summary["destinations"]["salesforce"]["alerts"]["settling"] == 1
-    assert "crm_changed" not in first.summary["destinations"]["salesforce"]["alerts"]
+    entered = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)), channels=GO_LIVE
+    )
+    assert entered.summary["destinations"]["salesforce"]["alerts"]["settling"] == 1
     (lost,) = sink.unindexed
 
     new_org = FakeAlertSink(lookup_lag_seconds=60)
@@ -229,7 +240,7 @@ def test_a_destination_moved_to_another_crm_settles_alerts_in_flight_and_floods_
     adapters.alert_sinks["salesforce"] = new_org
     ledger.rows[lost]["sent_at"] -= timedelta(seconds=61)  # type: ignore[union-attr]
     moved = run_sync(
-        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)), channels=ALERTS_ON
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=2)), channels=GO_LIVE
     )
     alerts = moved.summary["destinations"]["salesforce"]["alerts"]
     assert alerts["crm_changed"] == {
@@ -241,18 +252,38 @@ def test_a_destination_moved_to_another_crm_settles_alerts_in_flight_and_floods_
     assert ledger.rows[lost]["status"] == "created"  # type: ignore[union-attr]
     assert "fake:crm-1" in ledger.rows[lost]["reason"]  # type: ignore[union-attr]
 
-    usage = adapters.usage
-    usage.accounts = [  # type: ignore[attr-defined]
-        replace(a, metrics={**a.metrics, "active_users_28d": 10}) if a.key == "small.com" else a
-        for a in usage.accounts  # type: ignore[attr-defined]
-    ]
-    again = run_sync(
-        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(days=1)), channels=ALERTS_ON
-    )
+    _set_users(adapters, "small.com", 2)  # leaves the tier, then enters it again: news
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(days=1)), channels=GO_LIVE)
+    _set_users(adapters, "small.com", 10)
+    again = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(days=2)), channels=GO_LIVE)
     assert "crm_changed" not in again.summary["destinations"]["salesforce"]["alerts"]
     assert [t[0] for t in new_org.tasks.values()] == [
         next(r.id for r in sf.records.values() if r.name == "small.com")
     ]
+
+
+def test_with_backfill_a_destination_moved_to_another_crm_alerts_its_reps_of_every_pqa() -> None:
+    adapters, sf = setup()
+    old_org = adapters.alert_sinks["salesforce"]
+    run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    assert len(old_org.tasks) == 3
+
+    new_org = FakeAlertSink()
+    new_org.identity = "fake:crm-2"
+    adapters.alert_sinks["salesforce"] = new_org
+    moved = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=1)), channels=ALERTS_ON
+    )
+    alerts = moved.summary["destinations"]["salesforce"]["alerts"]
+    assert alerts["crm_changed"]["backfilled"] == 3 and alerts["created"] == 3
+    assert new_org.tasks.keys() == old_org.tasks.keys()  # the same entries, now in this org
+    assert all(subject for _, subject, _ in new_org.tasks.values())
+
+    later = run_sync(
+        adapters, MODEL, RunOptions(as_of=AS_OF + timedelta(hours=2)), channels=ALERTS_ON
+    )
+    assert later.summary["destinations"]["salesforce"]["alerts"]["created"] == 0
+    assert len(new_org.tasks) == 3 and new_org.duplicates == 0
 
 
 def test_go_live_with_no_account_in_the_tier_still_goes_live() -> None:
