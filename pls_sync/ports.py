@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pls_sync.channels import UserProfile
 from pls_sync.mapping import DestinationMapping
@@ -24,6 +24,9 @@ from pls_sync.models import (
     UsageReadStats,
     WriteResult,
 )
+
+if TYPE_CHECKING:
+    from pls_sync.crm_setup import FieldRequirement, SetupStep
 
 
 class UsageSource(Protocol):
@@ -332,4 +335,27 @@ class AlertLedger(Protocol):
 
         "Sending since" is when a create was sent whose outcome was never recorded, or ``None``.
         """
+        ...
+
+
+class SchemaAdmin(Protocol):
+    """Creates and extends a CRM's fields for ``pls-sync setup`` (see ``pls_sync.crm_setup``)."""
+
+    def live_schema(self, objects: Sequence[str]) -> dict[str, dict[str, FieldSpec]]:
+        """Each object's fields by name, read fresh (never from a cache)."""
+        ...
+
+    def apply(self, step: SetupStep) -> str:
+        """Carry out one step that ``changes`` (create a field, add picklist values, make a
+        field an External ID); returns one line saying what was done.
+
+        Raises ``FatalError`` naming the permission or scope the integration user lacks, or
+        what the CRM refused."""
+        ...
+
+    def grant_access(self, needed: Sequence[FieldRequirement], *, assign: bool) -> list[str]:
+        """Give the integration user the access ``needed`` says (edit or read), idempotently;
+        lines saying what was done (none when nothing was needed or the CRM has no such
+        thing). Salesforce: the permission set ``PLS_Sync_Integration``, assigned to the
+        running user with ``assign``."""
         ...
