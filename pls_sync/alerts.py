@@ -33,6 +33,20 @@ def entered(result: AccountResult, tier: str) -> datetime | None:
     return state.tier_since
 
 
+def alert_payload(
+    result: AccountResult, tier: str, buyers: Mapping[str, Sequence[Buyer]]
+) -> dict[str, Any]:
+    """The task's text for ``result``'s entry into ``tier``, as the ledger keeps it."""
+    subject, body = alert_text(
+        result.account.domain,
+        result.score.score,
+        [s.description for s in result.score.signals],
+        buyers.get(result.account.key, ()),
+        tier=tier,
+    )
+    return {"subject": subject, "body": body}
+
+
 def queue_alerts(
     destinations: Sequence[str],
     ledger: AlertLedger,
@@ -62,13 +76,7 @@ def queue_alerts(
     if len(live) < len(destinations):
         go_live_baseline([d for d in destinations if d not in live], ledger, results, tier, entries)
     for result in entering:
-        subject, body = alert_text(
-            result.account.domain,
-            result.score.score,
-            [s.description for s in result.score.signals],
-            buyers.get(result.account.key, ()),
-            tier=tier,
-        )
+        payload = alert_payload(result, tier, buyers)
         entry = before.get(result.account.key, 0) + 1
         for destination in live:
             key = alert_key(destination, result.account.key, entry, tier)
@@ -77,7 +85,7 @@ def queue_alerts(
                 destination=destination,
                 account_key=result.account.key,
                 record_id=None,
-                payload={"subject": subject, "body": body},
+                payload=payload,
             ):
                 queued += 1
     return queued
@@ -127,19 +135,12 @@ def backfill_alerts(
     inside = [r for r in results if r.state.tier == tier and not r.gone]
     recorded = entries([r.account.key for r in inside]) if inside else {}
     for result in inside:
-        subject, body = alert_text(
-            result.account.domain,
-            result.score.score,
-            [s.description for s in result.score.signals],
-            buyers.get(result.account.key, ()),
-            tier=tier,
-        )
         entry = max(recorded.get(result.account.key, 0), 1)
         ledger.reopen(
             alert_key(destination, result.account.key, entry, tier),
             destination=destination,
             account_key=result.account.key,
-            payload={"subject": subject, "body": body},
+            payload=alert_payload(result, tier, buyers),
         )
     return len(inside)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pls_sync.config import Settings
 from pls_sync.errors import PlsSyncError
-from pls_sync.ports import CrmDestination
+from pls_sync.ports import CrmDestination, SchemaAdmin
 
 if TYPE_CHECKING:
     from connectors.state import SqlStateStore
@@ -96,6 +96,20 @@ def build_destination(
             env, batch_size=dest.batch_size, requests_per_10s=dest.requests_per_10s
         )
     raise PlsSyncError(f"unknown destination {name!r}")
+
+
+def build_schema_admin(
+    name: str, settings: Settings, env: Mapping[str, str] | None = None
+) -> SchemaAdmin:
+    """The connector that reads and changes ``name``'s fields for ``pls-sync setup``."""
+    destination = build_destination(name, settings, env)
+    if name == "salesforce":
+        from connectors.salesforce_setup import SalesforceSchemaAdmin
+
+        return SalesforceSchemaAdmin(destination)
+    from connectors.hubspot_setup import HubSpotSchemaAdmin
+
+    return HubSpotSchemaAdmin(destination)
 
 
 def add_lead_adapters(

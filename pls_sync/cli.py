@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from pls_sync.planning import AccountResult, Plan
     from pls_sync.ports import RunRecord
     from pls_sync.service import RunResult
+    from pls_sync.setup_service import DestinationSetup
 
 app = typer.Typer(
     name="pls-sync",
@@ -426,6 +427,99 @@ def validate(
     report = validate_settings(settings, datetime.now(UTC), as_of=when)
     print_report(console, report)
     raise typer.Exit(report.exit_code)
+
+
+# --------------------------------------------------------------------------- setup
+
+SETUP_MARKS = {
+    "ok": "ok",
+    "create": "create",
+    "add_values": "add values",
+    "make_external_id": "update",
+    "conflict": "CONFLICT",
+}
+
+
+@app.command()
+def setup(
+    config: ConfigOption = Path("config/pls_sync.yaml"),
+    destination: Annotated[
+        list[str] | None,
+        typer.Option("--destination", "-d", help="Only this CRM (repeatable)."),
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Make the changes (default: print the plan).")
+    ] = False,
+    assign: Annotated[
+        bool,
+        typer.Option(
+            "--assign",
+            help="Salesforce: assign the PLS_Sync_Integration permission set to the running user.",
+        ),
+    ] = False,
+    sandbox: SandboxOption = False,
+) -> None:
+    """Create the CRM fields the mappings need (types, picklist values, the alert key), from
+    the mappings themselves: a plan first, changes only with --apply, never a deletion or a type
+    change. Exit 1 when a CRM could not be read or refused a change (what was done before it is
+    listed); with --apply, 2 when a conflict is left to fix by hand."""
+    from pls_sync.bootstrap import build_schema_admin, enabled_destinations
+    from pls_sync.setup_service import setup_destination
+
+    settings = load_or_exit(config)
+    names = enabled_destinations(settings, tuple(destination) if destination else None)
+    unknown = sorted(set(destination or ()) - set(settings.destinations))
+    if unknown:
+        fail(
+            f"unknown destination {', '.join(unknown)}; configured: {', '.join(settings.destinations)}"
+        )
+    worst = EXIT_OK
+    for name in names:
+        try:
+            admin = build_schema_admin(name, settings)
+            result = setup_destination(name, settings, admin, apply=apply, assign=assign)
+        except PlsSyncError as exc:
+            err_console.print(f"{name}: {escape(redact(str(exc)))}", highlight=False)
+            worst = EXIT_FAILED
+            continue
+        print_setup(name, result, apply)
+        if result.error:
+            worst = EXIT_FAILED
+        elif result.conflicts and apply and worst == EXIT_OK:
+            worst = EXIT_CONFIG  # applied all it could; the rest needs a person
+    raise typer.Exit(worst)
+
+
+def print_setup(name: str, result: DestinationSetup, applied: bool) -> None:
+    """A destination's plan, then (after --apply) what was done and what stopped it."""
+    console.print(f"[bold]{name}[/bold]", highlight=False)
+    for step in result.steps:
+        mark = SETUP_MARKS.get(step.action, step.action)
+        console.print(f"  {mark:<10} {escape(step.detail)}", highlight=False, soft_wrap=True)
+    if not applied:
+        pending = len(result.pending)
+        if pending:
+            console.print(
+                f"  {pending} change(s) to make: run `pls-sync setup --apply`", highlight=False
+            )
+        else:
+            console.print("  nothing to change", highlight=False)
+        return
+    for line in result.done:
+        console.print(f"  done       {escape(line)}", highlight=False, soft_wrap=True)
+    if not result.done and not result.error:
+        console.print("  nothing to change: every field is already as pls-sync needs it")
+    if result.error:
+        err_console.print(
+            f"{name}: stopped: {escape(result.error)}"
+            + (
+                f" ({len(result.done)} change(s) made before it, listed above)"
+                if result.done
+                else ""
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # --------------------------------------------------------------------------- export

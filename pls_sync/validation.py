@@ -55,6 +55,8 @@ class ValidationReport:
     errors: list[ConfigIssue] = field(default_factory=list)
     warnings: list[ConfigIssue] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
+    # CRMs whose schema lacks what the mapping needs: ``pls-sync setup`` can make it.
+    needs_setup: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -255,6 +257,8 @@ def check_crm(
         errors, warnings = schema_issues(mapping, specs, values)
         report.errors.extend(errors)
         report.warnings.extend(warnings)
+        if errors:
+            report.needs_setup.append(name)
         if not errors:
             report.notes.append(
                 f"{name}: {len(mapping.match.domain_fields)} domain field(s) and all "
@@ -303,6 +307,8 @@ def check_alert_key(settings: Settings, name: str, client: Any, report: Validati
         return
     path = settings.channels_path or settings.config_path
     report.errors.append(settings.lines.issue(path, ("alerts", config_key), str(problem)))
+    if name not in report.needs_setup:
+        report.needs_setup.append(name)
 
 
 def validate_settings(
@@ -339,6 +345,14 @@ def print_report(console: Console, report: ValidationReport) -> None:
             highlight=False,
             soft_wrap=True,
         )
+        if report.needs_setup:
+            only = " ".join(f"-d {name}" for name in report.needs_setup)
+            console.print(
+                f"Missing fields or picklist values in {', '.join(report.needs_setup)}: "
+                f"`pls-sync setup {only}` shows what it would create, `--apply` creates it.",
+                highlight=False,
+                soft_wrap=True,
+            )
     elif report.unreachable:
         console.print(
             "Check the CRM credentials and network, then run `pls-sync validate` again.",

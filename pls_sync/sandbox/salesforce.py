@@ -2090,19 +2090,29 @@ class SalesforceApi:
         if not spec.createable:
             return Response(400, [_cannot("inserted", spec.name)])
         try:
-            values = self._prepare(spec, body, source="rest", creating=True)
-            values[key_spec.name] = self._coerce(key_spec, value, "rest")
-            missing = [name for name in spec.required if values.get(name) in (None, "")]
-            if missing:
-                raise RecordError(
-                    "REQUIRED_FIELD_MISSING",
-                    f"Required fields are missing: [{', '.join(missing)}]",
-                    missing,
-                )
+            values = self._values_to_insert(
+                spec, body, {key_spec.name: self._coerce(key_spec, value, "rest")}
+            )
         except RecordError as exc:
             return Response(400, [exc.rest_error()])
         record_id = self.insert(spec.name, values)
         return Response(201, {"id": record_id, "success": True, "errors": [], "created": True})
+
+    def _values_to_insert(
+        self, spec: ObjectSpec, body: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A REST create's values (plus ``extra``), every required field present, or a
+        ``RecordError``."""
+        values = self._prepare(spec, body, source="rest", creating=True)
+        values.update(extra or {})
+        missing = [name for name in spec.required if values.get(name) in (None, "")]
+        if missing:
+            raise RecordError(
+                "REQUIRED_FIELD_MISSING",
+                f"Required fields are missing: [{', '.join(missing)}]",
+                missing,
+            )
+        return values
 
     def _create(self, request: Request, ctx: _Ctx) -> Response:
         spec = self.spec(ctx.parts[1])
@@ -2118,14 +2128,7 @@ class SalesforceApi:
                 400, _json_parser_error("Can not deserialize SObject out of START_ARRAY token")
             )
         try:
-            values = self._prepare(spec, body, source="rest", creating=True)
-            missing = [name for name in spec.required if values.get(name) in (None, "")]
-            if missing:
-                raise RecordError(
-                    "REQUIRED_FIELD_MISSING",
-                    f"Required fields are missing: [{', '.join(missing)}]",
-                    missing,
-                )
+            values = self._values_to_insert(spec, body)
         except RecordError as exc:
             return Response(400, [exc.rest_error()])
         record_id = self.insert(spec.name, values)

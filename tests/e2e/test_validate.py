@@ -251,3 +251,4 @@ def test_rep_alerts_need_an_external_id_key_on_salesforce_tasks(
     (problem,) = problem_lines(refused.output, "alerts.salesforce_key_field")
     assert f"channels.yaml:{line_of(channels, 'salesforce_key_field:')}:" in problem, problem
     assert "not an External ID" in problem
+    assert "`pls-sync setup -d salesforce` shows what it would create" in refused.output
