@@ -111,9 +111,14 @@ def _label(target: str, source: str) -> str:
 
 
 def _for_source(
-    obj: str, target: str, source: str, values: Mapping[str, tuple[str, ...]]
+    obj: str,
+    target: str,
+    source: str,
+    values: Mapping[str, tuple[str, ...]],
+    max_length: int | None = None,
 ) -> FieldRequirement:
-    """The field a source needs: its type, size and (enumerated sources) values."""
+    """The field a source needs: its type, size and (enumerated sources) values; text as long
+    as the mapping's ``max_length`` when it sets one."""
     label = _label(target, source)
     if source in ENUMERATED:
         return FieldRequirement(
@@ -130,8 +135,10 @@ def _for_source(
     if source in ("qualified_since", "tier_since", "scored_at", "first_seen"):
         return FieldRequirement(obj, target, label, FieldType.DATETIME, source)
     if source in ("signals", "buyers"):
-        return FieldRequirement(obj, target, label, FieldType.TEXTAREA, source, length=LONG_TEXT)
-    return FieldRequirement(obj, target, label, FieldType.STRING, source, length=TEXT_LENGTH)
+        length = max_length or LONG_TEXT
+        return FieldRequirement(obj, target, label, FieldType.TEXTAREA, source, length=length)
+    length = min(max_length or TEXT_LENGTH, TEXT_LENGTH)
+    return FieldRequirement(obj, target, label, FieldType.STRING, source, length=length)
 
 
 def requirements(
@@ -147,7 +154,9 @@ def requirements(
     ``values`` maps each enumerated source to every value pls-sync can write for it.
     """
     obj = mapping.object
-    needed = [_for_source(obj, fm.target, fm.source, values) for fm in mapping.fields]
+    needed = [
+        _for_source(obj, fm.target, fm.source, values, fm.max_length) for fm in mapping.fields
+    ]
     written = {fm.target.lower() for fm in mapping.fields}
     for name in mapping.match.domain_fields:
         if name.lower() not in written:
