@@ -104,11 +104,15 @@ def build_schema_admin(
     """The connector that reads and changes ``name``'s fields for ``pls-sync setup``."""
     destination = build_destination(name, settings, env)
     if name == "salesforce":
+        from connectors.salesforce import SalesforceDestination
         from connectors.salesforce_setup import SalesforceSchemaAdmin
 
+        assert isinstance(destination, SalesforceDestination)
         return SalesforceSchemaAdmin(destination)
+    from connectors.hubspot import HubSpotDestination
     from connectors.hubspot_setup import HubSpotSchemaAdmin
 
+    assert isinstance(destination, HubSpotDestination)
     return HubSpotSchemaAdmin(destination)
 
 

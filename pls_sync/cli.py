@@ -431,12 +431,13 @@ def validate(
 
 # --------------------------------------------------------------------------- setup
 
+# A column before each plan line: fine, to be created, to be changed, for a person to fix.
 SETUP_MARKS = {
     "ok": "ok",
-    "create": "create",
-    "add_values": "add values",
-    "make_external_id": "update",
-    "conflict": "CONFLICT",
+    "create": "+",
+    "add_values": "~",
+    "make_external_id": "~",
+    "conflict": "!",
 }
 
 
@@ -467,12 +468,11 @@ def setup(
     from pls_sync.setup_service import setup_destination
 
     settings = load_or_exit(config)
-    names = enabled_destinations(settings, tuple(destination) if destination else None)
     unknown = sorted(set(destination or ()) - set(settings.destinations))
     if unknown:
-        fail(
-            f"unknown destination {', '.join(unknown)}; configured: {', '.join(settings.destinations)}"
-        )
+        configured = ", ".join(settings.destinations)
+        fail(f"unknown destination {', '.join(unknown)}; configured: {configured}", EXIT_CONFIG)
+    names = enabled_destinations(settings, tuple(destination) if destination else None)
     worst = EXIT_OK
     for name in names:
         try:
@@ -495,7 +495,7 @@ def print_setup(name: str, result: DestinationSetup, applied: bool) -> None:
     console.print(f"[bold]{name}[/bold]", highlight=False)
     for step in result.steps:
         mark = SETUP_MARKS.get(step.action, step.action)
-        console.print(f"  {mark:<10} {escape(step.detail)}", highlight=False, soft_wrap=True)
+        console.print(f"  {mark:<3} {escape(step.detail)}", highlight=False, soft_wrap=True)
     if not applied:
         pending = len(result.pending)
         if pending:
@@ -506,7 +506,7 @@ def print_setup(name: str, result: DestinationSetup, applied: bool) -> None:
             console.print("  nothing to change", highlight=False)
         return
     for line in result.done:
-        console.print(f"  done       {escape(line)}", highlight=False, soft_wrap=True)
+        console.print(f"  done {escape(line)}", highlight=False, soft_wrap=True)
     if not result.done and not result.error:
         console.print("  nothing to change: every field is already as pls-sync needs it")
     if result.error:
@@ -915,6 +915,10 @@ def sandbox(
         int,
         typer.Option(min=0, help="Polls a Salesforce Bulk API 2.0 job answers InProgress."),
     ] = 2,
+    bare: Annotated[
+        bool,
+        typer.Option("--bare", help="A CRM without pls-sync's fields (try `pls-sync setup`)."),
+    ] = False,
 ) -> None:
     """Serve the local Salesforce + HubSpot stand-in in the foreground (Ctrl-C stops it).
 
@@ -948,6 +952,7 @@ def sandbox(
             companies=demo_companies(seed, companies),
             session_id=previous.get("SALESFORCE_SESSION_ID") or None,
             hubspot_token=previous.get("HUBSPOT_ACCESS_TOKEN") or None,
+            bare=bare,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:

@@ -1152,10 +1152,18 @@ def _check_mapping(
     domain_fields = {name.lower() for name in match.domain_fields} if match is not None else set()
     specs: dict[str, FieldSpec] = parts.get("fields", {})
     seen: dict[str, str] = {}
+    if match is not None:
+        for index, name in enumerate(match.domain_fields):
+            bad = api_name_problem(destination, name)
+            if bad:
+                issues.append(document.issue(("match", "domain_fields", index), bad))
     for target in _keys(document.data, "fields"):
         path: KeyPath = ("fields", target)
         lowered = target.lower()
-        if lowered in forbidden:
+        bad = api_name_problem(destination, target)
+        if bad:
+            issues.append(document.issue(path, bad))
+        elif lowered in forbidden:
             issues.append(
                 document.issue(
                     path, f"{target} is an identity/ownership field and is never written"
@@ -1176,6 +1184,30 @@ def _check_mapping(
             problem = _source_problem(spec.source, context)
             if problem:
                 issues.append(document.issue(source_path, problem))
+
+
+# Salesforce API names: a letter, then letters, digits and single underscores, not ending in
+# one; a custom field ends in __c (__pc on person accounts; a namespace may lead: ns__Name__c).
+_SALESFORCE_NAME = re.compile(
+    r"^(?:[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*__)?[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*(?:__[A-Za-z]+)?$"
+)
+# HubSpot internal property names: lower-case letters, digits and underscores, from a letter.
+_HUBSPOT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def api_name_problem(destination: str, name: str) -> str | None:
+    """Why ``name`` cannot be a field of ``destination`` (an API name, not a label), or None."""
+    if destination == "salesforce" and not _SALESFORCE_NAME.match(name):
+        return (
+            f"{name!r} is not a Salesforce API name (letters, digits and single underscores, "
+            "from a letter; custom fields end in __c, e.g. PQA_Score__c)"
+        )
+    if destination == "hubspot" and not _HUBSPOT_NAME.match(name):
+        return (
+            f"{name!r} is not a HubSpot property's internal name (lower-case letters, digits "
+            "and underscores, from a letter, e.g. pqa_score)"
+        )
+    return None
 
 
 def _source_problem(source: str, context: _Context) -> str | None:

@@ -30,6 +30,15 @@ It answers 200 ``{"object", "field", "describe": <the definition or null>}``, 40
 ``{"message"}`` for a change HubSpot would refuse, 404 for an unknown property. Writes follow
 at once: PROPERTY_DOESNT_EXIST, INVALID_OPTION, READ_ONLY_VALUE.
 
+Properties and groups are created as in a portal (``POST /crm/v3/properties/{objectType}`` and
+``.../groups``): 201 with the definition; 409 when the name is taken; 400 VALIDATION_ERROR for
+a ``type``/``fieldType`` pair HubSpot does not pair, an unknown group or an enumeration without
+options. Reading properties needs the object's schema read scope and changing them its write
+scope (``SCHEMA_SCOPES``, e.g. ``crm.schemas.companies.write``); a token without it
+(``HubSpotApi.scopes``) gets HubSpot's 403 ``MISSING_SCOPES`` naming the scope in
+``errors[].context.requiredGranularScopes``. ``HubSpotApi(bare=True)`` is a portal without
+pls-sync's properties, for ``pls-sync setup`` to create them.
+
 Where a client's correctness depends on it, the sandbox behaves like HubSpot rather than like
 a kind database. Each behaviour is on by default and tunable on ``HubSpotApi``:
 
@@ -112,6 +121,24 @@ DEFAULT_RETRY_AFTER_RATE = 0.5
 _Held = dict[str, dict[str, str]]
 # HubSpot's object type ids, as its messages name the types.
 _OBJECT_TYPE_IDS = {"contacts": "0-1", "companies": "0-2", "tasks": "0-27"}
+
+# The scopes reading and changing each object type's properties need (``crm.schemas.*``;
+# tasks are engagements, whose API asks the contacts scopes), as (read, write).
+SCHEMA_SCOPES = {
+    "companies": ("crm.schemas.companies.read", "crm.schemas.companies.write"),
+    "contacts": ("crm.schemas.contacts.read", "crm.schemas.contacts.write"),
+    "tasks": ("crm.objects.contacts.read", "crm.objects.contacts.write"),
+}
+# A private app's token has these unless a test takes some away (``HubSpotApi.scopes``).
+DEFAULT_SCOPES = frozenset(scope for pair in SCHEMA_SCOPES.values() for scope in pair)
+SCOPES_LINK = "https://developers.hubspot.com/scopes"
+MISSING_SCOPES_MESSAGE = (
+    "This app hasn't been granted all required scopes to make this call. "
+    f"Read more about required scopes here: {SCOPES_LINK}."
+)
+# What ``bare`` leaves out: pls-sync's company properties (this prefix) and its task property.
+PLS_SYNC_PREFIX = "pqa_"
+PLS_SYNC_GROUP = "pqa"
 
 # Task association type ids (HUBSPOT_DEFINED): task -> company 192, task -> contact 204.
 TASK_ASSOCIATIONS = {192: "companies", 204: "contacts"}
@@ -574,6 +601,16 @@ def default_groups() -> dict[str, dict[str, dict[str, Any]]]:
     }
 
 
+def _forget_pls_sync(
+    properties: dict[str, dict[str, dict[str, Any]]], groups: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    """Take pls-sync's properties and group out of a portal's definitions (``bare``)."""
+    for definitions in properties.values():
+        for name in [n for n in definitions if n.startswith(PLS_SYNC_PREFIX)]:
+            del definitions[name]
+    groups["companies"].pop(PLS_SYNC_GROUP, None)
+
+
 # --------------------------------------------------------------------------- rate limits
 
 
@@ -721,11 +758,16 @@ def _property_options(definition: dict[str, Any], raw: Any) -> list[dict[str, An
         raise HubSpotError(
             400, "VALIDATION_ERROR", f"{definition['name']} is a single checkbox: true or false"
         )
+    labels = {option["value"]: option["label"] for option in definition["options"]}
+    return _option_list(raw, labels)
+
+
+def _option_list(raw: Any, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Options from a request body; an option without a label keeps ``labels``' or its value."""
     if not isinstance(raw, list) or not raw:
         raise HubSpotError(
             400, "VALIDATION_ERROR", "Enumeration properties need at least one option"
         )
-    labels = {option["value"]: option["label"] for option in definition["options"]}
     options: list[dict[str, Any]] = []
     for order, item in enumerate(raw):
         value = item.get("value") if isinstance(item, dict) else None
@@ -735,7 +777,7 @@ def _property_options(definition: dict[str, Any], raw: Any) -> list[dict[str, An
             {
                 "label": str(item.get("label") or labels.get(value, value)),
                 "value": value,
-                "displayOrder": int(item.get("displayOrder", order)),
+                "displayOrder": _whole(item.get("displayOrder"), order),
                 "hidden": bool(item.get("hidden", False)),
             }
         )
@@ -743,6 +785,15 @@ def _property_options(definition: dict[str, Any], raw: Any) -> list[dict[str, An
     if len(set(values)) != len(values):
         raise HubSpotError(400, "VALIDATION_ERROR", "Option values must be unique")
     return options
+
+
+def _whole(raw: Any, default: int) -> int:
+    """An integer from a request body, ``default`` when absent or null."""
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise HubSpotError(400, "VALIDATION_ERROR", f"Invalid integer: {raw!r}")
+    return raw
 
 
 AUTH_MESSAGE = (
@@ -808,6 +859,12 @@ class HubSpotApi:
     ``search_per_second`` (default 5) the search endpoints' own limit; ``retry_after_rate``
     (default 0.5) the share of ten-second-window 429s that carry ``Retry-After``. All three are
     attributes too (see the module docstring); 0 turns each off (``retry_after_rate`` 1.0: always).
+
+    ``bare`` starts a portal that never saw pls-sync: no ``pqa_*`` company property, no ``pqa``
+    group, no task property ``pqa_alert_key`` and no stale PQA values on the seeded companies;
+    everything else is as without it. ``scopes`` (attribute too) are the scopes the token was
+    granted (default ``DEFAULT_SCOPES``): reading or changing an object type's properties
+    without its ``SCHEMA_SCOPES`` scope is HubSpot's 403 ``MISSING_SCOPES``.
     """
 
     def __init__(
@@ -827,8 +884,12 @@ class HubSpotApi:
         search_lag_seconds: float = DEFAULT_SEARCH_LAG,
         search_per_second: int | None = DEFAULT_SEARCH_PER_SECOND,
         retry_after_rate: float = DEFAULT_RETRY_AFTER_RATE,
+        bare: bool = False,
+        scopes: Iterable[str] | None = None,
     ):
         self.seed = seed
+        self.bare = bare
+        self.scopes: set[str] = set(DEFAULT_SCOPES if scopes is None else scopes)
         self.portal_id = portal_id
         self.merge_keeps_primary_id = merge_keeps_primary_id
         self._identity_changes = 0
@@ -871,6 +932,8 @@ class HubSpotApi:
             self.owners,
         )
         self.groups = default_groups()
+        if bare:
+            _forget_pls_sync(self.properties, self.groups)
         self.archived_properties: dict[str, dict[str, dict[str, Any]]] = {
             t: {} for t in OBJECT_TYPES
         }
@@ -1271,9 +1334,29 @@ class HubSpotApi:
             )
         if route.kind == "objects":
             return self._objects(method, object_type, route.rest, request)
+        self._check_schema_scope(object_type, write=method != "GET")
         if route.kind == "properties":
             return self._properties(method, object_type, route.rest, request)
         return self._groups(method, object_type, route.rest, request)
+
+    def _check_schema_scope(self, object_type: str, *, write: bool) -> None:
+        """HubSpot's 403 MISSING_SCOPES when the token lacks the properties scope needed."""
+        read_scope, write_scope = SCHEMA_SCOPES[object_type]
+        needed = write_scope if write else read_scope
+        if needed in self.scopes:
+            return
+        raise HubSpotError(
+            403,
+            "MISSING_SCOPES",
+            MISSING_SCOPES_MESSAGE,
+            errors=[
+                {
+                    "message": "One or more of the following scopes are required.",
+                    "context": {"requiredGranularScopes": [needed]},
+                }
+            ],
+            links={"scopes": SCOPES_LINK},
+        )
 
     @staticmethod
     def _not_allowed(method: str) -> HubSpotError:
@@ -2379,22 +2462,18 @@ class HubSpotApi:
             raise HubSpotError(
                 400, "VALIDATION_ERROR", f"Property group {body['groupName']} does not exist"
             )
-        options = body.get("options") or []
-        if kind == "enumeration" and not options:
-            raise HubSpotError(
-                400, "VALIDATION_ERROR", "Enumeration properties need at least one option"
-            )
         definition = _prop(
             name,
             str(body["label"]),
             kind,
             field_type,
             str(body["groupName"]),
-            options=[(str(o["value"]), str(o.get("label", o["value"]))) for o in options],
             hubspot_defined=False,
             unique=bool(body.get("hasUniqueValue", False)),
             description=str(body.get("description", "")),
         )
+        if kind == "enumeration":
+            definition["options"] = _option_list(body.get("options"), {})
         stamp = iso_ms(self._now())
         definition.update(
             createdAt=stamp, updatedAt=stamp, displayOrder=int(body.get("displayOrder", -1))
@@ -2599,11 +2678,14 @@ def _seed_portal(api: HubSpotApi, picture: Sequence[dict[str, Any]], seed: int) 
                     ]
                 )
             if rng.random() < 0.05:  # stale values from an earlier scoring tool
-                values.update(
-                    pqa_score=str(rng.randint(5, 95)),
-                    pqa_tier=rng.choice([v for v, _ in PQA_TIERS]),
-                    pqa_signals="Pricing page viewed",
-                )
+                stale = {
+                    "pqa_score": str(rng.randint(5, 95)),
+                    "pqa_tier": rng.choice([v for v, _ in PQA_TIERS]),
+                    "pqa_signals": "Pricing page viewed",
+                }
+                # Drawn either way, so a bare portal holds the same companies otherwise.
+                if not api.bare:
+                    values.update(stale)
             parent = ids.get(str(item.get("parent_key") or ""))
             if parent:
                 values["hs_parent_company_id"] = parent

@@ -57,6 +57,24 @@ default and tunable by a constructor argument of the same name (or the attribute
   ``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` with the lock in a trigger's message ("trigger"), or
   the two in turn, direct first ("mixed").
 
+What ``pls-sync setup`` needs is served too. Tooling API ``CustomField``: ``POST
+tooling/sobjects/CustomField`` with ``FullName`` (``Account.Score__c``) and ``Metadata`` (Text,
+LongTextArea, Number, DateTime, Date, Checkbox, Email, Url, Phone, restricted or open Picklist,
+``externalId``, ``unique``) answers 201 and describe shows the field at once (counted as
+``sf.tooling.customfield.create``); a taken name is 400 DUPLICATE_DEVELOPER_NAME, bad metadata 400
+FIELD_INTEGRITY_EXCEPTION or REQUIRED_FIELD_MISSING. ``GET tooling/query`` (CustomField:
+Id, DeveloperName, TableEnumOrId, NamespacePrefix, FullName, Metadata; the last two for one row
+at most) and ``GET tooling/sobjects/CustomField/{id}`` read fields back; ``PATCH`` with the whole
+``Metadata`` replaces the definition (picklist values left out are gone; the type stays;
+``sf.tooling.customfield.update``). ``PermissionSet``, ``FieldPermissions`` (read needed for
+edit, permissionable fields only, one row per field and set) and ``PermissionSetAssignment``
+(one per user and set, else DUPLICATE_VALUE) are sObjects; ``GET /services/oauth2/userinfo``
+says who the session belongs to. ``can_customize`` and ``can_manage_permissions`` (True) take
+"Customize Application" and "Manage Profiles and Permission Sets" away from the integration
+user: those writes then answer 400 INSUFFICIENT_ACCESS_OR_READONLY. ``bare=True`` starts an org
+without pls-sync's fields (``is_pls_sync_field``: ``Account.Domain__c``, every
+``Account.PQA_*__c``, ``Task.PQA_Alert_Key__c``).
+
 simple-salesforce always builds ``https://`` URLs; ``sandbox_login_session`` gives it a
 ``requests.Session`` that carries those (and the login hosts) to the sandbox over plain HTTP.
 """
@@ -164,6 +182,14 @@ class FieldSpec:
     relationship: str | None = None
     # The field's "External ID" attribute: an indexed key that upsert can match records by.
     external_id: bool = False
+    # "Unique": no two records may hold the same value (Text, Number and Email fields).
+    unique: bool = False
+
+    @property
+    def permissionable(self) -> bool:
+        """Whether field-level security (FieldPermissions) applies: custom fields and optional
+        writable standard ones; required and system fields are always visible."""
+        return self.custom or (self.nillable and (self.updateable or self.createable))
 
     def describe(self) -> dict[str, Any]:
         """The field's entry in the describe response."""
@@ -193,8 +219,9 @@ class FieldSpec:
             "nillable": self.nillable,
             "custom": self.custom,
             "calculated": False,
-            "unique": False,
+            "unique": self.unique,
             "externalId": self.external_id,
+            "permissionable": self.permissionable,
             "idLookup": self.name == "Id" or self.external_id,
             "filterable": self.type != "textarea" or self.length <= 255,
             "sortable": self.type != "textarea" or self.length <= 255,
@@ -422,9 +449,10 @@ INDUSTRIES = (
 )
 
 
-def build_schema() -> dict[str, ObjectSpec]:
-    """The org's objects: Account (with the PQA fields already created), Lead, Contact, Task, User
-    and the Organization itself."""
+def build_schema(*, bare: bool = False) -> dict[str, ObjectSpec]:
+    """The org's objects: Account (with the PQA fields already created), Lead, Contact, Task, User,
+    the permission objects (PermissionSet, FieldPermissions, PermissionSetAssignment) and the
+    Organization itself. ``bare``: without pls-sync's own custom fields (see ``PLS_SYNC_FIELDS``)."""
     account = ObjectSpec(
         "Account",
         "Account",
@@ -640,6 +668,7 @@ def build_schema() -> dict[str, ObjectSpec]:
                 length=64,
                 custom=True,
                 external_id=True,
+                unique=True,
             ),
         ),
         defaults=(("Status", "Not Started"), ("Priority", "Normal")),
@@ -663,7 +692,92 @@ def build_schema() -> dict[str, ObjectSpec]:
         required=("LastName", "Username", "Email"),
         defaults=(("IsActive", True),),
     )
-    return {spec.name: spec for spec in (account, lead, contact, task, user, _organization())}
+    objects = (account, lead, contact, task, user, *_permission_objects(), _organization())
+    if bare:
+        objects = tuple(_without_pls_sync_fields(spec) for spec in objects)
+    return {spec.name: spec for spec in objects}
+
+
+def is_pls_sync_field(sobject: str, name: str) -> bool:
+    """Whether a field is one pls-sync's setup creates (absent from a ``bare`` org)."""
+    if sobject == "Account":
+        return name == "Domain__c" or (name.startswith("PQA_") and name.endswith("__c"))
+    return (sobject, name) == ("Task", "PQA_Alert_Key__c")
+
+
+def _without_pls_sync_fields(spec: ObjectSpec) -> ObjectSpec:
+    kept = tuple(f for f in spec.fields if not is_pls_sync_field(spec.name, f.name))
+    if len(kept) == len(spec.fields):
+        return spec
+    # Fresh lookup tables: replace() would carry over the ones that still name the dropped fields.
+    return replace(spec, fields=kept, by_lower={}, relationships={})
+
+
+def _permission_objects() -> tuple[ObjectSpec, ...]:
+    """PermissionSet, FieldPermissions and PermissionSetAssignment, as far as setup uses them."""
+    permission_set = ObjectSpec(
+        "PermissionSet",
+        "Permission Set",
+        "Permission Sets",
+        "0PS",
+        (
+            _id_field(),
+            FieldSpec("Name", "API Name", "string", length=80, nillable=False),
+            FieldSpec("Label", "Permission Set Name", "string", length=80, nillable=False),
+            FieldSpec("Description", "Description", "string", length=255),
+            FieldSpec("IsCustom", "Custom", "boolean", nillable=False, createable=False),
+            FieldSpec(
+                "IsOwnedByProfile", "Is Owned By Profile", "boolean", nillable=False,
+                createable=False, updateable=False,
+            ),
+            *_system_fields(),
+        ),
+        required=("Name", "Label"),
+        defaults=(("IsCustom", True), ("IsOwnedByProfile", False)),
+    )  # fmt: skip
+    field_permissions = ObjectSpec(
+        "FieldPermissions",
+        "Field Permissions",
+        "Field Permissions",
+        "01k",
+        (
+            _id_field(),
+            FieldSpec(
+                "ParentId", "Parent ID", "reference", length=18, nillable=False,
+                reference_to=("PermissionSet",), relationship="Parent", updateable=False,
+            ),
+            FieldSpec(
+                "SobjectType", "SObject Type Name", "string", length=40, nillable=False,
+                updateable=False,
+            ),
+            FieldSpec("Field", "Field Name", "string", length=255, nillable=False, updateable=False),
+            FieldSpec("PermissionsRead", "Read Field", "boolean", nillable=False),
+            FieldSpec("PermissionsEdit", "Edit Field", "boolean", nillable=False),
+            *(f for f in _system_fields() if f.name == "SystemModstamp"),
+        ),
+        required=("ParentId", "SobjectType", "Field"),
+        defaults=(("PermissionsRead", False), ("PermissionsEdit", False)),
+    )  # fmt: skip
+    assignment = ObjectSpec(
+        "PermissionSetAssignment",
+        "Permission Set Assignment",
+        "Permission Set Assignments",
+        "0Pa",
+        (
+            _id_field(),
+            FieldSpec(
+                "AssigneeId", "Assignee ID", "reference", length=18, nillable=False,
+                reference_to=("User",), relationship="Assignee", updateable=False,
+            ),
+            FieldSpec(
+                "PermissionSetId", "Permission Set ID", "reference", length=18, nillable=False,
+                reference_to=("PermissionSet",), relationship="PermissionSet", updateable=False,
+            ),
+            *(f for f in _system_fields() if f.name == "SystemModstamp"),
+        ),
+        required=("AssigneeId", "PermissionSetId"),
+    )  # fmt: skip
+    return permission_set, field_permissions, assignment
 
 
 # --------------------------------------------------------------------------- ids and values
@@ -949,8 +1063,11 @@ class SalesforceApi:
         lock_error_style: str = "mixed",
         refuse_malformed_collections: bool = True,
         seed: int = 0,
+        bare: bool = False,
     ):
-        self.schema = build_schema()
+        # bare: an org where nobody has created pls-sync's fields yet (``pls-sync setup`` does).
+        self.bare = bare
+        self.schema = build_schema(bare=bare)
         self._schema_lower = {name.lower(): spec for name, spec in self.schema.items()}
         self.faults = faults or FaultInjector()
         self.base_url = base_url.rstrip("/")
@@ -998,6 +1115,15 @@ class SalesforceApi:
         self._lock = threading.RLock()
         # Every SOQL text received (query and queryAll), so tests can see the filters sent.
         self.queries: list[str] = []
+        # The integration user's "Customize Application" (Tooling API CustomField create and
+        # update) and "Manage Profiles and Permission Sets" / "Assign Permission Sets" (creating
+        # and changing PermissionSet, FieldPermissions and PermissionSetAssignment records).
+        self.can_customize = True
+        self.can_manage_permissions = True
+        # Tooling API CustomField ids ("00N...") by (object, field), given on first sight.
+        self._custom_field_ids: dict[tuple[str, str], str] = {}
+        # What a CustomField's Metadata holds beyond describe (visibleLines, description).
+        self._field_extras: dict[tuple[str, str], dict[str, Any]] = {}
         self.integration_user = self.insert(
             "User",
             {
@@ -1460,6 +1586,396 @@ class SalesforceApi:
         entry = self.change_field(target[0], target[1], **change)
         return Response(200, {"object": target[0], "field": target[1], "describe": entry})
 
+    # ----------------------------------------------------------------- setup: fields and access
+
+    def describe_fields(self, sobject: str) -> dict[str, dict[str, Any]]:
+        """The object's describe entries by field name (a Python shortcut for tests)."""
+        with self._lock:
+            spec = self.spec(sobject)
+            if spec is None:
+                raise LookupError(f"no sObject {sobject}")
+            return {f.name: f.describe() for f in spec.fields}
+
+    def custom_field_id(self, sobject: str, name: str) -> str | None:
+        """The Tooling API id (``00N...``) of a custom field, or None when there is no such one."""
+        with self._lock:
+            spec = self.spec(sobject)
+            field_spec = spec.field(name) if spec is not None else None
+            if spec is None or field_spec is None or not field_spec.custom:
+                return None
+            key = (spec.name, field_spec.name)
+            if key not in self._custom_field_ids:
+                self._custom_field_ids[key] = make_id("00N", next(self._sequence))
+            return self._custom_field_ids[key]
+
+    def _custom_field_by_id(self, field_id: str) -> tuple[ObjectSpec, FieldSpec] | None:
+        wanted = id18(field_id) if len(field_id) == 15 else field_id
+        for (sobject, name), known in self._custom_field_ids.items():
+            spec = self.spec(sobject)
+            field_spec = spec.field(name) if spec is not None else None
+            if known == wanted and spec is not None and field_spec is not None:
+                return spec, field_spec
+        return None
+
+    def create_custom_field(self, full_name: Any, metadata: Any) -> str:
+        """Create a custom field as the Tooling API does (``FullName`` ``Object.Name__c`` and its
+        ``Metadata``); describe shows it at once. Returns its id; ``RecordError`` as the API
+        refuses it."""
+        with self._lock:
+            if not self.can_customize:
+                raise RecordError("INSUFFICIENT_ACCESS_OR_READONLY", _NO_CUSTOMIZE)
+            spec, name = self._new_field_target(full_name)
+            field_spec = custom_field_from_metadata(name, metadata)
+            self._field_extras[(spec.name, name)] = _metadata_extras(metadata)
+            self._replace_object(spec, (*spec.fields, field_spec))
+            for record in self.records[spec.name].values():
+                record.setdefault(name, None)
+            field_id = self.custom_field_id(spec.name, name)
+            assert field_id is not None
+            return field_id
+
+    def _new_field_target(self, full_name: Any) -> tuple[ObjectSpec, str]:
+        """The object and the field name of a ``FullName``, checked for a new custom field."""
+        if not isinstance(full_name, str) or full_name.count(".") != 1:
+            raise RecordError(
+                "REQUIRED_FIELD_MISSING",
+                "FullName is required: the object and field API names, e.g. Account.Score__c",
+                ["FullName"],
+            )
+        sobject, name = full_name.split(".")
+        spec = self.spec(sobject)
+        if spec is None:
+            raise RecordError("INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
+        base = name[: -len("__c")] if name.endswith("__c") else ""
+        if (
+            not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,39}", base)
+            or "__" in base
+            or base.endswith("_")
+        ):
+            raise RecordError("FIELD_INTEGRITY_EXCEPTION", _BAD_FIELD_NAME, ["FullName"])
+        if spec.field(name) is not None:
+            raise RecordError(
+                "DUPLICATE_DEVELOPER_NAME", f"There is already a field named {base} on {spec.name}."
+            )
+        return spec, name
+
+    def update_custom_field(self, field_id: str, metadata: Any) -> None:
+        """Replace a custom field's metadata as a Tooling API PATCH does: the whole ``Metadata``
+        is the new definition (picklist values it leaves out are gone, ``externalId`` and
+        ``unique`` are what it says). The type cannot change here. ``LookupError`` for an
+        unknown id, ``RecordError`` as the API refuses it."""
+        with self._lock:
+            if not self.can_customize:
+                raise RecordError("INSUFFICIENT_ACCESS_OR_READONLY", _NO_CUSTOMIZE)
+            found = self._custom_field_by_id(field_id)
+            if found is None:
+                raise LookupError(field_id)
+            spec, current = found
+            changed = custom_field_from_metadata(current.name, metadata)
+            if changed.type != current.type:
+                raise RecordError(
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    f"{current.name}: the sandbox does not change a field's type "
+                    f"({current.type} to {changed.type}); Setup's Change Field Type does",
+                )
+            changed = replace(changed, updateable=current.updateable, createable=current.createable)
+            self._field_extras[(spec.name, current.name)] = _metadata_extras(metadata)
+            self._replace_object(spec, tuple(changed if f is current else f for f in spec.fields))
+
+    def custom_field_record(self, field_id: str, version: str) -> dict[str, Any] | None:
+        """The Tooling API CustomField record (with ``FullName`` and ``Metadata``), or None."""
+        with self._lock:
+            found = self._custom_field_by_id(field_id)
+            if found is None:
+                return None
+            spec, field_spec = found
+            row = self._custom_field_row(spec, field_spec, version)
+            row["Metadata"] = metadata_of(field_spec, self._field_extras.get(row["_key"], {}))
+            row.pop("_key")
+            return row
+
+    def _custom_field_row(
+        self, spec: ObjectSpec, field_spec: FieldSpec, version: str
+    ) -> dict[str, Any]:
+        field_id = self.custom_field_id(spec.name, field_spec.name)
+        extras = self._field_extras.get((spec.name, field_spec.name), {})
+        return {
+            "attributes": {
+                "type": "CustomField",
+                "url": f"/services/data/v{version}/tooling/sobjects/CustomField/{field_id}",
+            },
+            "Id": field_id,
+            "TableEnumOrId": spec.name,
+            "DeveloperName": field_spec.name[: -len("__c")],
+            "NamespacePrefix": None,
+            "ManageableState": "unmanaged",
+            "FullName": f"{spec.name}.{field_spec.name}",
+            "Description": extras.get("description"),
+            "Length": field_spec.length or None,
+            "Precision": field_spec.precision or None,
+            "Scale": field_spec.scale if field_spec.type == "double" else None,
+            "_key": (spec.name, field_spec.name),
+        }
+
+    def _tooling_route(self, method: str, ctx: _Ctx) -> tuple[str, Handler | None, _Ctx]:
+        parts = ctx.parts
+        n = len(parts)
+        if n == 2 and parts[1].lower() == "query" and method == "GET":
+            return "sf.customfield.query", self._tooling_query, ctx
+        if n >= 3 and parts[1].lower() == "sobjects" and parts[2] == "CustomField":
+            if n == 3 and method == "POST":
+                return "sf.tooling.customfield.create", self._tooling_create_field, ctx
+            if n == 4 and method == "GET":
+                return "sf.customfield.get", self._tooling_get_field, ctx
+            if n == 4 and method == "PATCH":
+                return "sf.tooling.customfield.update", self._tooling_update_field, ctx
+        return "sf.tooling.unknown", None, ctx
+
+    def _tooling_create_field(self, request: Request, ctx: _Ctx) -> Response:
+        body = _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict):
+            return Response(400, _json_parser_error("Can not deserialize CustomField"))
+        try:
+            field_id = self.create_custom_field(body.get("FullName"), body.get("Metadata"))
+        except RecordError as exc:
+            return Response(400, [exc.rest_error()])
+        return Response(
+            201, {"id": field_id, "success": True, "errors": [], "warnings": [], "infos": []}
+        )
+
+    def _tooling_get_field(self, request: Request, ctx: _Ctx) -> Response:
+        record = self.custom_field_record(ctx.parts[3], ctx.version)
+        return Response(200, record) if record is not None else Response(404, _NOT_FOUND)
+
+    def _tooling_update_field(self, request: Request, ctx: _Ctx) -> Response:
+        body = _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict) or "Metadata" not in body:
+            return Response(
+                400,
+                [
+                    {
+                        "errorCode": "REQUIRED_FIELD_MISSING",
+                        "message": "Metadata is required: send the field's whole definition",
+                        "fields": ["Metadata"],
+                    }
+                ],
+            )
+        try:
+            self.update_custom_field(ctx.parts[3], body["Metadata"])
+        except LookupError:
+            return Response(404, _NOT_FOUND)
+        except RecordError as exc:
+            return Response(400, [exc.rest_error()])
+        return Response(204)
+
+    def _tooling_query(self, request: Request, ctx: _Ctx) -> Response:
+        """Tooling API SOQL over ``CustomField`` (Id, DeveloperName, TableEnumOrId,
+        NamespacePrefix, FullName, Metadata); FullName and Metadata only for one row at most."""
+        text = request.param("q")
+        if not text:
+            return Response(
+                400,
+                [{"message": "A query string has to be specified", "errorCode": "MALFORMED_QUERY"}],
+            )
+        self.queries.append(text)
+        try:
+            return Response(200, self._run_tooling_query(text, ctx.version))
+        except soql.SoqlError as exc:
+            return Response(400, [{"message": exc.message, "errorCode": exc.code}])
+
+    def _run_tooling_query(self, text: str, version: str) -> dict[str, Any]:
+        query = soql.parse(text)
+        if query.sobject.lower() != "customfield":
+            raise soql.SoqlError(
+                "INVALID_TYPE", f"sObject type '{query.sobject}' is not supported here."
+            )
+        columns = {name.lower(): name for name in _TOOLING_CUSTOM_FIELD_COLUMNS}
+        for ref in (*query.fields, *query.where_fields(), *(o.field for o in query.order_by)):
+            if len(ref.path) != 1 or ref.path[0].lower() not in columns:
+                raise soql.invalid_field(query, ref, f"No such column '{ref.dotted}' on entity "
+                                         "'CustomField'.")  # fmt: skip
+        rows = []
+        for spec in self.schema.values():
+            for field_spec in spec.fields:
+                if field_spec.custom:
+                    row = self._custom_field_row(spec, field_spec, version)
+                    row["Metadata"] = metadata_of(
+                        field_spec, self._field_extras.get(row["_key"], {})
+                    )
+                    rows.append(row)
+        now = self.now()
+
+        def value(row: Mapping[str, Any], ref: soql.FieldRef) -> Any:
+            return row.get(columns[ref.path[0].lower()])
+
+        if query.where is not None:
+            where = query.where
+            rows = [r for r in rows if soql.evaluate(where, lambda ref, r=r: value(r, ref), now)]  # type: ignore[misc]
+        if query.order_by:
+            rows = soql.sort_rows(rows, query.order_by, value)
+        if query.limit is not None:
+            rows = rows[: query.limit]
+        wanted = [columns[ref.path[0].lower()] for ref in query.fields]
+        if {"FullName", "Metadata"} & set(wanted) and len(rows) > 1:
+            raise soql.SoqlError(
+                "MALFORMED_QUERY",
+                "When retrieving results with Metadata or FullName fields, the query "
+                "qualifications must specify no more than one row for retrieval. Result size: "
+                f"{len(rows)}",
+            )
+        records = [
+            {"attributes": row["attributes"], **{name: row[name] for name in wanted}}
+            for row in rows
+        ]
+        return {
+            "size": len(records),
+            "totalSize": len(records),
+            "done": True,
+            "queryLocator": None,
+            "entityTypeName": "CustomField",
+            "records": records,
+        }
+
+    def _userinfo(self, request: Request, ctx: _Ctx) -> Response:
+        """OpenID Connect UserInfo: who the access token belongs to."""
+        user = self.records["User"][self.integration_user]
+        return Response(
+            200,
+            {
+                "sub": f"{self.base_url}/id/{self.org_id}/{self.integration_user}",
+                "user_id": self.integration_user,
+                "organization_id": self.org_id,
+                "preferred_username": self.username,
+                "nickname": "integration",
+                "name": user.get("Name") or "Integration User",
+                "email": self.username,
+                "email_verified": True,
+                "given_name": user.get("FirstName"),
+                "family_name": user.get("LastName"),
+                "zoneinfo": "Etc/UTC",
+                "active": True,
+                "user_type": "STANDARD",
+            },
+        )
+
+    def _check_setup_record(
+        self, spec: ObjectSpec, values: Mapping[str, Any], record: Mapping[str, Any] | None
+    ) -> None:
+        """The rules the org applies to PermissionSet, FieldPermissions and
+        PermissionSetAssignment writes (``record``: the one being updated, None on create)."""
+        if spec.name not in _PERMISSION_OBJECTS:
+            return
+        if not self.can_manage_permissions:
+            raise RecordError(
+                "INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id"
+            )
+        merged = {**(record or {}), **values}
+        if spec.name == "PermissionSet":
+            self._check_permission_set(merged, record)
+        elif spec.name == "FieldPermissions":
+            self._check_field_permissions(merged, record)
+        else:
+            self._check_assignment(merged)
+
+    def _live_rows(self, sobject: str) -> list[dict[str, Any]]:
+        return [r for r in self.records[sobject].values() if not r["IsDeleted"]]
+
+    def _check_permission_set(
+        self, values: Mapping[str, Any], record: Mapping[str, Any] | None
+    ) -> None:
+        name = str(values.get("Name") or "")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or "__" in name or name[-1] == "_":
+            raise RecordError(
+                "FIELD_INTEGRITY_EXCEPTION",
+                "The API Name can only contain underscores and alphanumeric characters. It must "
+                "begin with a letter, not include spaces, not end with an underscore, and not "
+                "contain two consecutive underscores.",
+                ["Name"],
+            )
+        for other in self._live_rows("PermissionSet"):
+            if other["Id"] != (record or {}).get("Id") and str(other["Name"]).lower() == (
+                name.lower()
+            ):
+                raise RecordError(
+                    "DUPLICATE_VALUE",
+                    f"duplicate value found: Name duplicates value on record with id: "
+                    f"{other['Id']}",
+                    ["Name"],
+                )
+
+    def _check_field_permissions(
+        self, values: Mapping[str, Any], record: Mapping[str, Any] | None
+    ) -> None:
+        parent = self._find("PermissionSet", str(values.get("ParentId") or ""))
+        if parent is None or parent["IsDeleted"]:
+            raise RecordError(
+                "FIELD_INTEGRITY_EXCEPTION",
+                "Parent ID: id value of incorrect type: " + str(values.get("ParentId")),
+                ["ParentId"],
+            )
+        field_name = str(values.get("Field") or "")
+        sobject, _, name = field_name.partition(".")
+        spec = self.spec(sobject)
+        target = spec.field(name) if spec is not None else None
+        if spec is None or target is None or not target.permissionable:
+            raise RecordError(
+                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                f"Field Name: bad value for restricted picklist field: {field_name}",
+                ["Field"],
+            )
+        if str(values.get("SobjectType") or "").lower() != spec.name.lower():
+            raise RecordError(
+                "FIELD_INTEGRITY_EXCEPTION",
+                f"SObject Type Name must be the object the field belongs to ({spec.name})",
+                ["SobjectType"],
+            )
+        if values.get("PermissionsEdit") and not values.get("PermissionsRead"):
+            raise RecordError(
+                "FIELD_INTEGRITY_EXCEPTION",
+                "Permission Edit depends on permission(s): Read",
+                ["PermissionsEdit"],
+            )
+        if values.get("PermissionsEdit") and not target.updateable:
+            raise RecordError(
+                "FIELD_INTEGRITY_EXCEPTION",
+                f"{field_name} is read-only: it cannot be given edit access",
+                ["PermissionsEdit"],
+            )
+        for other in self._live_rows("FieldPermissions"):
+            if (
+                other["Id"] != (record or {}).get("Id")
+                and other["ParentId"] == parent["Id"]
+                and str(other["Field"]).lower() == field_name.lower()
+            ):
+                raise RecordError(
+                    "DUPLICATE_VALUE",
+                    "duplicate value found: <unknown> duplicates value on record with id: "
+                    "<unknown>",
+                )
+
+    def _check_assignment(self, values: Mapping[str, Any]) -> None:
+        for sobject, key in (("User", "AssigneeId"), ("PermissionSet", "PermissionSetId")):
+            target = self._find(sobject, str(values.get(key) or ""))
+            if target is None or target["IsDeleted"]:
+                raise RecordError(
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    f"field integrity exception: unknown ({key})",
+                    [key],
+                )
+        for other in self._live_rows("PermissionSetAssignment"):
+            if other["AssigneeId"] == values.get("AssigneeId") and other[
+                "PermissionSetId"
+            ] == values.get("PermissionSetId"):
+                raise RecordError(
+                    "DUPLICATE_VALUE",
+                    "duplicate value found: <unknown> duplicates value on record with id: "
+                    "<unknown>",
+                )
+
     # ----------------------------------------------------------------- module contract
 
     def handles(self, path: str) -> bool:
@@ -1549,6 +2065,8 @@ class SalesforceApi:
             return "sf.oauth", self._oauth_token, _Ctx()
         if path == "/services/data" and method == "GET":
             return "sf.versions", self._versions, _Ctx()
+        if path == "/services/oauth2/userinfo" and method == "GET":
+            return "sf.userinfo", self._userinfo, _Ctx()
         match = re.match(r"^/services/data/v(\d+\.\d)(?:/(.*))?$", path)
         if not match or match.group(1) not in _VERSIONS:
             return "sf.unknown", None, _Ctx()
@@ -1583,6 +2101,8 @@ class SalesforceApi:
                 return "sf.sobject.delete", self._delete_record, ctx
             if n == 4 and method == "PATCH":
                 return "sf.sobject.upsert", self._upsert, ctx
+        if head == "tooling":
+            return self._tooling_route(method, ctx)
         if head == "composite" and n == 2 and parts[1].lower() == "sobjects" and method == "PATCH":
             return "sf.composite.sobjects.patch", self._collection_update, ctx
         if head == "jobs" and n >= 2 and parts[1].lower() == "ingest":
@@ -2017,6 +2537,7 @@ class SalesforceApi:
             return Response(status, [exc.rest_error()])
         try:
             changes = self._prepare(spec, body, source="rest", creating=False)
+            self._check_setup_record(spec, changes, record)
             if self._locked("sf.sobject.patch", [record["Id"]]):
                 raise self._lock_error(record["Id"])
         except RecordError as exc:
@@ -2129,6 +2650,7 @@ class SalesforceApi:
             )
         try:
             values = self._values_to_insert(spec, body)
+            self._check_setup_record(spec, values, None)
         except RecordError as exc:
             return Response(400, [exc.rest_error()])
         record_id = self.insert(spec.name, values)
@@ -2756,6 +3278,182 @@ def _changed_field(
             )
         changes["external_id"] = external_id
     return replace(spec, **changes)
+
+
+# --------------------------------------------------------------------------- Tooling API fields
+
+_NO_CUSTOMIZE = "insufficient access rights on object id"
+_BAD_FIELD_NAME = (
+    "The Field Name field can only contain underscores and alphanumeric characters. It must be "
+    "unique, begin with a letter, not include spaces, not end with an underscore, and not "
+    "contain two consecutive underscores."
+)
+_TOOLING_CUSTOM_FIELD_COLUMNS = (
+    "Id",
+    "DeveloperName",
+    "TableEnumOrId",
+    "NamespacePrefix",
+    "ManageableState",
+    "FullName",
+    "Description",
+    "Length",
+    "Precision",
+    "Scale",
+    "Metadata",
+)
+_PERMISSION_OBJECTS = frozenset({"PermissionSet", "FieldPermissions", "PermissionSetAssignment"})
+# Metadata API field types the sandbox creates, and the describe type each becomes.
+_METADATA_TYPES = {
+    "Text": "string",
+    "TextArea": "textarea",
+    "LongTextArea": "textarea",
+    "Number": "double",
+    "DateTime": "datetime",
+    "Date": "date",
+    "Checkbox": "boolean",
+    "Email": "email",
+    "Url": "url",
+    "Phone": "phone",
+    "Picklist": "picklist",
+}
+_FIXED_LENGTHS = {"TextArea": 255, "Email": 80, "Url": 255, "Phone": 40, "Picklist": 255}
+# "Long text area: up to 131,072 characters"; a Text field holds 1 to 255.
+MAX_LONG_TEXT = 131_072
+_KEYABLE_METADATA_TYPES = frozenset({"Text", "Number", "Email"})
+
+
+def _integrity(message: str, field_name: str | None = None) -> RecordError:
+    return RecordError("FIELD_INTEGRITY_EXCEPTION", message, [field_name] if field_name else [])
+
+
+def _whole_number(metadata: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = metadata.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _integrity(f"{key} must be a whole number from {low} to {high}, not {value!r}", key)
+    return value
+
+
+def _picklist_values(metadata: Mapping[str, Any]) -> tuple[tuple[str, ...], bool]:
+    """A Picklist's values and whether it is restricted, from its ``valueSet``."""
+    value_set = metadata.get("valueSet")
+    definition = value_set.get("valueSetDefinition") if isinstance(value_set, dict) else None
+    entries = definition.get("value") if isinstance(definition, dict) else None
+    if not isinstance(value_set, dict) or not isinstance(entries, list) or not entries:
+        raise _integrity(
+            "A Picklist needs valueSet.valueSetDefinition.value: at least one value", "valueSet"
+        )
+    values = []
+    for entry in entries:
+        name = entry.get("fullName") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            raise _integrity(f"each picklist value needs a fullName, not {entry!r}", "valueSet")
+        values.append(name)
+    if len({v.lower() for v in values}) != len(values):
+        raise _integrity("Duplicate picklist value in valueSetDefinition", "valueSet")
+    return tuple(values), bool(value_set.get("restricted", False))
+
+
+def custom_field_from_metadata(name: str, metadata: Any) -> FieldSpec:
+    """The describe-level field a Tooling API ``Metadata`` defines, or the ``RecordError`` the
+    org answers (FIELD_INTEGRITY_EXCEPTION, REQUIRED_FIELD_MISSING)."""
+    if not isinstance(metadata, dict):
+        raise RecordError("REQUIRED_FIELD_MISSING", "Required fields are missing: [Metadata]")
+    label, kind = metadata.get("label"), metadata.get("type")
+    if not isinstance(label, str) or not label.strip():
+        raise RecordError("REQUIRED_FIELD_MISSING", "Required fields are missing: [label]")
+    if len(label) > 40:
+        raise _integrity("label: data value too large (max length=40)", "label")
+    if kind not in _METADATA_TYPES:
+        raise _integrity(f"type must be one of {', '.join(_METADATA_TYPES)}, not {kind!r}", "type")
+    keyed = bool(metadata.get("externalId")) or bool(metadata.get("unique"))
+    if keyed and kind not in _KEYABLE_METADATA_TYPES:
+        raise _integrity(f"A {kind} field cannot be an External ID or unique", "externalId")
+    spec = FieldSpec(
+        name,
+        label,
+        _METADATA_TYPES[kind],
+        length=_FIXED_LENGTHS.get(kind, 0),
+        custom=True,
+        external_id=bool(metadata.get("externalId")),
+        unique=bool(metadata.get("unique")),
+    )
+    if kind == "Text":
+        return replace(spec, length=_whole_number(metadata, "length", 1, 255))
+    if kind == "LongTextArea":
+        _whole_number(metadata, "visibleLines", 2, 50)
+        return replace(spec, length=_whole_number(metadata, "length", 256, MAX_LONG_TEXT))
+    if kind == "Number":
+        precision = _whole_number(metadata, "precision", 1, MAX_NUMBER_DIGITS)
+        scale = _whole_number(metadata, "scale", 0, precision)
+        return replace(spec, precision=precision, scale=scale)
+    if kind == "Checkbox":
+        if str(metadata.get("defaultValue", "")).lower() not in ("true", "false"):
+            raise _integrity("A Checkbox needs defaultValue true or false", "defaultValue")
+        return replace(spec, nillable=False)
+    if kind == "Picklist":
+        values, restricted = _picklist_values(metadata)
+        return replace(spec, picklist=values, restricted=restricted)
+    return spec
+
+
+def _metadata_extras(metadata: Any) -> dict[str, Any]:
+    """What a field's Metadata holds that describe does not (kept for reading it back)."""
+    if not isinstance(metadata, dict):
+        return {}
+    return {
+        k: metadata[k] for k in ("description", "visibleLines", "inlineHelpText") if k in metadata
+    }
+
+
+def metadata_of(spec: FieldSpec, extras: Mapping[str, Any]) -> dict[str, Any]:
+    """A custom field's Tooling API ``Metadata`` (CustomFieldMetadata), from its describe."""
+    kind = {
+        "string": "Text",
+        "double": "Number",
+        "datetime": "DateTime",
+        "date": "Date",
+        "boolean": "Checkbox",
+        "email": "Email",
+        "url": "Url",
+        "phone": "Phone",
+        "picklist": "Picklist",
+        "multipicklist": "MultiselectPicklist",
+        "int": "Number",
+    }.get(spec.type, "TextArea")
+    if spec.type == "textarea" and spec.length > 255:
+        kind = "LongTextArea"
+    out: dict[str, Any] = {
+        "label": spec.label,
+        "type": kind,
+        "description": extras.get("description"),
+        "inlineHelpText": extras.get("inlineHelpText"),
+        "externalId": spec.external_id,
+        "unique": spec.unique,
+        "required": False,
+        "caseSensitive": False if kind == "Text" else None,
+        "defaultValue": "false" if kind == "Checkbox" else None,
+        "length": spec.length if kind in ("Text", "LongTextArea") else None,
+        "visibleLines": extras.get("visibleLines", 3) if kind == "LongTextArea" else None,
+        "precision": spec.precision if kind == "Number" else None,
+        "scale": spec.scale if kind == "Number" else None,
+        "trackHistory": False,
+        "valueSet": None,
+    }
+    if spec.type in _PICKLIST_TYPES:
+        out["valueSet"] = {
+            "controllingField": None,
+            "restricted": spec.restricted,
+            "valueSetName": None,
+            "valueSettings": [],
+            "valueSetDefinition": {
+                "sorted": False,
+                "value": [
+                    {"fullName": value, "label": value, "default": False, "color": None}
+                    for value in spec.picklist
+                ],
+            },
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- helpers

@@ -274,6 +274,8 @@ def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: 
     """Load the CRM picture of ``companies`` into the sandbox org: users, accounts, contacts, leads.
 
     About 60% of accounts carry a ``LastActivityDate`` within the 180 days before the seed epoch.
+    A ``bare`` org (no ``Domain__c``, none of pls-sync's fields) gets the same records without
+    the values of the fields it lacks.
     """
     for rep in owners():
         api.insert(
@@ -314,7 +316,10 @@ def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: 
             if item["parent_key"]:
                 fields["ParentId"] = account_ids[item["parent_key"]]
             account_id = api.insert(
-                "Account", fields, created=item["created"], modified=item["last_modified"]
+                "Account",
+                _present(api, "Account", fields),
+                created=item["created"],
+                modified=item["last_modified"],
             )
             account_ids[item["key"]] = account_id
         for contact in item["contacts"]:
@@ -349,3 +354,9 @@ def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: 
                 created=_stamp(rng, 10, 400),
                 modified=_stamp(rng, 0, 10),
             )
+
+
+def _present(api: SalesforceApi, sobject: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` without those the org does not have (a bare org has no ``Domain__c``)."""
+    spec = api.schema[sobject]
+    return {name: value for name, value in fields.items() if spec.field(name) is not None}

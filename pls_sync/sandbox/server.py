@@ -276,7 +276,8 @@ class Sandbox:
     ``OSError`` with ``errno.EADDRINUSE``). ``seed=None`` starts an empty org; otherwise the org
     is seeded from ``companies`` (default: the demo companies for ``seed``). ``session_id`` and
     ``hubspot_token`` are the credentials the APIs accept (default: new ones), so a restarted
-    sandbox can keep the ones its clients were given.
+    sandbox can keep the ones its clients were given. ``bare``: a CRM without any of pls-sync's
+    fields (nor values in them), for ``pls-sync setup`` to create.
     """
 
     def __init__(
@@ -289,11 +290,12 @@ class Sandbox:
         faults_seed: int = 0,
         session_id: str | None = None,
         hubspot_token: str | None = None,
+        bare: bool = False,
     ):
         if host not in (LOOPBACK, "localhost"):
             raise ValueError(f"the sandbox binds to {LOOPBACK} only, not {host!r}")
         self.faults = FaultInjector(seed=faults_seed)
-        self.salesforce = SalesforceApi(faults=self.faults, session_id=session_id)
+        self.salesforce = SalesforceApi(faults=self.faults, session_id=session_id, bare=bare)
         self.session_id = self.salesforce.session_id
         if seed is not None:
             from pls_sync.sandbox.seed import seed_salesforce
@@ -301,7 +303,7 @@ class Sandbox:
             if companies is None:
                 companies = _demo_companies(seed)
             seed_salesforce(self.salesforce, companies, seed)
-        self.hubspot = _build_hubspot(seed, companies, hubspot_token)
+        self.hubspot = _build_hubspot(seed, companies, hubspot_token, bare)
         self.hubspot_token: str = (
             self.hubspot.token
             if self.hubspot is not None
@@ -386,7 +388,7 @@ def _uuid_from(seed: int | None) -> str:
 
 
 def _build_hubspot(
-    seed: int | None, companies: Sequence[Any] | None, token: str | None = None
+    seed: int | None, companies: Sequence[Any] | None, token: str | None = None, bare: bool = False
 ) -> Any:
     """The HubSpot module when ``pls_sync.sandbox.hubspot`` is importable, else None."""
     try:
@@ -394,5 +396,5 @@ def _build_hubspot(
     except ImportError:
         return None
     if seed is None:
-        return HubSpotApi(7, companies=companies or [], token=token)
-    return HubSpotApi(seed, companies=companies, token=token)
+        return HubSpotApi(7, companies=companies or [], token=token, bare=bare)
+    return HubSpotApi(seed, companies=companies, token=token, bare=bare)

@@ -1013,6 +1013,11 @@ def test_sandbox_behaviours_are_tunable_from_the_command_line(
     assert relaxed.hubspot.search_limiter.per_second is None
     assert relaxed.salesforce.bulk_polls_in_progress == 0
 
+    assert workdir.runner.invoke(cli.app, [*default, "--bare"]).exit_code == 0
+    bare = served[2]
+    assert bare.salesforce.bare and bare.hubspot is not None and bare.hubspot.bare
+    assert not realistic.salesforce.bare
+
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_sandbox_on_a_port_out_of_range_is_a_usage_error(workdir: Workdir, port: str) -> None:

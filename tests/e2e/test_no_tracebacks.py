@@ -202,8 +202,11 @@ CONFIG_COMMANDS = {
     "lists": ("lists", "abm"),
     "demo": ("demo", "--companies", "5"),
     "schedule": ("schedule",),
+    "setup": ("setup",),
 }
-SANDBOX_OPTION = ("run", "plan", "validate", "export", "explain", "status", "lists", "schedule")
+SANDBOX_OPTION = (
+    "run", "plan", "validate", "export", "explain", "status", "lists", "schedule", "setup"
+)  # fmt: skip
 WAREHOUSE_READERS = {
     "run": ("run", *AS_OF),
     "plan": ("plan", *AS_OF),
@@ -215,6 +218,7 @@ CRM_USERS = {
     "run": ("run", *AS_OF),
     "plan": ("plan", *AS_OF),
     "export": ("export", "out.csv", "--with-crm", *AS_OF),
+    "setup": ("setup", "--apply"),
 }
 
 CASES: dict[str, Case] = {}
@@ -238,7 +242,7 @@ for name in ("plan", "status"):
 for name in ("plan", "explain", "status", "lists"):
     args = (*CONFIG_COMMANDS[name], "--format", "xml")
     CASES[f"{name}-format-xml"] = Case(name, args, exit_codes=(2,), says="xml")
-for name in ("run", "plan", "lists"):
+for name in ("run", "plan", "lists", "setup"):
     args = (*CONFIG_COMMANDS[name], "--destination", "pipedrive")
     CASES[f"{name}-unknown-destination"] = Case(name, args, exit_codes=(2,), says="pipedrive")
 for name, args in WAREHOUSE_READERS.items():

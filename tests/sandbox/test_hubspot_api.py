@@ -720,6 +720,123 @@ def test_a_property_is_updated_and_archived_like_in_a_portal(api: HubSpotApi) ->
     assert default.status == 400 and "cannot be archived" in body_of(default)["message"]
 
 
+def test_a_bare_portal_has_the_same_companies_without_anything_of_pls_sync() -> None:
+    full = HubSpotApi(seed=3, companies=COMPANIES)
+    bare = HubSpotApi(seed=3, companies=COMPANIES, bare=True)
+    for object_type, definitions in bare.properties.items():
+        assert not [name for name in definitions if name.startswith("pqa_")], object_type
+    assert "pqa" not in bare.groups["companies"]
+    assert set(full.properties["companies"]) - set(bare.properties["companies"]) == {
+        name for name in full.properties["companies"] if name.startswith("pqa_")
+    }
+    assert "pqa_alert_key" in full.properties["tasks"]
+    stale = [i for i in full.ids() if "pqa_score" in full.company(i)]
+    assert stale  # the full portal carries an earlier tool's values on some companies
+    assert bare.ids() == full.ids()
+    for company_id in full.ids():
+        kept = {k: v for k, v in full.company(company_id).items() if not k.startswith("pqa_")}
+        assert bare.company(company_id) == kept
+    listed = body_of(call(bare, "GET", "/crm/v3/properties/companies"))["results"]
+    assert "pqa_score" not in {p["name"] for p in listed}
+
+
+def test_a_property_is_created_only_as_hubspot_allows(api: HubSpotApi) -> None:
+    path = "/crm/v3/properties/companies"
+    base = {"name": "pqa_stage", "label": "Stage", "groupName": "companyinformation"}
+    for body, fragment in (
+        ({**base, "type": "number", "fieldType": "select"}, "Invalid fieldType select"),
+        ({**base, "type": "bool", "fieldType": "text"}, "Invalid fieldType text"),
+        ({**base, "type": "enumeration", "fieldType": "select"}, "at least one option"),
+        (
+            {**base, "type": "enumeration", "fieldType": "select", "options": [{"label": "A"}]},
+            "string value",
+        ),
+        (
+            {
+                **base,
+                "type": "enumeration",
+                "fieldType": "select",
+                "options": [{"value": "a"}, {"value": "a"}],
+            },
+            "unique",
+        ),
+        ({**base, "name": "Stage", "type": "string", "fieldType": "text"}, "lower case"),
+        ({**base, "groupName": "nowhere", "type": "string", "fieldType": "text"}, "nowhere"),
+    ):
+        refused = call(api, "POST", path, body=body)
+        assert refused.status == 400, body
+        assert body_of(refused)["category"] == "VALIDATION_ERROR"
+        assert fragment in body_of(refused)["message"], body
+    assert "pqa_stage" not in api.properties["companies"]
+    enumeration = {
+        **base,
+        "type": "enumeration",
+        "fieldType": "select",
+        "hasUniqueValue": False,
+        "options": [
+            {"label": "Open", "value": "open", "displayOrder": 1, "hidden": False},
+            {"label": "Old", "value": "old", "displayOrder": 2, "hidden": True},
+        ],
+    }
+    created = call(api, "POST", path, body=enumeration)
+    assert created.status == 201
+    assert [
+        (o["value"], o["label"], o["displayOrder"], o["hidden"])
+        for o in body_of(created)["options"]
+    ] == [("open", "Open", 1, False), ("old", "Old", 2, True)]
+    assert body_of(created)["hubspotDefined"] is False
+    taken = call(api, "POST", path, body=enumeration)
+    assert taken.status == 409
+    assert body_of(taken)["message"] == "Property named 'pqa_stage' already exists."
+
+
+def test_a_token_without_a_schema_scope_gets_hubspots_missing_scopes_403(
+    api: HubSpotApi,
+) -> None:
+    api.scopes.discard("crm.schemas.companies.write")
+    definition = {
+        "name": "pqa_x",
+        "label": "X",
+        "type": "string",
+        "fieldType": "text",
+        "groupName": "pqa",
+    }
+    for method, path, body in (
+        ("POST", "/crm/v3/properties/companies", definition),
+        ("PATCH", "/crm/v3/properties/companies/pqa_score", {"label": "Score"}),
+        ("POST", "/crm/v3/properties/companies/groups", {"name": "g", "label": "G"}),
+    ):
+        refused = call(api, method, path, body=body)
+        assert refused.status == 403, path
+        answer = body_of(refused)
+        assert answer["category"] == "MISSING_SCOPES"
+        assert answer["message"].startswith("This app hasn't been granted all required scopes")
+        assert answer["errors"][0]["context"]["requiredGranularScopes"] == [
+            "crm.schemas.companies.write"
+        ]
+        assert answer["links"] == {"scopes": "https://developers.hubspot.com/scopes"}
+    assert "pqa_x" not in api.properties["companies"]
+    assert api.properties["companies"]["pqa_score"]["label"] == "PQA score"
+    # reading needs the read scope only; other objects' properties and records are untouched
+    assert call(api, "GET", "/crm/v3/properties/companies").status == 200
+    assert (
+        call(
+            api,
+            "POST",
+            "/crm/v3/properties/contacts",
+            body={**definition, "groupName": "contactinformation"},
+        ).status
+        == 201
+    )
+    assert call(api, "GET", "/crm/v3/objects/companies").status == 200
+    api.scopes.discard("crm.schemas.companies.read")
+    unread = call(api, "GET", "/crm/v3/properties/companies/pqa_score")
+    assert unread.status == 403
+    assert body_of(unread)["errors"][0]["context"]["requiredGranularScopes"] == [
+        "crm.schemas.companies.read"
+    ]
+
+
 # --------------------------------------------------------------------------- rate limits and faults
 
 

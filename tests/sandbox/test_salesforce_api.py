@@ -1146,3 +1146,267 @@ def test_a_row_lock_can_surface_through_a_trigger(box: Sandbox, sf: Any) -> None
     assert only["errors"][0]["statusCode"] == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"
     with pytest.raises(ValueError, match="lock_error_style"):
         SalesforceApi(lock_error_style="sometimes")
+
+
+# ----------------------------------------------------------------------------- setup: Tooling API
+# CustomField (Tooling API): FullName + Metadata, REST POST/GET/PATCH and query:
+# https://developer.salesforce.com/docs/atlas.en-us.api_tooling.meta/api_tooling/tooling_api_objects_customfield.htm
+# Metadata (CustomField, ValueSet): "If picklist values are missing from a component definition,
+# they get deactivated when deployed":
+# https://developer.salesforce.com/docs/atlas.en-us.api_meta.meta/api_meta/meta_customvalue.htm
+# FieldPermissions ("Requires PermissionsRead for the same field to be true"; Field a restricted
+# picklist), PermissionSetAssignment, UserInfo:
+# https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_fieldpermissions.htm
+# https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_objects_permissionsetassignment.htm
+# https://help.salesforce.com/s/articleView?id=xcloud.remoteaccess_using_userinfo_endpoint.htm
+
+NUMBER_FIELD = {
+    "FullName": "Account.Usage_Points__c",
+    "Metadata": {"label": "Usage Points", "type": "Number", "precision": 5, "scale": 1},
+}
+
+
+def tooling_create(sf: Any, body: dict[str, Any]) -> Any:
+    return sf.restful("tooling/sobjects/CustomField", method="POST", json=body)
+
+
+def test_a_bare_org_has_none_of_pls_syncs_fields_and_everything_else() -> None:
+    api = SalesforceApi(bare=True)
+    account = api.describe_fields("Account")
+    assert not [name for name in account if name.startswith("PQA_")]
+    assert "Domain__c" not in account and "Website" in account
+    assert "PQA_Alert_Key__c" not in api.describe_fields("Task")
+    assert "MQL__c" in api.describe_fields("Contact")
+    assert api.describe_fields("Task")["Subject"]["type"] == "combobox"
+    assert "PQA_Score__c" in SalesforceApi().describe_fields("Account")
+
+
+def test_tooling_creates_a_field_that_describe_shows_at_once(box: Sandbox, sf: Any) -> None:
+    created = tooling_create(sf, NUMBER_FIELD)
+    assert created["success"] is True and created["errors"] == []
+    assert created["id"].startswith("00N")
+    field = {f["name"]: f for f in sf.Account.describe()["fields"]}["Usage_Points__c"]
+    assert (field["type"], field["precision"], field["scale"]) == ("double", 5, 1)
+    assert field["custom"] and field["updateable"] and field["permissionable"]
+    assert box.counts()["sf.tooling.customfield.create"] == 1
+    account = box.salesforce.insert("Account", {"Name": "Acme"})
+    sf.Account.update(account, {"Usage_Points__c": 12.5})
+    assert box.salesforce.get("Account", account)["Usage_Points__c"] == 12.5
+
+
+def test_tooling_creates_a_restricted_picklist_and_a_unique_external_id(
+    box: Sandbox, sf: Any
+) -> None:
+    tooling_create(
+        sf,
+        {
+            "FullName": "Account.Stage__c",
+            "Metadata": {
+                "label": "Stage",
+                "type": "Picklist",
+                "valueSet": {
+                    "restricted": True,
+                    "valueSetDefinition": {
+                        "sorted": False,
+                        "value": [
+                            {"fullName": "new", "label": "new", "default": False},
+                            {"fullName": "old", "label": "old", "default": False},
+                        ],
+                    },
+                },
+            },
+        },
+    )
+    tooling_create(
+        sf,
+        {
+            "FullName": "Lead.Key__c",
+            "Metadata": {
+                "label": "Key",
+                "type": "Text",
+                "length": 64,
+                "externalId": True,
+                "unique": True,
+            },
+        },
+    )
+    stage = {f["name"]: f for f in sf.Account.describe()["fields"]}["Stage__c"]
+    assert stage["restrictedPicklist"] is True
+    assert [p["value"] for p in stage["picklistValues"]] == ["new", "old"]
+    key = {f["name"]: f for f in sf.Lead.describe()["fields"]}["Key__c"]
+    assert (key["length"], key["externalId"], key["unique"], key["idLookup"]) == (
+        64,
+        True,
+        True,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (NUMBER_FIELD | {"FullName": "Account.PQA_Score__c"}, "DUPLICATE_DEVELOPER_NAME"),
+        (NUMBER_FIELD | {"FullName": "Account.Bad__Name__c"}, "FIELD_INTEGRITY_EXCEPTION"),
+        (NUMBER_FIELD | {"FullName": "Account.NoSuffix"}, "FIELD_INTEGRITY_EXCEPTION"),
+        (
+            {"FullName": "Account.X__c", "Metadata": {"label": "X", "type": "Number"}},
+            "FIELD_INTEGRITY_EXCEPTION",
+        ),
+        (
+            {"FullName": "Account.X__c", "Metadata": {"label": "X", "type": "Text", "length": 300}},
+            "FIELD_INTEGRITY_EXCEPTION",
+        ),
+        (
+            {
+                "FullName": "Account.X__c",
+                "Metadata": {"label": "X", "type": "DateTime", "externalId": True},
+            },
+            "FIELD_INTEGRITY_EXCEPTION",
+        ),
+        ({"FullName": "Account.X__c", "Metadata": {"type": "DateTime"}}, "REQUIRED_FIELD_MISSING"),
+        (NUMBER_FIELD | {"FullName": "Nothing.X__c"}, "INVALID_TYPE"),
+    ],
+)
+def test_tooling_refuses_a_duplicate_or_invalid_field(
+    box: Sandbox, sf: Any, body: dict[str, Any], code: str
+) -> None:
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        tooling_create(sf, body)
+    assert error_of(caught.value)["errorCode"] == code
+    assert "X__c" not in box.salesforce.describe_fields("Account")
+
+
+def test_without_customize_application_tooling_refuses_to_create(box: Sandbox, sf: Any) -> None:
+    box.salesforce.can_customize = False
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        tooling_create(sf, NUMBER_FIELD)
+    assert error_of(caught.value)["errorCode"] == "INSUFFICIENT_ACCESS_OR_READONLY"
+    assert "Usage_Points__c" not in box.salesforce.describe_fields("Account")
+
+
+def test_tooling_query_and_get_return_the_fields_metadata(box: Sandbox, sf: Any) -> None:
+    page = sf.toolingexecute(
+        "query/",
+        params={
+            "q": "SELECT Id, DeveloperName, FullName FROM CustomField "
+            "WHERE TableEnumOrId = 'Account' AND DeveloperName = 'PQA_Motion'"
+        },
+    )
+    assert page["size"] == 1
+    record = page["records"][0]
+    assert (record["DeveloperName"], record["FullName"]) == ("PQA_Motion", "Account.PQA_Motion__c")
+    full = sf.restful(f"tooling/sobjects/CustomField/{record['Id']}")
+    metadata = full["Metadata"]
+    assert (metadata["type"], metadata["label"], metadata["valueSet"]["restricted"]) == (
+        "Picklist",
+        "PQA Motion",
+        True,
+    )
+    values = [v["fullName"] for v in metadata["valueSet"]["valueSetDefinition"]["value"]]
+    assert values == ["sales", "success", "abm", "self_serve"]
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.toolingexecute(
+            "query/",
+            params={"q": "SELECT Id, Metadata FROM CustomField WHERE TableEnumOrId = 'Account'"},
+        )
+    assert error_of(caught.value)["errorCode"] == "MALFORMED_QUERY"
+    with pytest.raises(SalesforceResourceNotFound):
+        sf.restful("tooling/sobjects/CustomField/00NDn0000000zzzAAA")
+
+
+def test_a_tooling_patch_replaces_the_whole_definition(box: Sandbox, sf: Any) -> None:
+    field_id = box.salesforce.custom_field_id("Account", "PQA_Motion__c")
+    path = f"tooling/sobjects/CustomField/{field_id}"
+    metadata = sf.restful(path)["Metadata"]
+    metadata["valueSet"]["valueSetDefinition"]["value"] = [
+        {"fullName": "sales", "label": "sales", "default": False},
+        {"fullName": "partner", "label": "partner", "default": False},
+    ]
+    assert sf.restful(path, method="PATCH", json={"Metadata": metadata}) is None
+    motion = box.salesforce.describe_fields("Account")["PQA_Motion__c"]
+    assert [p["value"] for p in motion["picklistValues"]] == ["sales", "partner"]
+    assert box.counts()["sf.tooling.customfield.update"] == 1
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.restful(path, method="PATCH", json={"FullName": "Account.PQA_Motion__c"})
+    assert error_of(caught.value)["errorCode"] == "REQUIRED_FIELD_MISSING"
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.restful(
+            path,
+            method="PATCH",
+            json={"Metadata": {"label": "Motion", "type": "Text", "length": 9}},
+        )
+    assert error_of(caught.value)["errorCode"] == "FIELD_INTEGRITY_EXCEPTION"
+
+
+def test_userinfo_names_the_running_user(box: Sandbox, sf: Any) -> None:
+    info = sf.oauth2("userinfo")
+    assert info["user_id"] == box.salesforce.integration_user
+    assert info["organization_id"] == box.salesforce.org_id
+    assert info["preferred_username"] == box.salesforce.username
+    bad = requests.get(f"{box.url}/services/oauth2/userinfo", headers={"Authorization": "Bearer x"})
+    assert bad.status_code == 401
+
+
+def test_permission_sets_field_permissions_and_assignments(box: Sandbox, sf: Any) -> None:
+    created = sf.PermissionSet.create({"Name": "PLS_Sync_Integration", "Label": "pls-sync"})
+    ps_id = created["id"]
+    assert ps_id.startswith("0PS")
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.PermissionSet.create({"Name": "pls_sync_integration", "Label": "again"})
+    assert error_of(caught.value)["errorCode"] == "DUPLICATE_VALUE"
+    grant = {"ParentId": ps_id, "SobjectType": "Account", "Field": "Account.PQA_Score__c"}
+    row = sf.FieldPermissions.create(grant | {"PermissionsRead": True})["id"]
+    sf.FieldPermissions.update(row, {"PermissionsEdit": True})
+    found = sf.query(
+        f"SELECT Field, PermissionsRead, PermissionsEdit FROM FieldPermissions WHERE ParentId = '{ps_id}'"
+    )
+    assert [(r["Field"], r["PermissionsRead"], r["PermissionsEdit"]) for r in found["records"]] == [
+        ("Account.PQA_Score__c", True, True)
+    ]
+    for body, code in (
+        (grant | {"PermissionsRead": True}, "DUPLICATE_VALUE"),
+        (
+            grant | {"Field": "Account.PQA_Tier__c", "PermissionsEdit": True},
+            "FIELD_INTEGRITY_EXCEPTION",
+        ),
+        (
+            grant | {"Field": "Account.Name", "PermissionsRead": True},
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        ),
+        (
+            grant | {"Field": "Account.Nope__c", "PermissionsRead": True},
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        ),
+    ):
+        with pytest.raises(SalesforceMalformedRequest) as caught:
+            sf.FieldPermissions.create(body)
+        assert error_of(caught.value)["errorCode"] == code, body
+    user = box.salesforce.integration_user
+    sf.PermissionSetAssignment.create({"AssigneeId": user, "PermissionSetId": ps_id})
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.PermissionSetAssignment.create({"AssigneeId": user, "PermissionSetId": ps_id})
+    assert error_of(caught.value)["errorCode"] == "DUPLICATE_VALUE"
+    box.salesforce.can_manage_permissions = False
+    with pytest.raises(SalesforceMalformedRequest) as caught:
+        sf.PermissionSet.create({"Name": "Other", "Label": "Other"})
+    assert error_of(caught.value)["errorCode"] == "INSUFFICIENT_ACCESS_OR_READONLY"
+
+
+def test_a_bare_sandbox_lets_setup_create_pls_syncs_fields(connect: Callable[..., Any]) -> None:
+    bare = Sandbox(port=0, seed=None, bare=True).start()
+    try:
+        sf = connect(bare)
+        assert "PQA_Score__c" not in {f["name"] for f in sf.Account.describe()["fields"]}
+        with pytest.raises(SalesforceMalformedRequest):
+            sf.Account.create({"Name": "Acme", "PQA_Score__c": 5})
+        tooling_create(
+            sf,
+            {
+                "FullName": "Account.PQA_Score__c",
+                "Metadata": {"label": "PQA Score", "type": "Number", "precision": 3, "scale": 0},
+            },
+        )
+        account = sf.Account.create({"Name": "Acme", "PQA_Score__c": 5})["id"]
+        assert bare.salesforce.get("Account", account)["PQA_Score__c"] == 5
+    finally:
+        bare.stop()
