@@ -714,3 +714,41 @@ def test_matching_host_lists_are_hosts_each_checked_on_its_line(repo_copy: Path)
     edit(repo_copy, "    - not a host", "    - '*.apps.example-cloud.com'")
     settings = load_settings(repo_copy, env={})
     assert settings.matching.platform_hosts == ("community.example.com", "apps.example-cloud.com")
+
+
+@pytest.mark.parametrize(
+    ("destination", "name", "fine"),
+    [
+        ("salesforce", "PQA_Score__c", True),
+        ("salesforce", "Website", True),
+        ("salesforce", "acme__Score__c", True),
+        ("salesforce", "Score__pc", True),
+        ("salesforce", "PQA Score__c", False),
+        ("salesforce", "PQA__Score__c__c", False),
+        ("salesforce", "_Score__c", False),
+        ("salesforce", "Score_", False),
+        ("hubspot", "pqa_score", True),
+        ("hubspot", "pqa-score", False),
+        ("hubspot", "PQA_Score", False),
+        ("hubspot", "1score", False),
+    ],
+)
+def test_mapped_names_must_be_api_names(destination: str, name: str, fine: bool) -> None:
+    from pls_sync.config import api_name_problem
+
+    assert (api_name_problem(destination, name) is None) == fine
+
+
+def test_a_label_mapped_instead_of_an_api_name_is_a_config_error_on_its_line(
+    repo_copy: Path,
+) -> None:
+    mapping = repo_copy.parent.parent / "mappings" / "salesforce.yaml"
+    mapping.write_text(mapping.read_text().replace("  PQA_Score__c: score", "  PQA Score: score"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(repo_copy, env={})
+    (issue,) = [i for i in caught.value.issues if "API name" in i.message]
+    assert (Path(issue.file).name, issue.line, issue.key) == (
+        "salesforce.yaml",
+        7,
+        "fields.PQA Score",
+    )
