@@ -24,11 +24,12 @@ is written under a temporary name and renamed into place, so a reader never sees
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,13 @@ import duckdb
 from pls_sync.demo_companies import DemoCompany, demo_companies, employee_band
 from pls_sync.errors import WarehouseError
 
-__all__ = ["DemoStats", "generate_demo_warehouse", "read_demo_as_of"]
+__all__ = [
+    "DemoIntent",
+    "DemoStats",
+    "demo_intents",
+    "generate_demo_warehouse",
+    "read_demo_as_of",
+]
 
 Progress = Callable[[str, int, int], None]
 
@@ -271,6 +278,36 @@ _INTENSITY = {
 _FREE_INTENSITY = 0.5
 _JUNK_INTENSITY = 0.2
 
+# The latent buying intent of a company: its story's baseline, plus team size, plus noise.
+_PROFILE_INTENT = {
+    "enterprise": 1.2,
+    "velocity_spike": 0.9,
+    "legal_views": 0.9,
+    "admin_change": 0.8,
+    "pricing_views": 0.7,
+    "young": 0.5,
+    "steady": -0.3,
+    "dormant": -1.0,
+}
+_INTENT_PROFILES = frozenset(
+    {"enterprise", "velocity_spike", "legal_views", "admin_change", "pricing_views"}
+)
+_INTENT_TEAM_WEIGHT = 0.3
+_INTENT_NOISE = 0.7
+_CONVERSION_BASE = -2.4
+_CONVERSION_SLOPE = 1.4
+# Traps: conversion odds scaled down for accounts whose usage promises more than they buy.
+_PROSUMER_FACTOR = 0.25  # one user, however heavy
+_YOUNG_FACTOR = 0.3
+_DORMANT_FACTOR = 0.3
+# Early buyer-intent events: rewritten plain usage events in [as_of - 74 d, as_of - 63 d), seen
+# by a backtest at as_of - 60 d and never by the reader at as_of (it reads 63 days back).
+_EARLY_SIGNAL_DAYS = (74, 63)
+_EARLY_SIGNAL_BASE = -1.3
+_EARLY_SIGNAL_SLOPE = 0.9
+_EARLY_SIGNAL_BOOST = 0.6  # share of the backtest window's converters who signalled first
+_FREE_MAIL_CONVERSION = 0.006  # free-mail users who bought a personal plan
+
 
 @dataclass(frozen=True, slots=True)
 class DemoStats:
@@ -283,6 +320,7 @@ class DemoStats:
     as_of: datetime
     junk_users: int = 0
     seed: int = 7
+    conversions: int = 0
 
 
 def _today_utc() -> datetime:
@@ -347,10 +385,7 @@ def _plan_companies(
     first_user = 0
     for i, (company, n_users) in enumerate(zip(companies, users_per_company, strict=True)):
         rng = random.Random(f"{seed}:{i}:{company.domain}")
-        if company.profile == "young":
-            age = 3.0 + 10.0 * rng.random()
-        else:
-            age = 30.0 + 900.0 * rng.random() ** 2
+        age = _age_days(company.profile, rng)
         breadth = 1 + int(rng.random() * 3) + min(3, int(company.team_size / 10))
         if company.profile == "enterprise":
             breadth = 7
@@ -374,6 +409,148 @@ def _plan_companies(
                 specials["seconds_before"].append(min(seconds, int(age * 86400) - 60))
         first_user += n_users
     return _CompanyPlan(cols, specials)
+
+
+def _age_days(profile: str, rng: random.Random) -> float:
+    """Days since the company's first sign-up: the first draw of the company's generator."""
+    if profile == "young":
+        return 3.0 + 10.0 * rng.random()
+    return 30.0 + 900.0 * rng.random() ** 2
+
+
+@dataclass(frozen=True, slots=True)
+class DemoIntent:
+    """A demo company's latent buying intent and what it led to.
+
+    ``intent`` is the latent variable (higher buys more); ``converted_at`` is when the company
+    bought (``None``: it did not), possibly after the demo's as-of; ``early_signals`` are the
+    buyer-intent events it showed between 74 and 63 days before the as-of, where a backtest at
+    as-of minus 60 days sees them; ``billing_domain`` is the domain as the billing system wrote
+    it (sometimes a subsidiary's host, upper case or with ``www.``).
+    """
+
+    domain: str
+    intent: float
+    converted_at: datetime | None
+    early_signals: tuple[str, ...]
+    billing_domain: str
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """Knuth's Poisson draw, for the small means used here."""
+    limit, count, product = math.exp(-mean), 0, rng.random()
+    while product > limit:
+        count += 1
+        product *= rng.random()
+    return count
+
+
+def _conversion_probability(company: DemoCompany, intent: float) -> float:
+    probability = _sigmoid(_CONVERSION_BASE + _CONVERSION_SLOPE * intent)
+    if company.team_size == 1:
+        probability *= _PROSUMER_FACTOR
+    if company.profile == "young":
+        probability *= _YOUNG_FACTOR
+    elif company.profile == "dormant":
+        probability *= _DORMANT_FACTOR
+    return probability
+
+
+def _conversion_time(
+    company: DemoCompany, age: float, as_of: datetime, rng: random.Random
+) -> datetime:
+    """When a converting company bought: before the backtest date, in its horizon, or later."""
+    u = rng.random()
+    earlier, backtest = (0.08, 0.68) if company.profile in _INTENT_PROFILES else (0.1, 0.95)
+    if company.profile == "young" or age < _EARLY_SIGNAL_DAYS[0]:
+        return as_of + timedelta(days=1 + 44 * rng.random())
+    if u < earlier and age >= 130:
+        return as_of - timedelta(days=64 + (min(age - 7, 118) - 64) * rng.random())
+    if u < backtest:
+        return as_of - timedelta(days=2 + 56 * rng.random())
+    return as_of + timedelta(days=1 + 44 * rng.random())
+
+
+def _early_signals(
+    company: DemoCompany, intent: float, boosted: bool, rng: random.Random
+) -> tuple[str, ...]:
+    """Buyer-intent event names the company shows in the early window, driven by its intent."""
+
+    def pick(names: Sequence[str]) -> str:
+        return names[int(rng.random() * len(names))]
+
+    mean = math.exp(_EARLY_SIGNAL_BASE + _EARLY_SIGNAL_SLOPE * intent)
+    count = _poisson(rng, mean) + (2 + int(rng.random() * 3) if boosted else 0)
+    names: list[str] = []
+    for _ in range(count):
+        u = rng.random()
+        if u < 0.2:
+            names.append(pick(_LEGAL_PAGES))
+        elif u < 0.35:
+            names.append(pick(_ADMIN_CHANGES))
+        elif u < 0.5 and company.team_size >= 8:
+            names.append(pick(_ENTERPRISE_FEATURES))
+        else:
+            names.append(pick(_PRICING_PAGES))
+    return tuple(names)
+
+
+def _billing_domain(company: DemoCompany, rng: random.Random) -> str:
+    u = rng.random()
+    if company.subdomains and u < 0.25:
+        return f"{company.subdomains[0]}.{company.domain}"
+    if u < 0.35:
+        return company.domain.upper()
+    if u < 0.42:
+        return f"www.{company.domain}"
+    return company.domain
+
+
+def demo_intents(
+    companies: Sequence[DemoCompany], *, seed: int, as_of: datetime
+) -> list[DemoIntent]:
+    """Each demo company's latent intent, conversion and early signals; one per company.
+
+    A pure function of the seed, the companies and ``as_of`` (each company draws from its own
+    generator, so a longer company list extends a shorter one): the CRM sandbox can tell the same
+    story of who bought as the warehouse. Intent comes from the company's usage story (buyer-
+    intent profiles run higher), its team size and noise; it drives both the early buyer-intent
+    events and the odds of buying. Traps: single-user accounts (prosumers), young and dormant
+    accounts convert far less than their usage suggests.
+    """
+    out: list[DemoIntent] = []
+    for i, company in enumerate(companies):
+        age = _age_days(company.profile, random.Random(f"{seed}:{i}:{company.domain}"))
+        rng = random.Random(f"{seed}:{i}:{company.domain}:intent")
+        intent = (
+            _PROFILE_INTENT.get(company.profile, 0.0)
+            + _INTENT_TEAM_WEIGHT * math.log(company.team_size)
+            + rng.gauss(0.0, _INTENT_NOISE)
+        )
+        converted_at = None
+        if rng.random() < _conversion_probability(company, intent):
+            converted_at = _conversion_time(company, age, as_of, rng).replace(microsecond=0)
+        in_backtest = (
+            converted_at is not None and as_of - timedelta(days=60) < converted_at <= as_of
+        )
+        boosted = in_backtest and rng.random() < _EARLY_SIGNAL_BOOST
+        signals = (
+            _early_signals(company, intent, boosted, rng) if age > _EARLY_SIGNAL_DAYS[0] else ()
+        )
+        out.append(
+            DemoIntent(
+                domain=company.domain,
+                intent=intent,
+                converted_at=converted_at,
+                early_signals=signals,
+                billing_domain=_billing_domain(company, rng),
+            )
+        )
+    return out
 
 
 def _special_events(profile: str, rng: random.Random) -> list[tuple[str, float]]:
@@ -602,6 +779,69 @@ def _events_sql(seed: int, as_of_s: int, bulk_events: int) -> str:
     """
 
 
+def _intent_columns(
+    intents: Sequence[DemoIntent], users_per_company: Sequence[int]
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """(early signals by company, conversions) of the companies that have users."""
+    signals: dict[str, list[Any]] = {"cidx": [], "j": [], "name": []}
+    conversions: dict[str, list[Any]] = {"domain": [], "account_key": [], "converted_s": []}
+    for cidx, (intent, n_users) in enumerate(zip(intents, users_per_company, strict=True)):
+        if not n_users:
+            continue
+        for j, name in enumerate(intent.early_signals):
+            signals["cidx"].append(cidx)
+            signals["j"].append(j)
+            signals["name"].append(name)
+        if intent.converted_at is not None:
+            conversions["domain"].append(intent.billing_domain)
+            conversions["account_key"].append(intent.domain)
+            conversions["converted_s"].append(int(intent.converted_at.timestamp()))
+    return signals, conversions
+
+
+def _early_signals_sql(seed: int, as_of_s: int) -> str:
+    """SQL rewriting plain usage events of each company in the early window into its signals.
+
+    Only names change, and only of events the reader at ``as_of`` never reads, so the scores as
+    of ``as_of`` are those of a demo without them. A company with fewer usage events there than
+    signals shows fewer signals.
+    """
+    start_s, end_s = (as_of_s - days * 86400 for days in _EARLY_SIGNAL_DAYS)
+    return f"""
+    CREATE TEMP TABLE signal_rows AS
+    WITH candidates AS (
+        SELECT e.rowid AS rid, cu.cidx,
+            row_number() OVER (PARTITION BY cu.cidx
+                ORDER BY hash(e.user_id, e.occurred_at, e.event_name, {seed}, 70), e.rowid) - 1 AS j
+        FROM events AS e JOIN company_users AS cu ON e.user_id = 1000000 + cu.uidx
+        WHERE e.occurred_at >= make_timestamp(1000000::BIGINT * {start_s})
+            AND e.occurred_at < make_timestamp(1000000::BIGINT * {end_s})
+            AND list_contains({_sql_list(_USAGE_EVENTS)}, e.event_name)
+    )
+    SELECT c.rid, s.name FROM candidates AS c JOIN early_signals AS s USING (cidx, j);
+    UPDATE events SET event_name = signal_rows.name FROM signal_rows
+    WHERE events.rowid = signal_rows.rid;
+    """
+
+
+def _conversions_sql(as_of_s: int) -> str:
+    """SQL creating ``conversions``: the companies that bought, and free-mail personal plans."""
+    return f"""
+    CREATE TABLE conversions AS
+    SELECT domain, account_key, converted_at FROM (
+        SELECT domain, account_key, make_timestamp(1000000::BIGINT * converted_s) AS converted_at
+        FROM company_conversions
+        UNION ALL
+        SELECT lower(split_part(email, '@', 2)) AS domain, CAST(NULL AS VARCHAR) AS account_key,
+            make_timestamp(1000000::BIGINT * (created_s + CAST(
+                (0.3 + 0.7 * rnd(uidx, 61)) * GREATEST({as_of_s} - 60 - created_s, 0) AS BIGINT)))
+                AS converted_at
+        FROM gen_users WHERE profile = 'free_mail' AND rnd(uidx, 60) < {_FREE_MAIL_CONVERSION}
+    )
+    ORDER BY converted_at, domain;
+    """
+
+
 def _users_table_sql() -> str:
     return """
     CREATE TABLE users AS
@@ -657,6 +897,9 @@ def generate_demo_warehouse(
     n_company = users - n_junk - n_free
     per_company = _team_users(company_list, n_company)
     plan = _plan_companies(company_list, per_company, seed)
+    signals, conversions = _intent_columns(
+        demo_intents(company_list, seed=seed, as_of=as_of), per_company
+    )
     total_events = EVENTS_PER_USER * users if events is None else events
     n_special = len(plan.specials["uidx"])
     if n_special > total_events // 2:  # tiny event budgets: keep the bulk usage dominant
@@ -681,7 +924,12 @@ def generate_demo_warehouse(
             report("users", users, users)
             report("events", 0, total_events)
             con.execute(_events_sql(seed, as_of_s, total_events - n_special))
+            _load_columns(con, "early_signals", signals)
+            con.execute(_early_signals_sql(seed, as_of_s))
             report("events", total_events, total_events)
+            _load_columns(con, "company_conversions", conversions)
+            con.execute(_conversions_sql(as_of_s))
+            converted = con.execute("SELECT count(*) FROM conversions").fetchone()
             con.execute(
                 "CREATE TABLE demo_meta (key VARCHAR PRIMARY KEY, value VARCHAR);"
                 "INSERT INTO demo_meta VALUES ('as_of', $as_of), ('seed', $seed),"
@@ -706,6 +954,7 @@ def generate_demo_warehouse(
         as_of=as_of,
         junk_users=n_junk,
         seed=seed,
+        conversions=int(converted[0]) if converted else 0,
     )
 
 

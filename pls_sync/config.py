@@ -224,6 +224,25 @@ class MatchingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelSettings:
+    """Where conversion labels come from (the ``labels:`` section of the main config).
+
+    ``source`` is ``warehouse`` (``table``, optionally ``schema.table``, read through the
+    warehouse URL) or ``file`` (``path`` of a CSV). Column names are the source's; a column set
+    to ``None`` is absent. At least one of ``converted_column`` and ``converted_at_column`` is
+    needed.
+    """
+
+    source: Literal["warehouse", "file"]
+    table: str | None = None
+    path: Path | None = None
+    domain_column: str = "domain"
+    converted_column: str | None = "converted"
+    converted_at_column: str | None = "converted_at"
+    config_file: str = "pls_sync.yaml"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a run needs, validated. Built by :func:`load_settings`."""
 
@@ -243,6 +262,7 @@ class Settings:
     history_days: int | None = 730
     channels_path: Path | None = None
     matching: MatchingSettings = field(default_factory=lambda: MatchingSettings())
+    labels: LabelSettings | None = None
     # Where every key of every file is, for problems found after loading (validate, run).
     lines: ConfigLines = field(default_factory=ConfigLines, repr=False, compare=False)
 
@@ -452,6 +472,17 @@ class MatchingSpec(_Spec):
     shared_hosting: list[HostEntry] = Field(default_factory=list)
 
 
+class LabelsSpec(_Spec):
+    """``labels:``: which accounts converted, for ``pls-sync calibrate``."""
+
+    source: Literal["warehouse", "file"]
+    table: Name | None = None
+    path: Name | None = None
+    domain_column: Name = "domain"
+    converted_column: Name | None = "converted"
+    converted_at_column: Name | None = "converted_at"
+
+
 class JobSpec(_Spec):
     """One ``schedule.jobs`` item."""
 
@@ -525,6 +556,7 @@ class MainSpec(_Spec):
     api_budget: ApiBudgetSpec = Field(default_factory=ApiBudgetSpec)
     crm_snapshot: CrmSnapshotSpec = Field(default_factory=CrmSnapshotSpec)
     matching: MatchingSpec = Field(default_factory=MatchingSpec)
+    labels: LabelsSpec | None = None
     channels: Name | None = None
     schedule: ScheduleSpec = Field(default_factory=_default_schedule)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
@@ -1240,6 +1272,24 @@ def _check_schedule(document: Document, parts: _Parts, issues: list[ConfigIssue]
         names.setdefault(job.name, index)
 
 
+def _check_labels(document: Document, parts: _Parts, issues: list[ConfigIssue]) -> None:
+    """A label source names where it reads from and at least one outcome column."""
+    labels: LabelsSpec | None = parts.get("labels")
+    if labels is None:
+        return
+    if labels.source == "warehouse" and not labels.table:
+        issues.append(document.issue(("labels", "source"), "source: warehouse needs a table"))
+    if labels.source == "file" and not labels.path:
+        issues.append(document.issue(("labels", "source"), "source: file needs a path (a CSV)"))
+    if labels.converted_column is None and labels.converted_at_column is None:
+        issues.append(
+            document.issue(
+                ("labels", "converted_column"),
+                "name converted_column or converted_at_column: the labels need one outcome",
+            )
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # Conversion to the domain types
 
@@ -1390,6 +1440,7 @@ class _Loader:
         main, main_parts = _validate(MainSpec, main_doc, self.issues)
         raw = main_doc.data
         _check_schedule(main_doc, main_parts, self.issues)
+        _check_labels(main_doc, main_parts, self.issues)
 
         # The files the main file names are read even when it is invalid, so that one run
         # reports everything: their paths come from the raw data when they are strings.
@@ -1557,6 +1608,21 @@ class _Loader:
             matching=MatchingSettings(
                 tuple(main.matching.platform_hosts), tuple(main.matching.shared_hosting)
             ),
+            labels=self._labels(main.labels),
+        )
+
+    def _labels(self, spec: LabelsSpec | None) -> LabelSettings | None:
+        """The label source, its CSV path resolved against the main file."""
+        if spec is None:
+            return None
+        return LabelSettings(
+            spec.source,
+            table=spec.table,
+            path=self._path(spec.path),
+            domain_column=spec.domain_column,
+            converted_column=spec.converted_column,
+            converted_at_column=spec.converted_at_column,
+            config_file=self.path.name,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,14 @@ import duckdb
 import pytest
 import yaml
 
-from connectors.demo_warehouse import DemoStats, generate_demo_warehouse, read_demo_as_of
+from connectors.demo_warehouse import (
+    DemoStats,
+    demo_intents,
+    generate_demo_warehouse,
+    read_demo_as_of,
+)
 from connectors.warehouse import SqlUsageSource
-from pls_sync.demo_companies import demo_companies
+from pls_sync.demo_companies import DemoCompany, demo_companies
 from pls_sync.domains import classify_host
 from pls_sync.models import ProductAccount, UsageReadStats
 
@@ -26,6 +32,8 @@ CHECKSUM_SQL = {
     " seniority, department, company_size)::HUGEINT) FROM users",
     "events": "SELECT count(*), sum(hash(user_id, workspace_id, event_name, occurred_at)::HUGEINT)"
     " FROM events",
+    "conversions": "SELECT count(*), sum(hash(domain, account_key, converted_at)::HUGEINT)"
+    " FROM conversions",
 }
 
 
@@ -212,3 +220,120 @@ def test_default_users_follow_team_sizes(tmp_path: Path) -> None:
     teams = sum(c.team_size for c in demo_companies(7, 30))
     assert stats.users == round(teams / 0.8)
     assert stats.events == 50 * stats.users
+
+
+BUYER_INTENT = [
+    name
+    for category in ("legal_page_view", "pricing_page_view", "admin_change", "enterprise_feature")
+    for name in TAXONOMY[category]
+]
+BACKTEST = AS_OF - timedelta(days=60)
+
+
+def buyer_intent_events(path: Path, before: datetime = AS_OF) -> dict[str, int]:
+    """Buyer-intent events per registrable domain, before ``before``."""
+    rows = query(
+        path,
+        "SELECT lower(split_part(u.email, '@', 2)), count(*) FROM events e JOIN users u"
+        f" USING (user_id) WHERE list_contains({BUYER_INTENT}, e.event_name)"
+        f" AND e.occurred_at < TIMESTAMP '{before.replace(tzinfo=None).isoformat()}' GROUP BY 1",
+    )
+    out: dict[str, int] = {}
+    for host, count in rows:
+        domain = classify_host(host).domain if host else None
+        if domain:
+            out[domain] = out.get(domain, 0) + count
+    return out
+
+
+def mean(values: list[int]) -> float:
+    return sum(values) / len(values)
+
+
+def test_conversions_table_holds_the_buyers(demo: tuple[Path, DemoStats]) -> None:
+    path, stats = demo
+    intents = {i.domain: i for i in demo_intents(demo_companies(7, 120), seed=7, as_of=AS_OF)}
+    rows = query(path, "SELECT domain, account_key, converted_at FROM conversions")
+    assert len(rows) == stats.conversions
+    keyed = {key: at.replace(tzinfo=UTC) for _, key, at in rows if key is not None}
+    assert keyed == {d: i.converted_at for d, i in intents.items() if i.converted_at}
+    free_mail = [domain for domain, key, _ in rows if key is None]
+    assert free_mail and all(classify_host(d).reason == "free_mail" for d in free_mail)
+    # written the way a billing system writes them: a subsidiary's host, upper case, www.
+    assert any(domain != key for domain, key, _ in rows if key is not None)
+    times = sorted(keyed.values())
+    assert any(BACKTEST < t <= AS_OF for t in times)  # a backtest 60 days back finds them
+    assert any(t > AS_OF for t in times)  # the current score's future
+    assert any(t <= BACKTEST for t in times)  # already customers at the backtest date
+
+
+def test_converters_show_more_buyer_intent(demo: tuple[Path, DemoStats]) -> None:
+    path, _ = demo
+    companies = demo_companies(7, 120)
+    intents = demo_intents(companies, seed=7, as_of=AS_OF)
+    events = buyer_intent_events(path)
+    converters = [events.get(i.domain, 0) for i in intents if i.converted_at]
+    others = [events.get(i.domain, 0) for i in intents if not i.converted_at]
+    assert mean(converters) > 3 * mean(others)
+    # what a backtest at as_of - 60 days sees of the accounts that buy in its horizon
+    early = buyer_intent_events(path, BACKTEST)
+    in_horizon = [
+        early.get(i.domain, 0)
+        for i in intents
+        if i.converted_at and BACKTEST < i.converted_at <= AS_OF
+    ]
+    not_yet = [
+        early.get(i.domain, 0) for i in intents if not (i.converted_at and i.converted_at <= AS_OF)
+    ]
+    assert mean(in_horizon) > 3 * mean(not_yet)
+
+
+def test_latent_intent_drives_conversion_with_traps() -> None:
+    companies = demo_companies(7, 400)
+    intents = demo_intents(companies, seed=7, as_of=AS_OF)
+    assert intents == demo_intents(companies, seed=7, as_of=AS_OF)
+    assert intents[:120] == demo_intents(companies[:120], seed=7, as_of=AS_OF)
+    assert intents != demo_intents(demo_companies(8, 400), seed=8, as_of=AS_OF)
+    ranked = sorted(intents, key=lambda i: i.intent)
+    bottom, top = ranked[:100], ranked[-100:]
+    assert sum(i.converted_at is not None for i in top) > 5 * sum(
+        i.converted_at is not None for i in bottom
+    )
+    by_domain = {c.domain: c for c in companies}
+
+    def rate(keep: Callable[[DemoCompany], bool]) -> float:
+        chosen = [i for i in intents if keep(by_domain[i.domain])]
+        return sum(i.converted_at is not None for i in chosen) / len(chosen)
+
+    overall = rate(lambda c: True)
+    assert 0.08 < overall < 0.25
+    assert rate(lambda c: c.team_size == 1) < overall / 4  # prosumers
+    assert rate(lambda c: c.profile == "young") < overall / 2
+    assert rate(lambda c: c.profile in ("legal_views", "pricing_views", "admin_change")) > overall
+    young = [i for i in intents if by_domain[i.domain].profile == "young"]
+    assert all(i.early_signals == () for i in young)
+    assert all(i.converted_at is None or i.converted_at > AS_OF for i in young)
+
+
+def test_early_signals_leave_the_current_scores_alone(tmp_path: Path) -> None:
+    """Signals rewrite usage events older than the 63 days a read at as_of looks at."""
+    path = tmp_path / "d.duckdb"
+    generate_demo_warehouse(path, seed=7, companies=60, users=1200, events=30_000, as_of=AS_OF)
+
+    def read(as_of: datetime) -> dict[str, dict[str, float | None]]:
+        source = SqlUsageSource(f"duckdb:///{path}", taxonomy=TAXONOMY)
+        return {a.key: dict(a.metrics) for a in source.read_accounts(as_of, UsageReadStats())}
+
+    now, backtest = read(AS_OF), read(BACKTEST)
+    con = duckdb.connect(str(path))
+    try:
+        undone = con.execute(
+            "UPDATE events SET event_name = 'logged_in'"
+            f" WHERE list_contains({BUYER_INTENT}, event_name)"
+            " AND occurred_at >= TIMESTAMP '2024-03-19' AND occurred_at < TIMESTAMP '2024-03-30'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert undone and undone[0] > 0
+    assert read(AS_OF) == now
+    assert read(BACKTEST) != backtest

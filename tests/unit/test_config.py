@@ -752,3 +752,41 @@ def test_a_label_mapped_instead_of_an_api_name_is_a_config_error_on_its_line(
         7,
         "fields.PQA Score",
     )
+
+
+def test_the_shipped_labels_read_the_demo_conversions_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    labels = load_settings(REPO / "config" / "pls_sync.yaml", env={}).labels
+    assert labels is not None
+    assert (labels.source, labels.table, labels.converted_column) == (
+        "warehouse",
+        "conversions",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "says"),
+    [
+        ("labels:\n  source: warehouse\n", "labels.source", "needs a table"),
+        ("labels:\n  source: file\n", "labels.source", "needs a path"),
+        (
+            "labels:\n  source: file\n  path: c.csv\n  converted_column: null\n"
+            "  converted_at_column: null\n",
+            "labels.converted_column",
+            "one outcome",
+        ),
+    ],
+)
+def test_a_label_source_without_what_it_needs_is_a_config_error(
+    repo_copy: Path, section: str, key: str, says: str
+) -> None:
+    text = repo_copy.read_text()
+    start = text.index("labels:")
+    end = text.index("api_budget:")
+    repo_copy.write_text(text[:start] + section + "\n" + text[end:])
+    with pytest.raises(ConfigError) as caught:
+        load_settings(repo_copy, env={})
+    (issue,) = [i for i in caught.value.issues if i.key == key]
+    assert says in issue.message and issue.line is not None and issue.file.endswith("pls_sync.yaml")
