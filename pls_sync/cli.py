@@ -51,6 +51,8 @@ err_console = Console(stderr=True)
 log = structlog.get_logger("pls_sync.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# Where `pls-sync calibrate` keeps its last result in the state store, for the report.
+CALIBRATION_KEY = "calibration"
 TABLE, JSON, CSV = OutputFormat.TABLE, OutputFormat.JSON, OutputFormat.CSV
 
 PLAN_COLUMNS = ("destination", "object", "record_id", "account", "field", "from", "to", "reason")
@@ -817,6 +819,46 @@ def load_saved_lists(settings: Settings) -> tuple[str, datetime, dict[str, list[
     if saved is None:
         fail(first)
     return saved
+
+
+REPORT_REFUSAL = "report writes one HTML page; name the file .html"
+
+
+@app.command()
+def report(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The page to write (.html).")
+    ] = Path(".pls-sync/report.html"),
+    config: ConfigOption = Path("config/pls_sync.yaml"),
+    sandbox: SandboxOption = False,
+) -> None:
+    """One self-contained HTML page (opens offline) with charts of the last runs: score
+    distribution, tier flow, match rate per CRM, channels and motions, the ABM and unmatched
+    lists, and the calibration when `pls-sync calibrate` has run."""
+    from pls_sync.bootstrap import STATE_MISSING, open_existing_state_store
+    from pls_sync.errors import FatalError
+    from pls_sync.report_data import build_report
+
+    if output.suffix.lower() not in (".html", ".htm"):
+        fail(REPORT_REFUSAL, EXIT_CONFIG)
+    settings = load_or_exit(config)
+    try:
+        store = open_existing_state_store(settings.state_url)
+        calibration = store.get_value(CALIBRATION_KEY)
+        page = build_report(settings, store, now=datetime.now(UTC), calibration=calibration)
+    except PlsSyncError as exc:
+        message = redact(str(exc))
+        if isinstance(exc, FatalError) and exc.code == STATE_MISSING:
+            fail(f"no run recorded yet: run `pls-sync run` first ({message})")
+        fail(message, label="Report failed")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(redact(os_error_text(exc)), label="Report failed")
+    console.print(
+        f"Report written to {output} ({len(page.encode('utf-8')):,} bytes)", highlight=False
+    )
 
 
 @app.command("lists")

@@ -1115,3 +1115,18 @@ def test_the_sandbox_option_without_a_sandbox_says_how_to_start_one(
         nobody_there.stderr.strip() == f"no CRM sandbox answers at http://127.0.0.1:{port}: {hint}"
     )
     assert not (workdir.root / ".pls-sync" / "state.sqlite").exists()
+
+
+def test_report_writes_one_self_contained_page_after_a_run(workdir: Workdir, crm: Sandbox) -> None:
+    result, _ = workdir.sync("run", summary="run.json")
+    assert result.exit_code == 0, result.output
+
+    written = workdir.invoke("report", "--output", "out/report.html")
+
+    assert written.exit_code == 0, written.output
+    page = (workdir.root / "out" / "report.html").read_text(encoding="utf-8")
+    assert "Report written to out/report.html" in written.output
+    for figure in ("score-distribution", "tier-flow", "match-rate", "channels", "motions"):
+        assert f'id="{figure}"' in page
+    assert "run <code>pls-sync calibrate</code>" in page  # no calibration yet
+    assert 'src="http' not in page and "<link" not in page and "<script" not in page

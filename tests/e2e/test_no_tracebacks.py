@@ -203,9 +203,11 @@ CONFIG_COMMANDS = {
     "demo": ("demo", "--companies", "5"),
     "schedule": ("schedule",),
     "setup": ("setup",),
+    "report": ("report",),
 }
 SANDBOX_OPTION = (
-    "run", "plan", "validate", "export", "explain", "status", "lists", "schedule", "setup"
+    "run", "plan", "validate", "export", "explain", "status", "lists", "schedule", "setup",
+    "report",
 )  # fmt: skip
 WAREHOUSE_READERS = {
     "run": ("run", *AS_OF),
@@ -213,7 +215,12 @@ WAREHOUSE_READERS = {
     "export": ("export", "out.csv", *AS_OF),
     "explain": ("explain", "acme.com", *AS_OF),
 }
-STATE_READERS = {**WAREHOUSE_READERS, "status": ("status",), "lists": ("lists", "abm")}
+STATE_READERS = {
+    **WAREHOUSE_READERS,
+    "status": ("status",),
+    "lists": ("lists", "abm"),
+    "report": ("report",),
+}
 CRM_USERS = {
     "run": ("run", *AS_OF),
     "plan": ("plan", *AS_OF),
@@ -310,6 +317,10 @@ CASES["lists-output-under-a-file"] = Case(
 CASES["explain-unknown-account"] = Case(
     "explain", ("explain", "no-such-company.example", *AS_OF), exit_codes=(1,), says="No product"
 )
+CASES["report-not-html"] = Case(
+    "report", ("report", "--output", "r.pdf"), exit_codes=(2,), says="name the file .html"
+)
+CASES["report-nothing-ran"] = Case("report", ("report",), exit_codes=(1,), says="no run recorded")
 CASES["demo-negative-companies"] = Case("demo", ("demo", "--companies", "-1"), exit_codes=(2,))
 for port in ("70000", "-1"):
     CASES[f"sandbox-port-{port}"] = Case(

@@ -1,0 +1,176 @@
+"""``pls-sync report``'s data: what the page shows, gathered from the state store.
+
+The last run is the newest finished run that wrote (not a plan) with a summary; its summary
+gives the match counts, channels and motions. Current scores come from the account states, the
+tier flow from the tier transitions recorded at the last run's as-of, and the ABM and unmatched
+lists from the lists the last run kept. Reading the store may raise ``FatalError`` (the caller
+reports it); nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pls_sync.report_page import LIST_ROWS, NEW, ReportData, RunInfo, render_report
+
+if TYPE_CHECKING:
+    from pls_sync.config import Settings
+    from pls_sync.ports import AccountState, RunRecord, TierTransition
+
+__all__ = ["ReportSource", "build_report", "gather_report_data"]
+
+_RUNS_SCANNED = 50
+
+
+class ReportSource(Protocol):
+    """The state store reads the report needs (``connectors.state.SqlStateStore`` has them)."""
+
+    def recent_runs(self, limit: int = 10) -> list[RunRecord]:
+        """The latest runs, newest first."""
+        ...
+
+    def load_account_states(self) -> dict[str, AccountState]:
+        """Every account's last known state, by key."""
+        ...
+
+    def transitions_since(self, at: datetime) -> list[TierTransition]:
+        """Tier transitions at or after ``at``, oldest first."""
+        ...
+
+    def load_lists(self) -> tuple[str, datetime, dict[str, list[dict[str, Any]]]] | None:
+        """``(run_id, saved_at, lists)`` of the last run that kept lists; None before any."""
+        ...
+
+
+def build_report(
+    settings: Settings,
+    state: ReportSource,
+    *,
+    now: datetime,
+    calibration: Mapping[str, Any] | None = None,
+) -> str:
+    """The report page (one self-contained HTML string) from the state store as it is now."""
+    return render_report(gather_report_data(settings, state, now=now, calibration=calibration))
+
+
+def gather_report_data(
+    settings: Settings,
+    state: ReportSource,
+    *,
+    now: datetime,
+    calibration: Mapping[str, Any] | None = None,
+) -> ReportData:
+    """What the page shows: the last run's summary, current scores, tier flow and lists."""
+    recorded = _sync_runs(state.recent_runs(_RUNS_SCANNED))
+    last = recorded[0] if recorded else None
+    summary: Mapping[str, Any] = last.summary if last is not None else {}
+    states = state.load_account_states()
+    as_of = _moment(summary.get("as_of"))
+    saved = state.load_lists()
+    lists = saved[2] if saved is not None else {}
+    abm = lists.get("abm", [])
+    unmatched = lists.get("unmatched", [])
+    destinations = _mapping(summary.get("destinations"))
+    leads = _mapping(summary.get("leads"))
+    return ReportData(
+        generated_at=now,
+        tiers=tuple((tier.name, float(tier.min_score)) for tier in settings.scoring.tiers),
+        scores=tuple((float(s.score), s.tier) for s in states.values()),
+        last_run=_run_info(last) if last is not None else None,
+        previous_run=_run_info(recorded[1]) if len(recorded) > 1 else None,
+        tier_flow=tier_flow(states, state.transitions_since(as_of) if as_of else [], as_of)
+        if last is not None
+        else {},
+        match_counts={
+            name: _int_counts(dest["match"])
+            for name, dest in destinations.items()
+            if isinstance(dest, Mapping) and isinstance(dest.get("match"), Mapping)
+        },
+        destination_status={
+            name: str(dest.get("status", "?"))
+            for name, dest in destinations.items()
+            if isinstance(dest, Mapping)
+        },
+        channels=_int_counts(leads.get("channels")),
+        motions=_int_counts(leads.get("motions")),
+        abm=tuple(abm[:LIST_ROWS]),
+        abm_total=len(abm),
+        unmatched=tuple(unmatched[:LIST_ROWS]),
+        unmatched_total=len(unmatched),
+        lists_run_id=saved[0] if saved is not None else None,
+        calibration=calibration,
+    )
+
+
+def tier_flow(
+    states: Mapping[str, AccountState],
+    transitions: list[TierTransition],
+    as_of: datetime | None,
+) -> dict[tuple[str, str], int]:
+    """Accounts scored at ``as_of`` counted by ``(tier before, tier after)`` that run.
+
+    An account with no transition at ``as_of`` kept its tier; one first seen then comes from
+    ``NEW``. Several transitions at the same as-of (a rerun after a config change) fold into
+    one move: from the tier before the first to the tier now. Without an as-of every account
+    counts as having kept its tier.
+    """
+    before: dict[str, str] = {}
+    for transition in transitions:
+        if transition.at == as_of and transition.key not in before:
+            before[transition.key] = transition.from_tier or NEW
+    counts: Counter[tuple[str, str]] = Counter()
+    for key, account in states.items():
+        if as_of is not None and account.scored_at != as_of:
+            continue
+        counts[(before.get(key, account.tier), account.tier)] += 1
+    return dict(counts)
+
+
+def _sync_runs(runs: list[RunRecord]) -> list[RunRecord]:
+    """Finished runs that wrote (not plans) and kept a summary, newest first."""
+    return [
+        run
+        for run in runs
+        if run.status != "running"
+        and run.summary
+        and not run.summary.get("dry_run")
+        and "scoring" in run.summary
+    ]
+
+
+def _run_info(run: RunRecord) -> RunInfo:
+    as_of = run.summary.get("as_of")
+    return RunInfo(
+        run_id=run.run_id,
+        command=run.command,
+        status=run.status,
+        started_at=run.started_at,
+        as_of=str(as_of) if as_of is not None else None,
+    )
+
+
+def _moment(value: Any) -> datetime | None:
+    """An ISO text as an aware UTC datetime (naive taken as UTC); None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _int_counts(value: Any) -> dict[str, int]:
+    """The integer entries of a summary's counts (odd values left out)."""
+    return {
+        str(name): int(count)
+        for name, count in _mapping(value).items()
+        if isinstance(count, int) and not isinstance(count, bool)
+    }
