@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import sys
@@ -819,6 +820,53 @@ def load_saved_lists(settings: Settings) -> tuple[str, datetime, dict[str, list[
     if saved is None:
         fail(first)
     return saved
+
+
+@app.command()
+def calibrate(
+    config: ConfigOption = Path("config/pls_sync.yaml"),
+    as_of: AsOfOption = None,
+    horizon_days: Annotated[
+        int, typer.Option(min=1, help="Days after the backtest date a conversion counts.")
+    ] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the bootstrap.")] = 0,
+    json_output: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
+    ] = None,
+) -> None:
+    """Backtest the score against conversions (`labels:`): score every account as of
+    --as-of minus the horizon, label it by whether it converted by --as-of, and report AUC,
+    lift by decile, the sales tier's precision and recall, each signal's conversion rate, and
+    cross-validated logistic regressions on the same inputs (needs `pls-sync[calibrate]`).
+    The result is kept for `pls-sync report`."""
+    from pls_sync.bootstrap import build_state_store
+    from pls_sync.calibrate_service import backtest
+    from pls_sync.calibration import render_text
+
+    settings = load_or_exit(config)
+    when = parse_as_of(as_of)
+    try:
+        result = backtest(settings, as_of=when, horizon_days=horizon_days, seed=seed)
+    except PlsSyncError as exc:
+        fail(redact(str(exc)), label="Calibration failed")
+    for line in render_text(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    data = result.as_dict()
+    try:
+        store = build_state_store(settings)
+        try:
+            store.set_value(CALIBRATION_KEY, data)
+        finally:
+            store.close()
+    except PlsSyncError as exc:
+        note(f"not kept for `pls-sync report`: {redact(str(exc))}")
+    if json_output is not None:
+        try:
+            json_output.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(data, indent=2, default=str)
+            json_output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            fail(redact(os_error_text(exc)), label="Calibration failed")
 
 
 REPORT_REFUSAL = "report writes one HTML page; name the file .html"

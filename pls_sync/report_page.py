@@ -324,7 +324,14 @@ def _calibration(data: ReportData) -> str:
     parts = []
     auc = result.get("auc")
     if isinstance(auc, int | float):
-        parts.append(f'<p class="meta">Cross-validated AUC: {escape(f"{auc:.3f}")}.</p>')
+        parts.append(f'<p class="meta">Backtest AUC of the score: {escape(f"{auc:.3f}")}.</p>')
+    fitted = result.get("fitted")
+    fitted_auc = fitted.get("cv_auc") if isinstance(fitted, dict) else None
+    if isinstance(fitted_auc, int | float):
+        parts.append(
+            '<p class="meta">A logistic regression on the same inputs, cross-validated: AUC '
+            f"{escape(f'{fitted_auc:.3f}')}.</p>"
+        )
     lifts = _lifts(result.get("lift_by_decile") or ())
     if lifts:
         svg = _chart("lift", 3.2, lambda ax: _draw_lift(ax, lifts))

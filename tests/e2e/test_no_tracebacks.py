@@ -204,19 +204,21 @@ CONFIG_COMMANDS = {
     "schedule": ("schedule",),
     "setup": ("setup",),
     "report": ("report",),
+    "calibrate": ("calibrate",),
 }
 SANDBOX_OPTION = (
     "run", "plan", "validate", "export", "explain", "status", "lists", "schedule", "setup",
     "report",
 )  # fmt: skip
 WAREHOUSE_READERS = {
+    "calibrate": ("calibrate", *AS_OF),
     "run": ("run", *AS_OF),
     "plan": ("plan", *AS_OF),
     "export": ("export", "out.csv", *AS_OF),
     "explain": ("explain", "acme.com", *AS_OF),
 }
 STATE_READERS = {
-    **WAREHOUSE_READERS,
+    **{name: args for name, args in WAREHOUSE_READERS.items() if name != "calibrate"},
     "status": ("status",),
     "lists": ("lists", "abm"),
     "report": ("report",),

@@ -200,7 +200,7 @@ def test_calibration_is_charted_when_given() -> None:
     page = render_report(sample(calibration=CALIBRATION))
     found = figures(page)
     assert {"lift", "signal-rates"} <= found.with_svg
-    assert "Cross-validated AUC: 0.791." in page
+    assert "Backtest AUC of the score: 0.791." in page
     assert "top decile 3.90×" in page
     assert "Terms of Use viewed" in page
     assert "malformed" not in page
