@@ -103,6 +103,15 @@ def crm(workdir: Workdir, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
 
     box = Sandbox(port=0, seed=DEMO_SEED, companies=demo_companies(DEMO_SEED, DEMO_COMPANIES))
     box.start()
+    point_at(box, workdir, monkeypatch)
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+def point_at(box: Sandbox, workdir: Workdir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment a run needs: both CRMs at ``box``, the test's warehouse and state."""
     env = {
         "SALESFORCE_INSTANCE_URL": box.url,
         "SALESFORCE_SESSION_ID": box.session_id,
@@ -114,10 +123,6 @@ def crm(workdir: Workdir, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    try:
-        yield box
-    finally:
-        box.stop()
 
 
 def copy_config(root: Path) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from pls_sync.sandbox.server import Sandbox
-from tests.e2e.conftest import DEMO_COMPANIES, DEMO_SEED, Workdir
+from tests.e2e.conftest import DEMO_COMPANIES, DEMO_SEED, Workdir, point_at
 
 SF_FIELDS = (
     "PQA_Score__c",
@@ -47,18 +47,8 @@ def bare(workdir: Workdir, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]
     box = Sandbox(
         port=0, seed=DEMO_SEED, companies=demo_companies(DEMO_SEED, DEMO_COMPANIES), bare=True
     ).start()
-    env = {
-        "SALESFORCE_INSTANCE_URL": box.url,
-        "SALESFORCE_SESSION_ID": box.session_id,
-        "HUBSPOT_BASE_URL": box.url,
-        "HUBSPOT_ACCESS_TOKEN": box.hubspot_token,
-        "PLS_SYNC_HUBSPOT_ENABLED": "true",
-        "PLS_SYNC_ALERTS_ENABLED": "true",
-        "PLS_SYNC_WAREHOUSE_URL": f"duckdb:///{workdir.warehouse}",
-        "PLS_SYNC_STATE_URL": workdir.state_url,
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    point_at(box, workdir, monkeypatch)
+    monkeypatch.setenv("PLS_SYNC_ALERTS_ENABLED", "true")
     try:
         yield box
     finally:
