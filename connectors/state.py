@@ -525,6 +525,19 @@ class SqlStateStore:
         with self._transaction("read tier transitions") as conn:
             return [TierTransition(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
 
+    def transitions_of_run(self, run_id: str) -> list[TierTransition]:
+        """The tier transitions run ``run_id`` recorded, oldest first."""
+        columns = tier_transitions.c
+        query = (
+            select(
+                columns.account_key, columns.from_tier, columns.to_tier, columns.score, columns.at
+            )
+            .where(columns.run_id == run_id)
+            .order_by(columns.at, columns.id)
+        )
+        with self._transaction("read tier transitions") as conn:
+            return [TierTransition(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
+
     # --- rejections -------------------------------------------------------------------------
 
     def record_rejections(

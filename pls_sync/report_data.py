@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pls_sync.report_page import LIST_ROWS, NEW, ReportData, RunInfo, render_report
@@ -36,8 +36,8 @@ class ReportSource(Protocol):
         """Every account's last known state, by key."""
         ...
 
-    def transitions_since(self, at: datetime) -> list[TierTransition]:
-        """Tier transitions at or after ``at``, oldest first."""
+    def transitions_of_run(self, run_id: str) -> list[TierTransition]:
+        """The tier transitions run ``run_id`` recorded, oldest first."""
         ...
 
     def load_lists(self) -> tuple[str, datetime, dict[str, list[dict[str, Any]]]] | None:
@@ -68,7 +68,6 @@ def gather_report_data(
     last = recorded[0] if recorded else None
     summary: Mapping[str, Any] = last.summary if last is not None else {}
     states = state.load_account_states()
-    as_of = _moment(summary.get("as_of"))
     saved = state.load_lists()
     lists = saved[2] if saved is not None else {}
     abm = lists.get("abm", [])
@@ -81,7 +80,7 @@ def gather_report_data(
         scores=tuple((float(s.score), s.tier) for s in states.values()),
         last_run=_run_info(last) if last is not None else None,
         previous_run=_run_info(recorded[1]) if len(recorded) > 1 else None,
-        tier_flow=tier_flow(states, state.transitions_since(as_of) if as_of else [], as_of)
+        tier_flow=tier_flow(states, state.transitions_of_run(last.run_id))
         if last is not None
         else {},
         match_counts={
@@ -106,25 +105,20 @@ def gather_report_data(
 
 
 def tier_flow(
-    states: Mapping[str, AccountState],
-    transitions: list[TierTransition],
-    as_of: datetime | None,
+    states: Mapping[str, AccountState], transitions: list[TierTransition]
 ) -> dict[tuple[str, str], int]:
-    """Accounts scored at ``as_of`` counted by ``(tier before, tier after)`` that run.
+    """Every account counted by ``(tier before, tier after)`` the last run: ``transitions``
+    are the ones that run recorded.
 
-    An account with no transition at ``as_of`` kept its tier; one first seen then comes from
-    ``NEW``. Several transitions at the same as-of (a rerun after a config change) fold into
-    one move: from the tier before the first to the tier now. Without an as-of every account
-    counts as having kept its tier.
+    An account the run moved comes from the tier it left (``NEW`` when it was first scored
+    then); several moves in one run fold into one, from the tier before the first. Every other
+    account kept its tier.
     """
     before: dict[str, str] = {}
     for transition in transitions:
-        if transition.at == as_of and transition.key not in before:
-            before[transition.key] = transition.from_tier or NEW
+        before.setdefault(transition.key, transition.from_tier or NEW)
     counts: Counter[tuple[str, str]] = Counter()
     for key, account in states.items():
-        if as_of is not None and account.scored_at != as_of:
-            continue
         counts[(before.get(key, account.tier), account.tier)] += 1
     return dict(counts)
 
@@ -150,17 +144,6 @@ def _run_info(run: RunRecord) -> RunInfo:
         started_at=run.started_at,
         as_of=str(as_of) if as_of is not None else None,
     )
-
-
-def _moment(value: Any) -> datetime | None:
-    """An ISO text as an aware UTC datetime (naive taken as UTC); None when it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -212,10 +212,9 @@ def _flow_figure(data: ReportData, colours: Mapping[str, str]) -> str:
     )
     moved = sum(n for (a, b), n in data.tier_flow.items() if a != b and a != NEW)
     new = sum(n for (a, _b), n in data.tier_flow.items() if a == NEW)
-    # A rerun at the same as-of moves nothing: the flow is that of the scores as of that date.
     caption = (
-        f"Accounts by tier before their scores as of {data.last_run.as_of or '?'} (rows) and "
-        f"after (colours): {moved:,} changed tier, {new:,} were scored for the first time ({NEW})."
+        f"Accounts by tier before the last run (rows) and after it (colours): {moved:,} changed "
+        f"tier, {new:,} were scored for the first time ({NEW})."
     )
     return _figure("tier-flow", svg, caption) + _flow_table(data.tier_flow, before, after)
 

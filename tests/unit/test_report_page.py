@@ -231,7 +231,7 @@ def test_the_page_stays_small_with_many_accounts_and_is_the_same_every_time() ->
     assert render_report(data) == page
 
 
-def test_tier_flow_counts_moves_stays_and_new_accounts_at_the_as_of() -> None:
+def test_tier_flow_counts_the_last_runs_moves_and_every_account_that_stayed() -> None:
     before = AS_OF - timedelta(days=7)
     states = {
         "moved": AccountState("moved", 85, "sales", scored_at=AS_OF),
@@ -247,11 +247,13 @@ def test_tier_flow_counts_moves_stays_and_new_accounts_at_the_as_of() -> None:
         TierTransition("twice", "self_serve", "sales", 81, AS_OF),
         TierTransition("twice", "sales", "success", 65, AS_OF),
     ]
-    assert tier_flow(states, transitions, AS_OF) == {
+    this_run = [t for t in transitions if t.at == AS_OF]  # what the last run recorded
+    assert tier_flow(states, this_run) == {
         ("self_serve", "sales"): 1,
         ("self_serve", "self_serve"): 1,
         (NEW, "self_serve"): 1,
         ("self_serve", "success"): 1,
+        ("sales", "sales"): 1,  # not scored by the last run: it kept its tier
     }
 
 
