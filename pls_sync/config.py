@@ -73,6 +73,7 @@ from pls_sync.scoring import (
     Signal,
     Tier,
     label_names,
+    saturate,
 )
 
 __all__ = [
@@ -656,6 +657,7 @@ class ScoringSpec(_Spec):
     signals: list[SignalSpec] = Field(default_factory=list)
     tiers: dict[Name, Percent]
     hysteresis: float = Field(default=5.0, ge=0)
+    saturate_above: float | None = Field(default=None, ge=0, lt=100)
     qualified_tiers: list[Name] | None = None
     guards: GuardsSpec = Field(default_factory=GuardsSpec)
 
@@ -1134,10 +1136,12 @@ def _check_tier_reach(document: Document, parts: _Parts, issues: list[ConfigIssu
     if not (parts.complete("components") and parts.complete("signals") and components):
         return
     # Each component gives at most its curve's last (highest) points times its weight; every
-    # signal that can fire adds its points. Scores are clamped to 100 and rounded half up.
+    # signal that can fire adds its points. Scores saturate above ``saturate_above`` (or are
+    # clamped to 100) and are rounded half up.
     from_components = sum(c.weight * c.curve[-1][1] for c in components.values())
     from_signals = sum(max(0.0, s.points) for s in signals if s is not None)
-    best = min(100, int(round(from_components + from_signals, 9) + 0.5))
+    above = parts.get("saturate_above")
+    best = int(round(saturate(from_components + from_signals, above), 9) + 0.5)
     for name, bound in tiers.items():
         if bound > best:
             issues.append(
@@ -1329,6 +1333,7 @@ def _scoring_model(spec: ScoringSpec) -> ScoringModel:
             for name, r in spec.ratios.items()
         ),
         hysteresis=float(spec.hysteresis),
+        saturate_above=float(spec.saturate_above) if spec.saturate_above is not None else None,
         min_account_age_days=spec.guards.min_account_age_days,
         guarded_tiers=tuple(
             spec.guards.guarded_tiers if spec.guards.guarded_tiers is not None else highest

@@ -128,6 +128,22 @@ class ScoringModel:
     min_account_age_days: int = 14
     guarded_tiers: tuple[str, ...] = ("sales",)
     qualified_tiers: tuple[str, ...] = ("sales",)
+    # Above this total, points still count but ever less (``saturate``): the score nears 100
+    # without reaching it, so the top of the list keeps its order instead of a block of 100s.
+    # None: totals above 100 are clipped to 100.
+    saturate_above: float | None = None
+
+
+def saturate(total: float, above: float | None) -> float:
+    """``total`` as a 0..100 score: unchanged up to ``above``, then ``above + (100 - above) *
+    (1 - exp(-(total - above) / (100 - above)))``, which keeps the order, the slope at the knee
+    and every tier bound at or below it; with ``above`` None, clipped to 0..100."""
+    if total <= 0.0:
+        return 0.0
+    if above is None or above >= 100.0 or total <= above:
+        return min(total, 100.0)
+    room = 100.0 - above
+    return above + room * (1.0 - math.exp(-(total - above) / room))
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,8 +728,8 @@ def score_account(
     Each component takes the best normalised value among its metrics (the first metric wins a
     tie), times its weight; a component with none of its metrics known scores 0 and its
     description names them as unknown. Each signal whose condition holds adds its points (a
-    condition on an unknown metric does not hold). The total is clamped to 0..100 and rounded
-    half up. The tier applies hysteresis against ``previous_tier``, then the age guard: an account
+    condition on an unknown metric does not hold). The total is clamped to 0..100 (or saturates
+    above ``saturate_above``) and rounded half up. The tier applies hysteresis against ``previous_tier``, then the age guard: an account
     younger than ``min_account_age_days`` never sits in a guarded tier (it drops to the
     highest unguarded tier below) and ``guard`` says so. An unknown ``first_seen`` is not
     guarded. Naive datetimes are taken as UTC.
@@ -738,10 +754,7 @@ def score_account(
         total += signal.points
         fired.append(signal.fire(metrics))
 
-    if total < 0.0:
-        total = 0.0
-    elif total > 100.0:
-        total = 100.0
+    total = saturate(total, model.saturate_above)
     # Rounded to 9 places first so float noise (72.49999999999999 for 72.5) rounds half up as
     # the arithmetic on paper does; int() is floor here, the total being non-negative.
     score = int(round(total, 9) + 0.5)

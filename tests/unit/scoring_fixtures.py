@@ -125,6 +125,7 @@ def default_model() -> ScoringModel:
         tiers=(Tier("sales", 80), Tier("success", 60), Tier("self_serve", 0)),
         hysteresis=5,
         qualified_tiers=("sales",),
+        saturate_above=80.0,
         min_account_age_days=14,
         guarded_tiers=("sales",),
     )

@@ -790,3 +790,15 @@ def test_a_label_source_without_what_it_needs_is_a_config_error(
         load_settings(repo_copy, env={})
     (issue,) = [i for i in caught.value.issues if i.key == key]
     assert says in issue.message and issue.line is not None and issue.file.endswith("pls_sync.yaml")
+
+
+def test_a_tier_at_100_is_unreachable_once_scores_saturate(repo_copy: Path) -> None:
+    """Above ``saturate_above`` a score nears 100 without reaching it."""
+    scoring = repo_copy.parent / "scoring.yaml"
+    scoring.write_text(scoring.read_text().replace("  sales: 80", "  sales: 100"))
+    (sales,) = issues_of(repo_copy)
+    assert sales.key == "tiers.sales" and "the model scores at most 99" in sales.message
+    scoring.write_text(scoring.read_text().replace("saturate_above: 80", "saturate_above: null"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PLS_SYNC_HUBSPOT_ENABLED", "false")
+        assert load_settings(repo_copy, env={}).scoring.saturate_above is None

@@ -289,8 +289,9 @@ def test_velocity_spike_account_scores_sales_with_explanations() -> None:
     assert velocity.description == "5.0x the usual week"
     assert component(result, "volume").description == "500 events in 28 days"
     assert component(result, "breadth").points == pytest.approx(15)
-    # components 79.3125 + team_threshold 5 + velocity_spike 10 = 94.3125
-    assert result.score == 94
+    # components 79.3125 + team_threshold 5 + velocity_spike 10 = 94.3125, above the knee at
+    # 80: 80 + 20 * (1 - exp(-14.3125 / 20)) = 90.22
+    assert result.score == 90
     assert {s.name: s.description for s in result.signals} == {
         "team_threshold": "9 active users",
         "velocity_spike": "15 new users this week, 5x usual",
@@ -303,7 +304,7 @@ def test_velocity_spike_account_scores_sales_with_explanations() -> None:
     assert (result.key, result.domain) == ("acme.com", "acme.com")
 
 
-def test_score_is_clamped_at_100() -> None:
+def test_a_total_above_100_saturates_below_it_or_is_clamped_without_saturation() -> None:
     metrics = {
         "active_users_28d": 40,
         "events_28d": 20_000,
@@ -315,8 +316,9 @@ def test_score_is_clamped_at_100() -> None:
         "enterprise_features_28d": 2,
     }
     result = score_account(account(metrics), MODEL, AS_OF)
+    clipped = score_account(account(metrics), replace(MODEL, saturate_above=None), AS_OF)
     assert sum(c.points for c in result.components) + sum(s.points for s in result.signals) > 100
-    assert result.score == 100
+    assert 95 <= result.score < 100 and clipped.score == 100
     assert len(result.signals) == 6
 
 
@@ -516,6 +518,7 @@ def test_default_model_mirrors_config_scoring_yaml() -> None:
         ),
         tiers=tuple(Tier(name, bound) for name, bound in data["tiers"].items()),
         hysteresis=data["hysteresis"],
+        saturate_above=data["saturate_above"],
         min_account_age_days=data["guards"]["min_account_age_days"],
         guarded_tiers=tuple(data["guards"]["guarded_tiers"]),
         qualified_tiers=tuple(data["qualified_tiers"]),
@@ -654,3 +657,40 @@ def test_scoring_time_zone_of_as_of_does_not_change_age() -> None:
     )
     assert shifted.age_days == pytest.approx(utc.age_days)
     assert shifted.scored_at == datetime(2024, 6, 3, 6, 0, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- saturation
+
+
+@given(
+    st.floats(min_value=-50, max_value=500, allow_nan=False),
+    st.floats(min_value=-50, max_value=500, allow_nan=False),
+    st.sampled_from([None, 50.0, 80.0, 95.0]),
+)
+def test_saturation_keeps_scores_in_range_and_in_order(a: float, b: float, above: Any) -> None:
+    from pls_sync.scoring import saturate
+
+    low, high = sorted((a, b))
+    assert 0.0 <= saturate(low, above) <= saturate(high, above) <= 100.0
+    if above is not None and above < low < high < above + 10 * (100 - above):
+        assert saturate(low, above) < saturate(high, above) < 100.0  # no ties above the knee
+    if above is not None and 0.0 <= low <= above:
+        assert saturate(low, above) == low  # every tier bound at or below the knee holds
+
+
+def test_saturation_bends_smoothly_at_the_knee() -> None:
+    from pls_sync.scoring import saturate
+
+    assert saturate(80.0, 80.0) == 80.0
+    assert saturate(80.001, 80.0) == pytest.approx(80.001, abs=1e-6)  # slope 1 at the knee
+    assert saturate(100.0, 80.0) == pytest.approx(80 + 20 * (1 - math.exp(-1)))
+    assert saturate(146.0, 80.0) < 99.5 and saturate(146.0, None) == 100.0
+
+
+def test_the_default_model_saturates_so_the_strongest_accounts_keep_their_order() -> None:
+    assert MODEL.saturate_above == 80.0
+    metrics = {"active_users_28d": 40, "events_28d": 20_000, "core_features_28d": 9}
+    strong = score_account(account(metrics, age_days=400), MODEL, AS_OF)
+    stronger_metrics = {**metrics, "enterprise_features_28d": 2, "legal_page_views_14d": 2}
+    stronger = score_account(account(stronger_metrics, age_days=400), MODEL, AS_OF)
+    assert 80 < strong.score < stronger.score < 100
