@@ -322,6 +322,8 @@ def _sync(
     else:
         write_plan_output(result, fmt, sys.stdout)
     write_summary_json(summary_json, result.summary)
+    if not dry_run:
+        report_after_run(settings)
     invalid = [n for n, o in result.outcomes.items() if o.status == "invalid"]
     if invalid:
         # A mapping that does not fit its CRM is a configuration problem, like a bad key.
@@ -334,6 +336,20 @@ def _sync(
         raise typer.Exit(EXIT_CONFIG)
     if result.status not in ("succeeded", "stopped"):
         raise typer.Exit(EXIT_FAILED)
+
+
+def report_after_run(settings: Settings) -> None:
+    """The report page after a run, when ``report.after_run`` asks; a failure is one line."""
+    from pls_sync.report_data import write_report_after_run
+
+    try:
+        written = write_report_after_run(settings, now=datetime.now(UTC))
+    except (PlsSyncError, OSError) as exc:
+        text = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+        note(f"report not written: {redact(text)}")
+        return
+    if written:
+        note(written)
 
 
 def _render_run(result: RunResult, *, dry_run: bool, limit: int) -> None:
@@ -1114,6 +1130,7 @@ def schedule(
         except RunLockedError as exc:
             raise LockedOut(str(exc)) from None
         log.info("scheduled_run_summary", job=name, status=result.status, summary=result.summary)
+        report_after_run(settings)
         if result.status == "failed":
             raise PlsSyncError(f"run {options.run_id} failed")
 

@@ -264,6 +264,8 @@ class Settings:
     channels_path: Path | None = None
     matching: MatchingSettings = field(default_factory=lambda: MatchingSettings())
     labels: LabelSettings | None = None
+    # Where ``pls-sync report``'s page is written after each run; None: on demand only.
+    report_after_run: Path | None = None
     # Where every key of every file is, for problems found after loading (validate, run).
     lines: ConfigLines = field(default_factory=ConfigLines, repr=False, compare=False)
 
@@ -473,6 +475,13 @@ class MatchingSpec(_Spec):
     shared_hosting: list[HostEntry] = Field(default_factory=list)
 
 
+class ReportSpec(_Spec):
+    """``report:``: the HTML page ``pls-sync report`` writes, also after each run if asked."""
+
+    after_run: bool = False
+    path: Name = ".pls-sync/report.html"
+
+
 class LabelsSpec(_Spec):
     """``labels:``: which accounts converted, for ``pls-sync calibrate``."""
 
@@ -558,6 +567,7 @@ class MainSpec(_Spec):
     crm_snapshot: CrmSnapshotSpec = Field(default_factory=CrmSnapshotSpec)
     matching: MatchingSpec = Field(default_factory=MatchingSpec)
     labels: LabelsSpec | None = None
+    report: ReportSpec = Field(default_factory=ReportSpec)
     channels: Name | None = None
     schedule: ScheduleSpec = Field(default_factory=_default_schedule)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
@@ -1614,6 +1624,7 @@ class _Loader:
                 tuple(main.matching.platform_hosts), tuple(main.matching.shared_hosting)
             ),
             labels=self._labels(main.labels),
+            report_after_run=Path(main.report.path) if main.report.after_run else None,
         )
 
     def _labels(self, spec: LabelsSpec | None) -> LabelSettings | None:

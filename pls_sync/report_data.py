@@ -45,6 +45,25 @@ class ReportSource(Protocol):
         ...
 
 
+def write_report_after_run(settings: Settings, *, now: datetime) -> str | None:
+    """Write the report page where ``report.after_run`` says, after a run; a line saying what
+    was written, or None when it is off. Errors (``PlsSyncError``, ``OSError``) are the
+    caller's to report: a page that cannot be written never fails the run."""
+    path = settings.report_after_run
+    if path is None:
+        return None
+    from pls_sync.bootstrap import open_existing_state_store
+
+    store = open_existing_state_store(settings.state_url)
+    try:
+        page = build_report(settings, store, now=now, calibration=store.get_value("calibration"))
+    finally:
+        store.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return f"Report written to {path} ({len(page.encode('utf-8')):,} bytes)"
+
+
 def build_report(
     settings: Settings,
     state: ReportSource,

@@ -1130,3 +1130,25 @@ def test_report_writes_one_self_contained_page_after_a_run(workdir: Workdir, crm
         assert f'id="{figure}"' in page
     assert "run <code>pls-sync calibrate</code>" in page  # no calibration yet
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
+
+
+def test_report_after_run_writes_the_page_and_never_fails_the_run(
+    workdir: Workdir, crm: Sandbox
+) -> None:
+    config = copy_config(workdir.root)
+    text = config.read_text()
+    config.write_text(text.replace("after_run: false", "after_run: true", 1))
+
+    result, summary = workdir.sync("run", summary="run.json", config=config)
+    assert result.exit_code == 0, result.output
+    assert "Report written to .pls-sync/report.html" in result.output
+    page = (workdir.root / ".pls-sync" / "report.html").read_text(encoding="utf-8")
+    assert 'id="score-distribution"' in page and summary["run_id"] in page
+
+    (workdir.root / "blocked").write_text("a file where the folder should be")
+    config.write_text(
+        config.read_text().replace("path: .pls-sync/report.html", "path: blocked/report.html")
+    )
+    again, _ = workdir.sync("run", summary="run2.json", config=config)
+    assert again.exit_code == 0, again.output
+    assert "report not written" in again.output and "Traceback" not in again.output
