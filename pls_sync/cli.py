@@ -492,6 +492,12 @@ def setup(
         configured = ", ".join(settings.destinations)
         fail(f"unknown destination {', '.join(unknown)}; configured: {configured}", EXIT_CONFIG)
     names = enabled_destinations(settings, tuple(destination) if destination else None)
+    if not names:
+        fail(
+            "no enabled destination to set up: enable it under destinations in the config "
+            "(e.g. PLS_SYNC_HUBSPOT_ENABLED=true)",
+            EXIT_CONFIG,
+        )
     worst = EXIT_OK
     for name in names:
         try:

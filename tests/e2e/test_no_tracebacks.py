@@ -319,6 +319,9 @@ CASES["lists-output-under-a-file"] = Case(
 CASES["explain-unknown-account"] = Case(
     "explain", ("explain", "no-such-company.example", *AS_OF), exit_codes=(1,), says="No product"
 )
+CASES["setup-destination-disabled"] = Case(
+    "setup", ("setup", "-d", "hubspot"), exit_codes=(2,), says="no enabled destination"
+)
 CASES["report-not-html"] = Case(
     "report", ("report", "--output", "r.pdf"), exit_codes=(2,), says="name the file .html"
 )
