@@ -12,7 +12,9 @@ The built-in model reads ``users`` and ``events`` (DESIGN.md section 2) with one
 Python then sees one row per host (per host and workspace at the workspace level), not per
 event: it classifies each host once (free mail, disposable and junk hosts are skipped and counted)
 and merges hosts sharing a registrable domain (``eng.acme.co.uk`` + ``acme.co.uk``), or a
-workspace's company hosts: counts sum, feature flags OR, ``first_seen`` is the minimum.
+workspace's company hosts: counts sum, feature flags OR, ``first_seen`` is the minimum. An
+account's ``first_seen`` is its first sign-up, or its users' first event in the window when that
+is earlier (user records re-created recently do not make an established team young).
 Distinct-feature counts do not sum across hosts, hence one 0/1 column per configured feature.
 A skipped host's users and events count toward no account, at either level: the gmail.com
 members of a company's workspace are skipped as ``free_mail`` and the workspace is scored on its
@@ -312,6 +314,20 @@ def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def _earliest(signed_up: datetime | None, first_event: datetime | None) -> datetime | None:
+    """An account's age evidence: its first sign-up, or an earlier event of its users.
+
+    Keyed on sign-ups alone, a team whose user records were re-created (a migration, an
+    identity-provider switch) would look days old and be held back by the age guard, though
+    its events show months of use.
+    """
+    if signed_up is None:
+        return first_event
+    if first_event is None:
+        return signed_up
+    return min(signed_up, first_event)
 
 
 def _to_datetime(value: Any) -> datetime | None:
@@ -1064,6 +1080,7 @@ class SqlUsageSource:
                 named(tax.pricing, "14d").label("ev_pricing"),
                 named(tax.admin, "28d").label("ev_admin"),
                 *feature_columns,
+                sa.func.min(e.c.occurred_at).label("first_ev"),
             )
             .where(*event_filters)
             .group_by(e.c.user_id, *((e.c.workspace_id,) if by_workspace else ()))
@@ -1106,6 +1123,7 @@ class SqlUsageSource:
                 *self._feature_masks(per_user, "core", len(tax.core)),
                 *self._feature_masks(per_user, "ent", len(tax.enterprise)),
                 sa.type_coerce(sa.func.min(u.c.created_at), NullType()).label("first_seen"),
+                sa.type_coerce(sa.func.min(per_user.c.first_ev), NullType()).label("first_event"),
             )
             .select_from(u.outerjoin(per_user, join_on))
             .where(sa.or_(u.c.created_at.is_(None), created < ub["as_of"]))
@@ -1200,7 +1218,8 @@ class SqlUsageSource:
         drops = self._event_drop_counts(conn, events, windows)
         query = self._builtin_query(users, events, windows)
         by_workspace = self.account_level == "workspace"
-        # Row layout: host, [workspace_id], _COUNT_COLUMNS..., feature flags..., first_seen.
+        # Row layout: host, [workspace_id], _COUNT_COLUMNS..., feature flags..., first_seen,
+        # first_event.
         first = 2 if by_workspace else 1
         flags_at = first + len(_COUNT_COLUMNS)
         n_flags = _mask_count(len(self.taxonomy.core)) + _mask_count(len(self.taxonomy.enterprise))
@@ -1230,7 +1249,7 @@ class SqlUsageSource:
                 key = f"workspace:{row[1]}" if by_workspace else domain
                 counts = row[first:flags_at]
                 flags = row[flags_at : flags_at + n_flags]
-                first_seen = _to_datetime(row[-1])
+                first_seen = _earliest(_to_datetime(row[-2]), _to_datetime(row[-1]))
                 account = accounts.get(key)
                 if account is None:
                     account = accounts[key] = _Account(list(counts), list(flags), first_seen)

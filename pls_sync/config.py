@@ -67,6 +67,7 @@ from pls_sync.scoring import (
     Component,
     Condition,
     ConditionGroup,
+    MetricSum,
     Ratio,
     Rule,
     ScoringModel,
@@ -229,18 +230,23 @@ class LabelSettings:
     """Where conversion labels come from (the ``labels:`` section of the main config).
 
     ``source`` is ``warehouse`` (``table``, optionally ``schema.table``, read through the
-    warehouse URL) or ``file`` (``path`` of a CSV). Column names are the source's; a column set
-    to ``None`` is absent. At least one of ``converted_column`` and ``converted_at_column`` is
-    needed.
+    warehouse URL), ``file`` (``path`` of a CSV), ``salesforce`` (won Opportunities, by their
+    Account's domain fields, dated by ``CloseDate``) or ``hubspot`` (deals in a closed-won stage,
+    by their associated companies' domains, dated by ``closedate``). Column names are the
+    warehouse's or the file's; a column set to ``None`` is absent. At least one of
+    ``converted_column`` and ``converted_at_column`` is needed for those two sources.
+    ``won_stages`` lists the HubSpot deal stage ids that count as won; ``None``: every stage
+    whose pipeline metadata says closed won (``isClosed`` true, probability 1.0).
     """
 
-    source: Literal["warehouse", "file"]
+    source: Literal["warehouse", "file", "salesforce", "hubspot"]
     table: str | None = None
     path: Path | None = None
     domain_column: str = "domain"
     converted_column: str | None = "converted"
     converted_at_column: str | None = "converted_at"
     config_file: str = "pls_sync.yaml"
+    won_stages: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,12 +491,13 @@ class ReportSpec(_Spec):
 class LabelsSpec(_Spec):
     """``labels:``: which accounts converted, for ``pls-sync calibrate``."""
 
-    source: Literal["warehouse", "file"]
+    source: Literal["warehouse", "file", "salesforce", "hubspot"]
     table: Name | None = None
     path: Name | None = None
     domain_column: Name = "domain"
     converted_column: Name | None = "converted"
     converted_at_column: Name | None = "converted_at"
+    won_stages: list[Name] | None = None
 
 
 class JobSpec(_Spec):
@@ -584,28 +591,32 @@ class RatioSpec(_Spec):
 CurvePoint = Annotated[list[float], Field(min_length=2, max_length=2)]
 
 
+def _valid_curve(curve: list[list[float]]) -> list[list[float]]:
+    """At least two [x, points] pairs, x strictly ascending, points non-decreasing in 0..100."""
+    if len(curve) < 2:
+        raise ValueError("a curve needs at least 2 [x, points] pairs")
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
+        if not x1 > x0:
+            raise ValueError(f"curve x values must be strictly ascending ({x0:g} then {x1:g})")
+        if y1 < y0:
+            raise ValueError(f"curve points must not decrease ({y0:g} then {y1:g})")
+    for x, y in curve:
+        if not (math.isfinite(x) and 0 <= y <= 100):
+            raise ValueError(f"curve points must lie in 0..100 with finite x ({x:g}, {y:g})")
+    return curve
+
+
+Curve = Annotated[list[CurvePoint], AfterValidator(_valid_curve)]
+
+
 class ComponentSpec(_Spec):
     """A ``components:`` entry: weight, metrics and the normalisation curve."""
 
     weight: Fraction
     metrics: list[Name] = Field(min_length=1)
-    curve: list[CurvePoint]
+    curve: Curve
     label: str = ""
-
-    @field_validator("curve")
-    @classmethod
-    def _valid_curve(cls, curve: list[list[float]]) -> list[list[float]]:
-        if len(curve) < 2:
-            raise ValueError("a curve needs at least 2 [x, points] pairs")
-        for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
-            if not x1 > x0:
-                raise ValueError(f"curve x values must be strictly ascending ({x0:g} then {x1:g})")
-            if y1 < y0:
-                raise ValueError(f"curve points must not decrease ({y0:g} then {y1:g})")
-        for x, y in curve:
-            if not (math.isfinite(x) and 0 <= y <= 100):
-                raise ValueError(f"curve points must lie in 0..100 with finite x ({x:g}, {y:g})")
-        return curve
+    discount_young: bool = False
 
 
 class RuleSpec(_Spec):
@@ -663,6 +674,9 @@ class ScoringSpec(_Spec):
     """The scoring file, ``config/scoring.yaml``."""
 
     ratios: dict[Name, RatioSpec] = Field(default_factory=dict)
+    sums: dict[Name, Annotated[dict[Name, Curve], Field(min_length=1)]] = Field(
+        default_factory=dict
+    )
     components: dict[Name, ComponentSpec]
     signals: list[SignalSpec] = Field(default_factory=list)
     tiers: dict[Name, Percent]
@@ -1018,7 +1032,7 @@ def _check_label(
 def _check_ratios(
     document: Document, parts: _Parts, builtin: bool, issues: list[ConfigIssue]
 ) -> None:
-    """Ratio names are new; numerator and denominator are metrics or earlier ratios."""
+    """Ratio and sum names are new; what they read are metrics or earlier ratios and sums."""
     if not builtin:
         return
     known = set(BUILTIN_METRICS)
@@ -1034,6 +1048,17 @@ def _check_ratios(
             if metric is not None and metric not in known:
                 issues.append(
                     document.issue(("ratios", name, part), _unknown_metric(metric, known))
+                )
+        known.add(name)
+    for name in _keys(document.data, "sums"):
+        if name in known:
+            issues.append(
+                document.issue(("sums", name), "a sum cannot reuse the name of a metric or a ratio")
+            )
+        for metric in _keys(document.data, "sums", name):
+            if metric not in known:
+                issues.append(
+                    document.issue(("sums", name, metric), _unknown_metric(metric, known))
                 )
         known.add(name)
 
@@ -1295,7 +1320,28 @@ def _check_labels(document: Document, parts: _Parts, issues: list[ConfigIssue]) 
         issues.append(document.issue(("labels", "source"), "source: warehouse needs a table"))
     if labels.source == "file" and not labels.path:
         issues.append(document.issue(("labels", "source"), "source: file needs a path (a CSV)"))
-    if labels.converted_column is None and labels.converted_at_column is None:
+    if labels.won_stages is not None and labels.source != "hubspot":
+        issues.append(
+            document.issue(("labels", "won_stages"), "won_stages applies to source: hubspot only")
+        )
+    destinations = parts.get("destinations")
+    if (
+        labels.source in ("salesforce", "hubspot")
+        and destinations is not None
+        and getattr(destinations, labels.source, None) is None
+    ):
+        issues.append(
+            document.issue(
+                ("labels", "source"),
+                f"source: {labels.source} reads the CRM of destinations.{labels.source}, "
+                "which is not configured",
+            )
+        )
+    if (
+        labels.source in ("warehouse", "file")
+        and labels.converted_column is None
+        and labels.converted_at_column is None
+    ):
         issues.append(
             document.issue(
                 ("labels", "converted_column"),
@@ -1331,6 +1377,7 @@ def _scoring_model(spec: ScoringSpec) -> ScoringModel:
                 tuple(c.metrics),
                 tuple((float(x), float(y)) for x, y in c.curve),
                 c.label,
+                discount_young=c.discount_young,
             )
             for name, c in spec.components.items()
         ),
@@ -1341,6 +1388,16 @@ def _scoring_model(spec: ScoringSpec) -> ScoringModel:
         ratios=tuple(
             Ratio(name, r.numerator, r.denominator, float(r.min_denominator))
             for name, r in spec.ratios.items()
+        ),
+        sums=tuple(
+            MetricSum(
+                name,
+                tuple(
+                    (metric, tuple((float(x), float(y)) for x, y in curve))
+                    for metric, curve in parts.items()
+                ),
+            )
+            for name, parts in spec.sums.items()
         ),
         hysteresis=float(spec.hysteresis),
         saturate_above=float(spec.saturate_above) if spec.saturate_above is not None else None,
@@ -1468,9 +1525,9 @@ class _Loader:
             scoring_doc = self.document(scoring_path, self.issues)
             if scoring_doc is not None:
                 scoring, scoring_parts = _validate(ScoringSpec, scoring_doc, self.issues)
-                ratios = _keys(scoring_doc.data, "ratios")
+                derived = _keys(scoring_doc.data, "ratios") + _keys(scoring_doc.data, "sums")
                 if context.metrics is not None:
-                    context.metrics = context.metrics | frozenset(ratios)
+                    context.metrics = context.metrics | frozenset(derived)
                 if isinstance(_raw(scoring_doc.data, "components"), dict):
                     context.components = frozenset(_keys(scoring_doc.data, "components"))
                 _check_scoring(scoring_doc, scoring_parts, context, self.issues)
@@ -1639,6 +1696,7 @@ class _Loader:
             converted_column=spec.converted_column,
             converted_at_column=spec.converted_at_column,
             config_file=self.path.name,
+            won_stages=tuple(spec.won_stages) if spec.won_stages is not None else None,
         )
 
 

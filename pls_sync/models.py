@@ -198,7 +198,8 @@ class OwnedRecord:
     pending: Mapping[str, Any] = field(default_factory=dict)
     # pls-sync's own writes move the record's last-modified stamp; matching by "most recently
     # modified" must not see them. ``written_at`` is the CRM's clock when pls-sync's last write
-    # to the record finished, ``modified`` the record's last change by anyone else before it.
+    # to the record finished (for an ``in_flight`` row: when the write whose requests may still
+    # land ended), ``modified`` the record's last change by anyone else before it.
     modified: datetime | None = None
     written_at: datetime | None = None
     # A write to the record was sent and its outcome is unknown (the run died before recording

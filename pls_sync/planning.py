@@ -510,8 +510,10 @@ class _Planner:
             )
         stamps = (row.modified, row.written_at) if row is not None else (None, None)
         if row is not None and row.in_flight:
-            # Settled now: the stamp read is taken as that write's; later ones are people's.
-            stamps = (row.modified, record.last_modified)
+            # Settled now: the stamp read, or the end of the uncertain write when later (a
+            # lagging read may not show a retry that landed late), is taken as that write's;
+            # later ones are people's.
+            stamps = (row.modified, _latest(record.last_modified, row.written_at))
         if keep:
             fields = owned_values(desired, diff.held, last)
             after: OwnedRecord | None = OwnedRecord(record.id, account_key, fields, {}, *stamps)
@@ -646,6 +648,13 @@ def plan_changes(
         plan.ownership[record_id] = None  # the CRM no longer has it (deleted or merged)
     plan.changes.sort(key=lambda change: (-change.priority, change.record_id))
     return plan
+
+
+def _latest(first: datetime | None, second: datetime | None) -> datetime | None:
+    """The later of two moments, either of which may be unknown."""
+    if first is None or second is None:
+        return first or second
+    return first if _as_utc(first) >= _as_utc(second) else second
 
 
 def effective_modified(record: CrmRecord, owned: OwnedRecord | None) -> datetime | None:

@@ -24,6 +24,7 @@ from pls_sync.models import ProductAccount
 __all__ = [
     "GUARD_MIN_AGE",
     "OPERATORS",
+    "MetricSum",
     "AccountScore",
     "Component",
     "ComponentScore",
@@ -79,6 +80,20 @@ class Ratio:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricSum:
+    """A derived metric: the sum of each part's points, each read off its own curve.
+
+    ``parts`` is ((metric, curve), ...). It gathers several behaviours into one number a
+    component can weigh (e.g. buyer intent: legal pages, admin changes, pricing views,
+    enterprise features), where a component alone would take only the best of them. An
+    unknown part adds nothing; with every part unknown the sum is unknown.
+    """
+
+    name: str
+    parts: tuple[tuple[str, tuple[tuple[float, float], ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Component:
     """A weighted score component, normalised to 0-100 by a piecewise-linear curve.
 
@@ -86,6 +101,9 @@ class Component:
     below x0 the value is y0, above the last x it is the last y. With several ``metrics``
     the component takes the best (max) normalised value, so any of them can carry it.
     ``label`` is the text template of the explanation, e.g. "{value:.0f} active users".
+    With ``discount_young``, an account younger than the model's ``min_account_age_days``
+    gets its points in proportion to its age: for a days-old account every user and event is
+    new, so growth there says little.
     """
 
     name: str
@@ -93,6 +111,7 @@ class Component:
     metrics: tuple[str, ...]
     curve: tuple[tuple[float, float], ...]
     label: str = ""
+    discount_young: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +143,7 @@ class ScoringModel:
     signals: tuple[Signal, ...] = ()
     tiers: tuple[Tier, ...] = (Tier("sales", 80), Tier("success", 60), Tier("self_serve", 0))
     ratios: tuple[Ratio, ...] = ()
+    sums: tuple[MetricSum, ...] = ()
     hysteresis: float = 5.0
     min_account_age_days: int = 14
     guarded_tiers: tuple[str, ...] = ("sales",)
@@ -218,8 +238,10 @@ def _present(value: float | None) -> bool:
 # Derived metrics
 
 
-def derive_metrics(metrics: Metrics, ratios: Sequence[Ratio]) -> dict[str, float | None]:
-    """Return a copy of ``metrics`` plus every ratio, computed in order.
+def derive_metrics(
+    metrics: Metrics, ratios: Sequence[Ratio], sums: Sequence[MetricSum] = ()
+) -> dict[str, float | None]:
+    """Return a copy of ``metrics`` plus every ratio, then every sum, computed in order.
 
     A ratio is ``numerator / max(denominator, min_denominator)``. A numerator the account does
     not have leaves the ratio missing; a denominator it does not have counts as 0, so
@@ -242,7 +264,22 @@ def derive_metrics(metrics: Metrics, ratios: Sequence[Ratio]) -> dict[str, float
             # A model with min_denominator <= 0 would divide by zero: the ratio is undefined.
             continue
         derived[ratio.name] = numerator / divisor
+    for metric_sum in sums:
+        derived[metric_sum.name] = _sum_of_parts(
+            derived, [(metric, _Curve(curve)) for metric, curve in metric_sum.parts]
+        )
     return derived
+
+
+def _sum_of_parts(metrics: Metrics, parts: Sequence[tuple[str, _Curve]]) -> float | None:
+    """The points of every known part, added; None when no part is known."""
+    total: float | None = None
+    for metric, curve in parts:
+        value = metrics.get(metric)
+        if value is None or value != value:
+            continue
+        total = (total or 0.0) + curve(value)
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,11 +572,22 @@ _CACHE_LIMIT = 16_384
 class _CompiledComponent:
     """A component with its curve, label and per-metric caches of scored parts."""
 
-    __slots__ = ("name", "weight", "curve", "template", "lookups", "unknown", "cached", "single")
+    __slots__ = (
+        "name",
+        "weight",
+        "curve",
+        "template",
+        "lookups",
+        "unknown",
+        "cached",
+        "single",
+        "discount_young",
+    )
 
     def __init__(self, component: Component) -> None:
         self.name = component.name
         self.weight = float(component.weight)
+        self.discount_young = component.discount_young
         self.curve = _Curve(component.curve)
         self.template = _template(component.label)
         # A label showing other metrics than {value} differs per account: never cached.
@@ -649,6 +697,8 @@ class _CompiledModel:
 
     __slots__ = (
         "ratios",
+        "sums",
+        "discounted",
         "components",
         "signals",
         "ladder",
@@ -663,7 +713,12 @@ class _CompiledModel:
 
     def __init__(self, model: ScoringModel) -> None:
         self.ratios = tuple(model.ratios)
+        self.sums = tuple(
+            (s.name, tuple((metric, _Curve(curve)) for metric, curve in s.parts))
+            for s in model.sums
+        )
         self.components = tuple(_CompiledComponent(c) for c in model.components)
+        self.discounted = any(c.discount_young for c in self.components)
         self.signals = tuple(_CompiledSignal(s) for s in model.signals)
         # Unpacked once per signal in the hot loop rather than read attribute by attribute.
         self.checks = tuple((s.metric, s.compare, s.threshold, s.when, s) for s in self.signals)
@@ -717,6 +772,28 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def _discounted_for_age(
+    components: tuple[ComponentScore, ...], compiled: _CompiledModel, age_days: float
+) -> tuple[ComponentScore, ...]:
+    """The parts of ``discount_young`` components scaled by age / the guard's minimum age."""
+    share = max(age_days, 0.0) / compiled.min_age_days
+    out: list[ComponentScore] = []
+    for part, scored in zip(compiled.components, components, strict=True):
+        if part.discount_young and scored.points > 0.0:
+            scored = ComponentScore(
+                scored.name,
+                scored.metric,
+                scored.value,
+                scored.normalised,
+                scored.weight,
+                scored.points * share,
+                f"{scored.description} (account {max(age_days, 0.0):.0f} days old: "
+                f"{share:.0%} of the points)",
+            )
+        out.append(scored)
+    return tuple(out)
+
+
 def score_account(
     account: ProductAccount,
     model: ScoringModel,
@@ -725,9 +802,11 @@ def score_account(
 ) -> AccountScore:
     """Score one account: components, signals, a 0-100 score, its tier and why.
 
-    Each component takes the best normalised value among its metrics (the first metric wins a
-    tie), times its weight; a component with none of its metrics known scores 0 and its
-    description names them as unknown. Each signal whose condition holds adds its points (a
+    Metrics are derived first (ratios, then sums). Each component takes the best normalised
+    value among its metrics (the first metric wins a tie), times its weight; a component with
+    none of its metrics known scores 0 and its description names them as unknown. A
+    ``discount_young`` component of an account younger than ``min_account_age_days`` gets
+    that share of its points (age / minimum age). Each signal whose condition holds adds its points (a
     condition on an unknown metric does not hold). The total is clamped to 0..100 (or saturates
     above ``saturate_above``) and rounded half up. The tier applies hysteresis against ``previous_tier``, then the age guard: an account
     younger than ``min_account_age_days`` never sits in a guarded tier (it drops to the
@@ -736,8 +815,17 @@ def score_account(
     """
     compiled = _compiled(model)
     metrics = derive_metrics(account.metrics, compiled.ratios)
+    for name, parts in compiled.sums:
+        metrics[name] = _sum_of_parts(metrics, parts)
+
+    as_of = _utc(as_of)
+    age_days: float | None = None
+    if account.first_seen is not None:
+        age_days = (as_of - _utc(account.first_seen)).total_seconds() / _SECONDS_PER_DAY
 
     components = tuple([part.score(metrics) for part in compiled.components])
+    if compiled.discounted and age_days is not None and 0 < compiled.min_age_days > age_days:
+        components = _discounted_for_age(components, compiled, age_days)
     total = 0.0
     for scored in components:
         total += scored.points
@@ -764,14 +852,10 @@ def score_account(
     tier = tiers[score]
     ladder = compiled.ladder
 
-    as_of = _utc(as_of)
-    age_days: float | None = None
     guard: str | None = None
-    if account.first_seen is not None:
-        age_days = (as_of - _utc(account.first_seen)).total_seconds() / _SECONDS_PER_DAY
-        if age_days < compiled.min_age_days and tier in compiled.guarded:
-            tier = compiled.guard_fallback[tier]
-            guard = GUARD_MIN_AGE
+    if age_days is not None and age_days < compiled.min_age_days and tier in compiled.guarded:
+        tier = compiled.guard_fallback[tier]
+        guard = GUARD_MIN_AGE
 
     return AccountScore(
         account.key,

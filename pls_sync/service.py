@@ -806,8 +806,10 @@ def record_ownership(state: StateStore, outcome: DestinationOutcome) -> None:
             record = outcome.records.get(record_id)
             modified = effective_modified(record, outcome.owned.get(record_id)) if record else None
             base = row or OwnedRecord(record_id, "", {})
-            if write.uncertain:  # a retried request may land later: the next run settles it
-                row = replace(base, modified=modified, written_at=None, in_flight=True)
+            if write.uncertain:
+                # A retried request may land later: the next run settles it, taking any stamp
+                # up to this write's end as the write's (its own read may lag behind it).
+                row = replace(base, modified=modified, written_at=finished, in_flight=True)
             else:
                 row = replace(base, modified=modified, written_at=finished)
         if row is None:

@@ -87,6 +87,9 @@ def scoring_metric_keys(settings: Settings) -> Iterator[tuple[str, KeyPath]]:
     for ratio in model.ratios:
         yield ratio.numerator, ("ratios", ratio.name, "numerator")
         yield ratio.denominator, ("ratios", ratio.name, "denominator")
+    for metric_sum in model.sums:
+        for metric, _curve in metric_sum.parts:
+            yield metric, ("sums", metric_sum.name, metric)
     for component in model.components:
         for index, metric in enumerate(component.metrics):
             yield metric, ("components", component.name, "metrics", index)
@@ -122,6 +125,7 @@ def check_warehouse(settings: Settings, as_of: datetime, report: ValidationRepor
     if not wh.is_builtin:
         columns = {c.lower() for c in probe.columns or ()}
         ratios = {ratio.name.lower() for ratio in settings.scoring.ratios}
+        ratios |= {metric_sum.name.lower() for metric_sum in settings.scoring.sums}
         for metric, key in scoring_metric_keys(settings):
             if metric.lower() not in columns | ratios:
                 report.errors.append(

@@ -904,3 +904,26 @@ def test_a_missing_driver_is_a_warehouse_error() -> None:
         read(source)
 
     assert "s3cret-pw" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url_fixture", ["duckdb_url", "sqlite_url"])
+def test_recreated_user_records_do_not_make_an_established_team_young(
+    url_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    url: str = request.getfixturevalue(url_fixture)
+    recreated = AS_OF - 3 * DAY
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        # A migration re-created acme's user records three days ago; their events stay.
+        value: Any = naive(recreated).isoformat() if url.startswith("sqlite") else naive(recreated)
+        conn.execute(
+            sa.text("UPDATE users SET created_at = :at WHERE email LIKE '%acme.com'"),
+            {"at": value},
+        )
+    engine.dispose()
+    accounts, _ = read(SqlUsageSource(url, taxonomy=TAXONOMY))
+    # The first event in the window (user 3's, at the first second of the usual weeks) is the
+    # age evidence, not the sign-up three days ago.
+    assert accounts["acme.com"].first_seen == AS_OF - 63 * DAY
+    # Where the sign-up is earlier than every event, it stays the evidence.
+    assert accounts["beta.io"].first_seen == datetime(2024, 3, 1, tzinfo=UTC)

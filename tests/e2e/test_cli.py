@@ -59,6 +59,7 @@ CSV_HEADER = [
     "qualified_since",
     "score_change",
     "team_size_points",
+    "buyer_intent_points",
     "volume_points",
     "velocity_points",
     "breadth_points",
@@ -625,7 +626,7 @@ def _owner_target(root: Path) -> tuple[Path, str, str]:
 
 def _weights(root: Path) -> tuple[Path, str, str]:
     path = root / "config" / "scoring.yaml"
-    path.write_text(path.read_text().replace("weight: 0.35", "weight: 0.40"))
+    path.write_text(path.read_text().replace("weight: 0.45", "weight: 0.50"))
     # The sum belongs to no single weight: the issue points at the components mapping.
     return path, "components:", "weights sum to 1.05"
 

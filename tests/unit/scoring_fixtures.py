@@ -1,12 +1,15 @@
-"""The default scoring model built by hand, mirroring ``config/scoring.yaml`` exactly.
+"""Scoring models built by hand: the default, mirroring ``config/scoring.yaml`` exactly, and the
+model shipped before it (signals with points), which the tests of signal arithmetic use.
 
-Scoring tests use this instead of the YAML loader, so they run without the config package.
-Keep it in step with the YAML: ``test_scoring`` reads the YAML and checks the two agree.
+Scoring tests use these instead of the YAML loader, so they run without the config package.
+Keep ``default_model`` in step with the YAML: ``test_scoring`` reads the YAML and checks the two
+agree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from pls_sync.models import ProductAccount
@@ -14,6 +17,7 @@ from pls_sync.scoring import (
     Component,
     Condition,
     ConditionGroup,
+    MetricSum,
     Ratio,
     ScoringModel,
     Signal,
@@ -41,8 +45,8 @@ BASELINE_METRICS = ("usual_weekly_new_users", "usual_weekly_events")
 """The 'usual week' denominators of the velocity ratios."""
 
 
-def default_model() -> ScoringModel:
-    """The model of ``config/scoring.yaml``, as the config loader should build it."""
+def signal_points_model() -> ScoringModel:
+    """The model shipped before issue 15: four components and signals that add points."""
     return ScoringModel(
         ratios=(
             Ratio("user_velocity", "new_users_7d", "usual_weekly_new_users", min_denominator=1),
@@ -128,6 +132,51 @@ def default_model() -> ScoringModel:
         saturate_above=80.0,
         min_account_age_days=14,
         guarded_tiers=("sales",),
+    )
+
+
+def _explaining(signal: Signal) -> Signal:
+    return Signal(signal.name, signal.when, 0.0, signal.label)
+
+
+def default_model() -> ScoringModel:
+    """The model of ``config/scoring.yaml``, as the config loader should build it."""
+    before = signal_points_model()
+    team, volume, velocity, breadth = before.components
+    return ScoringModel(
+        ratios=before.ratios,
+        sums=(
+            MetricSum(
+                "buyer_intent",
+                (
+                    ("legal_page_views_14d", ((0, 0), (1, 20), (3, 30))),
+                    ("admin_changes_28d", ((0, 0), (1, 20), (2, 25))),
+                    ("pricing_page_views_14d", ((0, 0), (1, 10), (3, 20), (6, 25))),
+                    ("enterprise_features_28d", ((0, 0), (1, 10), (2, 20), (3, 30), (5, 40))),
+                ),
+            ),
+        ),
+        components=(
+            replace(team, weight=0.30),
+            Component(
+                name="buyer_intent",
+                weight=0.45,
+                metrics=("buyer_intent",),
+                curve=((0, 0), (40, 80), (70, 100)),
+                label="buyer intent {value:.0f} (legal and privacy pages, admin changes, "
+                "pricing, enterprise features)",
+            ),
+            replace(volume, weight=0.10),
+            replace(velocity, weight=0.10, discount_young=True),
+            replace(breadth, weight=0.05),
+        ),
+        signals=tuple(_explaining(signal) for signal in before.signals),
+        tiers=before.tiers,
+        hysteresis=before.hysteresis,
+        qualified_tiers=before.qualified_tiers,
+        saturate_above=before.saturate_above,
+        min_account_age_days=before.min_account_age_days,
+        guarded_tiers=before.guarded_tiers,
     )
 
 

@@ -109,7 +109,19 @@ def test_the_repository_scoring_model_converts(monkeypatch: pytest.MonkeyPatch) 
     model = load_settings("config/pls_sync.yaml").scoring
 
     weights = {c.name: c.weight for c in model.components}
-    assert weights == {"team_size": 0.35, "volume": 0.25, "velocity": 0.20, "breadth": 0.20}
+    assert weights == {
+        "team_size": 0.30,
+        "buyer_intent": 0.45,
+        "volume": 0.10,
+        "velocity": 0.10,
+        "breadth": 0.05,
+    }
+    (intent,) = model.sums
+    assert intent.name == "buyer_intent" and intent.parts[0] == (
+        "legal_page_views_14d",
+        ((0.0, 0.0), (1.0, 20.0), (3.0, 30.0)),
+    )
+    assert [c.name for c in model.components if c.discount_young] == ["velocity"]
     team = model.components[0]
     assert team.metrics == ("active_users_28d",)
     assert team.curve[:2] == ((0.0, 0.0), (1.0, 10.0))
@@ -131,7 +143,7 @@ def test_the_repository_scoring_model_converts(monkeypatch: pytest.MonkeyPatch) 
         "all",
         (Condition("new_users_7d", ">=", 5.0), Condition("user_velocity", ">=", 3.0)),
     )
-    assert spike.points == 10.0
+    assert spike.points == 0.0  # it restates velocity: it explains, the component scores
 
 
 def test_the_repository_mappings_convert(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -389,7 +401,7 @@ def test_hubspot_identity_fields_are_refused_when_enabled(repo_copy: Path) -> No
 
 def test_weights_must_sum_to_one(repo_copy: Path) -> None:
     scoring = repo_copy.parent / "scoring.yaml"
-    edit(scoring, "weight: 0.35", "weight: 0.30")
+    edit(scoring, "weight: 0.45", "weight: 0.40")
     issue = only_issue(repo_copy)
     assert issue.file == str(scoring)
     assert issue.line == line_of(scoring, "components:", start=True)
@@ -577,7 +589,7 @@ def test_a_custom_sql_model_is_resolved_and_skips_metric_checks(repo_copy: Path)
     edit(scoring, "metrics: [events_28d]", "metrics: [seats]")
     settings = load_settings(repo_copy, env={})
     assert settings.warehouse.model == models / "accounts.sql"
-    assert settings.scoring.components[1].metrics == ("seats",)
+    assert settings.scoring.components[2].metrics == ("seats",)
 
     edit(repo_copy, "model: models/accounts.sql ", "model: models/missing.sql ")
     issue = only_issue(repo_copy)
@@ -609,7 +621,7 @@ def test_all_issues_across_files_are_reported_at_once(repo_copy: Path) -> None:
     mapping = repo_copy.parent.parent / "mappings" / "salesforce.yaml"
     edit(repo_copy, "chunk_size: 5000", "chunk_size: lots")
     edit(repo_copy, "account_level: company", "account_level: company\naccount_levle: x")
-    edit(scoring, "weight: 0.25", "weight: 0.5")
+    edit(scoring, "weight: 0.45", "weight: 0.7")
     edit(scoring, 'op: ">=", value: 2}', 'op: "=>", value: 2}')
     edit(scoring, "metric: admin_changes_28d", "metric: admin_change_28d")
     edit(mapping, "  PQA_Tier__c: tier", "  PQA_Tier__c: tier\n  OwnerId: score")
@@ -797,8 +809,53 @@ def test_a_tier_at_100_is_unreachable_once_scores_saturate(repo_copy: Path) -> N
     scoring = repo_copy.parent / "scoring.yaml"
     scoring.write_text(scoring.read_text().replace("  sales: 80", "  sales: 100"))
     (sales,) = issues_of(repo_copy)
-    assert sales.key == "tiers.sales" and "the model scores at most 99" in sales.message
+    assert sales.key == "tiers.sales" and "the model scores at most 93" in sales.message
     scoring.write_text(scoring.read_text().replace("saturate_above: 80", "saturate_above: null"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PLS_SYNC_HUBSPOT_ENABLED", "false")
         assert load_settings(repo_copy, env={}).scoring.saturate_above is None
+
+
+def test_a_sum_reads_known_metrics_under_a_new_name(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(
+        scoring,
+        "    admin_changes_28d: [[0, 0], [1, 20], [2, 25]]",
+        "    admin_change_28d: [[0, 0]]",
+    )
+    edit(scoring, "  buyer_intent:\n    legal", "  events_7d:\n    legal")
+    issues = issues_of(repo_copy)
+    found: dict[tuple[int | None, str], list[str]] = {}
+    for issue in issues:
+        found.setdefault((issue.line, issue.key), []).append(issue.message)
+    assert (
+        "a sum cannot reuse the name of a metric or a ratio"
+        in found[(line_of(scoring, "  events_7d:"), "sums.events_7d")]
+    )
+    part = found[(line_of(scoring, "admin_change_28d"), "sums.events_7d.admin_change_28d")]
+    assert any("at least 2" in message for message in part)
+    assert any("did you mean 'admin_changes_28d'" in message for message in part)
+    # The component weighing the renamed sum now names an unknown metric.
+    assert any(key.startswith("components.buyer_intent.metrics") for _line, key in found)
+
+
+def test_a_sum_part_must_be_a_known_metric(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(
+        scoring,
+        "    admin_changes_28d: [[0, 0], [1, 20], [2, 25]]",
+        "    admins_28d: [[0, 0], [1, 5]]",
+    )
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (
+        line_of(scoring, "admins_28d"),
+        "sums.buyer_intent.admins_28d",
+    )
+    assert "unknown metric" in issue.message
+
+
+def test_discount_young_is_a_boolean(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "discount_young: true", "discount_young: sometimes")
+    issue = only_issue(repo_copy)
+    assert issue.key == "components.velocity.discount_young"

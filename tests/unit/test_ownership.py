@@ -339,3 +339,24 @@ def test_pls_syncs_own_writes_are_not_changes_people_made() -> None:
     settled = plan.ownership["001A"]
     assert settled is not None and not settled.in_flight
     assert (settled.modified, settled.written_at) == (human, later)
+
+
+def test_settling_takes_any_stamp_up_to_the_uncertain_writes_end_as_ours() -> None:
+    """A retried write whose first request landed late, read back through a lagging change
+    read (HubSpot's search) that still shows an earlier stamp: the write's end bounds what is
+    ours, so the late stamp is never taken for a person's change."""
+    human = OLD + timedelta(days=3)
+    ended = AS_OF + timedelta(seconds=20)
+    in_flight = OwnedRecord(
+        "001A", "acme.com", {}, modified=human, written_at=ended, in_flight=True
+    )
+    lagging = replace(record("001A", "acme.com"), last_modified=AS_OF)
+    report = match_accounts([("acme.com", "acme.com", 90.0)], build_index([lagging]), "skip")
+    plan = plan_changes([], report, {"001A": lagging}, MAPPING, SPECS, owned={"001A": in_flight})
+    settled = plan.ownership["001A"]
+    assert settled is not None and not settled.in_flight
+    assert (settled.modified, settled.written_at) == (human, ended)
+    late = AS_OF + timedelta(seconds=12)  # the late request's stamp, seen by a later read
+    assert effective_modified(replace(lagging, last_modified=late), settled) == human
+    person = ended + timedelta(minutes=5)
+    assert effective_modified(replace(lagging, last_modified=person), settled) == person

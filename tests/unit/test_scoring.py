@@ -20,6 +20,7 @@ from pls_sync.scoring import (
     Component,
     Condition,
     ConditionGroup,
+    MetricSum,
     Ratio,
     Rule,
     ScoringModel,
@@ -41,9 +42,11 @@ from tests.unit.scoring_fixtures import (
     USAGE_METRICS,
     account,
     default_model,
+    signal_points_model,
 )
 
-MODEL = default_model()
+MODEL = signal_points_model()
+DEFAULT = default_model()
 TIERS = MODEL.tiers
 TEAM_CURVE = MODEL.components[0].curve
 RANK = {tier.name: index for index, tier in enumerate(TIERS)}
@@ -503,6 +506,10 @@ def test_default_model_mirrors_config_scoring_yaml() -> None:
     data = yaml.safe_load(path.read_text())
     from_yaml = ScoringModel(
         ratios=tuple(Ratio(name, **spec) for name, spec in data["ratios"].items()),
+        sums=tuple(
+            MetricSum(name, tuple((m, tuple((x, y) for x, y in c)) for m, c in parts.items()))
+            for name, parts in data["sums"].items()
+        ),
         components=tuple(
             Component(
                 name,
@@ -510,6 +517,7 @@ def test_default_model_mirrors_config_scoring_yaml() -> None:
                 tuple(spec["metrics"]),
                 tuple((x, y) for x, y in spec["curve"]),
                 spec["label"],
+                discount_young=spec.get("discount_young", False),
             )
             for name, spec in data["components"].items()
         ),
@@ -523,8 +531,8 @@ def test_default_model_mirrors_config_scoring_yaml() -> None:
         guarded_tiers=tuple(data["guards"]["guarded_tiers"]),
         qualified_tiers=tuple(data["qualified_tiers"]),
     )
-    assert from_yaml == MODEL
-    assert sum(c.weight for c in MODEL.components) == pytest.approx(1.0)
+    assert from_yaml == DEFAULT
+    assert sum(c.weight for c in DEFAULT.components) == pytest.approx(1.0)
 
 
 # --- properties over the default model -----------------------------------------------------------
@@ -536,10 +544,16 @@ metric_value = st.one_of(
 metric_dicts = st.dictionaries(st.sampled_from(USAGE_METRICS + BASELINE_METRICS), metric_value)
 
 
+BOTH_MODELS = pytest.mark.parametrize("model", [MODEL, DEFAULT], ids=["signal_points", "default"])
+
+
+@BOTH_MODELS
 @settings(max_examples=200, deadline=None)
 @given(metrics=metric_dicts, age=st.one_of(st.none(), st.floats(-5, 400)))
-def test_score_is_always_an_int_between_0_and_100(metrics: dict[str, float], age: float) -> None:
-    result = score_account(account(metrics, age_days=age), MODEL, AS_OF)
+def test_score_is_always_an_int_between_0_and_100(
+    model: ScoringModel, metrics: dict[str, float], age: float
+) -> None:
+    result = score_account(account(metrics, age_days=age), model, AS_OF)
     assert type(result.score) is int
     assert 0 <= result.score <= 100
     assert result.raw_tier == tier_for(result.score, TIERS, None, 0)
@@ -552,6 +566,7 @@ def rule_metrics(rule: Rule) -> set[str]:
     return set().union(*(rule_metrics(inner) for inner in rule.rules))
 
 
+@BOTH_MODELS
 @settings(max_examples=200, deadline=None)
 @given(
     metrics=st.dictionaries(
@@ -559,11 +574,11 @@ def rule_metrics(rule: Rule) -> set[str]:
     )
 )
 def test_unknown_metrics_never_fire_a_signal_or_score_above_known(
-    metrics: dict[str, float | None],
+    model: ScoringModel, metrics: dict[str, float | None]
 ) -> None:
-    result = score_account(account(metrics), MODEL, AS_OF)
+    result = score_account(account(metrics), model, AS_OF)
     assert 0 <= result.score <= 100
-    by_name = {signal.name: signal for signal in MODEL.signals}
+    by_name = {signal.name: signal for signal in model.signals}
     for fired in result.signals:
         assert all(
             result.metrics.get(m) is not None for m in rule_metrics(by_name[fired.name].when)
@@ -571,25 +586,40 @@ def test_unknown_metrics_never_fire_a_signal_or_score_above_known(
     for name, value in metrics.items():
         if value is None:  # the default model only rewards more usage: unknown never beats known
             for known in (0, 1, 1000):
-                with_known = score_account(account({**metrics, name: known}), MODEL, AS_OF)
+                with_known = score_account(account({**metrics, name: known}), model, AS_OF)
                 assert result.score <= with_known.score
 
 
+@BOTH_MODELS
 @settings(max_examples=200, deadline=None)
 @given(
     metrics=metric_dicts,
     metric=st.sampled_from(USAGE_METRICS),
     increase=st.one_of(st.integers(1, 1000), st.floats(1e-6, 1e5)),
+    age=st.one_of(st.none(), st.floats(0, 60)),
 )
 def test_more_usage_never_lowers_the_score(
-    metrics: dict[str, float], metric: str, increase: float
+    model: ScoringModel, metrics: dict[str, float], metric: str, increase: float, age: float | None
 ) -> None:
-    before = score_account(account(metrics), MODEL, AS_OF)
+    def score(values: dict[str, float]) -> int:
+        return score_account(account(values, age_days=age), model, AS_OF).score
+
+    before = score(metrics)
     more = {**metrics, metric: metrics.get(metric, 0) + increase}
-    after = score_account(account(more), MODEL, AS_OF)
-    assert after.score >= before.score
+    assert score(more) >= before
     if metric in metrics:  # from absent to present is "more" as well
-        assert after.score >= score_account(account({**metrics, metric: 0}), MODEL, AS_OF).score
+        assert score(more) >= score({**metrics, metric: 0})
+
+
+@settings(max_examples=100, deadline=None)
+@given(metrics=metric_dicts, younger=st.floats(0, 30), older=st.floats(0, 30))
+def test_an_older_account_never_scores_below_a_younger_one_with_the_same_usage(
+    metrics: dict[str, float], younger: float, older: float
+) -> None:
+    younger, older = min(younger, older), max(younger, older)
+    young = score_account(account(metrics, age_days=younger), DEFAULT, AS_OF)
+    old = score_account(account(metrics, age_days=older), DEFAULT, AS_OF)
+    assert old.score >= young.score
 
 
 tier_ladders = st.lists(
@@ -694,3 +724,79 @@ def test_the_default_model_saturates_so_the_strongest_accounts_keep_their_order(
     stronger_metrics = {**metrics, "enterprise_features_28d": 2, "legal_page_views_14d": 2}
     stronger = score_account(account(stronger_metrics, age_days=400), MODEL, AS_OF)
     assert 80 < strong.score < stronger.score < 100
+
+
+# --- sums, the young-account discount and the default's ranking (issue 15) ----------------------
+
+
+def test_a_sum_adds_each_known_parts_points_from_its_own_curve() -> None:
+    sums = (MetricSum("intent", (("a", ((0, 0), (1, 20))), ("b", ((0, 0), (2, 10), (4, 30))))),)
+    assert derive_metrics({"a": 1, "b": 3}, (), sums)["intent"] == pytest.approx(40.0)
+    assert derive_metrics({"a": 5, "b": None}, (), sums)["intent"] == pytest.approx(20.0)
+    assert derive_metrics({"a": None}, (), sums)["intent"] is None  # nothing known: unknown
+    assert derive_metrics({}, (), sums)["intent"] is None
+
+
+def test_the_default_sums_buyer_intent_and_weighs_it_as_a_component() -> None:
+    tells = {
+        "legal_page_views_14d": 1,
+        "admin_changes_28d": 1,
+        "pricing_page_views_14d": 3,
+        "enterprise_features_28d": 3,
+    }
+    result = score_account(account(tells), DEFAULT, AS_OF)
+    assert result.metrics["buyer_intent"] == pytest.approx(20 + 20 + 20 + 30)
+    intent = component(result, "buyer_intent")
+    assert intent.normalised == 100 and intent.points == pytest.approx(45.0)
+    assert intent.description.startswith("buyer intent 90")
+
+
+def test_strong_buyer_behaviour_in_a_small_team_outranks_headcount_alone() -> None:
+    small_buyer = {
+        "active_users_28d": 3,
+        "events_28d": 400,
+        "core_features_28d": 5,
+        "legal_page_views_14d": 1,
+        "admin_changes_28d": 1,
+        "enterprise_features_28d": 3,
+        "pricing_page_views_14d": 3,
+    }
+    big_browser = {"active_users_28d": 12, "events_28d": 3000, "core_features_28d": 6}
+    buyer = score_account(account(small_buyer), DEFAULT, AS_OF)
+    browser = score_account(account(big_browser), DEFAULT, AS_OF)
+    assert buyer.score > browser.score
+    # The model shipped before ranked them the other way round: headcount outweighed intent.
+    assert (
+        score_account(account(small_buyer), MODEL, AS_OF).score
+        < score_account(account(big_browser), MODEL, AS_OF).score
+    )
+
+
+def test_signals_that_restate_a_component_explain_without_adding_points() -> None:
+    metrics = {"active_users_28d": 9, "new_users_7d": 6, "usual_weekly_new_users": 1}
+    result = score_account(account(metrics), DEFAULT, AS_OF)
+    fired = {signal.name: signal for signal in result.signals}
+    assert {"team_threshold", "velocity_spike"} <= set(fired)
+    assert all(signal.points == 0 for signal in fired.values())
+    assert result.score == round(sum(c.points for c in result.components))
+
+
+def test_velocity_points_grow_with_age_until_the_guard_age() -> None:
+    spike = {"active_users_28d": 6, "new_users_7d": 6, "usual_weekly_new_users": 0}
+    full = component(score_account(account(spike, age_days=90), DEFAULT, AS_OF), "velocity")
+    half = component(score_account(account(spike, age_days=7), DEFAULT, AS_OF), "velocity")
+    unknown = component(score_account(account(spike, age_days=None), DEFAULT, AS_OF), "velocity")
+    assert full.points == pytest.approx(10.0) and unknown.points == full.points
+    assert half.points == pytest.approx(5.0)
+    assert half.description == "6.0x the usual week (account 7 days old: 50% of the points)"
+    # Only velocity is discounted: the team counts the same at any age.
+    team_young = component(score_account(account(spike, age_days=1), DEFAULT, AS_OF), "team_size")
+    team_old = component(score_account(account(spike, age_days=90), DEFAULT, AS_OF), "team_size")
+    assert team_young == team_old
+
+
+def test_no_discount_when_the_model_has_no_minimum_age() -> None:
+    model = replace(DEFAULT, min_account_age_days=0)
+    spike = {"new_users_7d": 6, "usual_weekly_new_users": 0}
+    young = score_account(account(spike, age_days=0.5), model, AS_OF)
+    assert component(young, "velocity").points == pytest.approx(10.0)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pls_sync.ports import AccountState, TierTransition
 from pls_sync.scoring import AccountScore, score_account
 from pls_sync.transitions import advance, score_change
-from tests.unit.scoring_fixtures import account, default_model
+from tests.unit.scoring_fixtures import account, signal_points_model
 
 T0 = datetime(2024, 5, 1, 6, 0, tzinfo=UTC)
 T1 = T0 + timedelta(days=1)
@@ -96,7 +96,7 @@ def test_naive_at_is_utc() -> None:
 
 def test_hysteresis_across_runs_keeps_one_qualification() -> None:
     """79, 76, 74 from sales: held twice, then the account leaves the PQA list."""
-    model = default_model()
+    model = signal_points_model()
     team = {"active_users_28d": 15, "events_28d": 2000}  # 33.25 + 21.25 + 5 from the signal
     breadth_for = {80: 6, 79: 5.8, 76: 4.6, 74: 3.9}  # core features giving those scores
     state: AccountState | None = None
