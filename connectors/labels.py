@@ -111,6 +111,13 @@ def _issue(settings: LabelSettings, key: str, message: str) -> ConfigError:
 
 
 def _check_settings(settings: LabelSettings) -> None:
+    if settings.source in ("salesforce", "hubspot"):
+        # Read through the destination's client: connectors.crm_labels.read_crm_labels.
+        raise _issue(
+            settings,
+            "source",
+            f"{settings.source} labels are read from the CRM, not from a table or a file",
+        )
     if settings.source not in ("warehouse", "file"):
         raise _issue(settings, "source", f"must be warehouse or file, not {settings.source!r}")
     if settings.source == "warehouse" and not (settings.table or "").strip():

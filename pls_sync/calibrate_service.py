@@ -4,12 +4,14 @@
 in the horizon after that date (accounts that converted at or before it are customers already
 and left out), measures the score (``pls_sync.calibration``) and fits two cross-validated
 logistic regressions on the scoring model's inputs: ``calibrated`` (C chosen by an inner
-cross-validation) and ``baseline`` (C = 1). scikit-learn is an optional extra, imported only here,
-inside functions.
+cross-validation) and ``baseline`` (C = 1). ``propose`` does the same and adds a proposed scoring
+model fitted to the labels (``pls_sync.model_proposal``); ``proposal_file`` is its scoring file.
+scikit-learn is an optional extra, imported only inside functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,14 @@ from pls_sync.calibration import (
 )
 from pls_sync.config import Settings
 from pls_sync.errors import ConfigError, ConfigIssue
+from pls_sync.model_proposal import (
+    Fitter,
+    LinearFit,
+    check_options,
+    header_lines,
+    propose_model,
+    render_scoring_yaml,
+)
 from pls_sync.ports import UsageSource
 from pls_sync.service import AccountResult, score_all
 
@@ -40,8 +50,12 @@ __all__ = [
     "LabelMatch",
     "backtest",
     "feature_matrix",
+    "fit_linear",
     "fit_logistic",
     "label_accounts",
+    "linear_fitter",
+    "propose",
+    "proposal_file",
 ]
 
 INSTALL_HINT = "pip install 'pls-sync[calibrate]'"
@@ -169,6 +183,26 @@ def _pipeline(estimator: Any) -> Any:
     )
 
 
+def _estimator(c: float | None, seed: int, folds: int) -> Any:
+    """The standardized logistic regression with ``c``, or with C chosen from ``C_GRID`` by a
+    ``folds``-fold inner cross-validation (``c`` None)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    # Newton-Cholesky: the same L2 objective as lbfgs, solved exactly and several times
+    # faster on an accounts-by-few-features matrix (the nested grid fits ~200 models).
+    pipeline = _pipeline(
+        LogisticRegression(
+            C=c or 1.0, class_weight=None, max_iter=MAX_ITER, solver="newton-cholesky"
+        )
+    )
+    if c is not None:
+        return pipeline
+    inner = StratifiedKFold(folds, shuffle=True, random_state=seed + 1)
+    grid = {"logisticregression__C": list(C_GRID)}
+    return GridSearchCV(pipeline, grid, cv=inner, scoring="roc_auc")
+
+
 def fit_logistic(
     name: str,
     rows: Sequence[Sequence[float]],
@@ -186,33 +220,19 @@ def fit_logistic(
     cross-validation (nested within each outer fold, so the CV AUC is not tuned on its own
     test folds).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     y = [int(label) for label in labels]
     outer = StratifiedKFold(folds, shuffle=True, random_state=seed)
-
-    def estimator() -> Any:
-        # Newton-Cholesky: the same L2 objective as lbfgs, solved exactly and several times
-        # faster on an accounts-by-few-features matrix (the nested grid fits ~200 models).
-        pipeline = _pipeline(
-            LogisticRegression(
-                C=c or 1.0, class_weight=None, max_iter=MAX_ITER, solver="newton-cholesky"
-            )
-        )
-        if c is not None:
-            return pipeline
-        inner = StratifiedKFold(folds, shuffle=True, random_state=seed + 1)
-        grid = {"logisticregression__C": list(C_GRID)}
-        return GridSearchCV(pipeline, grid, cv=inner, scoring="roc_auc")
-
-    predicted = cross_val_predict(estimator(), rows, y, cv=outer, method="predict_proba")
+    predicted = cross_val_predict(
+        _estimator(c, seed, folds), rows, y, cv=outer, method="predict_proba"
+    )
     probabilities = [float(p[1]) for p in predicted]
     fold_aucs = tuple(
         auc([probabilities[i] for i in test], [labels[i] for i in test])
         for _train, test in outer.split(rows, y)
     )
-    final = estimator().fit(rows, y)
+    final = _estimator(c, seed, folds).fit(rows, y)
     best = final.best_estimator_ if c is None else final
     model = best[-1]
     chosen = float(model.C)
@@ -225,6 +245,34 @@ def fit_logistic(
         intercept=float(model.intercept_[0]),
         lift_by_decile=lift_by_decile(probabilities, labels, resamples=resamples, seed=seed),
     )
+
+
+def fit_linear(
+    rows: Sequence[Sequence[float]],
+    labels: Sequence[bool],
+    *,
+    seed: int,
+    folds: int = 5,
+    c: float | None = None,
+) -> LinearFit:
+    """The regularized logistic regression ``fit_logistic`` fits (with ``c`` None, C chosen
+    by a ``folds``-fold cross-validation), fitted on every row, its coefficients brought back
+    to the features' own scale. No cross-validated AUC: the caller validates what it builds."""
+    fitted = _estimator(c, seed, folds).fit(rows, [int(label) for label in labels])
+    pipeline = fitted if c is not None else fitted.best_estimator_
+    scaler, model = pipeline[-2], pipeline[-1]
+    coefficients = [float(w) / float(s) for w, s in zip(model.coef_[0], scaler.scale_, strict=True)]
+    shift = sum(w * float(m) for w, m in zip(coefficients, scaler.mean_, strict=True))
+    return LinearFit(tuple(coefficients), float(model.intercept_[0]) - shift, float(model.C))
+
+
+def linear_fitter(*, seed: int, folds: int = 5, c: float | None = None) -> Fitter:
+    """``fit_linear`` with its seed, folds and C fixed: the ``fit`` of ``propose_model``."""
+
+    def fit(rows: Sequence[Sequence[float]], labels: Sequence[bool]) -> LinearFit:
+        return fit_linear(rows, labels, seed=seed, folds=folds, c=c)
+
+    return fit
 
 
 def _read_labels(settings: Settings) -> LabelRead:
@@ -242,7 +290,49 @@ def _read_labels(settings: Settings) -> LabelRead:
                 )
             ]
         )
+    if settings.labels.source in ("salesforce", "hubspot"):
+        from connectors.crm_labels import read_crm_labels
+
+        # No date filter: the backtest needs the conversions before its start date too, to
+        # leave the accounts that were customers already out.
+        return read_crm_labels(settings)
     return read_labels(settings.labels, engine_or_url=settings.warehouse.url)
+
+
+@dataclass(frozen=True, slots=True)
+class _Labelled:
+    """What a backtest reads: the accounts scored at ``scored_at``, labelled."""
+
+    match: LabelMatch
+    read: LabelRead
+    scored_at: datetime
+
+
+def _labelled(
+    settings: Settings,
+    *,
+    as_of: datetime,
+    horizon_days: int,
+    min_per_class: int,
+    usage: UsageSource | None,
+    label_read: LabelRead | None,
+) -> _Labelled:
+    """Score every account as of ``as_of - horizon_days`` and label it (see ``backtest``)."""
+    if horizon_days <= 0:
+        raise CalibrationError(f"the horizon must be at least one day, not {horizon_days}")
+    if label_read is None and settings.labels is None:
+        _read_labels(settings)  # raises the ConfigError
+    _require_sklearn()
+    scored_at = as_of - timedelta(days=horizon_days)
+    if usage is None:
+        from pls_sync.bootstrap import build_usage_source
+
+        usage = build_usage_source(settings)
+    results = score_all(usage, settings.scoring, {}, scored_at).results
+    read = label_read if label_read is not None else _read_labels(settings)
+    match = label_accounts(results, read.labels, start=scored_at, end=as_of)
+    _check_classes(match, len(read.labels), min_per_class)
+    return _Labelled(match, read, scored_at)
 
 
 def backtest(
@@ -264,21 +354,91 @@ def backtest(
     ``ConfigError`` with no labels configured and ``CalibrationError`` (one line) without
     scikit-learn, with too few converters or non-converters, or with labels matching no account.
     """
-    if horizon_days <= 0:
-        raise CalibrationError(f"the horizon must be at least one day, not {horizon_days}")
-    if label_read is None and settings.labels is None:
-        _read_labels(settings)  # raises the ConfigError
-    _require_sklearn()
-    scored_at = as_of - timedelta(days=horizon_days)
-    if usage is None:
-        from pls_sync.bootstrap import build_usage_source
+    data = _labelled(
+        settings,
+        as_of=as_of,
+        horizon_days=horizon_days,
+        min_per_class=min_per_class,
+        usage=usage,
+        label_read=label_read,
+    )
+    return _report(
+        settings, data.match, data.read, as_of, data.scored_at, horizon_days, seed, resamples, folds
+    )
 
-        usage = build_usage_source(settings)
-    results = score_all(usage, settings.scoring, {}, scored_at).results
-    read = label_read if label_read is not None else _read_labels(settings)
-    match = label_accounts(results, read.labels, start=scored_at, end=as_of)
-    _check_classes(match, len(read.labels), min_per_class)
-    return _report(settings, match, read, as_of, scored_at, horizon_days, seed, resamples, folds)
+
+def propose(
+    settings: Settings,
+    *,
+    as_of: datetime,
+    horizon_days: int = 60,
+    seed: int = 0,
+    resamples: int = 500,
+    folds: int = 5,
+    target_precision: float | None = None,
+    capacity: int | None = None,
+    min_per_class: int = MIN_PER_CLASS,
+    usage: UsageSource | None = None,
+    label_read: LabelRead | None = None,
+) -> CalibrationReport:
+    """``backtest``, plus a scoring model fitted to the same labelled accounts
+    (``report.proposal``, see ``pls_sync.model_proposal.propose_model``): its top tier chosen
+    for ``target_precision`` or ``capacity`` (at most one; neither keeps the bounds).
+
+    Raises what ``backtest`` raises, and ``CalibrationError`` for bad options.
+    """
+    check_options(target_precision, capacity)
+    data = _labelled(
+        settings,
+        as_of=as_of,
+        horizon_days=horizon_days,
+        min_per_class=min_per_class,
+        usage=usage,
+        label_read=label_read,
+    )
+    report = _report(
+        settings, data.match, data.read, as_of, data.scored_at, horizon_days, seed, resamples, folds
+    )
+    accounts = data.match.accounts
+    proposal = propose_model(
+        settings.scoring,
+        [a.result.account for a in accounts],
+        [a.converted for a in accounts],
+        as_of=data.scored_at,
+        fit=linear_fitter(seed=seed, folds=folds),
+        target_precision=target_precision,
+        capacity=capacity,
+        folds=folds,
+        seed=seed,
+    )
+    return dataclasses.replace(report, proposal=proposal)
+
+
+def proposal_file(settings: Settings, report: CalibrationReport, *, generated_at: datetime) -> str:
+    """The text of the proposed scoring file of ``report`` (from ``propose``), its header
+    saying when, from which labels and horizon, the AUCs and what changed."""
+    proposal = report.proposal
+    if proposal is None:
+        raise CalibrationError("no proposal to write: calibrate with --propose")
+    context = [
+        f"Generated {generated_at.isoformat(timespec='seconds')} from {_labels_text(settings)}:",
+        f"accounts scored as of {report.scored_at.isoformat()}, converted in the "
+        f"{report.horizon_days} days to {report.as_of.isoformat()}.",
+    ]
+    return render_scoring_yaml(proposal.model, header_lines(proposal, context))
+
+
+def _labels_text(settings: Settings) -> str:
+    labels = settings.labels
+    if labels is None:
+        return "the labels given"
+    if labels.source == "warehouse":
+        return f"the warehouse table {labels.table}"
+    if labels.source == "file":
+        return f"the file {labels.path}"
+    if labels.source == "salesforce":
+        return "Salesforce won Opportunities"
+    return "HubSpot closed-won deals"
 
 
 def _report(

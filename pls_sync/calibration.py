@@ -15,10 +15,13 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pls_sync.errors import PlsSyncError
 from pls_sync.scoring import ConditionGroup, Rule, ScoringModel
+
+if TYPE_CHECKING:
+    from pls_sync.model_proposal import Proposal
 
 __all__ = [
     "DECILES",
@@ -157,11 +160,12 @@ class CalibrationReport:
     baseline: FitResult | None = None
     seed: int = 0
     notes: tuple[str, ...] = field(default=())
+    proposal: Proposal | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: ``auc``, ``lift_by_decile`` (top decile first, ``lift``/``low``/``high``),
         ``signal_rates`` (signal -> ``with``/``without`` rates and counts), the tier's quality,
-        the counts and the fitted models."""
+        the counts, the fitted models and the proposed model's figures (or None)."""
         return {
             "as_of": self.as_of.isoformat(),
             "scored_at": self.scored_at.isoformat(),
@@ -198,6 +202,7 @@ class CalibrationReport:
             "baseline": self.baseline.as_dict() if self.baseline else None,
             "seed": self.seed,
             "notes": list(self.notes),
+            "proposal": self.proposal.as_dict() if self.proposal else None,
         }
 
 
@@ -385,10 +390,18 @@ def _rule_metrics(rule: Rule) -> Iterable[str]:
 
 
 def model_metrics(model: ScoringModel) -> tuple[str, ...]:
-    """The metrics the scoring model reads, once each: components' metrics, then signals'."""
+    """The metrics the scoring model reads, once each: components' metrics, then signals'.
+
+    A sum stands for the metrics it adds up: the fit weighs each of them on its own.
+    """
+    sums = {metric_sum.name: metric_sum for metric_sum in model.sums}
     names: dict[str, None] = {}
     for component in model.components:
-        names.update(dict.fromkeys(component.metrics))
+        for metric in component.metrics:
+            if metric in sums:
+                names.update(dict.fromkeys(part for part, _curve in sums[metric].parts))
+            else:
+                names[metric] = None
     for signal in model.signals:
         names.update(dict.fromkeys(_rule_metrics(signal.when)))
     return tuple(names)
@@ -457,4 +470,6 @@ def render_text(report: CalibrationReport) -> list[str]:
         if fit is not None:
             lines += _fit_lines(fit)
     lines += list(r.notes)
+    if r.proposal is not None:
+        lines += r.proposal.summary_lines()
     return lines

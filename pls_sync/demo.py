@@ -230,7 +230,8 @@ def run_demo(
         seed=seed,
         fresh=fresh,
     )
-    with Sandbox(seed=seed, companies=demo_companies(seed, companies)) as box:
+    # The CRM's deals and opportunities tell the same story as the warehouse, as of its day.
+    with Sandbox(seed=seed, companies=demo_companies(seed, companies), as_of=as_of) as box:
         console.print(f"CRM sandbox serving Salesforce and HubSpot on {box.url}")
         env = {**demo_env, **sandbox_settings(box.url, box.session_id, box.hubspot_token)}
         with patched_env(env):

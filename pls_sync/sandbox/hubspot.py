@@ -1,10 +1,18 @@
 """The sandbox's HubSpot CRM v3 subset: objects, search, batches, properties and rate limits.
 
 Speaks enough of ``api.hubapi.com`` for the unmodified hubspot-api-client to work against it:
-companies, contacts and tasks under ``/crm/v3/objects``, property definitions and groups under
-``/crm/v3/properties``, private-app bearer auth, the ``X-HubSpot-RateLimit-*`` headers with a real
-ten-second sliding window and a daily allowance, and HubSpot's error bodies. Shapes follow
+companies, contacts, tasks and deals under ``/crm/v3/objects``, property definitions and groups
+under ``/crm/v3/properties``, private-app bearer auth, the ``X-HubSpot-RateLimit-*`` headers with
+a real ten-second sliding window and a daily allowance, and HubSpot's error bodies. Shapes follow
 HubSpot's documented examples; ``tests/sandbox/test_hubspot_api.py`` cites them.
+
+Deals live in pipelines: ``GET /crm/v3/pipelines/deals`` lists them (the default "Sales
+Pipeline" with HubSpot's default stage ids, each stage's ``metadata`` holding ``isClosed`` and
+``probability`` as strings; ``HubSpotApi.add_deal_pipeline`` adds one), and a deal's calculated
+``hs_is_closed`` and ``hs_is_closed_won`` follow its stage. Deals are associated with companies
+(type 5, primary, which also gives 341, unlabeled) when created; ``POST
+/crm/v4/associations/{from}/{to}/batch/read`` reads associations either way, at most 1,000
+inputs, an input without any being an error of its 207 answer.
 
 Records disappear as in a portal: ``DELETE /crm/v3/objects/{type}/{id}`` and ``batch/archive``
 move them to the archive (out of lists, search and writes; ``GET ...?archived=true`` lists them
@@ -95,15 +103,21 @@ from pls_sync.sandbox.http import Request, Response
 from pls_sync.sandbox.salesforce import parse_schema_change
 
 API_PREFIX = "/crm/v3/"
+ASSOCIATIONS_V4_PREFIX = "/crm/v4/associations/"
 ACCOUNT_INFO_PREFIX = "/account-info/"
 ACCOUNT_DETAILS_PATH = "/account-info/v3/details"
-OBJECT_TYPES = ("companies", "contacts", "tasks")
+OBJECT_TYPES = ("companies", "contacts", "tasks", "deals")
 # The object types ``POST /crm/v3/objects/{type}/merge`` serves here.
 MERGEABLE_TYPES = ("companies", "contacts")
 LIST_PAGE_MAX = 100
 SEARCH_PAGE_MAX = 200
 SEARCH_RESULT_CAP = 10_000
 BATCH_MAX = 100
+# "The Batch Read Associations API request body now supports a maximum of 1000 entries in the
+# inputs field" (HubSpot changelog, February 2025). The sandbox pages each record's associations
+# 500 at a time ("The 'paging' field will only be present if there are more pages").
+ASSOCIATION_BATCH_MAX = 1000
+ASSOCIATION_PAGE_MAX = 500
 SEARCH_MAX_GROUPS = 5
 SEARCH_MAX_FILTERS_PER_GROUP = 10
 SEARCH_MAX_FILTERS = 25
@@ -120,7 +134,7 @@ DEFAULT_RETRY_AFTER_RATE = 0.5
 # Unique values taken, by property: lowered value -> the record (or batch input) holding it.
 _Held = dict[str, dict[str, str]]
 # HubSpot's object type ids, as its messages name the types.
-_OBJECT_TYPE_IDS = {"contacts": "0-1", "companies": "0-2", "tasks": "0-27"}
+_OBJECT_TYPE_IDS = {"contacts": "0-1", "companies": "0-2", "deals": "0-3", "tasks": "0-27"}
 
 # The scopes reading and changing each object type's properties need (``crm.schemas.*``;
 # tasks are engagements, whose API asks the contacts scopes), as (read, write).
@@ -128,6 +142,7 @@ SCHEMA_SCOPES = {
     "companies": ("crm.schemas.companies.read", "crm.schemas.companies.write"),
     "contacts": ("crm.schemas.contacts.read", "crm.schemas.contacts.write"),
     "tasks": ("crm.objects.contacts.read", "crm.objects.contacts.write"),
+    "deals": ("crm.schemas.deals.read", "crm.schemas.deals.write"),
 }
 # A private app's token has these unless a test takes some away (``HubSpotApi.scopes``).
 DEFAULT_SCOPES = frozenset(scope for pair in SCHEMA_SCOPES.values() for scope in pair)
@@ -142,26 +157,85 @@ PLS_SYNC_GROUP = "pqa"
 
 # Task association type ids (HUBSPOT_DEFINED): task -> company 192, task -> contact 204.
 TASK_ASSOCIATIONS = {192: "companies", 204: "contacts"}
+# Deal association type ids (HUBSPOT_DEFINED): deal -> primary company 5, deal -> company 341
+# (unlabeled), deal -> contact 3.
+DEAL_TO_PRIMARY_COMPANY = 5
+DEAL_TO_COMPANY = 341
+DEAL_ASSOCIATIONS = {
+    DEAL_TO_PRIMARY_COMPANY: "companies",
+    DEAL_TO_COMPANY: "companies",
+    3: "contacts",
+}
+# Each stored association's v3 type name -> (v4 typeId, label), and the type of the same link
+# read from the other side (v4 reads either way). HubSpot renamed the primary labels "<Object>
+# with Primary Company" and says "only the typeId should be used for any programmatic reference".
+_PRIMARY_LABEL = "Deal with Primary Company"
+_ASSOCIATION_TYPES: dict[str, tuple[int, str | None]] = {
+    "task_to_company": (192, None),
+    "task_to_contact": (204, None),
+    "deal_to_company": (DEAL_TO_PRIMARY_COMPANY, _PRIMARY_LABEL),
+    "deal_to_company_unlabeled": (DEAL_TO_COMPANY, None),
+    "deal_to_contact": (3, None),
+    "company_to_task": (191, None),
+    "contact_to_task": (203, None),
+    "company_to_deal": (6, _PRIMARY_LABEL),
+    "company_to_deal_unlabeled": (342, None),
+    "contact_to_deal": (4, None),
+}
+_INVERSE_TYPES = {
+    "task_to_company": "company_to_task",
+    "task_to_contact": "contact_to_task",
+    "deal_to_company": "company_to_deal",
+    "deal_to_company_unlabeled": "company_to_deal_unlabeled",
+    "deal_to_contact": "contact_to_deal",
+}
 
 # The singular names HubSpot uses in some messages.
-_SINGULAR = {"companies": "COMPANY", "contacts": "CONTACT", "tasks": "TASK"}
+_SINGULAR = {"companies": "COMPANY", "contacts": "CONTACT", "tasks": "TASK", "deals": "DEAL"}
 _LASTMODIFIED = {
     "companies": "hs_lastmodifieddate",
     "contacts": "lastmodifieddate",
     "tasks": "hs_lastmodifieddate",
+    "deals": "hs_lastmodifieddate",
 }
-_CREATED = {"companies": "createdate", "contacts": "createdate", "tasks": "hs_createdate"}
+_CREATED = {
+    "companies": "createdate",
+    "contacts": "createdate",
+    "tasks": "hs_createdate",
+    "deals": "createdate",
+}
 _DEFAULT_PROPERTIES = {
     "companies": ("name", "domain"),
     "contacts": ("firstname", "lastname", "email"),
     "tasks": ("hs_task_subject", "hs_timestamp"),
+    "deals": ("dealname", "amount", "closedate", "pipeline", "dealstage"),
 }
 _SEARCHABLE = {
     "companies": ("name", "domain", "website", "phone"),
     "contacts": ("firstname", "lastname", "email", "phone", "company"),
     "tasks": ("hs_task_subject", "hs_task_body"),
+    "deals": ("dealname",),
 }
-_ID_BASE = {"companies": 9_000_000_000, "contacts": 1_000, "tasks": 70_000_000_000}
+_ID_BASE = {
+    "companies": 9_000_000_000,
+    "contacts": 1_000,
+    "tasks": 70_000_000_000,
+    "deals": 30_000_000_000,
+}
+DEFAULT_PIPELINE = "default"
+# HubSpot's default deal pipeline ("Sales Pipeline"): stage id, label, probability, closed.
+# "For deals, probability is required with a value between 0.0 and 1.0, 0.0 being Closed Lost
+# and 1.0 being Closed Won" (CRM API | Pipelines).
+DEFAULT_DEAL_STAGES: tuple[tuple[str, str, float, bool], ...] = (
+    ("appointmentscheduled", "Appointment Scheduled", 0.2, False),
+    ("qualifiedtobuy", "Qualified To Buy", 0.4, False),
+    ("presentationscheduled", "Presentation Scheduled", 0.6, False),
+    ("decisionmakerboughtin", "Decision Maker Bought-In", 0.8, False),
+    ("contractsent", "Contract Sent", 0.9, False),
+    ("closedwon", "Closed Won", 1.0, True),
+    ("closedlost", "Closed Lost", 0.0, True),
+)
+_OPEN_DEAL_STAGES = tuple(stage for stage, _, _, closed in DEFAULT_DEAL_STAGES if not closed)
 
 LIFECYCLE_STAGES = (
     ("subscriber", "Subscriber"),
@@ -582,6 +656,100 @@ def default_properties(
         "companies": {p["name"]: p for p in companies},
         "contacts": {p["name"]: p for p in contacts},
         "tasks": {p["name"]: p for p in tasks},
+        "deals": {p["name"]: p for p in _deal_properties(owners)},
+    }
+
+
+def _deal_properties(owners: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Deals' properties: the pipeline and stage (options from the default pipeline), close date,
+    amount, and HubSpot's calculated closed and closed-won flags."""
+    info = "dealinformation"
+    return [
+        _prop("dealname", "Deal Name", "string", "text", info),
+        _prop(
+            "pipeline",
+            "Pipeline",
+            "enumeration",
+            "select",
+            info,
+            options=[(DEFAULT_PIPELINE, "Sales Pipeline")],
+        ),
+        _prop(
+            "dealstage",
+            "Deal Stage",
+            "enumeration",
+            "radio",
+            info,
+            options=[(stage, label) for stage, label, _, _ in DEFAULT_DEAL_STAGES],
+        ),
+        _prop("closedate", "Close Date", "datetime", "date", info),
+        _prop("amount", "Amount", "number", "number", info),
+        _prop(
+            "dealtype",
+            "Deal Type",
+            "enumeration",
+            "radio",
+            info,
+            options=[("newbusiness", "New Business"), ("existingbusiness", "Existing Business")],
+        ),
+        _prop("description", "Deal Description", "string", "textarea", info),
+        _prop("hubspot_owner_id", "Deal owner", "enumeration", "select", info, options=owners),
+        _prop(
+            "hs_is_closed",
+            "Is Deal Closed?",
+            "bool",
+            "booleancheckbox",
+            info,
+            read_only=True,
+            calculated=True,
+            options=[("true", "True"), ("false", "False")],
+        ),
+        _prop(
+            "hs_is_closed_won",
+            "Is Closed Won",
+            "bool",
+            "booleancheckbox",
+            info,
+            read_only=True,
+            calculated=True,
+            options=[("true", "True"), ("false", "False")],
+        ),
+        _prop("hs_object_id", "Record ID", "number", "number", info, read_only=True),
+        _prop("createdate", "Create Date", "datetime", "date", info, read_only=True),
+        _prop(
+            "hs_lastmodifieddate", "Last Modified Date", "datetime", "date", info, read_only=True
+        ),
+    ]
+
+
+def deal_pipeline(
+    pipeline_id: str, label: str, stages: Sequence[tuple[str, str, float, bool]], order: int = 0
+) -> dict[str, Any]:
+    """A deal pipeline as ``GET /crm/v3/pipelines/deals`` lists it: each stage's ``metadata``
+    holds ``isClosed`` and ``probability`` as strings (``"true"``, ``"1.0"``)."""
+    return {
+        "id": pipeline_id,
+        "label": label,
+        "displayOrder": order,
+        "createdAt": PORTAL_CREATED,
+        "updatedAt": PORTAL_CREATED,
+        "archived": False,
+        "stages": [
+            {
+                "id": stage,
+                "label": stage_label,
+                "displayOrder": position,
+                "metadata": {
+                    "isClosed": "true" if closed else "false",
+                    "probability": str(float(probability)),
+                },
+                "createdAt": PORTAL_CREATED,
+                "updatedAt": PORTAL_CREATED,
+                "archived": False,
+                "writePermissions": "CRUD",
+            }
+            for position, (stage, stage_label, probability, closed) in enumerate(stages)
+        ],
     }
 
 
@@ -598,6 +766,7 @@ def default_groups() -> dict[str, dict[str, dict[str, Any]]]:
         },
         "contacts": {"contactinformation": group("contactinformation", "Contact information", 0)},
         "tasks": {"task": group("task", "Task information", 0)},
+        "deals": {"dealinformation": group("dealinformation", "Deal information", 0)},
     }
 
 
@@ -609,6 +778,57 @@ def _forget_pls_sync(
         for name in [n for n in definitions if n.startswith(PLS_SYNC_PREFIX)]:
             del definitions[name]
     groups["companies"].pop(PLS_SYNC_GROUP, None)
+
+
+def _add_options(definition: dict[str, Any], options: Iterable[tuple[str, str]]) -> None:
+    """Append enumeration options a property does not have yet."""
+    have = {option["value"] for option in definition["options"]}
+    for value, label in options:
+        if value not in have:
+            have.add(value)
+            definition["options"].append(
+                {
+                    "label": label,
+                    "value": value,
+                    "displayOrder": len(definition["options"]),
+                    "hidden": False,
+                }
+            )
+
+
+def _link_types(from_type: str, to_type: str, type_id: int) -> list[str]:
+    """The stored association types an association type id gives: a deal's primary company is
+    also associated without a label, as in HubSpot."""
+    if from_type == "deals" and type_id == DEAL_TO_PRIMARY_COMPANY:
+        return ["deal_to_company", "deal_to_company_unlabeled"]
+    if from_type == "deals" and type_id == DEAL_TO_COMPANY:
+        return ["deal_to_company_unlabeled"]
+    return [f"{_SINGULAR[from_type].lower()}_to_{_SINGULAR[to_type].lower()}"]
+
+
+def _company_links(company_ids: Sequence[str]) -> list[dict[str, str]]:
+    """A deal's stored links to its companies: the first is primary (and unlabeled too)."""
+    links: list[dict[str, str]] = []
+    for position, company_id in enumerate(dict.fromkeys(str(c) for c in company_ids)):
+        if position == 0:
+            links.append({"id": company_id, "type": "deal_to_company"})
+        links.append({"id": company_id, "type": "deal_to_company_unlabeled"})
+    return links
+
+
+def _no_associations_error(from_type: str, from_id: str, to_type: str) -> dict[str, Any]:
+    return {
+        "status": "error",
+        "category": "OBJECT_NOT_FOUND",
+        "subCategory": "crm.associations.NO_ASSOCIATIONS_FOUND",
+        "message": (
+            f"No {_SINGULAR[to_type].lower()} is associated with "
+            f"{_SINGULAR[from_type].lower()} {from_id}."
+        ),
+        "context": {"fromObjectId": [from_id]},
+        "errors": [],
+        "links": {},
+    }
 
 
 # --------------------------------------------------------------------------- rate limits
@@ -820,7 +1040,7 @@ class _IndexLag:
 
 @dataclass(slots=True)
 class _Route:
-    kind: str  # objects | properties | groups | unknown
+    kind: str  # objects | properties | groups | pipelines | unknown
     object_type: str
     rest: tuple[str, ...]
 
@@ -829,6 +1049,8 @@ def _route(path: str) -> _Route:
     parts = tuple(p for p in path[len(API_PREFIX) :].split("/") if p)
     if len(parts) >= 2 and parts[0] == "objects":
         return _Route("objects", parts[1], parts[2:])
+    if len(parts) >= 2 and parts[0] == "pipelines":
+        return _Route("pipelines", parts[1], parts[2:])
     if len(parts) >= 2 and parts[0] == "properties":
         if len(parts) >= 3 and parts[2] == "groups":
             return _Route("groups", parts[1], parts[3:])
@@ -865,6 +1087,10 @@ class HubSpotApi:
     everything else is as without it. ``scopes`` (attribute too) are the scopes the token was
     granted (default ``DEFAULT_SCOPES``): reading or changing an object type's properties
     without its ``SCHEMA_SCOPES`` scope is HubSpot's 403 ``MISSING_SCOPES``.
+
+    Deals are seeded as of ``as_of`` (default: ``seed.default_as_of()``, today 00:00 UTC) from
+    the story the demo warehouse tells (``pls_sync.sandbox.seed.crm_deals``), in the default
+    pipeline (``DEFAULT_DEAL_STAGES``), associated with their companies.
     """
 
     def __init__(
@@ -886,6 +1112,7 @@ class HubSpotApi:
         retry_after_rate: float = DEFAULT_RETRY_AFTER_RATE,
         bare: bool = False,
         scopes: Iterable[str] | None = None,
+        as_of: datetime | None = None,
     ):
         self.seed = seed
         self.bare = bare
@@ -932,6 +1159,10 @@ class HubSpotApi:
             self.owners,
         )
         self.groups = default_groups()
+        # Deal pipelines by id, as ``GET /crm/v3/pipelines/deals`` lists them.
+        self.deal_pipelines: dict[str, dict[str, Any]] = {
+            DEFAULT_PIPELINE: deal_pipeline(DEFAULT_PIPELINE, "Sales Pipeline", DEFAULT_DEAL_STAGES)
+        }
         if bare:
             _forget_pls_sync(self.properties, self.groups)
         self.archived_properties: dict[str, dict[str, dict[str, Any]]] = {
@@ -944,20 +1175,24 @@ class HubSpotApi:
             for name, definition in definitions.items()
             if definition["modificationMetadata"]["readOnlyValue"]
         }
-        _seed_portal(self, picture, seed)
+        company_ids = _seed_portal(self, picture, seed)
+        _seed_deals(self, _deals_of(companies, picture, seed, as_of), company_ids)
         # The seeded portal is fully indexed: its history is older than any lag.
         self._unindexed = {t: {} for t in OBJECT_TYPES}
 
     # ----------------------------------------------------------------- module contract
 
     def handles(self, path: str) -> bool:
-        """Whether ``path`` belongs to the HubSpot API (CRM v3 and account information)."""
-        return path.startswith((API_PREFIX, ACCOUNT_INFO_PREFIX))
+        """Whether ``path`` belongs to the HubSpot API (CRM v3, v4 associations, account
+        information)."""
+        return path.startswith((API_PREFIX, ASSOCIATIONS_V4_PREFIX, ACCOUNT_INFO_PREFIX))
 
     def endpoint(self, request: Request) -> str:
         """The counted endpoint name, e.g. ``hs.companies.batch_update``."""
         if request.path.startswith(ACCOUNT_INFO_PREFIX):
             return "hs.account_info.details"
+        if request.path.startswith(ASSOCIATIONS_V4_PREFIX):
+            return "hs.associations.batch_read"
         route = _route(request.path)
         method = request.method.upper()
         if route.kind == "objects":
@@ -987,6 +1222,8 @@ class HubSpotApi:
             if not route.rest:
                 return "hs.property_groups.list" if method == "GET" else "hs.property_groups.create"
             return "hs.property_groups.get"
+        if route.kind == "pipelines":
+            return "hs.pipelines.get" if route.rest else "hs.pipelines.list"
         return "hs.other"
 
     def handle(self, request: Request) -> Response:
@@ -1324,6 +1561,8 @@ class HubSpotApi:
         method = request.method.upper()
         if request.path.startswith(ACCOUNT_INFO_PREFIX):
             return self._account_info(method, request.path)
+        if request.path.startswith(ASSOCIATIONS_V4_PREFIX):
+            return self._read_associations(method, request)
         route = _route(request.path)
         if route.kind == "unknown":
             raise HubSpotError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}")
@@ -1334,6 +1573,8 @@ class HubSpotApi:
             )
         if route.kind == "objects":
             return self._objects(method, object_type, route.rest, request)
+        if route.kind == "pipelines":
+            return self._pipelines(method, object_type, route.rest)
         self._check_schema_scope(object_type, write=method != "GET")
         if route.kind == "properties":
             return self._properties(method, object_type, route.rest, request)
@@ -1593,6 +1834,8 @@ class HubSpotApi:
                 stored["hs_email_domain"] = email.rsplit("@", 1)[1].lower()
             else:
                 stored.pop("hs_email_domain", None)
+        if object_type == "deals":
+            self._derive_deal(stored)
         stored[_LASTMODIFIED[object_type]] = stamp
         record["updatedAt"] = stamp
 
@@ -1657,11 +1900,12 @@ class HubSpotApi:
         if not isinstance(raw, list):
             raise HubSpotError(400, "VALIDATION_ERROR", "associations must be a list")
         found: dict[str, Any] = {}
+        known = {"tasks": TASK_ASSOCIATIONS, "deals": DEAL_ASSOCIATIONS}.get(object_type, {})
         for item in raw:
             target = str((item.get("to") or {}).get("id", ""))
             for kind in item.get("types") or []:
                 type_id = int(kind.get("associationTypeId", 0))
-                to_type = TASK_ASSOCIATIONS.get(type_id) if object_type == "tasks" else None
+                to_type = known.get(type_id)
                 if to_type is None:
                     raise HubSpotError(
                         400,
@@ -1675,7 +1919,9 @@ class HubSpotApi:
                         f"One or more associations are invalid: {_SINGULAR[to_type]} {target} does not exist",
                     )
                 results = found.setdefault(to_type, {"results": []})["results"]
-                results.append({"id": target, "type": f"task_to_{_SINGULAR[to_type].lower()}"})
+                for name in _link_types(object_type, to_type, type_id):
+                    if {"id": target, "type": name} not in results:
+                        results.append({"id": target, "type": name})
         return found
 
     def _update_one(
@@ -2077,12 +2323,19 @@ class HubSpotApi:
         for old in retired:
             aliases[old] = survivor_id
         gone = set(retired)
-        for task in self.objects["tasks"].values():
-            linked = (task.get("associations") or {}).get(object_type) or {}
-            for link in linked.get("results") or []:
-                if link.get("id") in gone:
-                    self._touch("tasks", task["id"])
-                    link["id"] = survivor_id
+        for holder in ("tasks", "deals"):
+            for record in self.objects[holder].values():
+                linked = (record.get("associations") or {}).get(object_type) or {}
+                links = linked.get("results") or []
+                if not any(link.get("id") in gone for link in links):
+                    continue
+                self._touch(holder, record["id"])
+                repointed: list[dict[str, Any]] = []
+                for link in links:
+                    moved = {**link, "id": survivor_id} if link.get("id") in gone else link
+                    if moved not in repointed:
+                        repointed.append(moved)
+                linked["results"] = repointed
         if object_type == "companies":
             children = 0
             for record in self.objects["companies"].values():
@@ -2101,6 +2354,164 @@ class HubSpotApi:
                 if contact["properties"].get("associatedcompanyid") in gone:
                     self._touch("contacts", contact["id"])
                     contact["properties"]["associatedcompanyid"] = survivor_id
+
+    # ----------------------------------------------------------------- deals and associations
+
+    def add_deal_pipeline(
+        self, pipeline_id: str, label: str, stages: Sequence[tuple[str, str, float, bool]]
+    ) -> dict[str, Any]:
+        """Add a deal pipeline as a portal admin would: ``stages`` are (id, label, probability,
+        closed). Its stages become options of ``dealstage``, the pipeline one of ``pipeline``.
+        Returns the pipeline as the pipelines API shows it."""
+        with self._lock:
+            if pipeline_id in self.deal_pipelines:
+                raise ValueError(f"a deal pipeline {pipeline_id} exists already")
+            pipeline = deal_pipeline(pipeline_id, label, stages, len(self.deal_pipelines))
+            self.deal_pipelines[pipeline_id] = pipeline
+            definitions = self.properties["deals"]
+            _add_options(definitions["pipeline"], [(pipeline_id, label)])
+            _add_options(definitions["dealstage"], [(s[0], s[1]) for s in stages])
+            self._writes += 1
+            return copy.deepcopy(pipeline)
+
+    def insert_deal(
+        self,
+        properties: dict[str, str],
+        company_ids: Sequence[str] = (),
+        *,
+        created: datetime | None = None,
+    ) -> str:
+        """Store a deal associated with ``company_ids`` (the first as its primary company).
+
+        ``created`` None: a deal created now, which reaches search after the lag, as one made
+        through the API does; a time: an older deal, already indexed. Values are stored as
+        given (no validation); the closed flags follow the stage. Returns the deal's id.
+        """
+        with self._lock:
+            record = self._new_record("deals", {}, created=created)
+            if created is None:
+                self._apply("deals", record, dict(properties))
+            else:
+                record["properties"].update({k: v for k, v in properties.items() if v != ""})
+                self._derive_deal(record["properties"])
+            if company_ids:
+                record["associations"] = {"companies": {"results": _company_links(company_ids)}}
+            return str(record["id"])
+
+    def _derive_deal(self, stored: dict[str, str]) -> None:
+        """A deal's ``hs_is_closed`` and ``hs_is_closed_won`` from its stage's metadata (closed
+        won: closed at probability 1.0); a deal that closes without a close date gets now."""
+        if stored.get("dealstage") and not stored.get("pipeline"):
+            stored["pipeline"] = DEFAULT_PIPELINE
+        pipeline = self.deal_pipelines.get(stored.get("pipeline", ""), {})
+        stage = next(
+            (s for s in pipeline.get("stages", []) if s["id"] == stored.get("dealstage")), None
+        )
+        metadata = stage["metadata"] if stage is not None else {}
+        closed = metadata.get("isClosed") == "true"
+        won = closed and float(metadata.get("probability") or 0) >= 1.0
+        stored["hs_is_closed"] = "true" if closed else "false"
+        stored["hs_is_closed_won"] = "true" if won else "false"
+        if closed and not stored.get("closedate"):
+            stored["closedate"] = iso_ms(self._now())
+
+    def _pipelines(self, method: str, object_type: str, rest: tuple[str, ...]) -> tuple[int, Any]:
+        """``GET /crm/v3/pipelines/deals`` (``{"results": [...]}``) and ``.../deals/{id}``."""
+        if object_type != "deals":
+            raise HubSpotError(400, "VALIDATION_ERROR", f"{object_type} have no pipelines here")
+        if method != "GET":
+            raise self._not_allowed(method)
+        if not rest:
+            return 200, {"results": [copy.deepcopy(p) for p in self.deal_pipelines.values()]}
+        pipeline = self.deal_pipelines.get(rest[0]) if len(rest) == 1 else None
+        if pipeline is None:
+            raise HubSpotError(
+                404, "OBJECT_NOT_FOUND", f"Unable to find pipeline {'/'.join(rest)} for deals"
+            )
+        return 200, copy.deepcopy(pipeline)
+
+    def _read_associations(self, method: str, request: Request) -> tuple[int, Any]:
+        """``POST /crm/v4/associations/{from}/{to}/batch/read``: the records each input's record
+        is associated with, 500 a page (``after`` per input), with their association types.
+
+        At most ``ASSOCIATION_BATCH_MAX`` inputs. An input with no association (or no record)
+        is an error of the 207 answer, as HubSpot reports it.
+        """
+        parts = [part for part in request.path[len(ASSOCIATIONS_V4_PREFIX) :].split("/") if part]
+        if len(parts) != 4 or parts[2:] != ["batch", "read"]:
+            raise HubSpotError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}")
+        if method != "POST":
+            raise self._not_allowed(method)
+        from_type, to_type = parts[0], parts[1]
+        for object_type in (from_type, to_type):
+            if object_type not in OBJECT_TYPES:
+                raise HubSpotError(
+                    400, "VALIDATION_ERROR", f"Unable to infer object type from: {object_type}"
+                )
+        started = self._now()
+        inputs = self._body(request).get("inputs")
+        if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+            raise HubSpotError(400, "VALIDATION_ERROR", "Invalid input JSON: inputs is required")
+        if len(inputs) > ASSOCIATION_BATCH_MAX:
+            raise HubSpotError(
+                400,
+                "VALIDATION_ERROR",
+                f"Batch size of {len(inputs)} exceeds the limit of {ASSOCIATION_BATCH_MAX} inputs",
+                context={"maxInputs": [str(ASSOCIATION_BATCH_MAX)]},
+            )
+        results: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for item in inputs:
+            from_id = str(item.get("id", ""))
+            links = self._links(from_type, from_id, to_type)
+            if not links:
+                errors.append(_no_associations_error(from_type, from_id, to_type))
+                continue
+            after = str(item.get("after") or "0")
+            start = int(after) if after.isdigit() else 0
+            end = start + ASSOCIATION_PAGE_MAX
+            result: dict[str, Any] = {
+                "from": {"id": from_id},
+                "to": [
+                    {
+                        "toObjectId": to_id,
+                        "associationTypes": [
+                            {
+                                "category": "HUBSPOT_DEFINED",
+                                "typeId": _ASSOCIATION_TYPES[name][0],
+                                "label": _ASSOCIATION_TYPES[name][1],
+                            }
+                            for name in names
+                        ],
+                    }
+                    for to_id, names in links[start:end]
+                ],
+            }
+            if end < len(links):
+                result["paging"] = {"next": {"after": str(end), "link": None}}
+            results.append(result)
+        return self._batch_body(results, errors, started)
+
+    def _links(self, from_type: str, from_id: str, to_type: str) -> list[tuple[str, list[str]]]:
+        """(live record id, association type names) of what ``from_id`` is associated with,
+        whichever side stored the link; a merged-away id reads as the record it became."""
+        record = self._read_target(from_type, from_id)
+        if record is None:
+            return []
+        found: dict[str, list[str]] = {}
+        stored = ((record.get("associations") or {}).get(to_type) or {}).get("results") or []
+        for link in stored:
+            target = str(link.get("id"))
+            target = self.merged_into[to_type].get(target, target)
+            if target in self.objects[to_type] and link.get("type") in _ASSOCIATION_TYPES:
+                found.setdefault(target, []).append(str(link["type"]))
+        for other in self.objects[to_type].values():
+            back = ((other.get("associations") or {}).get(from_type) or {}).get("results") or []
+            for link in back:
+                name = _INVERSE_TYPES.get(str(link.get("type")))
+                if str(link.get("id")) == record["id"] and name is not None:
+                    found.setdefault(str(other["id"]), []).append(name)
+        return [(target, list(dict.fromkeys(names))) for target, names in found.items()]
 
     # ----------------------------------------------------------------- the search index
 
@@ -2605,8 +3016,9 @@ def _host(typed: str) -> str:
     return host.split("/", 1)[0]
 
 
-def _seed_portal(api: HubSpotApi, picture: Sequence[dict[str, Any]], seed: int) -> None:
-    """Load the CRM picture into the portal, with HubSpot's own kinds of mess.
+def _seed_portal(api: HubSpotApi, picture: Sequence[dict[str, Any]], seed: int) -> dict[str, str]:
+    """Load the CRM picture into the portal, with HubSpot's own kinds of mess; returns the
+    company ids by picture key.
 
     Company ``domain`` is the host of the typed website (``www.`` and capitals kept), the
     ``Domain__c``-only value, a junk placeholder, or nothing; some companies list more domains
@@ -2708,3 +3120,55 @@ def _seed_portal(api: HubSpotApi, picture: Sequence[dict[str, Any]], seed: int) 
             status = str(person.get("status") or "")
             stage = "marketingqualifiedlead" if status == "Marketing Qualified" else "lead"
             contact(person, stage, None, _LEAD_STATUS.get(status, "NEW"))
+    return ids
+
+
+def _deals_of(
+    companies: Sequence[Any],
+    picture: Sequence[dict[str, Any]],
+    seed: int,
+    as_of: datetime | None,
+) -> list[dict[str, Any]]:
+    """The deals both CRM sandboxes seed (``pls_sync.sandbox.seed.crm_deals``)."""
+    from pls_sync.sandbox.seed import conversion_times, crm_deals, default_as_of
+
+    if not picture:
+        return []
+    when = as_of or default_as_of()
+    return crm_deals(picture, conversion_times(companies, seed, when), seed, when)
+
+
+def _seed_deals(
+    api: HubSpotApi, deals: Sequence[dict[str, Any]], company_ids: dict[str, str]
+) -> None:
+    """The seeded deals in the default pipeline, associated with their companies (the account's
+    company first, as primary) and owned by its owner; a deal with no account has no company."""
+    from pls_sync.sandbox.seed import DEAL_OPEN, DEAL_WON
+
+    for deal in deals:
+        if deal["outcome"] == DEAL_OPEN:
+            index = int(deal["progress"] * len(_OPEN_DEAL_STAGES))
+            stage = _OPEN_DEAL_STAGES[min(index, len(_OPEN_DEAL_STAGES) - 1)]
+        else:
+            stage = "closedwon" if deal["outcome"] == DEAL_WON else "closedlost"
+        keys = [deal["company_key"], *deal["also_keys"]] if deal["company_key"] else []
+        linked = [company_ids[key] for key in keys if key in company_ids]
+        owner = (
+            api.objects["companies"][linked[0]]["properties"].get("hubspot_owner_id", "")
+            if linked
+            else ""
+        )
+        values = {
+            "dealname": deal["name"],
+            "dealstage": stage,
+            "pipeline": DEFAULT_PIPELINE,
+            "closedate": iso_ms(deal["close"]),
+            "amount": _number_text(Decimal(str(deal["amount"]))),
+            "dealtype": "newbusiness" if deal["business"] == "New Business" else "existingbusiness",
+            "hubspot_owner_id": owner,
+        }
+        deal_id = api.insert_deal(values, linked, created=deal["created"])
+        record = api.objects["deals"][deal_id]
+        stamp = iso_ms(max(deal["modified"], deal["created"]))
+        record["properties"][_LASTMODIFIED["deals"]] = stamp
+        record["updatedAt"] = stamp

@@ -75,6 +75,13 @@ user: those writes then answer 400 INSUFFICIENT_ACCESS_OR_READONLY. ``bare=True`
 without pls-sync's fields (``is_pls_sync_field``: ``Account.Domain__c``, every
 ``Account.PQA_*__c``, ``Task.PQA_Alert_Key__c``).
 
+Opportunities follow their stage (``OPPORTUNITY_STAGES``, the stages of a new org): ``IsClosed``
+and ``IsWon`` are read-only and set from ``StageName``, whose default probability a stage change
+brings. SOQL refuses a filter literal of the wrong kind as the org does (INVALID_FIELD "value of
+filter criterion for field 'CloseDate' must be of type date and should not be enclosed in
+quotes"): a date field takes a date (``2026-01-01``), a dateTime field a dateTime, a boolean
+``true``/``false``.
+
 simple-salesforce always builds ``https://`` URLs; ``sandbox_login_session`` gives it a
 ``requests.Session`` that carries those (and the login hosts) to the sandbox over plain HTTP.
 """
@@ -428,6 +435,23 @@ LEAD_STATUSES = (
     "Closed - Converted",
     "Closed - Not Converted",
 )
+# The default OpportunityStage values of a new org: (API name, default probability %, IsClosed,
+# IsWon). An opportunity's IsClosed, IsWon (read-only) and default Probability follow its stage.
+OPPORTUNITY_STAGES: tuple[tuple[str, int, bool, bool], ...] = (
+    ("Prospecting", 10, False, False),
+    ("Qualification", 10, False, False),
+    ("Needs Analysis", 20, False, False),
+    ("Value Proposition", 50, False, False),
+    ("Id. Decision Makers", 60, False, False),
+    ("Perception Analysis", 70, False, False),
+    ("Proposal/Price Quote", 75, False, False),
+    ("Negotiation/Review", 90, False, False),
+    ("Closed Won", 100, True, True),
+    ("Closed Lost", 0, True, False),
+)
+_STAGE_FLAGS = {
+    name: (probability, closed, won) for name, probability, closed, won in OPPORTUNITY_STAGES
+}
 INDUSTRIES = (
     "Agriculture",
     "Banking",
@@ -450,9 +474,9 @@ INDUSTRIES = (
 
 
 def build_schema(*, bare: bool = False) -> dict[str, ObjectSpec]:
-    """The org's objects: Account (with the PQA fields already created), Lead, Contact, Task, User,
-    the permission objects (PermissionSet, FieldPermissions, PermissionSetAssignment) and the
-    Organization itself. ``bare``: without pls-sync's own custom fields (see ``PLS_SYNC_FIELDS``)."""
+    """The org's objects: Account (with the PQA fields already created), Lead, Contact,
+    Opportunity, Task, User, the permission objects (PermissionSet, FieldPermissions,
+    PermissionSetAssignment) and the Organization itself. ``bare``: without pls-sync's own custom fields (see ``PLS_SYNC_FIELDS``)."""
     account = ObjectSpec(
         "Account",
         "Account",
@@ -692,10 +716,70 @@ def build_schema(*, bare: bool = False) -> dict[str, ObjectSpec]:
         required=("LastName", "Username", "Email"),
         defaults=(("IsActive", True),),
     )
-    objects = (account, lead, contact, task, user, *_permission_objects(), _organization())
+    objects = (
+        account,
+        lead,
+        contact,
+        _opportunity(),
+        task,
+        user,
+        *_permission_objects(),
+        _organization(),
+    )
     if bare:
         objects = tuple(_without_pls_sync_fields(spec) for spec in objects)
     return {spec.name: spec for spec in objects}
+
+
+def _opportunity() -> ObjectSpec:
+    """A sale or pending deal of an Account: its stage (``OPPORTUNITY_STAGES``) decides the
+    read-only ``IsClosed`` and ``IsWon``; ``CloseDate`` is a date."""
+    return ObjectSpec(
+        "Opportunity",
+        "Opportunity",
+        "Opportunities",
+        "006",
+        (
+            _id_field(),
+            FieldSpec(
+                "AccountId",
+                "Account ID",
+                "reference",
+                length=18,
+                reference_to=("Account",),
+                relationship="Account",
+            ),
+            FieldSpec("Name", "Name", "string", length=120, nillable=False),
+            FieldSpec(
+                "StageName",
+                "Stage",
+                "picklist",
+                length=255,
+                nillable=False,
+                picklist=tuple(name for name, *_ in OPPORTUNITY_STAGES),
+                restricted=True,
+            ),
+            FieldSpec("CloseDate", "Close Date", "date", nillable=False),
+            FieldSpec("Amount", "Amount", "currency", precision=18, scale=2),
+            FieldSpec("Probability", "Probability (%)", "percent", precision=3, scale=0),
+            FieldSpec(
+                "Type",
+                "Opportunity Type",
+                "picklist",
+                length=255,
+                picklist=("Existing Business", "New Business"),
+            ),
+            FieldSpec(
+                "IsClosed", "Closed", "boolean", nillable=False, updateable=False, createable=False
+            ),
+            FieldSpec(
+                "IsWon", "Won", "boolean", nillable=False, updateable=False, createable=False
+            ),
+            _owner_field(),
+            *_system_fields(),
+        ),
+        required=("Name", "StageName", "CloseDate"),
+    )
 
 
 def is_pls_sync_field(sobject: str, name: str) -> bool:
@@ -781,6 +865,19 @@ def _permission_objects() -> tuple[ObjectSpec, ...]:
 
 
 # --------------------------------------------------------------------------- ids and values
+
+
+def _derive_stage(
+    spec: ObjectSpec, record: dict[str, Any], *, stage_set: bool, probability_set: bool
+) -> None:
+    """An opportunity's ``IsClosed`` and ``IsWon`` from its stage; a stage set without a
+    probability brings the stage's default probability, as in the org."""
+    if spec.name != "Opportunity":
+        return
+    probability, closed, won = _STAGE_FLAGS.get(record.get("StageName") or "", (0, False, False))
+    record["IsClosed"], record["IsWon"] = closed, won
+    if stage_set and not probability_set:
+        record["Probability"] = float(probability)
 
 
 def id18(id15: str) -> str:
@@ -1188,6 +1285,12 @@ class SalesforceApi:
                     raise KeyError(f"{sobject} has no field {name}")
                 record[canonical.name] = value
             self._derive_name(spec, record)
+            _derive_stage(
+                spec,
+                record,
+                stage_set="StageName" in fields,
+                probability_set=fields.get("Probability") is not None,
+            )
             self.records[sobject][record_id] = record
             return record_id
 
@@ -2494,6 +2597,12 @@ class SalesforceApi:
         record["LastModifiedDate"] = record["SystemModstamp"] = now
         record["LastModifiedById"] = self.integration_user
         self._derive_name(spec, record)
+        _derive_stage(
+            spec,
+            record,
+            stage_set="StageName" in changes,
+            probability_set="Probability" in changes,
+        )
 
     def _locked(self, endpoint: str, ids: Iterable[str]) -> frozenset[str]:
         return self.faults.locked_records(endpoint, ids)
@@ -2808,6 +2917,10 @@ class SalesforceApi:
         chains: dict[soql.FieldRef, list[FieldSpec]] = {}
         for ref in (*query.fields, *query.where_fields(), *(o.field for o in query.order_by)):
             chains[ref] = self._resolve(query, root, ref)
+        for comparison in query.comparisons():
+            error = soql.literal_type_error(query, comparison, chains[comparison.field][-1].type)
+            if error is not None:
+                raise error
         if query.offset is not None and query.offset > MAX_OFFSET:
             raise soql.SoqlError(
                 "NUMBER_OUTSIDE_VALID_RANGE", f"Maximum SOQL offset allowed is {MAX_OFFSET}"

@@ -6,14 +6,21 @@ CRM: about three quarters have an account, with websites typed every way reps ty
 ``ACME.COM``), some with only a ``Domain__c``, some with neither; duplicate accounts on one
 domain; subsidiaries under a parent; CRM-only accounts with no product usage; leads and
 contacts, some marketing qualified. ``seed_salesforce`` loads that picture into the sandbox org.
+
+``crm_deals`` adds what sales closed, as of a date: the companies that bought in the demo
+warehouse's story (``connectors.demo_warehouse.demo_intents``, the source of its ``conversions``
+table) have a won deal dated the day they bought on their primary account; a purchase after the
+as-of date is an open deal expected to close then. Other accounts have some lost and open deals;
+a few won deals have no account. Both CRM sandboxes load the same deals.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +31,19 @@ if TYPE_CHECKING:
 
 SEED_EPOCH = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 ACCOUNT_SHARE = 0.75
+DEAL_WON, DEAL_LOST, DEAL_OPEN = "won", "lost", "open"
+# Salesforce's open stages, in pipeline order (``crm_deals`` gives each open deal a progress).
+SF_OPEN_STAGES = (
+    "Prospecting",
+    "Qualification",
+    "Needs Analysis",
+    "Value Proposition",
+    "Id. Decision Makers",
+    "Perception Analysis",
+    "Proposal/Price Quote",
+    "Negotiation/Review",
+)
+_SF_OPPORTUNITY_POD = "Op"  # seeded opportunities number their own ids: no other id moves
 
 OWNERS: tuple[tuple[str, str], ...] = (
     ("Dana", "Whitfield"),
@@ -270,12 +290,130 @@ def crm_companies(companies: Sequence[CompanyLike], seed: int) -> list[dict[str,
     return out
 
 
-def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: int) -> None:
-    """Load the CRM picture of ``companies`` into the sandbox org: users, accounts, contacts, leads.
+@functools.cache
+def default_as_of() -> datetime:
+    """Today at 00:00 UTC, the demo warehouse's default as-of time; read once per process, so
+    every sandbox of one process tells the same story."""
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+
+def conversion_times(
+    companies: Sequence[CompanyLike], seed: int, as_of: datetime
+) -> dict[str, datetime]:
+    """When each demo company bought, by lower-case domain: the demo warehouse's story for
+    ``companies``, ``seed`` and ``as_of`` (its ``conversions`` table, purchases after ``as_of``
+    included). Empty for companies that are not demo companies (no usage story to tell)."""
+    if not all(hasattr(c, "profile") and hasattr(c, "team_size") for c in companies):
+        return {}
+    from connectors.demo_warehouse import demo_intents
+
+    intents = demo_intents(list(companies), seed=seed, as_of=as_of)  # type: ignore[arg-type]
+    return {i.domain.lower(): i.converted_at for i in intents if i.converted_at is not None}
+
+
+def crm_deals(
+    picture: Sequence[Mapping[str, Any]],
+    conversions: Mapping[str, datetime],
+    seed: int,
+    as_of: datetime,
+) -> list[dict[str, Any]]:
+    """The deals the CRM holds as of ``as_of`` about ``picture`` (``crm_companies``'s).
+
+    A primary account whose company bought (``conversions``) at or before ``as_of`` has a won
+    deal closed then, sometimes an earlier lost one and a later won expansion; one that buys
+    later has an open deal in a late stage, expected to close on that day. Other primary
+    accounts sometimes have a lost or an open deal. Half the lead-only companies that bought
+    have a won deal on no account. Keys: ``key``, ``company_key`` (None: no account),
+    ``also_keys`` (subsidiaries' keys a HubSpot deal is associated with too), ``outcome``
+    (``won``, ``lost``, ``open``), ``progress`` (0-1, how far an open deal got), ``close``,
+    ``created``, ``modified``, ``amount``, ``name``, ``business`` (New or Existing Business).
+    """
+    rng = random.Random(f"crm-deals-{seed}")
+    children: dict[str, list[str]] = {}
+    for item in picture:
+        if item.get("parent_key"):
+            children.setdefault(str(item["parent_key"]), []).append(str(item["key"]))
+    out: list[dict[str, Any]] = []
+
+    def deal(item: Mapping[str, Any], outcome: str, close: datetime, **extra: Any) -> None:
+        closed = outcome != DEAL_OPEN
+        created = (close if closed else as_of) - timedelta(days=rng.uniform(14, 150))
+        modified = min(close + timedelta(hours=rng.uniform(0, 48)), as_of) if closed else as_of
+        size = int(item.get("employees") or 10)
+        values: dict[str, Any] = {
+            "key": f"deal-{len(out) + 1:05d}",
+            "company_key": str(item["key"]) if item.get("has_account") else None,
+            "also_keys": [],
+            "outcome": outcome,
+            "progress": 1.0 if closed else rng.random(),
+            "close": close,
+            "created": created,
+            "modified": max(modified, created),
+            "amount": float(round(max(size, 5) * rng.uniform(40, 120), -2) or 500),
+            "name": f"{item['name']} - New Business",
+            "business": "New Business",
+        }
+        values.update(extra)
+        out.append(values)
+
+    for item in picture:
+        bought = conversions.get(str(item.get("domain") or "").lower())
+        if item.get("kind") == "lead_only" and bought is not None and bought <= as_of:
+            if rng.random() < 0.5:
+                deal(item, DEAL_WON, bought)
+            continue
+        if item.get("kind") != "primary" or not item.get("has_account"):
+            continue
+        if bought is not None and bought <= as_of:
+            if rng.random() < 0.25:
+                deal(item, DEAL_LOST, bought - timedelta(days=rng.uniform(30, 200)))
+            subsidiaries = children.get(str(item["key"]), [])
+            deal(item, DEAL_WON, bought, also_keys=subsidiaries[:1] if rng.random() < 0.4 else [])
+            later = bought + timedelta(days=rng.uniform(10, 120))
+            if rng.random() < 0.2 and later <= as_of:
+                deal(
+                    item,
+                    DEAL_WON,
+                    later,
+                    name=f"{item['name']} - Expansion",
+                    business="Existing Business",
+                )
+        elif bought is not None:
+            deal(item, DEAL_OPEN, bought, progress=0.85 + 0.15 * rng.random())
+        else:
+            u = rng.random()
+            if u < 0.1:
+                deal(item, DEAL_LOST, as_of - timedelta(days=rng.uniform(5, 300)))
+            elif u < 0.22:
+                deal(item, DEAL_OPEN, as_of + timedelta(days=rng.uniform(5, 90)))
+    return out
+
+
+def sf_stage(deal: Mapping[str, Any]) -> str:
+    """The Salesforce ``StageName`` of a ``crm_deals`` deal."""
+    if deal["outcome"] == DEAL_WON:
+        return "Closed Won"
+    if deal["outcome"] == DEAL_LOST:
+        return "Closed Lost"
+    index = min(int(deal["progress"] * len(SF_OPEN_STAGES)), len(SF_OPEN_STAGES) - 1)
+    return SF_OPEN_STAGES[index]
+
+
+def seed_salesforce(
+    api: SalesforceApi,
+    companies: Sequence[CompanyLike],
+    seed: int,
+    *,
+    as_of: datetime | None = None,
+) -> None:
+    """Load the CRM picture of ``companies`` into the sandbox org: users, accounts, contacts,
+    leads and, as of ``as_of`` (default ``default_as_of()``), opportunities (``crm_deals``).
 
     About 60% of accounts carry a ``LastActivityDate`` within the 180 days before the seed epoch.
     A ``bare`` org (no ``Domain__c``, none of pls-sync's fields) gets the same records without
-    the values of the fields it lacks.
+    the values of the fields it lacks. Opportunities come last, with ids of their own: every
+    other record is as it was before the org had opportunities.
     """
     for rep in owners():
         api.insert(
@@ -294,7 +432,8 @@ def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: 
     # A stream of its own, so adding activity dates left every other seeded value unchanged.
     activity = random.Random(f"crm-activity-{seed}")
     account_ids: dict[str, str] = {}
-    for item in crm_companies(companies, seed):
+    picture = crm_companies(companies, seed)
+    for item in picture:
         owner = item["owner"]["id"]
         account_id = None
         if item["has_account"]:
@@ -354,6 +493,36 @@ def seed_salesforce(api: SalesforceApi, companies: Sequence[CompanyLike], seed: 
                 created=_stamp(rng, 10, 400),
                 modified=_stamp(rng, 0, 10),
             )
+    when = as_of or default_as_of()
+    deals = crm_deals(picture, conversion_times(companies, seed, when), seed, when)
+    _seed_opportunities(api, picture, deals, account_ids)
+
+
+def _seed_opportunities(
+    api: SalesforceApi,
+    picture: Sequence[Mapping[str, Any]],
+    deals: Sequence[Mapping[str, Any]],
+    account_ids: Mapping[str, str],
+) -> None:
+    """The ``crm_deals`` as Opportunities, owned by their account's owner."""
+    owner_by_key = {str(item["key"]): item["owner"]["id"] for item in picture}
+    for number, deal in enumerate(deals, start=1):
+        company_key = deal["company_key"]
+        api.insert(
+            "Opportunity",
+            {
+                "Id": make_id("006", number, pod=_SF_OPPORTUNITY_POD),
+                "AccountId": account_ids.get(company_key) if company_key else None,
+                "Name": deal["name"][:120],
+                "StageName": sf_stage(deal),
+                "CloseDate": deal["close"].date(),
+                "Amount": deal["amount"],
+                "Type": deal["business"],
+                "OwnerId": owner_by_key.get(company_key or "") or owners()[0]["id"],
+            },
+            created=deal["created"],
+            modified=deal["modified"],
+        )
 
 
 def _present(api: SalesforceApi, sobject: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -277,7 +277,8 @@ class Sandbox:
     is seeded from ``companies`` (default: the demo companies for ``seed``). ``session_id`` and
     ``hubspot_token`` are the credentials the APIs accept (default: new ones), so a restarted
     sandbox can keep the ones its clients were given. ``bare``: a CRM without any of pls-sync's
-    fields (nor values in them), for ``pls-sync setup`` to create.
+    fields (nor values in them), for ``pls-sync setup`` to create. ``as_of``: the day the demo's
+    deals and opportunities are told as of (default: today), the demo warehouse's.
     """
 
     def __init__(
@@ -291,6 +292,7 @@ class Sandbox:
         session_id: str | None = None,
         hubspot_token: str | None = None,
         bare: bool = False,
+        as_of: datetime | None = None,
     ):
         if host not in (LOOPBACK, "localhost"):
             raise ValueError(f"the sandbox binds to {LOOPBACK} only, not {host!r}")
@@ -302,8 +304,8 @@ class Sandbox:
 
             if companies is None:
                 companies = _demo_companies(seed)
-            seed_salesforce(self.salesforce, companies, seed)
-        self.hubspot = _build_hubspot(seed, companies, hubspot_token, bare)
+            seed_salesforce(self.salesforce, companies, seed, as_of=as_of)
+        self.hubspot = _build_hubspot(seed, companies, hubspot_token, bare, as_of)
         self.hubspot_token: str = (
             self.hubspot.token
             if self.hubspot is not None
@@ -388,7 +390,11 @@ def _uuid_from(seed: int | None) -> str:
 
 
 def _build_hubspot(
-    seed: int | None, companies: Sequence[Any] | None, token: str | None = None, bare: bool = False
+    seed: int | None,
+    companies: Sequence[Any] | None,
+    token: str | None = None,
+    bare: bool = False,
+    as_of: datetime | None = None,
 ) -> Any:
     """The HubSpot module when ``pls_sync.sandbox.hubspot`` is importable, else None."""
     try:
@@ -396,5 +402,5 @@ def _build_hubspot(
     except ImportError:
         return None
     if seed is None:
-        return HubSpotApi(7, companies=companies or [], token=token, bare=bare)
-    return HubSpotApi(seed, companies=companies, token=token, bare=bare)
+        return HubSpotApi(7, companies=companies or [], token=token, bare=bare, as_of=as_of)
+    return HubSpotApi(seed, companies=companies, token=token, bare=bare, as_of=as_of)

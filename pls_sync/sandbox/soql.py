@@ -8,7 +8,8 @@ with ``ASC``/``DESC`` and ``NULLS FIRST``/``LAST``, ``LIMIT`` and ``OFFSET``.
 
 As in Salesforce, keywords and field names are case-insensitive, string comparison is
 case-insensitive, and mixing ``AND`` with ``OR`` without parentheses is a malformed query.
-Field names are not checked here: the caller validates them against its describe metadata.
+Field names are not checked here: the caller validates them against its describe metadata, and
+asks ``literal_type_error`` whether each literal fits its field's type.
 """
 
 from __future__ import annotations
@@ -128,11 +129,15 @@ class Query:
 
     def where_fields(self) -> list[FieldRef]:
         """Every field the WHERE clause refers to."""
-        found: list[FieldRef] = []
+        return [comparison.field for comparison in self.comparisons()]
+
+    def comparisons(self) -> list[Comparison]:
+        """Every ``field op value`` of the WHERE clause, in the order written."""
+        found: list[Comparison] = []
 
         def walk(cond: Condition) -> None:
             if isinstance(cond, Comparison):
-                found.append(cond.field)
+                found.append(cond)
             elif isinstance(cond, BoolOp):
                 for item in cond.items:
                     walk(item)
@@ -446,6 +451,41 @@ def parse(text: str) -> Query:
 def invalid_field(query: Query, ref: FieldRef, message: str) -> SoqlError:
     """An INVALID_FIELD error located at ``ref`` in the query text."""
     return SoqlError("INVALID_FIELD", _located(query.text, ref.pos, message))
+
+
+_LITERAL_TYPE_NAMES = {"date": "date", "datetime": "dateTime", "boolean": "boolean"}
+
+
+def literal_type_error(query: Query, comparison: Comparison, field_type: str) -> SoqlError | None:
+    """Salesforce's INVALID_FIELD when a date, dateTime or boolean field is compared with a
+    literal of another kind: "If you specify a dateTime format in a query, you can filter only
+    on dateTime fields. Similarly, if you specify a date format value, you can filter only on
+    date fields"; a quoted value is a string. None when the literal fits (or the type is
+    another)."""
+    name = _LITERAL_TYPE_NAMES.get(field_type)
+    if name is None or comparison.op == "LIKE":
+        return None
+    values = comparison.value if comparison.op in ("IN", "NOT IN") else (comparison.value,)
+    if all(_literal_fits(field_type, value) for value in values):
+        return None
+    return invalid_field(
+        query,
+        comparison.field,
+        f"value of filter criterion for field '{comparison.field.path[-1]}' must be of type "
+        f"{name} and should not be enclosed in quotes",
+    )
+
+
+def _literal_fits(field_type: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if field_type == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, RelativeDate):
+        return True
+    if field_type == "datetime":
+        return isinstance(value, datetime)
+    return isinstance(value, date) and not isinstance(value, datetime)
 
 
 def like_regex(pattern: str) -> re.Pattern[str]:

@@ -4,6 +4,7 @@ the fitted models are sane and reproducible, and bad inputs end in one clear err
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from pls_sync.calibration import CalibrationError
 from pls_sync.config import Settings, load_settings
 from pls_sync.errors import ConfigError
 from pls_sync.models import ProductAccount
-from tests.e2e.conftest import CONFIG
+from tests.e2e.conftest import CONFIG, copy_config
 from tests.fakes import FakeUsage
 
 COMPANIES = 400
@@ -136,3 +137,60 @@ def test_the_calibrate_command_prints_the_backtest_and_the_report_charts_it(
     )
     assert refused.exit_code == 1 and "Calibration failed" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_calibrate_proposes_a_scoring_file_that_validates(
+    demo: tuple[Path, datetime], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from pls_sync import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PLS_SYNC_WAREHOUSE_URL", f"duckdb:///{demo[0]}")
+    monkeypatch.setenv("PLS_SYNC_STATE_URL", f"sqlite:///{tmp_path / 'state.sqlite'}")
+    main = copy_config(tmp_path)
+    runner = CliRunner()
+    calibrate = ["calibrate", "--config", str(main), "--as-of", demo[1].isoformat()]
+
+    proposed = runner.invoke(cli.app, [*calibrate, "--propose", "out.yaml", "--capacity", "20"])
+    assert proposed.exit_code == 0, proposed.output
+    assert "Proposed model: cross-validated AUC" in proposed.output
+    assert f"diff -u {main.parent / 'scoring.yaml'} out.yaml" in proposed.output
+    text = (tmp_path / "out.yaml").read_text(encoding="utf-8")
+    assert text.startswith("# PQA scoring model proposed by `pls-sync calibrate --propose`")
+    assert "from the warehouse table conversions" in text
+
+    shutil.copy(tmp_path / "out.yaml", main.parent / "out.yaml")
+    config = main.read_text(encoding="utf-8")
+    main.write_text(config.replace("scoring: scoring.yaml", "scoring: out.yaml"), encoding="utf-8")
+    validated = runner.invoke(
+        cli.app, ["validate", "--config", str(main), "--as-of", demo[1].isoformat()]
+    )
+    assert validated.exit_code == 0, validated.output
+    in_sales = load_settings(main).scoring.tiers[0]
+    assert in_sales.name == "sales" and in_sales.min_score != 80  # chosen for the capacity
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (["--propose", "config/scoring.yaml"], "is the scoring file the config uses"),
+        (["--propose", "p.yaml", "--capacity", "5", "--target-precision", "0.5"], "exclude"),
+        (["--capacity", "5"], "add --propose PATH"),
+        (["--propose", "p.yaml", "--target-precision", "0"], "above 0 and at most 1, not 0"),
+    ],
+)
+def test_calibrate_refuses_bad_proposal_options_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arguments: list[str], says: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from pls_sync import cli
+
+    monkeypatch.chdir(tmp_path)
+    main = copy_config(tmp_path)
+    result = CliRunner().invoke(cli.app, ["calibrate", "--config", str(main), *arguments])
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "p.yaml").exists()

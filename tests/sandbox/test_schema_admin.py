@@ -386,7 +386,7 @@ def test_hs_an_archived_property_is_listed_only_as_archived_and_refused(
             "read-only",
         ),
         ({"object": "companies", "field": "nope", "delete": True}, 404, "no property nope"),
-        ({"object": "deals", "field": "amount", "label": "x"}, 404, "no property amount"),
+        ({"object": "tickets", "field": "amount", "label": "x"}, 404, "no property amount"),
         ({"object": "companies", "field": "pqa_tier", "length": 3}, 400, "unknown"),
     ],
 )

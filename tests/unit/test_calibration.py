@@ -24,7 +24,7 @@ from pls_sync.calibration import (
 from pls_sync.models import ProductAccount
 from pls_sync.service import score_all
 from tests.fakes import FakeUsage
-from tests.unit.scoring_fixtures import default_model
+from tests.unit.scoring_fixtures import default_model, signal_points_model
 
 AS_OF = datetime(2024, 6, 3, tzinfo=UTC)
 
@@ -96,7 +96,7 @@ def test_signal_rates_with_and_without() -> None:
 
 
 def test_model_metrics_lists_components_then_signal_conditions_once() -> None:
-    names = model_metrics(default_model())
+    names = model_metrics(signal_points_model())
     assert names[:5] == (
         "active_users_28d",
         "events_28d",
@@ -106,6 +106,19 @@ def test_model_metrics_lists_components_then_signal_conditions_once() -> None:
     )
     assert "legal_page_views_14d" in names and "new_users_7d" in names
     assert len(names) == len(set(names))
+
+
+def test_model_metrics_lists_the_parts_of_a_sum_in_its_place() -> None:
+    names = model_metrics(default_model())
+    assert names[:6] == (
+        "active_users_28d",
+        "legal_page_views_14d",
+        "admin_changes_28d",
+        "pricing_page_views_14d",
+        "enterprise_features_28d",
+        "events_28d",
+    )
+    assert "buyer_intent" not in names and len(names) == len(set(names))
 
 
 def _account(domain: str, users: float) -> ProductAccount:
