@@ -116,9 +116,11 @@ def _later(first: datetime | None, second: datetime | None) -> datetime | None:
 
 
 def mapping_fingerprint(mapping: DestinationMapping) -> str:
-    """What the snapshot holds depends on the object, the domain fields and the targets."""
-    basis = json.dumps([mapping.object, list(mapping.match.domain_fields), sorted(mapping.targets)])
-    return hashlib.sha256(basis.encode()).hexdigest()[:16]
+    """What the snapshot holds depends on the object, the domain fields and the fields read."""
+    basis: list[Any] = [mapping.object, list(mapping.match.domain_fields), sorted(mapping.targets)]
+    if mapping.firmographics:  # left out when empty: existing snapshots stay valid
+        basis.append(sorted(mapping.firmographics.items()))
+    return hashlib.sha256(json.dumps(basis).encode()).hexdigest()[:16]
 
 
 class SnapshottingDestination:

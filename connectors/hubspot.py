@@ -919,12 +919,13 @@ class HubSpotDestination:
         return {spec.name: spec for spec in specs}
 
     def read_records(self, mapping: DestinationMapping) -> Iterator[CrmRecord]:
-        """Every company with its domains and the mapped properties, 100 a page."""
+        """Every company with its domains, the mapped properties and the firmographic ones
+        (read, never written), 100 a page."""
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
-        targets = mapping.targets
+        read_fields = mapping.read_fields
         for result in self._list_companies(properties, archived=False):
-            yield self._record(result, mapping, targets)
+            yield self._record(result, mapping, read_fields)
 
     def _list_companies(self, properties: list[str], *, archived: bool) -> Iterator[Any]:
         """Every company of the list endpoint (live or archived ones), 100 a page."""
@@ -971,7 +972,7 @@ class HubSpotDestination:
         """
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
-        targets = mapping.targets
+        read_fields = mapping.read_fields
         fetch: Callable[[str | None, str | None], Mapping[str, Any]] = functools.partial(
             self._search_modified_page, properties, _millis(since)
         )
@@ -985,7 +986,7 @@ class HubSpotDestination:
                 return
             fetch = _replaying_first_page(fetch, first)
         for result in search_in_id_windows(fetch, object_name="companies"):
-            yield self._record(result, mapping, targets)
+            yield self._record(result, mapping, read_fields)
 
     def _estimate(
         self, first_page: Mapping[str, Any], known_records: int, round_trip: float
@@ -1303,21 +1304,22 @@ class HubSpotDestination:
 
     @staticmethod
     def _read_properties(mapping: DestinationMapping) -> list[str]:
-        names = [*READ_PROPERTIES, *mapping.match.domain_fields, *mapping.targets]
+        names = [*READ_PROPERTIES, *mapping.match.domain_fields, *mapping.read_fields]
         return list(dict.fromkeys(names))
 
     @staticmethod
     def _record(
         result: Mapping[str, Any],
         mapping: DestinationMapping,
-        targets: Sequence[str] | None = None,
+        read_fields: Sequence[str] | None = None,
     ) -> CrmRecord:
         """One company of a list or search page, as decoded JSON.
 
-        ``targets`` are ``mapping.targets``, which the read loops compute once, not per record.
+        ``read_fields`` are ``mapping.read_fields`` (targets, then firmographic properties),
+        which the read loops compute once, not per record.
         """
-        if targets is None:
-            targets = mapping.targets
+        if read_fields is None:
+            read_fields = mapping.read_fields
         props: Mapping[str, Any] = result.get("properties") or {}
         domains: list[str] = []
         for name in mapping.match.domain_fields:
@@ -1328,7 +1330,7 @@ class HubSpotDestination:
         return CrmRecord(
             id=str(result.get("id")),
             domain_values=tuple(domains),
-            fields={target: props.get(target) for target in targets},
+            fields={name: props.get(name) for name in read_fields},
             name=props.get("name") or None,
             last_modified=last_modified,
             parent_id=props.get("hs_parent_company_id") or None,

@@ -928,11 +928,12 @@ class SalesforceDestination:
         return dict(specs)
 
     def soql_for(self, mapping: DestinationMapping, where: str | None = None) -> str:
-        """The SOQL reading ``mapping``'s object: base, domain and mapped fields, deduplicated."""
+        """The SOQL reading ``mapping``'s object: base, domain and read fields (the mapped
+        targets, then the firmographic fields, read but never written), deduplicated."""
         name = check_object_name(mapping.object)
         # Names come from config: refuse anything but API names before any call is made.
         configured = [check_field_name(field) for field in mapping.match.domain_fields]
-        configured += [check_field_name(field) for field in mapping.targets]
+        configured += [check_field_name(field) for field in mapping.read_fields]
         known = {field.lower() for field in self.describe(name)}
         wanted = [field for field in BASE_FIELDS if field.lower() in known or field == "Id"]
         wanted += configured
@@ -1338,7 +1339,7 @@ def _record(raw: Mapping[str, Any], mapping: DestinationMapping) -> CrmRecord:
     return CrmRecord(
         id=str(_lookup(raw, "Id")),
         domain_values=tuple(domains),
-        fields={target: _lookup(raw, target) for target in mapping.targets},
+        fields={name: _lookup(raw, name) for name in mapping.read_fields},
         name=_text(_lookup(raw, "Name")),
         last_modified=parse_sf_datetime(_lookup(raw, "LastModifiedDate")),
         parent_id=_text(_lookup(raw, "ParentId")),

@@ -346,6 +346,18 @@ def _to_datetime(value: Any) -> datetime | None:
     return None
 
 
+def _size_label(value: Any) -> str | None:
+    """A ``company_size`` cell as text: stripped, a whole number as its digits, else ``None``."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
 class _NotANumber(Exception):
     """A custom model's metric cell that is neither NULL nor a finite number."""
 
@@ -516,6 +528,34 @@ class SqlUsageSource:
             query = self._event_names_query(found["events"], _utc(as_of), days)
             rows = conn.execute(query).all()
         return [(str(name), int(count)) for name, count in rows]
+
+    def read_company_sizes(self, as_of: datetime) -> dict[str, dict[str, int]]:
+        """Per account key, how many of its users reported each ``users.company_size`` value.
+
+        The keys are those ``read_accounts`` gives: the registrable domain of the users' email
+        hosts (hosts of one domain merged; free mail, disposable and junk hosts left out), or
+        ``workspace:<id>`` at the workspace level. Users are those the built-in read counts as
+        of ``as_of`` (created before it, or without a creation time); values are the stored
+        text, stripped (a whole number as its digits); NULL and empty values are left out, and
+        so is an account none of whose users reported one. One GROUP BY over the users table,
+        no events. ``{}`` for a custom model (its own columns are its business) and for a users
+        table without ``company_size``. Raises ``WarehouseError`` when the warehouse cannot be
+        read or the users table lacks a column the built-in model needs.
+        """
+        if self.model_path is not None:
+            return {}
+        with self._reading() as conn:
+            found, problems = self._inspect_tables(conn, roles=("users",))
+            if problems:
+                raise WarehouseError(self._mismatch(problems))
+            users = found["users"]
+            if "company_size" not in users.names:
+                return {}
+            query = self._company_sizes_query(users, _utc(as_of))
+            result = conn.execution_options(stream_results=True, yield_per=self.chunk_size).execute(
+                query
+            )
+            return self._merge_company_sizes(result.partitions())
 
     def describe(self) -> str:
         """The warehouse URL without its password, for logs and reports."""
@@ -1129,6 +1169,58 @@ class SqlUsageSource:
             .where(sa.or_(u.c.created_at.is_(None), created < ub["as_of"]))
             .group_by(*group)
         )
+
+    def _company_sizes_query(
+        self, users: TableColumns, as_of: datetime
+    ) -> sa.Select[*tuple[Any, ...]]:
+        """Users per host (and workspace) and ``company_size`` value, NULL sizes left out.
+
+        The same users, hosts and workspaces as the built-in query: ``email_host`` cut the same
+        way, users created at or after ``as_of`` left out, those without a time kept.
+        """
+        by_workspace = self.account_level == "workspace"
+        extra = ("workspace_id",) if by_workspace else ()
+        u = users.table_clause(self.schema, ("email", "created_at", "company_size", *extra))
+        before = _bound("u_as_of", as_of, users.is_tz_aware("created_at"))
+        host = email_host(u.c.email).label("host")
+        size = u.c.company_size
+        group = (host, u.c.workspace_id, size) if by_workspace else (host, size)
+        return (
+            sa.select(
+                host,
+                *(
+                    (sa.type_coerce(u.c.workspace_id, NullType()).label("workspace_id"),)
+                    if by_workspace
+                    else ()
+                ),
+                sa.type_coerce(size, NullType()).label("company_size"),
+                sa.func.count().label("users"),
+            )
+            .where(
+                size.is_not(None),
+                sa.or_(u.c.created_at.is_(None), comparable_ts(u.c.created_at) < before),
+            )
+            .group_by(*group)
+        )
+
+    def _merge_company_sizes(
+        self, partitions: Iterator[Sequence[Any]]
+    ) -> dict[str, dict[str, int]]:
+        """Rows of ``_company_sizes_query`` folded into counts per account key and size."""
+        by_workspace = self.account_level == "workspace"
+        sizes: dict[str, dict[str, int]] = {}
+        for partition in partitions:
+            for row in partition:
+                size = _size_label(row[-2])
+                if size is None or (by_workspace and row[1] is None):
+                    continue
+                verdict = classify_host(_canonical_host(row[0]))
+                if verdict.reason is not None or verdict.domain is None:
+                    continue
+                key = f"workspace:{row[1]}" if by_workspace else verdict.domain
+                counts = sizes.setdefault(key, {})
+                counts[size] = counts.get(size, 0) + int(row[-1])
+        return sizes
 
     def _dropped_events_query(
         self, events: TableColumns, windows: _Windows

@@ -669,19 +669,23 @@ MOTIONS = (MOTION_SALES, MOTION_SUCCESS, MOTION_ABM, MOTION_SELF_SERVE)
 
 @dataclass(frozen=True)
 class MotionRule:
-    """One row of the motion decision table: tiers x buyer presence -> motion.
+    """One row of the motion decision table: tiers x buyer presence x fit segment -> motion.
 
-    ``tiers`` empty matches any tier; ``buyer`` ``None`` matches with or without a buyer.
+    ``tiers`` empty matches any tier; ``buyer`` ``None`` matches with or without a buyer;
+    ``segments`` empty matches any fit segment (``unknown`` included).
     """
 
     tiers: tuple[str, ...]
     buyer: bool | None
     motion: str
+    segments: tuple[str, ...] = ()
 
-    def matches(self, tier: str, has_buyer: bool) -> bool:
-        """True when this row applies to ``tier`` and ``has_buyer``."""
-        return (not self.tiers or tier in self.tiers) and (
-            self.buyer is None or self.buyer == has_buyer
+    def matches(self, tier: str, has_buyer: bool, segment: str | None = None) -> bool:
+        """True when this row applies to ``tier``, ``has_buyer`` and ``segment``."""
+        return (
+            (not self.tiers or tier in self.tiers)
+            and (self.buyer is None or self.buyer == has_buyer)
+            and (not self.segments or segment in self.segments)
         )
 
 
@@ -700,33 +704,42 @@ def default_motions(qualified_tiers: Sequence[str] = ("sales",)) -> tuple[Motion
 DEFAULT_MOTIONS = default_motions()
 
 
-def motion_for(tier: str, has_buyer: bool, rules: Sequence[MotionRule]) -> str:
-    """The motion of the first rule matching ``(tier, has_buyer)``.
+def motion_for(
+    tier: str, has_buyer: bool, rules: Sequence[MotionRule], segment: str | None = None
+) -> str:
+    """The motion of the first rule matching ``(tier, has_buyer, segment)``.
 
     Raises ``ValueError`` when no rule matches; ``validate_motion_table`` finds such gaps
     before a run.
     """
     for rule in rules:
-        if rule.matches(tier, has_buyer):
+        if rule.matches(tier, has_buyer, segment):
             return rule.motion
     buyer = "with" if has_buyer else "without"
-    raise ValueError(f"no motion rule covers tier {tier!r} {buyer} a buyer")
+    where = f" in segment {segment!r}" if segment is not None else ""
+    raise ValueError(f"no motion rule covers tier {tier!r} {buyer} a buyer{where}")
 
 
 def _describe(rule: MotionRule) -> str:
     tiers = "any tier" if not rule.tiers else "tier " + "/".join(rule.tiers)
     buyer = {None: "any buyer", True: "buyer", False: "no buyer"}[rule.buyer]
-    return f"{tiers}, {buyer} -> {rule.motion}"
+    segments = f", segment {'/'.join(rule.segments)}" if rule.segments else ""
+    return f"{tiers}, {buyer}{segments} -> {rule.motion}"
 
 
-def validate_motion_table(rules: Sequence[MotionRule], tiers: Sequence[str]) -> list[str]:
-    """Problems with a motion table over the configured ``tiers`` (empty when it is sound).
+def validate_motion_table(
+    rules: Sequence[MotionRule], tiers: Sequence[str], segments: Sequence[str] = ()
+) -> list[str]:
+    """Problems with a motion table over the configured ``tiers`` and fit ``segments`` (empty
+    when it is sound).
 
-    Reports unknown tier names, empty motions, (tier, buyer) pairs no rule covers, and rules
-    that never apply because earlier rules take every case they match.
+    Reports unknown tier and segment names, empty motions, cases (tier, buyer, segment) no rule
+    covers, and rules that never apply because earlier rules take every case they match.
+    Without ``segments`` (no fit configured), a rule naming segments never applies.
     """
     problems: list[str] = []
     known = list(dict.fromkeys(tiers))
+    known_segments = list(dict.fromkeys(segments))
     for index, rule in enumerate(rules, start=1):
         unknown = [tier for tier in rule.tiers if tier not in known]
         if unknown:
@@ -734,19 +747,34 @@ def validate_motion_table(rules: Sequence[MotionRule], tiers: Sequence[str]) -> 
                 f"motion rule {index}: unknown tier(s) {', '.join(map(repr, unknown))} "
                 f"(tiers: {', '.join(known) or 'none'})"
             )
+        strange = [segment for segment in rule.segments if segment not in known_segments]
+        if strange:
+            problems.append(
+                f"motion rule {index}: unknown segment(s) {', '.join(map(repr, strange))} "
+                f"(segments: {', '.join(known_segments) or 'none: no fit is configured'})"
+            )
         if not rule.motion.strip():
             problems.append(f"motion rule {index}: motion is empty")
-    cases = [(tier, buyer) for tier in known for buyer in (True, False)]
+    by_segment: list[str | None] = list(known_segments) or [None]
+    cases = [
+        (tier, buyer, segment)
+        for tier in known
+        for buyer in (True, False)
+        for segment in by_segment
+    ]
     used: set[int] = set()
-    for tier, buyer in cases:
-        first = next((i for i, rule in enumerate(rules) if rule.matches(tier, buyer)), None)
+    for tier, buyer, segment in cases:
+        first = next(
+            (i for i, rule in enumerate(rules) if rule.matches(tier, buyer, segment)), None
+        )
         if first is None:
             with_ = "with" if buyer else "without"
-            problems.append(f"no motion rule covers tier {tier!r} {with_} a buyer")
+            where = f" in segment {segment!r}" if segment is not None else ""
+            problems.append(f"no motion rule covers tier {tier!r} {with_} a buyer{where}")
         else:
             used.add(first)
     for index, rule in enumerate(rules):
-        reachable = any(rule.matches(tier, buyer) for tier, buyer in cases)
+        reachable = any(rule.matches(tier, buyer, segment) for tier, buyer, segment in cases)
         if reachable and index not in used:
             problems.append(
                 f"motion rule {index + 1} ({_describe(rule)}) never applies: "

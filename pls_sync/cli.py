@@ -568,6 +568,8 @@ def export_columns(settings: Settings) -> list[str]:
         "lead_channel",
         "mqls_checked",
         "motion",
+        "fit_segment",
+        "employees",
         "buyers",
         "active_users_28d",
         "first_seen",
@@ -596,6 +598,8 @@ def export_row(result: AccountResult, ids: Mapping[str, str], mqls_checked: bool
         "lead_channel": result.lead_channel,
         "mqls_checked": mqls_checked,
         "motion": result.motion,
+        "fit_segment": result.fit.segment if result.fit else None,
+        "employees": _whole(result.fit.employees) if result.fit else None,
         "buyers": list(result.buyers),
         "active_users_28d": _whole(score.metrics.get("active_users_28d", 0)),
         "first_seen": result.account.first_seen,
@@ -855,20 +859,73 @@ def calibrate(
     json_output: Annotated[
         Path | None, typer.Option("--json", help="Also write the result as JSON here.")
     ] = None,
+    propose_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--propose",
+            help="Write a scoring file fitted to the labels here (weights, signal points, "
+            "curves, tier bounds), to diff against the one in use.",
+        ),
+    ] = None,
+    target_precision: Annotated[
+        float | None,
+        typer.Option(
+            help="With --propose: the sales tier starts where its accounts convert at this "
+            "rate (0..1)."
+        ),
+    ] = None,
+    capacity: Annotated[
+        int | None,
+        typer.Option(help="With --propose: at most this many accounts in the sales tier."),
+    ] = None,
 ) -> None:
     """Backtest the score against conversions (`labels:`): score every account as of
     --as-of minus the horizon, label it by whether it converted by --as-of, and report AUC,
     lift by decile, the sales tier's precision and recall, each signal's conversion rate, and
     cross-validated logistic regressions on the same inputs (needs `pls-sync[calibrate]`).
-    The result is kept for `pls-sync report`."""
+    With --propose, also write a scoring file fitted to the labels, its tier bounds chosen for
+    --target-precision or --capacity. The result is kept for `pls-sync report`."""
     from pls_sync.bootstrap import build_state_store
-    from pls_sync.calibrate_service import backtest
+    from pls_sync.calibrate_service import backtest, proposal_file, propose
     from pls_sync.calibration import render_text
+    from pls_sync.model_proposal import check_options
 
+    if target_precision is not None and capacity is not None:
+        fail("--target-precision and --capacity exclude each other: give one", EXIT_CONFIG)
+    if (target_precision is not None or capacity is not None) and propose_path is None:
+        fail(
+            "--target-precision and --capacity set the proposed tiers: add --propose PATH",
+            EXIT_CONFIG,
+        )
+    try:
+        check_options(target_precision, capacity)
+    except PlsSyncError as exc:
+        fail(str(exc), EXIT_CONFIG)
     settings = load_or_exit(config)
+    scoring_path = settings.scoring_path
+    if (
+        propose_path is not None
+        and scoring_path is not None
+        and propose_path.resolve() == scoring_path.resolve()
+    ):
+        fail(
+            f"--propose {propose_path} is the scoring file the config uses: write the proposal "
+            "elsewhere, diff it and copy it over yourself",
+            EXIT_CONFIG,
+        )
     when = parse_as_of(as_of)
     try:
-        result = backtest(settings, as_of=when, horizon_days=horizon_days, seed=seed)
+        if propose_path is None:
+            result = backtest(settings, as_of=when, horizon_days=horizon_days, seed=seed)
+        else:
+            result = propose(
+                settings,
+                as_of=when,
+                horizon_days=horizon_days,
+                seed=seed,
+                target_precision=target_precision,
+                capacity=capacity,
+            )
     except PlsSyncError as exc:
         fail(redact(str(exc)), label="Calibration failed")
     for line in render_text(result):
@@ -882,13 +939,38 @@ def calibrate(
             store.close()
     except PlsSyncError as exc:
         note(f"not kept for `pls-sync report`: {redact(str(exc))}")
-    if json_output is not None:
-        try:
+    try:
+        if json_output is not None:
             json_output.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(data, indent=2, default=str)
             json_output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            fail(redact(os_error_text(exc)), label="Calibration failed")
+        if propose_path is not None:
+            scoring = proposal_file(settings, result, generated_at=datetime.now(UTC))
+            propose_path.parent.mkdir(parents=True, exist_ok=True)
+            propose_path.write_text(scoring, encoding="utf-8")
+    except OSError as exc:
+        fail(redact(os_error_text(exc)), label="Calibration failed")
+    if propose_path is not None:
+        console.print(
+            f"Proposed scoring file written to {propose_path}: diff it with "
+            f"`diff -u {scoring_path} {propose_path}`",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def demo_as_of(warehouse: Path) -> datetime | None:
+    """The day the demo warehouse's story is told as of, when there is one: the sandbox's
+    deals and opportunities follow it."""
+    if not warehouse.is_file():
+        return None
+    from connectors.demo_warehouse import read_demo_as_of
+
+    try:
+        return read_demo_as_of(warehouse)
+    except PlsSyncError:  # a damaged demo file only loses the alignment
+        return None
 
 
 REPORT_REFUSAL = "report writes one HTML page; name the file .html"
@@ -1049,7 +1131,13 @@ def sandbox(
     Its settings go to .pls-sync/sandbox.env (mode 0600) for --sandbox; the credentials there
     are kept across restarts.
     """
-    from pls_sync.demo import SANDBOX_ENV, read_sandbox_env, sandbox_settings, write_sandbox_env
+    from pls_sync.demo import (
+        DEMO_WAREHOUSE,
+        SANDBOX_ENV,
+        read_sandbox_env,
+        sandbox_settings,
+        write_sandbox_env,
+    )
     from pls_sync.demo_companies import demo_companies
     from pls_sync.sandbox.server import Sandbox
 
@@ -1065,6 +1153,7 @@ def sandbox(
             session_id=previous.get("SALESFORCE_SESSION_ID") or None,
             hubspot_token=previous.get("HUBSPOT_ACCESS_TOKEN") or None,
             bare=bare,
+            as_of=demo_as_of(DEMO_WAREHOUSE),
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:

@@ -50,6 +50,7 @@ from pls_sync.channels import (
 from pls_sync.config_yaml import ConfigLines, Document, Interpolator, KeyPath, load_document
 from pls_sync.cron import CronError, parse_cron
 from pls_sync.errors import ConfigError, ConfigIssue, redact
+from pls_sync.fit import FitModel, FitSegment
 from pls_sync.mapping import (
     FORBIDDEN_TARGETS,
     NULL_POLICIES,
@@ -206,6 +207,9 @@ class ChannelSettings:
     sf_alert_key_field: str = "PQA_Alert_Key__c"
     hs_alert_key_property: str = "pqa_alert_key"
     stale_after_days: int | None = None
+    # Segments by company size (``fit:`` of the scoring file); None: no fit is computed. The
+    # motion table may name them.
+    fit: FitModel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +436,7 @@ class MotionSpec(_Spec):
 
     tiers: list[Name] = Field(default_factory=list)
     buyer: bool | None = None
+    segments: list[Name] = Field(default_factory=list)
     motion: Name
 
 
@@ -670,6 +675,24 @@ class GuardsSpec(_Spec):
     guarded_tiers: list[Name] | None = None
 
 
+class FitSpec(_Spec):
+    """``fit:``: segments by company size (employees), each from its lower bound."""
+
+    segments: dict[Name, Annotated[float, Field(ge=0)]]
+    unknown: Name = "unknown"
+
+    @field_validator("segments")
+    @classmethod
+    def _from_zero(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("fit needs at least one segment")
+        if 0 not in value.values():
+            raise ValueError("no segment starts at 0: every company size needs a segment")
+        if len(set(value.values())) != len(value):
+            raise ValueError("two segments start at the same size")
+        return value
+
+
 class ScoringSpec(_Spec):
     """The scoring file, ``config/scoring.yaml``."""
 
@@ -684,6 +707,7 @@ class ScoringSpec(_Spec):
     saturate_above: float | None = Field(default=None, ge=0, lt=100)
     qualified_tiers: list[Name] | None = None
     guards: GuardsSpec = Field(default_factory=GuardsSpec)
+    fit: FitSpec | None = None
 
     @field_validator("components")
     @classmethod
@@ -748,12 +772,19 @@ class MatchSpec(_Spec):
     _on_multiple = field_validator("on_multiple")(_check_member(ON_MULTIPLE_RULES, "rule"))
 
 
+class FirmographicsSpec(_Spec):
+    """``firmographics:`` of a mapping: CRM fields read (never written) for the fit segment."""
+
+    employees: Name | None = None
+
+
 class MappingSpec(_Spec):
     """A mapping file, ``mappings/<destination>.yaml``."""
 
     object: Name
     match: MatchSpec
     fields: dict[Name, Annotated[FieldSpec, BeforeValidator(_field_shorthand)]]
+    firmographics: FirmographicsSpec = Field(default_factory=FirmographicsSpec)
 
     @field_validator("fields")
     @classmethod
@@ -1255,6 +1286,20 @@ def _check_mapping(
             problem = _source_problem(spec.source, context)
             if problem:
                 issues.append(document.issue(source_path, problem))
+    firmographics: FirmographicsSpec | None = parts.get("firmographics")
+    for name, target in (firmographics.model_dump() if firmographics else {}).items():
+        if target is None:
+            continue
+        bad = api_name_problem(destination, target)
+        if bad:
+            issues.append(document.issue(("firmographics", name), bad))
+        elif target.lower() in seen:
+            issues.append(
+                document.issue(
+                    ("firmographics", name),
+                    f"{target} is written by this mapping: a firmographic field is only read",
+                )
+            )
 
 
 # Salesforce API names: a letter, then letters, digits and single underscores, not ending in
@@ -1411,6 +1456,13 @@ def _scoring_model(spec: ScoringSpec) -> ScoringModel:
     )
 
 
+def _fit_model(spec: FitSpec | None) -> FitModel | None:
+    if spec is None:
+        return None
+    segments = tuple(FitSegment(name, float(bound)) for name, bound in spec.segments.items())
+    return FitModel(segments, spec.unknown)
+
+
 def _mapping(destination: str, spec: MappingSpec, document: Document) -> DestinationMapping:
     return DestinationMapping(
         destination=destination,
@@ -1422,6 +1474,11 @@ def _mapping(destination: str, spec: MappingSpec, document: Document) -> Destina
         ),
         source_file=document.file,
         lines=dict(document.lines),
+        firmographics={
+            name: target
+            for name, target in spec.firmographics.model_dump().items()
+            if target is not None
+        },
     )
 
 
@@ -1430,7 +1487,11 @@ def _empty_mapping(destination: str, path: Path) -> DestinationMapping:
 
 
 def _channel_settings(
-    spec: ChannelsSpec, document: Document, tiers: tuple[str, ...], issues: list[ConfigIssue]
+    spec: ChannelsSpec,
+    document: Document,
+    tiers: tuple[str, ...],
+    issues: list[ConfigIssue],
+    fit: FitModel | None = None,
 ) -> ChannelSettings:
     """The channels file as settings; rules across keys are checked here, with their lines."""
     persona = PersonaModel(
@@ -1456,9 +1517,11 @@ def _channel_settings(
     )
     for problem in persona_model_problems(persona):
         issues.append(document.issue(("buyers", "personas"), problem))
-    motions = tuple(MotionRule(tuple(m.tiers), m.buyer, m.motion) for m in spec.motions)
+    motions = tuple(
+        MotionRule(tuple(m.tiers), m.buyer, m.motion, tuple(m.segments)) for m in spec.motions
+    )
     if tiers:
-        for problem in validate_motion_table(motions, tiers):
+        for problem in validate_motion_table(motions, tiers, fit.names if fit else ()):
             issues.append(document.issue(("motions",), problem))
         if spec.alerts.tier not in tiers:
             issues.append(
@@ -1480,6 +1543,7 @@ def _channel_settings(
         sf_alert_key_field=spec.alerts.salesforce_key_field,
         hs_alert_key_property=spec.alerts.hubspot_key_property,
         stale_after_days=spec.stale_after_days,
+        fit=fit,
     )
 
 
@@ -1542,7 +1606,8 @@ class _Loader:
 
         mappings = self._mappings(main, raw, context)
 
-        channels = ChannelSettings()
+        fit = _fit_model(scoring.fit) if scoring is not None else None
+        channels = ChannelSettings(fit=fit)
         channels_path = self._path(_raw(raw, "channels"))
         if channels_path is not None:
             channels_doc = self.document(channels_path, self.issues)
@@ -1550,7 +1615,7 @@ class _Loader:
                 spec, _parts = _validate(ChannelsSpec, channels_doc, self.issues)
                 if spec is not None:
                     tiers = tuple(scoring.tiers) if scoring is not None else ()
-                    channels = _channel_settings(spec, channels_doc, tiers, self.issues)
+                    channels = _channel_settings(spec, channels_doc, tiers, self.issues, fit)
 
         if self.issues or main is None or scoring is None or model is None:
             # Every way of getting here without a valid part has recorded an issue.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pls_sync.mapping import DestinationMapping
 from pls_sync.models import FieldSpec, FieldType
-from pls_sync.planning import source_fits
+from pls_sync.planning import NUMERIC_TYPES, TEXT_TYPES, source_fits
 
 # Plan actions, in the order ``pls-sync setup`` applies them.
 CREATE = "create"
@@ -32,7 +32,7 @@ CHANGES = (CREATE, ADD_VALUES, MAKE_EXTERNAL_ID)
 EDIT = "edit"
 READ = "read"
 
-ENUMERATED = frozenset({"tier", "raw_tier", "lead_channel", "motion"})
+ENUMERATED = frozenset({"tier", "raw_tier", "lead_channel", "motion", "fit_segment"})
 _LABELS = {
     "score": "PQA Score",
     "tier": "PQA Tier",
@@ -46,6 +46,7 @@ _LABELS = {
     "first_seen": "PQA First Seen",
     "lead_channel": "PQA Lead Channel",
     "motion": "PQA Motion",
+    "fit_segment": "PQA Fit Segment",
     "buyers": "PQA Buyers",
     "domain": "PQA Domain",
     "account_key": "PQA Account Key",
@@ -148,7 +149,7 @@ def requirements(
     alert_key: tuple[str, str] | None = None,
 ) -> list[FieldRequirement]:
     """Every field ``mapping`` needs: the mapped targets (edit access), the match fields (read
-    access, text) and, with ``alert_key`` (``(task object, field)``, when alerts are on), the
+    access, text), the firmographic fields (read access, a number) and, with ``alert_key`` (``(task object, field)``, when alerts are on), the
     task field keying rep alerts (Text(64), an External ID on Salesforce).
 
     ``values`` maps each enumerated source to every value pls-sync can write for it.
@@ -164,6 +165,14 @@ def requirements(
                 FieldRequirement(
                     obj, name, _label(name, "domain"), FieldType.STRING, "domain",
                     length=TEXT_LENGTH, access=READ,
+                )
+            )  # fmt: skip
+    for name, field_name in mapping.firmographics.items():
+        if field_name.lower() not in written:
+            needed.append(
+                FieldRequirement(
+                    obj, field_name, _label(field_name, name), FieldType.NUMBER, "firmographics",
+                    access=READ,
                 )
             )  # fmt: skip
     if alert_key is not None:
@@ -195,6 +204,8 @@ def _creatable(destination: str, name: str) -> bool:
 
 
 def _fits(req: FieldRequirement, spec: FieldSpec) -> bool:
+    if req.source == "firmographics":
+        return spec.type in NUMERIC_TYPES or spec.type in TEXT_TYPES
     if req.source == "alert_key" or req.access == READ:
         return spec.type in (FieldType.STRING, FieldType.TEXTAREA)
     if req.type is FieldType.PICKLIST:

@@ -44,6 +44,7 @@ def account_breakdown(result: AccountResult, when: datetime) -> dict[str, Any]:
         "change": result.score_change,
         "channel": result.lead_channel,
         "motion": result.motion,
+        "fit": result.fit.describe() if result.fit is not None else None,
         "buyers": list(result.buyers),
     }
 
@@ -107,7 +108,7 @@ def explain_lines(data: Mapping[str, Any]) -> list[str]:
     held = f" (held back by {data['held_back_by']})" if data["held_back_by"] else ""
     lines = [f"{data['domain']}: score {data['score']}, tier {data['tier']}{held}"]
     for c in data["components"]:
-        lines.append(f"  {c['name']:<10} {float(c['points']):5.1f} pts  ({c['description']})")
+        lines.append(f"  {c['name']:<12} {float(c['points']):5.1f} pts  ({c['description']})")
     for s in data["signals"]:
         lines.append(f"  signal     +{float(s['points']):.0f}  {s['description']}")
     change = data["change"]
@@ -116,6 +117,8 @@ def explain_lines(data: Mapping[str, Any]) -> list[str]:
         f"change: {'-' if change is None else f'{change:+d}'}"
     )
     lines.append(f"  lead channel: {data['channel'] or '-'}; motion: {data['motion'] or '-'}")
+    if data.get("fit"):
+        lines.append(f"  fit: {data['fit']}")
     lines.extend(f"  likely buyer: {buyer}" for buyer in data["buyers"])
     if not data["buyers"]:
         lines.append("  likely buyers: none found among the account's users")

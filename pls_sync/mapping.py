@@ -61,6 +61,7 @@ SOURCES = (
     "signals",
     "lead_channel",
     "motion",
+    "fit_segment",
     "qualified_since",
     "tier_since",
     "score_change",
@@ -118,6 +119,9 @@ class DestinationMapping:
     match: MatchRule
     fields: tuple[FieldMapping, ...]
     source_file: str = ""
+    # Fields read, never written: the company's firmographics (``employees``: the CRM's
+    # employee count field, e.g. NumberOfEmployees / numberofemployees), for the fit segment.
+    firmographics: Mapping[str, str] = field(default_factory=dict)
     # The line of each key path in ``source_file``, so that a problem found against the live
     # CRM schema names its line like a static config check does.
     lines: Mapping[tuple[str | int, ...], int] = field(
@@ -128,6 +132,12 @@ class DestinationMapping:
     def targets(self) -> tuple[str, ...]:
         """The CRM field names this mapping writes."""
         return tuple(f.target for f in self.fields)
+
+    @property
+    def read_fields(self) -> tuple[str, ...]:
+        """The CRM field names a read returns in ``CrmRecord.fields``: the targets, then the
+        firmographic fields (read only), once each."""
+        return tuple(dict.fromkeys((*self.targets, *self.firmographics.values())))
 
     def issue(self, key: tuple[str | int, ...], message: str) -> ConfigIssue:
         """A problem at ``key`` of the mapping file (``("fields", "PQA_Tier__c")``...)."""

@@ -226,7 +226,9 @@ def propose_model(
        top tier holds at most ``capacity`` accounts and the top two at most three times that. A
        tie at the cut keeps the bound above it, so a capacity is never exceeded. Neither: the
        bounds stay. The lowest tier stays at 0.
-    4. Everything else (ratios, sums, metrics, labels, conditions, hysteresis, saturation,
+    4. When the fitted points push so many totals past 100 that more than 1% of the accounts
+       share the top score, ``saturate_above`` is lowered until they do not (the order is
+       unchanged; done before step 3 chooses the bounds). Everything else (ratios, sums, metrics, labels, conditions, hysteresis,
        guards, qualified tiers) is kept.
 
     ``cv_auc`` scores each of ``folds`` stratified folds (seeded) with a model proposed from
@@ -241,10 +243,11 @@ def propose_model(
     prepared, current_scores = _prepare(current, accounts, labels, as_of)
     fold_aucs = _cross_validate(current, prepared, as_of, fit, folds, seed)
     fitted = _fit(current, prepared, range(len(prepared)), as_of, fit, notes=True)
+    spread, spread_notes = _spread_the_top(fitted.model, prepared, as_of)
     tiers, tier_notes = _tier_bounds(
-        fitted.model, prepared, as_of, target_precision=target_precision, capacity=capacity
+        spread, prepared, as_of, target_precision=target_precision, capacity=capacity
     )
-    model = dataclasses.replace(fitted.model, tiers=tiers)
+    model = dataclasses.replace(spread, tiers=tiers)
     outcomes = _outcomes(model, prepared, as_of)
     flags = [p.converted for p in prepared]
     return Proposal(
@@ -258,8 +261,43 @@ def propose_model(
         changes=tuple(_changes(current, model, outcomes)),
         tiers=outcomes,
         tier_basis=_tier_basis(target_precision, capacity),
-        notes=(*fitted.notes, *tier_notes),
+        notes=(*fitted.notes, *spread_notes, *tier_notes),
     )
+
+
+# The share of accounts that may hold the top score: above it, the top is a block reps cannot
+# order (the issue's bar for the shipped model, kept for the proposed one).
+TOP_TIE_SHARE = 0.01
+_KNEES = (70.0, 60.0, 50.0, 40.0, 30.0, 20.0)
+
+
+def _top_tie_share(model: ScoringModel, prepared: Sequence[_Labelled], as_of: datetime) -> float:
+    scores = [score_account(p.account, model, as_of).score for p in prepared]
+    return scores.count(max(scores)) / len(scores) if scores else 0.0
+
+
+def _spread_the_top(
+    model: ScoringModel, prepared: Sequence[_Labelled], as_of: datetime
+) -> tuple[ScoringModel, list[str]]:
+    """The fitted model with ``saturate_above`` lowered until no more than ``TOP_TIE_SHARE`` of
+    the accounts share the top score, when large fitted points push totals far past 100 (the
+    saturation keeps the order; a lower knee gives it more room). Ranks are unchanged."""
+    if _top_tie_share(model, prepared, as_of) <= TOP_TIE_SHARE:
+        return model, []
+    share = _top_tie_share(model, prepared, as_of)
+    for knee in _KNEES:
+        if model.saturate_above is not None and knee >= model.saturate_above:
+            continue
+        candidate = dataclasses.replace(model, saturate_above=knee)
+        if _top_tie_share(candidate, prepared, as_of) <= TOP_TIE_SHARE:
+            return candidate, [
+                f"saturate_above lowered to {knee:g}: with the fitted points, {share:.0%} of the "
+                "accounts shared the top score; the order is unchanged"
+            ]
+    return model, [
+        f"{share:.0%} of the accounts share the top score even with saturate_above at "
+        f"{_KNEES[-1]:g}: the fitted points are large; consider lowering them"
+    ]
 
 
 def _tier_basis(target_precision: float | None, capacity: int | None) -> str:
@@ -658,6 +696,12 @@ def _changes(
                 f"signals.{old_signal.name}.points: {_number(old_signal.points)} -> "
                 f"{_number(new_signal.points)}"
             )
+    if current.saturate_above != proposed.saturate_above:
+        before, after = current.saturate_above, proposed.saturate_above
+        lines.append(
+            f"saturate_above: {'null' if before is None else _number(before)} -> "
+            f"{'null' if after is None else _number(after)}"
+        )
     given = {outcome.tier: outcome for outcome in outcomes}
     for old_tier, new_tier in zip(current.tiers, proposed.tiers, strict=True):
         if old_tier.min_score != new_tier.min_score:

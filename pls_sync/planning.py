@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
+from pls_sync.fit import Fit
 from pls_sync.mapping import DestinationMapping, FieldMapping
 from pls_sync.matching import MatchReport
 from pls_sync.models import (
@@ -48,6 +49,8 @@ class AccountResult:
     # The account is no longer in the warehouse: it is planned as an account with no usage
     # on the record it last carried, never matched anew.
     gone: bool = False
+    # What kind of company (segment by size), apart from its engagement; None: no fit model.
+    fit: Fit | None = None
 
     @property
     def newly_qualified(self) -> bool:
@@ -66,6 +69,7 @@ _SIMPLE_SOURCES: dict[str, Callable[[AccountResult], Any]] = {
     "signals": lambda r: [signal.description for signal in r.score.signals],
     "lead_channel": lambda r: r.lead_channel,
     "motion": lambda r: r.motion,
+    "fit_segment": lambda r: r.fit.segment if r.fit is not None else None,
     "qualified_since": lambda r: r.state.qualified_since,
     "tier_since": lambda r: r.state.tier_since,
     "score_change": lambda r: r.score_change,
@@ -708,6 +712,7 @@ _SOURCE_TYPES: dict[str, frozenset[FieldType]] = {
     "raw_tier": _TEXT,
     "lead_channel": _TEXT,
     "motion": _TEXT,
+    "fit_segment": _TEXT,
     "signals": _TEXT,
     "buyers": _TEXT,
     "domain": _TEXT,

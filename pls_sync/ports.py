@@ -36,6 +36,15 @@ class UsageSource(Protocol):
         """Yield accounts aggregated as of ``as_of`` (UTC); count rows and skips into ``stats``."""
         ...
 
+    def read_company_sizes(self, as_of: datetime) -> dict[str, dict[str, int]]:
+        """Per account key (as ``read_accounts`` gives them), how many of its users as of
+        ``as_of`` reported each company size (``{"acme.com": {"51-200": 3, "11-50": 1}}``).
+
+        The warehouse's self-reported firmographics, for the fit segment; an account without
+        any is absent. ``{}`` when the warehouse holds no company size.
+        """
+        ...
+
 
 class CrmDestination(Protocol):
     """A CRM that holds accounts: Salesforce or HubSpot."""

@@ -114,6 +114,11 @@ def gather_report_data(
         },
         channels=_int_counts(leads.get("channels")),
         motions=_int_counts(leads.get("motions")),
+        fit_segments=settings.channels.fit.names if settings.channels.fit else (),
+        fit_by_tier={
+            str(tier): _int_counts(counts)
+            for tier, counts in _mapping(_mapping(leads.get("fit")).get("by_tier")).items()
+        },
         abm=tuple(abm[:LIST_ROWS]),
         abm_total=len(abm),
         unmatched=tuple(unmatched[:LIST_ROWS]),

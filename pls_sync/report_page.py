@@ -103,6 +103,9 @@ class ReportData:
     destination_status: Mapping[str, str] = field(default_factory=dict)
     channels: Mapping[str, int] = field(default_factory=dict)
     motions: Mapping[str, int] = field(default_factory=dict)
+    # Fit beside engagement: accounts by tier, then fit segment, in the last run.
+    fit_by_tier: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    fit_segments: Sequence[str] = ()  # the model's segments, largest first: the column order
     abm: Sequence[Mapping[str, Any]] = ()
     abm_total: int = 0
     unmatched: Sequence[Mapping[str, Any]] = ()
@@ -120,6 +123,7 @@ def render_report(data: ReportData) -> str:
         _section("Tier flow", _flow_figure(data, colours)),
         _section("Match rate per CRM", _match_figure(data)),
         _section("Channels and motions", _channels_figures(data)),
+        _section("Fit and engagement", _fit_table(data)),
         _section("ABM list", _list_table(data, ListName.ABM)),
         _section("Unmatched accounts", _list_table(data, ListName.UNMATCHED)),
         _section("Calibration", _calibration(data)),
@@ -284,6 +288,36 @@ def _counts_figure(figure_id: str, counts: Mapping[str, int], what: str) -> str:
     svg = _chart(figure_id, 1.0 + 0.38 * len(counts), lambda ax: _draw_counts(ax, counts))
     total = sum(counts.values())
     return _figure(figure_id, svg, f"Accounts by {what} in the last run ({total:,}).")
+
+
+def _fit_table(data: ReportData) -> str:
+    """Accounts by engagement (tier, rows) and fit (segment, columns), as the last run saw."""
+    if data.last_run is None:
+        return _empty(NO_RUN)
+    if not data.fit_by_tier:
+        return _empty("no fit segments in the last run (add fit: to the scoring file)")
+    tiers = [name for name, _bound in data.tiers if name in data.fit_by_tier]
+    tiers += [name for name in data.fit_by_tier if name not in tiers]
+    segments: dict[str, int] = {}
+    for counts in data.fit_by_tier.values():
+        for segment, count in counts.items():
+            segments[segment] = segments.get(segment, 0) + count
+    columns = [name for name in data.fit_segments if name in segments]
+    columns += sorted(
+        (name for name in segments if name not in columns), key=lambda n: -segments[n]
+    )
+    head = "<th>tier / segment</th>" + "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join(
+        f"<tr><td>{escape(tier)}</td>"
+        + "".join(_cell(data.fit_by_tier[tier].get(c, 0)) for c in columns)
+        + "</tr>"
+        for tier in tiers
+    )
+    note = (
+        "Engagement (the PQA tier) against fit (the company's size segment): the accounts "
+        "worth a rep's time are high on both."
+    )
+    return f'<p class="meta">{escape(note)}</p><table id="fit"><tr>{head}</tr>{body}</table>'
 
 
 def _list_table(data: ReportData, which: ListName) -> str:

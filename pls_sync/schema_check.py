@@ -33,7 +33,7 @@ WARNING = "warning"
 Key = tuple[str | int, ...]
 
 # Sources whose every value is known in advance (from config): picklists must list them.
-ENUMERATED_SOURCES = frozenset({"tier", "raw_tier", "lead_channel", "motion"})
+ENUMERATED_SOURCES = frozenset({"tier", "raw_tier", "lead_channel", "motion", "fit_segment"})
 # Sources pls-sync truncates on purpose (lists joined into one text).
 _TRUNCATED_ON_PURPOSE = frozenset({"signals", "buyers"})
 # The longest text other sources produce, when it is known.
@@ -95,7 +95,7 @@ def check_mapping_schema(
     ``specs`` is the object's describe (every field by name); ``writable_values`` maps an
     enumerated source (``tier``, ``raw_tier``, ``lead_channel``, ``motion``) to every value
     pls-sync can write for it. Problems come in mapping order: the object, the domain fields,
-    then the mapped fields.
+    the mapped fields, then the firmographic fields (read, never written).
     """
     if not specs:
         return [
@@ -110,6 +110,8 @@ def check_mapping_schema(
         problems.extend(_domain_field_problems(mapping, specs, index, name))
     for fm in mapping.fields:
         problems.extend(_field_problems(mapping, specs, fm, writable_values))
+    for name, field_name in mapping.firmographics.items():
+        problems.extend(_firmographic_problems(mapping, specs, name, field_name))
     return problems
 
 
@@ -146,6 +148,23 @@ def _domain_field_problems(
             key,
             f"domain field {name} on {mapping.object} is {_a(spec.type.value)} field: domain "
             "fields must hold text (a website, a domain, a list of domains); choose a text field",
+        )
+
+
+def _firmographic_problems(
+    mapping: DestinationMapping, specs: Mapping[str, FieldSpec], name: str, field_name: str
+) -> Iterator[SchemaProblem]:
+    key: Key = ("firmographics", name)
+    spec = specs.get(field_name) or next(
+        (s for s in specs.values() if s.name.lower() == field_name.lower()), None
+    )
+    if spec is None:
+        yield SchemaProblem(key, _no_such_field(mapping, specs, field_name, "firmographic field"))
+    elif spec.type not in NUMERIC_TYPES and spec.type not in TEXT_TYPES:
+        yield SchemaProblem(
+            key,
+            f"{name} field {field_name} on {mapping.object} is {_a(spec.type.value)} field: "
+            "a company size is a number; choose a number field",
         )
 
 

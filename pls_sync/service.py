@@ -31,10 +31,10 @@ from typing import Any
 import structlog
 
 from pls_sync.alerts import backfill_alerts, queue_alerts, send_alerts
-from pls_sync.channels import DEFAULT_MOTIONS, LEAD_CHANNELS, USAGE_NO_BUYER
+from pls_sync.channels import DEFAULT_MOTIONS, LEAD_CHANNELS, USAGE_NO_BUYER, MotionRule
 from pls_sync.config import ChannelSettings
 from pls_sync.domains import classify_host, company_domain, split_domain_values
-from pls_sync.enrich import Enrichment, enrich
+from pls_sync.enrich import Enrichment, enrich, refit_with_crm
 from pls_sync.errors import (
     FatalError,
     PlsSyncError,
@@ -42,6 +42,7 @@ from pls_sync.errors import (
     RunLockedError,
     redact,
 )
+from pls_sync.fit import FitModel
 from pls_sync.mapping import DestinationMapping
 from pls_sync.matching import UNMATCHED, MatchReport, build_index, match_accounts
 from pls_sync.models import (
@@ -388,6 +389,8 @@ class LeadContext:
     """What the lead-channel step found, for planning ``mql_only`` tags and sending alerts."""
 
     enrichment: Enrichment
+    fit: FitModel | None
+    motions: tuple[MotionRule, ...]
     sinks: dict[str, AlertSink]
     ledger: AlertLedger | None
     alerts_tier: str | None
@@ -415,6 +418,12 @@ def classify_email(email: str) -> tuple[str | None, str | None]:
     """(registrable domain, skip reason) of an MQL's email: free-mail and junk are skipped."""
     verdict = classify_host(email)
     return verdict.domain, verdict.reason
+
+
+def read_company_sizes(usage: UsageSource, as_of: datetime) -> dict[str, dict[str, int]]:
+    """The sign-up company sizes per account, for the fit; none from a source that has none."""
+    reader = getattr(usage, "read_company_sizes", None)
+    return dict(reader(as_of)) if callable(reader) else {}
 
 
 def find_leads(
@@ -450,10 +459,14 @@ def find_leads(
         motions=channels.motions,
         # Without every CRM's MQLs a channel would be a guess: leave channel fields alone.
         channels_known=not errors,
+        fit=channels.fit,
+        company_sizes=read_company_sizes(adapters.usage, as_of) if channels.fit else None,
     )
     alerts_on = channels.alerts_enabled and not dry_run and adapters.alert_ledger is not None
     return LeadContext(
         enrichment,
+        channels.fit,
+        channels.motions,
         adapters.alert_sinks,
         adapters.alert_ledger,
         channels.alert_tier if alerts_on else None,
@@ -578,7 +591,14 @@ def writable_values(
     tiers = tuple(tier.name for tier in model.tiers)
     rules = channels.motions if channels is not None else DEFAULT_MOTIONS
     motions = tuple(dict.fromkeys(rule.motion for rule in rules))
-    return {"tier": tiers, "raw_tier": tiers, "lead_channel": LEAD_CHANNELS, "motion": motions}
+    segments = channels.fit.names if channels is not None and channels.fit else ()
+    return {
+        "tier": tiers,
+        "raw_tier": tiers,
+        "lead_channel": LEAD_CHANNELS,
+        "motion": motions,
+        "fit_segment": segments,
+    }
 
 
 @contextmanager
@@ -659,8 +679,18 @@ def prepare_destination(
         with timer.stage(f"{name}.plan"):
             owned = stored or adopt_owned(outcome.records.values(), mapping, specs)
             outcome.adopted = 0 if stored else len(owned)
+            results = scored.results
+            if leads is not None and leads.fit is not None:
+                results = refit_with_crm(
+                    results,
+                    outcome.report,
+                    outcome.records,
+                    mapping.firmographics.get("employees"),
+                    leads.fit,
+                    leads.motions,
+                )
             outcome.plan = plan_changes(
-                scored.results,
+                results,
                 outcome.report,
                 outcome.records,
                 mapping,

@@ -24,10 +24,19 @@ from pls_sync.ports import AccountState, RunRecord, StoredRejection, TierTransit
 
 
 class FakeUsage:
-    """Yields the accounts it was given."""
+    """Yields the accounts it was given (and the sign-up company sizes, by account key)."""
 
-    def __init__(self, accounts: Iterable[ProductAccount]):
+    def __init__(
+        self,
+        accounts: Iterable[ProductAccount],
+        company_sizes: Mapping[str, Mapping[str, int]] | None = None,
+    ):
         self.accounts = list(accounts)
+        self.company_sizes = {key: dict(bands) for key, bands in (company_sizes or {}).items()}
+
+    def read_company_sizes(self, as_of: datetime) -> dict[str, dict[str, int]]:
+        """The sign-up company sizes it was given."""
+        return {key: dict(bands) for key, bands in self.company_sizes.items()}
 
     def read_accounts(self, as_of: datetime, stats: UsageReadStats) -> Iterator[ProductAccount]:
         for account in self.accounts:

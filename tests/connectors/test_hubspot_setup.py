@@ -121,6 +121,7 @@ def test_a_bare_portal_gets_every_property_and_a_second_plan_is_all_ok(
         **{key: CREATE for key in EXPECTED},
         ("companies", "domain"): OK,  # the match fields, HubSpot's own
         ("companies", "hs_additional_domains"): OK,
+        ("companies", "numberofemployees"): OK,  # read for the fit, HubSpot's own
     }
 
     done = [admin.apply(step) for step in steps if step.changes]

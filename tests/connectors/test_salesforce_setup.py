@@ -78,7 +78,8 @@ def test_a_bare_org_gets_every_field_and_a_second_plan_is_all_ok(
         "Domain__c",
         "PQA_Alert_Key__c",
     }
-    assert [s.requirement.name for s in steps if s.action == OK] == ["Website"]
+    # The standard fields it reads: the match field and the employee count (for the fit).
+    assert [s.requirement.name for s in steps if s.action == OK] == ["Website", "NumberOfEmployees"]
 
     done = [admin.apply(step) for step in steps if step.changes]
     assert "created Account.PQA_Score__c (Number(3, 0))" in done

@@ -67,6 +67,8 @@ CSV_HEADER = [
     "lead_channel",
     "mqls_checked",
     "motion",
+    "fit_segment",
+    "employees",
     "buyers",
     "active_users_28d",
     "first_seen",

@@ -281,6 +281,21 @@ for name, args in CRM_USERS.items():
 CASES["validate-warehouse-missing"] = Case(
     "validate", ("validate",), warehouse_file_missing, says="warehouse"
 )
+CASES["calibrate-capacity-and-precision"] = Case(
+    "calibrate",
+    ("calibrate", "--propose", "p.yaml", "--capacity", "5", "--target-precision", "0.5"),
+    exit_codes=(2,),
+    says="exclude each other",
+)
+CASES["calibrate-propose-over-the-scoring-file"] = Case(
+    "calibrate",
+    ("calibrate", "--propose", str(REPO_ROOT / "config" / "scoring.yaml")),
+    exit_codes=(2,),
+    says="the scoring file the config uses",
+)
+CASES["calibrate-capacity-without-propose"] = Case(
+    "calibrate", ("calibrate", "--capacity", "5"), exit_codes=(2,), says="add --propose"
+)
 CASES["export-to-a-folder"] = Case(
     "export", ("export", "out.csv", *AS_OF), output_folder, exit_codes=(2,), says="directory"
 )

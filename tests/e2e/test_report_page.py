@@ -131,6 +131,9 @@ def test_the_demo_report_renders_every_chart_in_headless_chromium(
     assert set(CHARTS) <= rendered.with_svg
     assert all(rendered.shapes[chart] > 5 for chart in CHARTS), rendered.shapes
     assert "no run recorded yet" not in dom
+    # Fit beside engagement: the tier x segment table, with the demo's sign-up sizes.
+    fit_table = dom[dom.index('<table id="fit">') :]
+    assert "<th>smb</th>" in fit_table and "<td>sales</td>" in fit_table
 
     shot = workdir.root / "out.png"
     browse(browser, workdir.root / "profile", f"--screenshot={shot}", report.as_uri())

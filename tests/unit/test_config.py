@@ -761,7 +761,7 @@ def test_a_label_mapped_instead_of_an_api_name_is_a_config_error_on_its_line(
     (issue,) = [i for i in caught.value.issues if "API name" in i.message]
     assert (Path(issue.file).name, issue.line, issue.key) == (
         "salesforce.yaml",
-        7,
+        line_of(mapping, "PQA Score: score"),
         "fields.PQA Score",
     )
 
@@ -859,3 +859,44 @@ def test_discount_young_is_a_boolean(repo_copy: Path) -> None:
     edit(scoring, "discount_young: true", "discount_young: sometimes")
     issue = only_issue(repo_copy)
     assert issue.key == "components.velocity.discount_young"
+
+
+def test_the_shipped_fit_and_firmographics_load(repo_copy: Path) -> None:
+    settings = load_settings(repo_copy, env={})
+    fit = settings.channels.fit
+    assert fit is not None and fit.names == ("enterprise", "mid_market", "smb", "unknown")
+    assert settings.destinations["salesforce"].mapping.firmographics == {
+        "employees": "NumberOfEmployees"
+    }
+
+
+def test_fit_segments_need_one_from_zero(repo_copy: Path) -> None:
+    scoring = repo_copy.parent / "scoring.yaml"
+    edit(scoring, "    smb: 0\n", "    smb: 10\n")
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(scoring, "  segments:"), "fit.segments")
+    assert "no segment starts at 0" in issue.message
+
+
+def test_a_motion_row_naming_an_unknown_segment_is_a_config_error(repo_copy: Path) -> None:
+    channels = repo_copy.parent / "channels.yaml"
+    edit(
+        channels,
+        "  - {tiers: [sales], buyer: true, motion: sales}",
+        "  - {tiers: [sales], segments: [giant], buyer: true, motion: sales}",
+    )
+    issues = issues_of(repo_copy)
+    assert any(i.key == "motions" and "unknown segment(s) 'giant'" in i.message for i in issues), (
+        issues
+    )
+
+
+def test_a_firmographic_field_must_be_an_api_name_and_never_a_written_one(repo_copy: Path) -> None:
+    mapping = repo_copy.parent.parent / "mappings" / "salesforce.yaml"
+    edit(mapping, "  employees: NumberOfEmployees", "  employees: PQA_Score__c")
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(mapping, "employees:"), "firmographics.employees")
+    assert "only read" in issue.message
+    edit(mapping, "  employees: PQA_Score__c", "  employees: Number Of Employees")
+    issue = only_issue(repo_copy)
+    assert issue.key == "firmographics.employees" and "API name" in issue.message

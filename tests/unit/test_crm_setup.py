@@ -67,13 +67,18 @@ def test_hubspot_needs_no_external_id_on_its_task_key() -> None:
 def test_a_bare_org_gets_every_custom_field_created_and_no_standard_one() -> None:
     mapping, values = shipped("salesforce")
     needed = requirements(mapping, values, alert_key=("Task", "PQA_Alert_Key__c"))
-    live = {"Account": {"Website": FieldSpec("Website", FieldType.STRING, length=255)}}
+    standard = {
+        "Website": FieldSpec("Website", FieldType.STRING, length=255),
+        "NumberOfEmployees": FieldSpec("NumberOfEmployees", FieldType.INTEGER),
+    }
+    live = {"Account": standard}
 
     steps = {step.requirement.name: step for step in plan_setup("salesforce", needed, live)}
 
     assert steps["Website"].action == OK
+    assert steps["NumberOfEmployees"].action == OK  # read for the fit, never created
     assert {name for name, step in steps.items() if step.action == CREATE} == {
-        req.name for req in needed if req.name != "Website"
+        req.name for req in needed if req.name not in standard
     }
     assert steps["PQA_Tier__c"].detail.startswith("create Account.PQA_Tier__c as Picklist (")
 

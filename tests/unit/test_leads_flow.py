@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pls_sync.channels import BuyerBehaviour, UserProfile
+from pls_sync.channels import DEFAULT_MOTIONS, BuyerBehaviour, MotionRule, UserProfile
 from pls_sync.config import ChannelSettings
 from pls_sync.errors import FatalError
+from pls_sync.fit import DEFAULT_FIT
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.models import CrmRecord, FieldSpec, FieldType, ProductAccount
 from pls_sync.scoring import Component, ScoringModel, Tier
@@ -458,3 +459,58 @@ def test_pqas_nobody_touched_are_reported_as_stale() -> None:
     assert asked == [["0010", "0011", "0012"]]  # only PQAs qualified more than 30 days ago
     assert stale["stale"] == 2
     assert [a["domain"] for a in stale["accounts"]] == ["buyer.com", "nobody.com"]
+
+
+PLAYBOOK_MOTIONS = (
+    MotionRule(("sales",), None, "self_serve", ("smb",)),
+    *DEFAULT_MOTIONS,
+)
+
+
+def test_fit_routes_motions_and_the_crms_employee_count_wins_where_it_has_one() -> None:
+    adapters, sf = setup(alerts=False)
+    adapters.usage = FakeUsage(
+        adapters.usage.accounts,  # type: ignore[attr-defined]
+        company_sizes={"buyer.com": {"1-10": 4, "51-200": 1}, "nobody.com": {"11-50": 2}},
+    )
+    # The CRM knows buyer.com has 450 employees: it outranks the users' "1-10".
+    buyer = next(r for r in sf.records.values() if r.name == "buyer.com")
+    sf.records[buyer.id] = replace(buyer, fields={"NumberOfEmployees": 450})
+    specs = {
+        **SPECS,
+        "PQA_Fit_Segment__c": FieldSpec("PQA_Fit_Segment__c", FieldType.PICKLIST, length=40),
+        "NumberOfEmployees": FieldSpec("NumberOfEmployees", FieldType.INTEGER),
+    }
+    sf.specs = specs
+    adapters.mappings["salesforce"] = replace(
+        MAPPING,
+        fields=(*MAPPING.fields, FieldMapping("PQA_Fit_Segment__c", "fit_segment")),
+        firmographics={"employees": "NumberOfEmployees"},
+    )
+    channels = ChannelSettings(motions=PLAYBOOK_MOTIONS, fit=DEFAULT_FIT)
+    result = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=channels)
+
+    fields = {r.name: r.fields for r in sf.records.values()}
+    assert fields["buyer.com"]["PQA_Fit_Segment__c"] == "mid_market"
+    assert fields["buyer.com"]["PQA_Motion__c"] == "sales"  # not smb: the CRM says 450
+    assert fields["nobody.com"]["PQA_Fit_Segment__c"] == "smb"
+    assert fields["nobody.com"]["PQA_Motion__c"] == "self_serve"  # SMB stays self-serve
+    assert fields["mql.com"]["PQA_Fit_Segment__c"] == "unknown"
+    assert fields["mql.com"]["PQA_Motion__c"] == "abm"
+    # The summary counts the account-level fit (sign-ups), beside engagement.
+    fit = result.summary["leads"]["fit"]
+    assert fit["segments"] == {"smb": 2, "unknown": 2}
+    assert fit["by_tier"]["sales"] == {"smb": 2, "unknown": 1}
+    rerun = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=channels)
+    assert rerun.summary["destinations"]["salesforce"]["write_calls"] == 0
+
+
+def test_a_firmographic_field_the_crm_lacks_keeps_the_destination_from_running() -> None:
+    adapters, sf = setup(alerts=False)
+    adapters.mappings["salesforce"] = replace(MAPPING, firmographics={"employees": "Headcount__c"})
+    channels = ChannelSettings(fit=DEFAULT_FIT)
+    result = run_sync(adapters, MODEL, RunOptions(as_of=AS_OF), channels=channels)
+    entry = result.summary["destinations"]["salesforce"]
+    assert entry["status"] == "invalid"
+    assert any("firmographics.employees" in issue for issue in entry["issues"]), entry["issues"]
+    assert all(record.fields == {} for record in sf.records.values())

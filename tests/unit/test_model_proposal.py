@@ -246,3 +246,42 @@ def test_one_class_or_too_few_labels_is_one_clear_error(current: ScoringModel) -
         propose_model(current, _accounts(40), labels, as_of=AS_OF, fit=QUICK)
     with pytest.raises(PlsSyncError, match="40 accounts but 2 labels"):
         propose_model(current, _accounts(40), [True, False], as_of=AS_OF, fit=QUICK)
+
+
+def test_large_fitted_points_lower_the_knee_so_the_top_keeps_its_order() -> None:
+    from pls_sync.model_proposal import _prepare, _spread_the_top
+
+    rng = random.Random(3)
+    model = ScoringModel(
+        components=(Component("x", 1.0, ("x",), ((0, 0), (100, 100)), ""),),
+        signals=(Signal("big", Condition("flag", ">=", 1), 90.0, "flag"),),
+        saturate_above=80.0,
+    )
+    accounts = [
+        ProductAccount(
+            f"a{i}.com", f"a{i}.com", {"x": rng.uniform(0, 100), "flag": float(i % 5 == 0)}
+        )
+        for i in range(1000)
+    ]
+    labels = [i % 7 == 0 for i in range(1000)]
+    prepared, _scores = _prepare(model, accounts, labels, AS_OF)
+
+    def top_share(candidate: ScoringModel) -> float:
+        scores = [score_account(a, candidate, AS_OF).score for a in accounts]
+        return scores.count(max(scores)) / len(scores)
+
+    assert top_share(model) > 0.01
+    spread, notes = _spread_the_top(model, prepared, AS_OF)
+    assert spread.saturate_above is not None and spread.saturate_above < 80
+    assert top_share(spread) <= 0.01
+    assert notes and "saturate_above lowered" in notes[0]
+    # No account overtakes another: a higher old score never gets a lower new one.
+    by_old: dict[int, list[int]] = {}
+    for a in accounts:
+        by_old.setdefault(score_account(a, model, AS_OF).score, []).append(
+            score_account(a, spread, AS_OF).score
+        )
+    groups = [by_old[key] for key in sorted(by_old)]
+    assert all(max(low) <= min(high) for low, high in zip(groups, groups[1:], strict=False))
+    unchanged, none = _spread_the_top(spread, prepared, AS_OF)
+    assert unchanged is spread and none == []
