@@ -17,16 +17,13 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
-import structlog
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from pls_sync import __version__
-from pls_sync.config import Settings, load_settings
 from pls_sync.errors import ConfigError, PlsSyncError, redact
 from pls_sync.list_view import LIST_COLUMNS, ListName, list_lines, ranked_rows
-from pls_sync.logs import configure_logging
 from pls_sync.output import (
     OutputFormat,
     iso,
@@ -35,6 +32,7 @@ from pls_sync.output import (
 )
 
 if TYPE_CHECKING:
+    from pls_sync.config import Settings
     from pls_sync.planning import AccountResult, Plan
     from pls_sync.ports import RunRecord
     from pls_sync.service import RunResult
@@ -49,7 +47,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-log = structlog.get_logger("pls_sync.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 # Where `pls-sync calibrate` keeps its last result in the state store, for the report.
@@ -178,6 +175,11 @@ def load_or_exit(config: Path, *, data_on_stdout: bool = False) -> Settings:
     With ``data_on_stdout`` (json/csv output) logs go to stderr whatever
     ``PLS_SYNC_LOG_STREAM`` says, so stdout carries the data alone.
     """
+    # The config (pydantic) and logging (structlog) load here, not at start-up: `--help` and
+    # usage errors answer without them.
+    from pls_sync.config import load_settings
+    from pls_sync.logs import configure_logging
+
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -1190,6 +1192,8 @@ def schedule(
     sandbox: SandboxOption = False,
 ) -> None:
     """The long-running cron process: runs the configured jobs until SIGTERM or SIGINT."""
+    import structlog
+
     from pls_sync.bootstrap import build_adapters, build_state_store
     from pls_sync.errors import RunLockedError
     from pls_sync.scheduler import LockedOut, SyncScheduler, now_utc
@@ -1224,7 +1228,9 @@ def schedule(
             )
         except RunLockedError as exc:
             raise LockedOut(str(exc)) from None
-        log.info("scheduled_run_summary", job=name, status=result.status, summary=result.summary)
+        structlog.get_logger("pls_sync.cli").info(
+            "scheduled_run_summary", job=name, status=result.status, summary=result.summary
+        )
         report_after_run(settings)
         if result.status == "failed":
             raise PlsSyncError(f"run {options.run_id} failed")

@@ -12,6 +12,8 @@ import fnmatch
 import json
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,3 +357,25 @@ def test_the_cli_entry_point_and_package_data_are_declared(pyproject: dict[str, 
     assert {"pls_sync*", "connectors*"} <= set(packages)
     data = pyproject["tool"]["setuptools"]["package-data"]["pls_sync"]
     assert all(list((REPO / "pls_sync").glob(pattern)) for pattern in data)
+
+
+def test_the_cli_starts_without_the_config_logging_or_vendor_stacks() -> None:
+    """A cron job pays start-up on every run and `--help` should answer at once: importing the
+    CLI loads neither pydantic (the config), structlog, SQLAlchemy, the CRM clients, nor the
+    report and calibration libraries; each loads in the command that uses it."""
+    heavy = [
+        "pydantic",
+        "structlog",
+        "sqlalchemy",
+        "simple_salesforce",
+        "hubspot",
+        "duckdb",
+        "matplotlib",
+        "sklearn",
+        "requests",
+    ]
+    code = f"import sys, pls_sync.cli; print(sorted(set({heavy!r}) & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "[]"
