@@ -365,6 +365,7 @@ def _calibration(data: ReportData) -> str:
             '<p class="meta">A logistic regression on the same inputs, cross-validated: AUC '
             f"{escape(f'{fitted_auc:.3f}')}.</p>"
         )
+    parts.extend(_proposal(result.get("proposal")))
     lifts = _lifts(result.get("lift_by_decile") or ())
     if lifts:
         svg = _chart("lift", 3.2, lambda ax: _draw_lift(ax, lifts))
@@ -379,6 +380,28 @@ def _calibration(data: ReportData) -> str:
         caption = "Conversion rate of accounts with each signal against those without it."
         parts.append(_figure("signal-rates", svg, caption))
     return "\n".join(parts) or _empty(NO_CALIBRATION)
+
+
+def _proposal(raw: Any) -> list[str]:
+    """The proposed scoring file's figures and changes (``calibrate --propose``), if any."""
+    if not isinstance(raw, Mapping):
+        return []
+    cv_auc, current = raw.get("cv_auc"), raw.get("current_auc")
+    if not isinstance(cv_auc, int | float) or not isinstance(current, int | float):
+        return []
+    head = (
+        f"The proposed scoring file (calibrate --propose): cross-validated AUC {cv_auc:.3f}, "
+        f"against {current:.3f} for the model in use on the same accounts."
+    )
+    changes = [str(c) for c in raw.get("changes") or () if isinstance(c, str)]
+    items = "".join(f"<li>{escape(change)}</li>" for change in changes[:_PROPOSAL_LINES])
+    more = len(changes) - _PROPOSAL_LINES
+    tail = f"<li>{escape(f'… and {more} more in the file’s header')}</li>" if more > 0 else ""
+    listed = f'<ul id="proposal">{items}{tail}</ul>' if items else ""
+    return [f'<p class="meta">{escape(head)}</p>{listed}']
+
+
+_PROPOSAL_LINES = 12
 
 
 def _lifts(raw: Any) -> list[tuple[float, float | None, float | None]]:

@@ -337,3 +337,15 @@ def test_importing_the_report_modules_loads_neither_matplotlib_nor_the_matcher()
 
 def test_the_page_knows_every_match_status() -> None:
     assert report_page.STATUSES == matching.STATUSES
+
+
+def test_a_proposed_scoring_file_is_summarised_with_its_changes() -> None:
+    changes = [f"signals.s{i}.points: 0 -> {i}" for i in range(14)]
+    proposal = {"cv_auc": 0.852, "current_auc": 0.845, "changes": ["<b>x</b>", *changes]}
+    page = render_report(sample(calibration={**CALIBRATION, "proposal": proposal}))
+    assert "cross-validated AUC 0.852, against 0.845 for the model in use" in page
+    listed = page[page.index('<ul id="proposal">') :]
+    assert "&lt;b&gt;x&lt;/b&gt;" in listed and "<b>x</b>" not in listed  # escaped
+    assert "… and 3 more in the file’s header" in listed
+    broken = render_report(sample(calibration={**CALIBRATION, "proposal": {"cv_auc": "x"}}))
+    assert 'id="proposal"' not in broken and "Backtest AUC of the score" in broken
