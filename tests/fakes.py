@@ -23,6 +23,27 @@ from pls_sync.models import (
 from pls_sync.ports import AccountState, RunRecord, StoredRejection, TierTransition
 
 
+class FakeTime:
+    """One clock for a connector's pacing and backoff and the sandbox's stamps and windows: it
+    moves only when something sleeps on it (``sleeps`` records how long) or a test sets ``now``.
+    Thread-safe: the sandbox serves from its own thread."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """Move the clock on by ``seconds`` (never back), as if that long had been slept."""
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += max(0.0, seconds)
+
+
 class FakeUsage:
     """Yields the accounts it was given (and the sign-up company sizes, by account key)."""
 

@@ -55,24 +55,10 @@ from tests.connectors.test_salesforce import (
     soap_login_ok,
 )
 from tests.connectors.test_salesforce_bulk import FakeBulk
+from tests.fakes import FakeTime
 
 DESCRIBE_PATH = "/services/data/v59.0/sobjects/Account/describe/"
 HS_SPECS = {"pqa_score": FieldSpec("pqa_score", FieldType.NUMBER)}
-
-
-class FakeTime:
-    """One clock for the HubSpot connector's pacing and backoff and the sandbox's window."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(0.0, seconds)
 
 
 @pytest.fixture
@@ -124,7 +110,7 @@ def dest(sleeps: list[float]) -> SalesforceDestination:
 
 @pytest.fixture
 def clock() -> FakeTime:
-    return FakeTime()
+    return FakeTime(1_000.0)
 
 
 @pytest.fixture
@@ -399,7 +385,7 @@ def test_hubspot_mql_searches_are_one_event_a_page(
 
 
 def test_a_pacing_wait_over_a_second_is_logged_and_told(notices: list[str]) -> None:
-    clock = FakeTime()
+    clock = FakeTime(1_000.0)
     pacer = RequestPacer(2, clock=clock, sleep=clock.sleep)
     with capture_logs() as events:
         pacer.acquire()
@@ -420,7 +406,7 @@ def test_a_pacing_wait_over_a_second_is_logged_and_told(notices: list[str]) -> N
 
 
 def test_a_pacing_wait_of_a_second_or_less_passes_silently(notices: list[str]) -> None:
-    clock = FakeTime()
+    clock = FakeTime(1_000.0)
     pacer = RequestPacer(1, clock=clock, sleep=clock.sleep)
     with capture_logs() as events:
         pacer.acquire()

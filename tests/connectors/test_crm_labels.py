@@ -47,6 +47,7 @@ from pls_sync.sandbox.hubspot import HubSpotApi
 from pls_sync.sandbox.salesforce import SalesforceApi
 from pls_sync.sandbox.seed import crm_companies, seed_salesforce
 from pls_sync.sandbox.server import Sandbox, SandboxServer
+from tests.fakes import FakeTime
 
 REPO = Path(__file__).resolve().parents[2]
 SF_LABELS = LabelSettings(source="salesforce")
@@ -54,22 +55,6 @@ HS_LABELS = LabelSettings(source="hubspot")
 SF_FIELDS = ("Website", "Domain__c")
 HS_FIELDS = ("domain", "hs_additional_domains")
 OLD = datetime(2025, 1, 1, tzinfo=UTC)  # when the records were created: long indexed
-
-
-class FakeTime:
-    """One clock for the connector's pacing and backoff and the portal's stamps and window."""
-
-    def __init__(self) -> None:
-        self.now = 1_790_000_000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += max(0.0, seconds)
 
 
 @pytest.fixture

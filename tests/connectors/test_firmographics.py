@@ -45,6 +45,7 @@ from pls_sync.ports import AccountState
 from pls_sync.sandbox.http import Request
 from pls_sync.scoring import AccountScore
 from tests.connectors.test_warehouse import AS_OF, DAY, TAXONOMY, load_warehouse
+from tests.fakes import FakeTime
 
 NOW = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)  # after every seeded record's stamps
 
@@ -90,19 +91,6 @@ HS_PLAIN_PROPERTIES = [
 ]
 
 
-class FakeTime:
-    """One clock for the HubSpot connector's pacing and the sandbox's ten-second window."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-
 def capture(monkeypatch: pytest.MonkeyPatch, api: Any) -> list[Request]:
     """Every request the sandbox API module ``api`` answers, as it came over the wire."""
     seen: list[Request] = []
@@ -123,7 +111,7 @@ def salesforce(box: Any) -> SalesforceDestination:
 
 
 def hubspot(box: Any) -> tuple[HubSpotDestination, FakeTime]:
-    clock = FakeTime()
+    clock = FakeTime(1_000.0)
     box.hubspot.limiter.monotonic = clock
     dest = HubSpotDestination(box.hubspot_token, base_url=box.url, sleep=clock.sleep, clock=clock)
     return dest, clock

@@ -51,7 +51,7 @@ from pls_sync.errors import (
 )
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.models import FieldSpec, FieldType, RecordChange
-from tests.fakes import StopAfter
+from tests.fakes import FakeTime, StopAfter
 
 MAPPING = DestinationMapping(
     destination="hubspot",
@@ -75,30 +75,12 @@ SPECS = {
 }
 
 
-class FakeTime:
-    """One clock for the connector's pacing and backoff and the sandbox's window."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += max(0.0, seconds)
-
-
 # --------------------------------------------------------------------------- the sandbox
 
 
 @pytest.fixture
 def clock() -> FakeTime:
-    return FakeTime()
+    return FakeTime(1_000.0)
 
 
 @pytest.fixture

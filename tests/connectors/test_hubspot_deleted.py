@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from connectors.hubspot import HubSpotDestination
 from pls_sync.errors import AuthError, FatalError, QuotaExhaustedError
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.sandbox.hubspot import PORTAL_ID
+from tests.fakes import FakeTime
 
 MAPPING = DestinationMapping(
     destination="hubspot",
@@ -42,22 +42,6 @@ MAPPING = DestinationMapping(
     fields=(FieldMapping("pqa_score", "score"),),
 )
 START = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
-
-
-class FakeTime:
-    """One clock for the connector's pacing and backoff and the sandbox's window."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += max(0.0, seconds)
 
 
 class WallClock:
@@ -75,7 +59,7 @@ class WallClock:
 
 @pytest.fixture
 def clock() -> FakeTime:
-    return FakeTime()
+    return FakeTime(1_000.0)
 
 
 @pytest.fixture

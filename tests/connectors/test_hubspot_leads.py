@@ -17,7 +17,6 @@ create may have been sent, the task is looked up only past the search lag.
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,24 +49,9 @@ from pls_sync.alerts import send_alerts
 from pls_sync.errors import FatalError, RetriableError
 from pls_sync.matching import MatchReport
 from pls_sync.models import CrmRecord
+from tests.fakes import FakeTime
 
 MQL = "marketingqualifiedlead"
-
-
-class FakeTime:
-    """One clock for the connector's pacing and backoff and the sandbox's window."""
-
-    def __init__(self) -> None:
-        self.now = 1_790_000_000.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += max(0.0, seconds)
 
 
 @pytest.fixture

@@ -58,18 +58,9 @@ from pls_sync.sandbox.hubspot import (
     iso_ms,
     normalise_value,
 )
+from tests.fakes import FakeTime
 
 COMPANIES = demo_companies(seed=3, count=120)
-
-
-class FakeTime:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 1_790_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

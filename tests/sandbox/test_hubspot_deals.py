@@ -27,20 +27,11 @@ from pls_sync.demo_companies import demo_companies
 from pls_sync.sandbox.http import Request, Response
 from pls_sync.sandbox.hubspot import ASSOCIATION_BATCH_MAX, HubSpotApi
 from pls_sync.sandbox.seed import crm_companies
+from tests.fakes import FakeTime
 
 COMPANIES = demo_companies(seed=3, count=120)
 AS_OF = datetime(2026, 3, 1, tzinfo=UTC)
 WON = datetime(2026, 1, 20, 9, 30, tzinfo=UTC)
-
-
-class FakeTime:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 1_790_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
