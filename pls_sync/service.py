@@ -814,6 +814,12 @@ def record_write_intent(
         state.save_owned(outcome.crm, intents)
 
 
+# How long after an uncertain write ended a request of it may still be applied by the CRM (a
+# request the client timed out on is not cancelled on the server). A change people make to
+# the record within it is taken for pls-sync's, which errs toward keeping a match.
+LATE_WRITE_WINDOW = timedelta(minutes=2)
+
+
 def record_ownership(state: StateStore, outcome: DestinationOutcome) -> None:
     """After a write: the ledger rows of records written, and of records that needed no write.
 
@@ -837,9 +843,11 @@ def record_ownership(state: StateStore, outcome: DestinationOutcome) -> None:
             modified = effective_modified(record, outcome.owned.get(record_id)) if record else None
             base = row or OwnedRecord(record_id, "", {})
             if write.uncertain:
-                # A retried request may land later: the next run settles it, taking any stamp
-                # up to this write's end as the write's (its own read may lag behind it).
-                row = replace(base, modified=modified, written_at=finished, in_flight=True)
+                # A request the client gave up on may still be applied by the server after the
+                # write ended: the next run settles it, taking any stamp up to the end of that
+                # window as the write's (its own read may lag behind the late change).
+                late = finished + LATE_WRITE_WINDOW
+                row = replace(base, modified=modified, written_at=late, in_flight=True)
             else:
                 row = replace(base, modified=modified, written_at=finished)
         if row is None:

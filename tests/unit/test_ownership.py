@@ -360,3 +360,36 @@ def test_settling_takes_any_stamp_up_to_the_uncertain_writes_end_as_ours() -> No
     assert effective_modified(replace(lagging, last_modified=late), settled) == human
     person = ended + timedelta(minutes=5)
     assert effective_modified(replace(lagging, last_modified=person), settled) == person
+
+
+def test_an_uncertain_write_holds_every_stamp_of_its_late_window_as_ours() -> None:
+    """A write retried after a timeout: its ledger row stays in flight, and any stamp up to
+    LATE_WRITE_WINDOW past the write's end (the answer's Date, plus a second) is the write's."""
+    from pls_sync.models import RecordChange, WriteResult
+    from pls_sync.planning import Plan
+    from pls_sync.service import LATE_WRITE_WINDOW, DestinationOutcome, record_ownership
+
+    human = OLD + timedelta(days=3)
+    base = replace(record("001A", "acme.com"), last_modified=human)
+    answered = AS_OF + timedelta(seconds=30)
+    plan = Plan("salesforce", "Account")
+    plan.changes.append(RecordChange("001A", {"PQA_Score__c": 90}, "acme.com"))
+    plan.ownership["001A"] = OwnedRecord("001A", "acme.com", {"PQA_Score__c": 90})
+    state = FakeState()
+    outcome = DestinationOutcome(
+        "salesforce",
+        records={"001A": base},
+        plan=plan,
+        write=WriteResult(written=["001A"], server_time=answered, uncertain=True),
+        crm="salesforce",
+    )
+    record_ownership(state, outcome)
+    row = state.load_owned("salesforce")["001A"]
+    window_end = answered + timedelta(seconds=1) + LATE_WRITE_WINDOW
+    assert row.in_flight and (row.modified, row.written_at) == (human, window_end)
+    # The retry's first request lands a minute late; the next plan settles, and it is ours.
+    late = replace(base, last_modified=answered + timedelta(minutes=1))
+    report = match_accounts([("acme.com", "acme.com", 90.0)], build_index([late]), "skip")
+    settled = plan_changes([], report, {"001A": late}, MAPPING, SPECS, owned={"001A": row})
+    after = settled.ownership.get("001A") or row
+    assert effective_modified(late, replace(after, in_flight=False)) == human
