@@ -775,7 +775,10 @@ def _utc(moment: datetime) -> datetime:
 def _discounted_for_age(
     components: tuple[ComponentScore, ...], compiled: _CompiledModel, age_days: float
 ) -> tuple[ComponentScore, ...]:
-    """The parts of ``discount_young`` components scaled by age / the guard's minimum age."""
+    """The parts of ``discount_young`` components scaled by age / the guard's minimum age
+    (none without a minimum age)."""
+    if compiled.min_age_days <= 0:
+        return components
     share = max(age_days, 0.0) / compiled.min_age_days
     out: list[ComponentScore] = []
     for part, scored in zip(compiled.components, components, strict=True):
@@ -806,12 +809,13 @@ def score_account(
     value among its metrics (the first metric wins a tie), times its weight; a component with
     none of its metrics known scores 0 and its description names them as unknown. A
     ``discount_young`` component of an account younger than ``min_account_age_days`` gets
-    that share of its points (age / minimum age). Each signal whose condition holds adds its points (a
-    condition on an unknown metric does not hold). The total is clamped to 0..100 (or saturates
-    above ``saturate_above``) and rounded half up. The tier applies hysteresis against ``previous_tier``, then the age guard: an account
-    younger than ``min_account_age_days`` never sits in a guarded tier (it drops to the
-    highest unguarded tier below) and ``guard`` says so. An unknown ``first_seen`` is not
-    guarded. Naive datetimes are taken as UTC.
+    that share of its points (age / minimum age). Each signal whose condition holds adds its
+    points (a condition on an unknown metric does not hold). The total is clamped to 0..100
+    (or saturates above ``saturate_above``) and rounded half up. The tier applies hysteresis
+    against ``previous_tier``, then the age guard: an account younger than
+    ``min_account_age_days`` never sits in a guarded tier (it drops to the highest unguarded
+    tier below) and ``guard`` says so. An unknown ``first_seen`` is not guarded. Naive
+    datetimes are taken as UTC.
     """
     compiled = _compiled(model)
     metrics = derive_metrics(account.metrics, compiled.ratios)
@@ -824,7 +828,7 @@ def score_account(
         age_days = (as_of - _utc(account.first_seen)).total_seconds() / _SECONDS_PER_DAY
 
     components = tuple([part.score(metrics) for part in compiled.components])
-    if compiled.discounted and age_days is not None and 0 < compiled.min_age_days > age_days:
+    if compiled.discounted and age_days is not None and age_days < compiled.min_age_days:
         components = _discounted_for_age(components, compiled, age_days)
     total = 0.0
     for scored in components:
