@@ -900,3 +900,32 @@ def test_a_firmographic_field_must_be_an_api_name_and_never_a_written_one(repo_c
     edit(mapping, "  employees: PQA_Score__c", "  employees: Number Of Employees")
     issue = only_issue(repo_copy)
     assert issue.key == "firmographics.employees" and "API name" in issue.message
+
+
+def test_crm_labels_name_a_configured_destination_and_won_stages_only_for_hubspot(
+    repo_copy: Path,
+) -> None:
+    edit(
+        repo_copy,
+        "  source: warehouse         # warehouse",
+        "  source: salesforce        # warehouse",
+    )
+    labels = load_settings(repo_copy, env={}).labels
+    assert labels is not None and labels.source == "salesforce"
+    edit(repo_copy, "  path: null ", "  won_stages: [closedwon]\n  path: null ")
+    issue = only_issue(repo_copy)
+    assert (issue.line, issue.key) == (line_of(repo_copy, "won_stages:"), "labels.won_stages")
+    assert "hubspot only" in issue.message
+    edit(
+        repo_copy,
+        "  source: salesforce        # warehouse",
+        "  source: hubspot           # warehouse",
+    )
+    labels = load_settings(repo_copy, env={}).labels
+    assert labels is not None and labels.won_stages == ("closedwon",)
+    text = repo_copy.read_text()
+    start = text.index("  hubspot:\n    enabled:")
+    end = text.index("state:")
+    repo_copy.write_text(text[:start] + text[end:])
+    issue = only_issue(repo_copy)
+    assert issue.key == "labels.source" and "destinations.hubspot" in issue.message
