@@ -3,7 +3,7 @@
 Run on demand, never by pytest (DESIGN.md section 5, issue 6)::
 
     python benchmarks/scale.py --users 1000000 --events 20000000 --crm-accounts 100000 \
-        [--companies N] [--destinations salesforce,hubspot] [--profile]
+        [--companies N] [--destinations salesforce,hubspot] [--profile [RUN]]
 
 Every heavy part runs in its own process so that the sync's peak RSS is its own: the demo
 warehouse is generated in one, the CRM sandbox serves from another, and each of the three
@@ -13,8 +13,9 @@ through ``pls_sync.bootstrap`` with the environment pointing at the sandbox.
 CRM wait is measured in the run process, around every HTTP call: ``requests.Session.send``
 (Salesforce, simple-salesforce) and ``urllib3.PoolManager.urlopen`` (HubSpot,
 hubspot-api-client), attributed by URL path, plus the time the HubSpot client sleeps in its
-request pacer (the 10-second burst limit), body reads after a call returned, and Bulk API 2.0
-job polling. All are time spent waiting on the CRM API.
+request pacers (the 10-second burst limit and the search API's per-second limit), body reads after a call returned, and Bulk API 2.0
+job polling and the pauses between HubSpot CRM export polls. All are time spent waiting on the
+CRM API.
 
 The last line printed is one JSON object (see ``README.md`` next to this file).
 """
@@ -88,6 +89,8 @@ def call_kind(endpoint: str) -> str:
         return (
             "write" if not endpoint.startswith(("hs.properties", "hs.property_groups")) else "other"
         )
+    if endpoint.startswith("hs.exports."):
+        return "read"  # a CRM export (start, status polls, download) serves a full read
     if endpoint in ("sf.query", "sf.query_more", "sf.sobject.get") or (
         endpoint.startswith("hs.")
         and endpoint.rsplit(".", 1)[-1] in ("list", "search", "get", "batch_read")
@@ -311,11 +314,12 @@ def _destination_of_url(url: str) -> str:
 
 
 def install_crm_wait(wait: CrmWait) -> None:
-    """Time every HTTP call the CRM clients make, and the HubSpot pacer's sleeps."""
+    """Time every HTTP call the CRM clients make, and the HubSpot pacers' sleeps."""
     import requests
     import urllib3
 
-    from connectors.hubspot import RequestPacer
+    from connectors.hubspot import RequestPacer, SearchPacer
+    from connectors.hubspot_export import CompanyExport
     from connectors.salesforce_bulk import BulkIngest
 
     send = requests.Session.send
@@ -330,14 +334,15 @@ def install_crm_wait(wait: CrmWait) -> None:
         with wait.timing(url):
             return urlopen(self, method, url, *args, **kwargs)
 
-    acquire = RequestPacer.acquire
+    def paced(acquire: Callable[[Any], None]) -> Callable[[Any], None]:
+        def timed_acquire(self: Any) -> None:
+            started = time.perf_counter()
+            try:
+                acquire(self)
+            finally:
+                wait.pacing += time.perf_counter() - started
 
-    def timed_acquire(self: Any) -> None:
-        started = time.perf_counter()
-        try:
-            acquire(self)
-        finally:
-            wait.pacing += time.perf_counter() - started
+        return timed_acquire
 
     # A body read after the call returned (HubSpot's raw-JSON reads and writes) is still the
     # CRM's answer arriving; inside a timed call, the outermost timing already counts it.
@@ -354,11 +359,22 @@ def install_crm_wait(wait: CrmWait) -> None:
         with wait.timing("/services/data/bulk2-poll"):
             return poll(self, job_id)
 
+    # So is the pause between two polls of a HubSpot CRM export (its HTTP calls are timed above).
+    pause = CompanyExport._pause
+
+    def timed_pause(self: Any, seconds: float) -> None:
+        with wait.timing("/crm/v3/exports/export-poll"):
+            pause(self, seconds)
+
     requests.Session.send = timed_send  # type: ignore[method-assign]
     urllib3.PoolManager.urlopen = timed_urlopen  # type: ignore[method-assign]
     urllib3.response.HTTPResponse.read = timed_read  # type: ignore[method-assign]
-    RequestPacer.acquire = timed_acquire  # type: ignore[method-assign]
+    RequestPacer.acquire = paced(RequestPacer.acquire)  # type: ignore[method-assign]
+    # HubSpot's search limit ("five requests per second") is a pace of its own: its sleeps are
+    # waiting on the CRM as much as the 10-second burst limit's are.
+    SearchPacer.acquire = paced(SearchPacer.acquire)  # type: ignore[method-assign]
     BulkIngest._wait = timed_poll  # type: ignore[method-assign]
+    CompanyExport._pause = timed_pause  # type: ignore[method-assign]
 
 
 def install_stage_memory(marks: dict[str, float]) -> None:
@@ -603,7 +619,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=100,
         help="HubSpot requests per 10 s, in the sandbox and the client (the real default: 100)",
     )
-    parser.add_argument("--profile", action="store_true", help="profile the full sync")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="full",
+        choices=RUNS,
+        help="profile one run under cProfile (default: the full sync)",
+    )
     parser.add_argument(
         "--warehouse",
         type=Path,
@@ -705,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
                 "destinations": list(wanted),
                 "hubspot_burst": args.hubspot_burst,
                 "snapshot_skew_seconds": args.snapshot_skew_seconds,
-                "profile": args.profile and label == "full",
+                "profile": args.profile == label,
             }
             log(f"run {label}")
             try:
@@ -750,8 +772,8 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mib": peak,
             "crm_wait_measured_as": (
                 "client side: requests.Session.send + urllib3.PoolManager.urlopen per call, "
-                "by URL path, plus HubSpot request-pacer sleeps, body reads after a call "
-                "returned and Bulk API 2.0 job polling"
+                "by URL path, plus HubSpot request- and search-pacer sleeps, body reads after a call "
+                "returned, Bulk API 2.0 job polling and HubSpot export poll pauses"
             ),
         }
         if crashed is not None:

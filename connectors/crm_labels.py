@@ -361,7 +361,7 @@ def _won_deals(
         ]
         if since is not None:
             filters.append(
-                {"propertyName": "closedate", "operator": "GTE", "value": str(_millis(since))}
+                {"propertyName": "closedate", "operator": "GTE", "value": str(epoch_millis(since))}
             )
         if above_id is not None:
             filters.append({"propertyName": "hs_object_id", "operator": "GT", "value": above_id})
@@ -488,7 +488,7 @@ def _hubspot_time(value: Any) -> datetime | None:
     return _utc(moment)
 
 
-def _millis(moment: datetime) -> int:
+def epoch_millis(moment: datetime) -> int:
     return (_utc(moment) - _EPOCH) // timedelta(milliseconds=1)
 
 

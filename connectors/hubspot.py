@@ -423,7 +423,7 @@ def field_spec(prop: Any) -> FieldSpec:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _millis(moment: datetime) -> int:
+def epoch_millis(moment: datetime) -> int:
     """Milliseconds since the epoch (naive means UTC), the unit of HubSpot's datetime filters."""
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
     return (moment - _EPOCH) // timedelta(milliseconds=1)
@@ -581,7 +581,7 @@ def _error_fields(error: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(n) for n in names))
 
 
-def _merged_ids(company: Mapping[str, Any]) -> Iterator[str]:
+def merged_ids(company: Mapping[str, Any]) -> Iterator[str]:
     """The ids merged into a company (its ``hs_merged_object_ids``), not its own."""
     survivor = str(company.get("id"))
     merged = _dict(company.get("properties")).get(MERGED_IDS_PROPERTY)
@@ -666,7 +666,7 @@ def read_json(fetch: Callable[[], Any]) -> dict[str, Any]:
     return parsed
 
 
-def _next_after(page: Mapping[str, Any]) -> str | None:
+def next_after(page: Mapping[str, Any]) -> str | None:
     """The ``paging.next.after`` cursor of a page, or ``None`` on the last page."""
     paging = page.get("paging") or {}
     following = (paging.get("next") or {}) if isinstance(paging, dict) else {}
@@ -721,7 +721,7 @@ def search_in_id_windows(
                 in_window += 1
                 last_id = str(result.get("id"))
                 yield result
-            after = _next_after(page)
+            after = next_after(page)
             if not after:
                 break
             if after.isdigit() and int(after) + SEARCH_PAGE_SIZE > SEARCH_RESULT_CAP:
@@ -832,7 +832,18 @@ class HubSpotDestination:
         attempts: int = 5,
         timeout: tuple[float, float] = (10.0, 60.0),
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        export_threshold: int | None = None,
+        export_poll_interval: float = 1.0,
+        export_max_poll_interval: float = 15.0,
+        export_timeout: float | None = None,
     ):
+        """A HubSpot portal behind ``access_token`` (at ``base_url``, HubSpot's by default).
+
+        A full read of more than ``export_threshold`` companies (None: never) goes through one
+        CRM export (``connectors.hubspot_export``), polled from ``export_poll_interval`` seconds
+        growing to ``export_max_poll_interval``, waited for at most ``export_timeout`` seconds
+        (None: twice what the list would take, at least two minutes).
+        """
         if not access_token:
             raise AuthError(
                 f"HubSpot access token missing: set {TOKEN_VARIABLE}", code="MISSING_CREDENTIALS"
@@ -856,6 +867,18 @@ class HubSpotDestination:
         self._daily_limit: int | None = None
         self._wall_clock = wall_clock
         self._identity: str | None = None
+        if export_threshold is not None and export_threshold < 0:
+            raise FatalError("HubSpot export_threshold must not be negative")
+        from connectors.hubspot_export import ExportOptions
+
+        self.export_options = ExportOptions(
+            threshold=export_threshold,
+            poll_interval=export_poll_interval,
+            max_poll_interval=export_max_poll_interval,
+            timeout=export_timeout,
+        )
+        # How the last full read went: path (list | export), companies, and why it listed.
+        self.last_full_read: dict[str, Any] = {}
         options: dict[str, Any] = {"access_token": access_token, "retry": False}
         if base_url:
             options["host"] = base_url.rstrip("/")
@@ -876,6 +899,7 @@ class HubSpotDestination:
         requests_per_10s: int = 100,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        export_threshold: int | None = None,
     ) -> HubSpotDestination:
         """Build from ``HUBSPOT_ACCESS_TOKEN`` (environment or secrets dir) and ``HUBSPOT_BASE_URL``."""
         source = os.environ if env is None else env
@@ -893,6 +917,7 @@ class HubSpotDestination:
             requests_per_10s=requests_per_10s,
             sleep=sleep,
             clock=clock,
+            export_threshold=export_threshold,
         )
 
     # ----------------------------------------------------------------- port
@@ -918,14 +943,107 @@ class HubSpotDestination:
         specs = [field_spec(prop) for prop in response.results or []]
         return {spec.name: spec for spec in specs}
 
-    def read_records(self, mapping: DestinationMapping) -> Iterator[CrmRecord]:
+    def read_records(
+        self, mapping: DestinationMapping, *, known_records: int | None = None
+    ) -> Iterator[CrmRecord]:
         """Every company with its domains, the mapped properties and the firmographic ones
-        (read, never written), 100 a page."""
+        (read, never written), 100 a page; or, above ``export_threshold`` companies, from one
+        CRM export (``connectors.hubspot_export``), the same records.
+
+        How many companies there are is ``known_records`` (the caller's snapshot knows), or
+        one search's ``total``. An export that cannot serve the read (scope missing, the
+        portal's export limit, canceled, too slow, a download or file that fails) is logged
+        (``hubspot_export_fallback``) and the companies are listed instead; the run never fails
+        for it. ``last_full_read`` says which path read them.
+        """
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
         read_fields = mapping.read_fields
-        for result in self._list_companies(properties, archived=False):
+        companies: Iterator[Any]
+        if self.export_options.threshold is None:
+            self.last_full_read = {"path": "list"}
+            companies = self._list_companies(properties, archived=False)
+        else:
+            companies = self._exported_or_listed(properties, known_records)
+        for result in companies:
             yield self._record(result, mapping, read_fields)
+
+    def _list_records(self, mapping: DestinationMapping) -> Iterator[CrmRecord]:
+        """Every company from the list endpoint, never an export."""
+        read_fields = mapping.read_fields
+        for result in self._list_companies(self._read_properties(mapping), archived=False):
+            yield self._record(result, mapping, read_fields)
+
+    def _exported_or_listed(
+        self, properties: list[str], known_records: int | None
+    ) -> Iterator[Any]:
+        """Every live company: by export above the threshold, else (or when it fails) listed.
+
+        An export failing after some companies were read goes on with the list, leaving out
+        the companies already read: each is read once, from one path or the other.
+        """
+        from connectors.hubspot_export import CompanyExport, default_timeout
+
+        options = self.export_options
+        total = known_records if known_records is not None else self._count_companies()
+        self.last_full_read = {"path": "list", "companies": total}
+        if total is None or options.threshold is None or total <= options.threshold:
+            yield from self._list_companies(properties, archived=False)
+            return
+        timeout = options.timeout
+        if timeout is None:
+            timeout = default_timeout(total, self.pacer.limit)
+        export = CompanyExport(self, options, timeout=timeout)
+        read: set[str] = set()
+        try:
+            for result in export.companies(properties):
+                read.add(str(result["id"]))
+                yield result
+        except PlsSyncError as exc:
+            reason = getattr(exc, "code", None) or type(exc).__name__
+            self.last_full_read.update(reason=reason, exported=len(read))
+            log.warning(
+                "hubspot_export_fallback",
+                reason=reason,
+                error=self.redact_secrets(str(exc)),
+                task_id=export.run.task_id or None,
+                exported=len(read),
+                action="listing the companies instead",
+            )
+        else:
+            self.last_full_read.update(path="export", task_id=export.run.task_id)
+            log.info(
+                "hubspot_export_read",
+                companies=export.run.rows,
+                task_id=export.run.task_id,
+                polls=export.run.polls,
+                waited_seconds=round(export.run.waited, 1),
+                url_renewals=export.run.url_renewals,
+                files=export.run.parts,
+                **export.run.processing,
+            )
+            return
+        for result in self._list_companies(properties, archived=False):
+            if str(result.get("id")) not in read:
+                yield result
+
+    def _count_companies(self) -> int | None:
+        """How many live companies the portal holds: one search's ``total`` (None if it fails)."""
+        api = self._companies_search
+        request = PublicObjectSearchRequest(filter_groups=[], properties=["hs_object_id"], limit=1)
+        fetch = functools.partial(
+            api.do_search,
+            public_object_search_request=request,
+            _request_timeout=self.timeout,
+            _preload_content=False,
+        )
+        try:
+            page = self.call("read", api, functools.partial(read_json, fetch))
+        except PlsSyncError as exc:
+            log.warning("hubspot_company_count_failed", error=self.redact_secrets(str(exc)))
+            return None
+        total = page.get("total")
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
 
     def _list_companies(self, properties: list[str], *, archived: bool) -> Iterator[Any]:
         """Every company of the list endpoint (live or archived ones), 100 a page."""
@@ -946,7 +1064,7 @@ class HubSpotDestination:
 
             page = self.call("read", api, functools.partial(read_json, fetch))
             yield from page.get("results") or ()
-            after = _next_after(page)
+            after = next_after(page)
             if not after:
                 return
 
@@ -974,7 +1092,7 @@ class HubSpotDestination:
         properties = self._read_properties(mapping)
         read_fields = mapping.read_fields
         fetch: Callable[[str | None, str | None], Mapping[str, Any]] = functools.partial(
-            self._search_modified_page, properties, _millis(since)
+            self._search_modified_page, properties, epoch_millis(since)
         )
         self.last_read_path = None
         if known_records is not None:
@@ -982,7 +1100,7 @@ class HubSpotDestination:
             first = fetch(None, None)
             estimate = self._estimate(first, known_records, self._clock() - started)
             if estimate.path == "list":
-                yield from self.read_records(mapping)
+                yield from self._list_records(mapping)  # the list the estimate priced
                 return
             fetch = _replaying_first_page(fetch, first)
         for result in search_in_id_windows(fetch, object_name="companies"):
@@ -1117,18 +1235,18 @@ class HubSpotDestination:
                 yield str(result.get("id"))
                 # A company archived after a merge takes the ids merged into it along:
                 # no live company lists them any more.
-                yield from _merged_ids(result)
+                yield from merged_ids(result)
 
     def _merged_away_since(self, since: datetime) -> Iterator[str]:
         """Ids merged into companies modified at or after ``since``."""
         fetch = functools.partial(
             self._search_modified_page,
             [MERGED_IDS_PROPERTY],
-            _millis(since),
+            epoch_millis(since),
             having=MERGED_IDS_PROPERTY,
         )
         for result in search_in_id_windows(fetch, object_name="companies"):
-            yield from _merged_ids(result)
+            yield from merged_ids(result)
 
     def write(
         self,

@@ -3,14 +3,23 @@ warehouse buyer query, the CRMs' MQL reads and task creation, and the alerts led
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from datetime import date, datetime
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, date, datetime
 from typing import Any
+
+import structlog
 
 from connectors import alerts_state
 from connectors.buyers import read_buyer_candidates
 from connectors.hubspot import HubSpotDestination
-from connectors.hubspot_leads import OUTCOME_UNKNOWN, create_hubspot_alert, read_hubspot_mqls
+from connectors.hubspot_leads import (
+    OUTCOME_UNKNOWN,
+    MqlDefinition,
+    ReadCounts,
+    create_hubspot_alert,
+    read_hubspot_mqls,
+)
+from connectors.mql_cache import MqlCache, RefreshPolicy, read_mqls_through_cache
 from connectors.salesforce import SalesforceDestination
 from connectors.salesforce_leads import (
     create_salesforce_alert,
@@ -22,6 +31,8 @@ from pls_sync.channels import PersonaModel, UserProfile
 from pls_sync.errors import RetriableError
 from pls_sync.models import CrmRecord
 from pls_sync.ports import AlertRejected, AlertUnconfirmed
+
+log = structlog.get_logger("pls_sync.hubspot")
 
 
 def unwrap(destination: Any) -> Any:
@@ -76,19 +87,64 @@ class SalesforceActivity:
 
 
 class HubSpotMqls:
-    """``MqlSource`` over HubSpot contacts (lifecycle stage, or a property)."""
+    """``MqlSource`` over HubSpot contacts (lifecycle stage, or a property).
 
-    def __init__(self, dest: Any, lifecycle_stage: str, mql_property: str | None):
+    Without a ``cache`` every read is a full search. With one (``connectors.mql_cache``), a
+    steady-state read asks HubSpot only what changed since the last one and answers the same
+    set; ``policy`` says when to read in full anyway. ``last_read`` says how the last read went
+    (``mode`` full or incremental, ``reason``, ``pages``, ``list_pages``, ``changed``,
+    ``dropped``, ``mqls``, ``crm``), also logged as ``hubspot_mqls_read``.
+    """
+
+    def __init__(
+        self,
+        dest: Any,
+        lifecycle_stage: str,
+        mql_property: str | None,
+        *,
+        mql_value: str = "true",
+        cache: MqlCache | None = None,
+        policy: RefreshPolicy | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
         self.dest = dest
         self.lifecycle_stage = lifecycle_stage
         self.mql_property = mql_property
+        self.mql_value = mql_value
+        self.cache = cache
+        self.policy = policy or RefreshPolicy()
+        self.clock = clock
+        self.last_read: dict[str, Any] = {}
 
     def read_mqls(self) -> Iterator[tuple[str, str, str]]:
-        """(source, id, email) of every MQL, filtered by search."""
+        """(source, id, email) of every MQL, filtered by search (through the cache if any)."""
         client: HubSpotDestination = unwrap(self.dest)
-        return read_hubspot_mqls(
-            client, lifecycle_stage=self.lifecycle_stage, mql_property=self.mql_property
-        )
+        definition = MqlDefinition(self.lifecycle_stage, self.mql_property, self.mql_value)
+        if self.cache is None:
+            counts = ReadCounts()
+            mqls = list(
+                read_hubspot_mqls(
+                    client,
+                    lifecycle_stage=definition.lifecycle_stage,
+                    mql_property=definition.mql_property,
+                    mql_value=definition.mql_value,
+                    counts=counts,
+                )
+            )
+            self.last_read = {
+                "mode": "full",
+                "reason": "no MQL cache",
+                "pages": counts.searches,
+                "list_pages": 0,
+                "mqls": len(mqls),
+            }
+        else:
+            now = self.clock()
+            mqls, self.last_read = read_mqls_through_cache(
+                client, definition, self.cache, policy=self.policy, now=now
+            )
+        log.info("hubspot_mqls_read", **self.last_read)
+        return iter(mqls)
 
 
 class SalesforceAlerts:

@@ -60,6 +60,7 @@ from pls_sync.ports import AccountState, RunRecord, StoredRejection, TierTransit
 
 SCHEMA_VERSION = 1
 _BATCH = 10_000
+_LEDGER_BATCH = 5_000  # ledger rows parsed per json call when loading
 # Dialects whose INSERT takes ON CONFLICT ... DO UPDATE; others delete then insert.
 NATIVE_UPSERT_DIALECTS = ("sqlite", "postgresql")
 _SQLITE_TIMEOUT_SECONDS = 30.0
@@ -699,11 +700,13 @@ class SqlStateStore:
         ).where(crm_ownership.c.crm == crm)
         # Rows repeat the same field names and most values (tiers, channels): one object each.
         shared: dict[str, str] = {}
+        owned: dict[str, OwnedRecord] = {}
         with self._transaction("load the ownership ledger") as conn:
-            return {
-                record_id: _owned_record(record_id, account_key, data, shared)
-                for record_id, account_key, data in conn.execute(query)
-            }
+            result = conn.execution_options(yield_per=_LEDGER_BATCH).execute(query)
+            for rows in result.partitions():
+                for (record_id, account_key, _), row in zip(rows, _parse_all(rows), strict=True):
+                    owned[record_id] = _owned_record(record_id, account_key, row, shared)
+        return owned
 
     def save_owned(self, crm: str, rows: Iterable[OwnedRecord], forget: Iterable[str] = ()) -> None:
         """Store (replace) ledger rows and forget records, in one transaction."""
@@ -1055,11 +1058,20 @@ def _run_record(row: RowMapping) -> RunRecord:
     )
 
 
+def _parse_all(rows: Sequence[Any]) -> list[Any]:
+    """The JSON texts in the last column of ``rows``, parsed in one call (a json column on
+    PostgreSQL may hand back parsed values already)."""
+    texts = [row[-1] for row in rows]
+    if all(isinstance(text, str) for text in texts):
+        parsed: list[Any] = json.loads("[" + ",".join(texts) + "]")
+        return parsed
+    return [json.loads(text) if isinstance(text, (str, bytes)) else text for text in texts]
+
+
 def _owned_record(
-    record_id: str, account_key: str, data: str, shared: dict[str, str]
+    record_id: str, account_key: str, row: Mapping[str, Any], shared: dict[str, str]
 ) -> OwnedRecord:
-    """A ledger row from its stored JSON; field names and text values come from ``shared``."""
-    row = json.loads(data)
+    """A parsed ledger row; field names and text values come from ``shared``."""
 
     def compact(values: Any) -> dict[str, Any]:
         return {

@@ -43,6 +43,7 @@ def build_usage_source(settings: Settings) -> SqlUsageSource:
         users_table=wh.users_table,
         events_table=wh.events_table,
         chunk_size=wh.chunk_size,
+        duckdb_memory_limit=wh.duckdb_memory_limit,
     )
 
 
@@ -93,7 +94,10 @@ def build_destination(
         from connectors.hubspot import HubSpotDestination
 
         return HubSpotDestination.from_env(
-            env, batch_size=dest.batch_size, requests_per_10s=dest.requests_per_10s
+            env,
+            batch_size=dest.batch_size,
+            requests_per_10s=dest.requests_per_10s,
+            export_threshold=dest.export_threshold,
         )
     raise PlsSyncError(f"unknown destination {name!r}")
 
@@ -117,9 +121,19 @@ def build_schema_admin(
 
 
 def add_lead_adapters(
-    adapters: Adapters, name: str, destination: CrmDestination, settings: Settings
+    adapters: Adapters,
+    name: str,
+    destination: CrmDestination,
+    settings: Settings,
+    *,
+    full_refresh: bool | None = None,
 ) -> None:
-    """The destination's MQL reader and, when alerts are on, its task creator."""
+    """The destination's MQL reader and, when alerts are on, its task creator.
+
+    HubSpot's MQLs are read through a cache in the state store when ``crm_snapshot`` is on,
+    with its ``full_refresh_hours`` and ``skew_seconds``. ``full_refresh`` (``--full-refresh``)
+    reads them in full; when not given, it is the snapshot's ``force_full``.
+    """
     from connectors import leads
 
     channels = settings.channels
@@ -134,8 +148,26 @@ def add_lead_adapters(
         if channels.stale_after_days is not None:
             adapters.activity_readers[name] = leads.SalesforceActivity(destination)
     elif name == "hubspot":
+        snapshot = settings.crm_snapshot
+        engine = getattr(adapters.state, "engine", None)
+        cache, policy = None, None
+        if snapshot.enabled and engine is not None:
+            from connectors.mql_cache import MqlCache, RefreshPolicy
+
+            cache = MqlCache(engine, adapters.state, name)
+            if full_refresh is None:
+                full_refresh = bool(getattr(destination, "force_full", False))
+            policy = RefreshPolicy(
+                max_age=timedelta(hours=snapshot.full_refresh_hours),
+                skew=timedelta(seconds=snapshot.skew_seconds),
+                force_full=full_refresh,
+            )
         adapters.mql_sources[name] = leads.HubSpotMqls(
-            destination, channels.hs_lifecycle_stage, channels.hs_mql_property
+            destination,
+            channels.hs_lifecycle_stage,
+            channels.hs_mql_property,
+            cache=cache,
+            policy=policy,
         )
         if channels.alerts_enabled:
             adapters.alert_sinks[name] = leads.HubSpotAlerts(
@@ -192,7 +224,7 @@ def build_adapters(
                 )
             adapters.destinations[name] = destination
             adapters.mappings[name] = settings.destinations[name].mapping
-            add_lead_adapters(adapters, name, destination, settings)
+            add_lead_adapters(adapters, name, destination, settings, full_refresh=full_refresh)
         except PlsSyncError as exc:
             adapters.destination_errors[name] = str(exc)
     return adapters

@@ -137,6 +137,9 @@ class WarehouseSettings:
     chunk_size: int
     taxonomy: dict[str, tuple[str, ...]]
     taxonomy_path: Path | None = None
+    # The most memory a DuckDB warehouse may use for the read (``256MB``); None: DuckDB's own
+    # default (80% of the machine's memory). Other warehouses manage their own.
+    duckdb_memory_limit: str | None = None
 
     @property
     def is_builtin(self) -> bool:
@@ -160,6 +163,9 @@ class DestinationSettings:
     batch_size: int = 200
     bulk_threshold: int = 2000
     requests_per_10s: int = 100
+    # HubSpot: above this many companies a full read goes through the CRM exports API (None:
+    # never). Salesforce's counterpart is ``bulk_threshold``.
+    export_threshold: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +322,15 @@ def _check_member(allowed: tuple[str, ...], what: str) -> Callable[[str], str]:
     return check
 
 
+_MEMORY_SIZE = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+def _check_memory_size(value: str | None) -> str | None:
+    if value is not None and _MEMORY_SIZE.fullmatch(value.strip()) is None:
+        raise ValueError(f"{value!r} is not a memory size: write it like 256MB or 1.5GB")
+    return value
+
+
 class WarehouseSpec(_Spec):
     """``warehouse:`` in the main file."""
 
@@ -326,8 +341,10 @@ class WarehouseSpec(_Spec):
     events_table: Name = "events"
     event_taxonomy: Name | None = None
     chunk_size: int = Field(default=5000, ge=1, le=1_000_000)
+    duckdb_memory_limit: str | None = None
 
     _url = field_validator("url")(_check_url)
+    _memory = field_validator("duckdb_memory_limit")(_check_memory_size)
     _tables = field_validator("users_table", "events_table")(_check_table)
 
 
@@ -356,6 +373,7 @@ class HubSpotSpec(_Spec):
     mapping: Name
     batch_size: int = Field(default=100, ge=1, le=100)
     requests_per_10s: int = Field(default=100, ge=1, le=1000)
+    export_threshold: int | None = Field(default=20_000, ge=1)
 
 
 class DestinationsSpec(_Spec):
@@ -1708,6 +1726,7 @@ class _Loader:
                 batch_size=section.batch_size,
                 bulk_threshold=getattr(section, "bulk_threshold", 2000),
                 requests_per_10s=getattr(section, "requests_per_10s", 100),
+                export_threshold=getattr(section, "export_threshold", None),
             )
         return Settings(
             config_path=self.path,
@@ -1718,6 +1737,7 @@ class _Loader:
                 users_table=wh.users_table,
                 events_table=wh.events_table,
                 chunk_size=wh.chunk_size,
+                duckdb_memory_limit=wh.duckdb_memory_limit,
                 taxonomy=categories,
                 taxonomy_path=taxonomy_path,
             ),

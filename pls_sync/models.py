@@ -143,13 +143,15 @@ class FieldSpec:
     external_id: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CrmRecord:
     """A CRM account (Salesforce Account, HubSpot company) as read for matching and diffing.
 
     ``domain_values`` are the raw values of the mapping's domain fields (Website, Domain__c,
     domain, hs_additional_domains split on ';'), not yet normalised.
     ``fields`` holds the current values of the mapped fields, as the API returned them.
+    Weakly referable: a reader may remember the records it returned for as long as anyone
+    holds them, without holding a whole CRM itself.
     """
 
     id: str

@@ -180,6 +180,44 @@ def canonical(
     return text
 
 
+# Values a plan canonicalises over and over (tiers, channels, small counts, the CRM's text for
+# them), memoised per field by CanonicalCache; containers are not (their items' types count).
+_MEMO_TYPES = frozenset({str, int, float, bool, date, datetime})
+_MEMO_SIZE = 4096  # distinct values remembered per field; the rest are computed every time
+
+
+class CanonicalCache:
+    """:func:`canonical` for each mapped field of one mapping, memoised on scalar values.
+
+    A 100k-record plan calls ``canonical`` about a million times on a few thousand distinct
+    values per field; the result depends only on the value (with its type: ``1`` and ``True``
+    differ as text) and the field's spec, join and length, fixed per field here.
+    """
+
+    __slots__ = ("_fields", "_memo", "_specs")
+
+    def __init__(self, mapping: DestinationMapping, specs: Mapping[str, FieldSpec]):
+        self._fields = {fm.target: fm for fm in mapping.fields}
+        self._specs = specs
+        self._memo: dict[str, dict[tuple[type, Any], Any]] = {t: {} for t in self._fields}
+
+    def __call__(self, target: str, value: Any) -> Any:
+        """The canonical form of ``value`` in field ``target``."""
+        if value is None:
+            return None
+        kind = type(value)
+        memo = self._memo[target]
+        if kind in _MEMO_TYPES:
+            found = memo.get((kind, value), memo)  # the memo itself: "not there"
+            if found is not memo:
+                return found
+        fm = self._fields[target]
+        result = canonical(value, self._specs[target], join=fm.join, max_length=fm.max_length)
+        if kind in _MEMO_TYPES and len(memo) < _MEMO_SIZE:
+            memo[(kind, value)] = result
+        return result
+
+
 def _canonical_multiselect(value: Any) -> str | None:
     """A multi-select (Salesforce multi-select picklist, HubSpot checkboxes) holds a set of
     options that both CRMs store and return as ``a;b``, in their own order: the canonical
@@ -220,20 +258,20 @@ def desired_fields(
     result: AccountResult,
     mapping: DestinationMapping,
     specs: Mapping[str, FieldSpec],
+    canon: CanonicalCache | None = None,
 ) -> dict[str, Any]:
     """The canonical value each mapped field should hold for this account.
 
     A source without a value leaves the field alone (null policy ``skip``) or clears it
-    (``clear``, canonical ``None``).
+    (``clear``, canonical ``None``). ``canon`` memoises the canonical forms across records.
     """
     desired: dict[str, Any] = {}
     for fm in mapping.fields:
-        value = canonical(
-            source_value(fm.source, result),
-            specs[fm.target],
-            join=fm.join,
-            max_length=fm.max_length,
-        )
+        raw = source_value(fm.source, result)
+        if canon is not None:
+            value = canon(fm.target, raw)
+        else:
+            value = canonical(raw, specs[fm.target], join=fm.join, max_length=fm.max_length)
         if value is None and fm.null == "skip":
             continue
         desired[fm.target] = value
@@ -301,13 +339,15 @@ def diff_fields(
     specs: Mapping[str, FieldSpec],
     mappings: Mapping[str, FieldMapping],
     owned: OwnedRecord | None = None,
+    canon: CanonicalCache | None = None,
 ) -> FieldDiff:
     """The fields of ``record`` whose current value differs from ``desired``.
 
     ``changes`` maps each changed field to its desired value, ``current`` to the canonical
     value the CRM holds now (``None`` when empty), with the same keys. ``owned`` is the
     record's ownership ledger row (what pls-sync last wrote there); fields a write policy
-    protects are left out of ``changes`` and named in ``held``.
+    protects are left out of ``changes`` and named in ``held``. ``canon`` memoises the
+    canonical forms across records.
     """
     changes: dict[str, Any] = {}
     current: dict[str, Any] = {}
@@ -315,7 +355,11 @@ def diff_fields(
     for target, want in desired.items():
         fm = mappings[target]
         spec = specs[target]
-        have = canonical(record.fields.get(target), spec, join=fm.join, max_length=fm.max_length)
+        value = record.fields.get(target)
+        if canon is not None:
+            have = canon(target, value)
+        else:
+            have = canonical(value, spec, join=fm.join, max_length=fm.max_length)
         if values_equal(have, want, spec):
             continue
         reason = (
@@ -486,9 +530,11 @@ class _Planner:
     owned: Mapping[str, OwnedRecord]
     stored: Mapping[str, OwnedRecord]
     by_target: dict[str, FieldMapping] = field(default_factory=dict)
+    canon: CanonicalCache | None = None
 
     def __post_init__(self) -> None:
         self.by_target = {fm.target: fm for fm in self.mapping.fields}
+        self.canon = CanonicalCache(self.mapping, self.specs)
 
     def add(
         self,
@@ -504,7 +550,7 @@ class _Planner:
         the record is forgotten once written)."""
         row = self.owned.get(record.id)
         last = row.fields if row is not None else None
-        diff = diff_fields(record, desired, self.specs, self.by_target, row)
+        diff = diff_fields(record, desired, self.specs, self.by_target, row, self.canon)
         for name, why in diff.held.items():
             current = canonical(
                 record.fields.get(name), self.specs[name], join=self.by_target[name].join
@@ -598,7 +644,7 @@ def plan_changes(
         plan.records_considered += 1
         planner.add(
             records[record_id],
-            desired_fields(result, mapping, specs),
+            desired_fields(result, mapping, specs, planner.canon),
             result.account.key,
             change_priority(result),
         )

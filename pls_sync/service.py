@@ -149,6 +149,8 @@ class DestinationOutcome:
     # planned | succeeded | partial | failed | stopped | skipped, or invalid: the mapping does
     # not fit the live schema, so nothing was read or written there
     status: str = "skipped"
+    # The CRM's records as read; once planned, only the changed ones (and every one where
+    # alerts are sent), see prepare_destination.
     records: dict[str, CrmRecord] = field(default_factory=dict)
     report: MatchReport | None = None
     plan: Plan | None = None
@@ -342,7 +344,7 @@ def _write_summary(outcome: DestinationOutcome, batch_size: int) -> dict[str, An
     if outcome.crm is not None:
         summary["crm"] = outcome.crm
     if report is not None:
-        summary["crm_records"] = len(outcome.records)
+        summary["crm_records"] = report.crm_records
         summary["match"] = report.counts()
     if plan is not None:
         summary["records_changed"] = len(plan.changes)
@@ -700,13 +702,15 @@ def prepare_destination(
                 mql_only=leads.enrichment.mql_only if leads is not None else (),
                 domains_of=record_domains,
             )
-            # The write phase needs the ledger rows of changed records only; the whole ledger
-            # (100k rows in a big CRM) is not held while the next destination is prepared.
-            outcome.owned = {
-                c.record_id: owned[c.record_id]
-                for c in outcome.plan.changes
-                if c.record_id in owned
-            }
+            # The write phase needs the ledger rows and the records of changed records only;
+            # the whole ledger and CRM picture (100k rows each in a big CRM) are not held while
+            # the next destination is prepared. Alerts read any matched record: kept whole.
+            changed = [c.record_id for c in outcome.plan.changes]
+            outcome.owned = {rid: owned[rid] for rid in changed if rid in owned}
+            if leads is None or leads.alerts_tier is None or name not in leads.sinks:
+                records = outcome.records
+                outcome.records = {rid: records[rid] for rid in changed if rid in records}
+                matched.records = {}
             matched.owned = {}
         outcome.status = "planned"
         log.info(
@@ -1161,6 +1165,13 @@ def run_sync(
         )
         if leads is not None:
             summary["leads"] = leads.enrichment.summary()
+            reads = {
+                name: dict(read)
+                for name, source in adapters.mql_sources.items()
+                if (read := getattr(source, "last_read", None))
+            }
+            if reads:
+                summary["leads"]["mql_reads"] = reads  # how each CRM's MQLs were read
             if leads.errors:
                 summary["leads"]["mql_errors"] = leads.errors
         if plan_file is not None:

@@ -75,6 +75,9 @@ a kind database. Each behaviour is on by default and tunable on ``HubSpotApi``:
   ``/crm/v3/objects/{type}/{value}?idProperty=<unique property>``; a property without unique
   values is refused as HubSpot refuses it ("Unable to perform update/upsert by non-unique ...").
 
+The CRM exports API (``/crm/v3/exports/...``: start, status, the pre-signed file) lives in
+``pls_sync.sandbox.hubspot_exports`` (``HubSpotApi.exports``, with its knobs).
+
 Standard library only. State lives in memory behind one lock; the server may call ``handle``
 from several threads.
 """
@@ -144,8 +147,11 @@ SCHEMA_SCOPES = {
     "tasks": ("crm.objects.contacts.read", "crm.objects.contacts.write"),
     "deals": ("crm.schemas.deals.read", "crm.schemas.deals.write"),
 }
-# A private app's token has these unless a test takes some away (``HubSpotApi.scopes``).
-DEFAULT_SCOPES = frozenset(scope for pair in SCHEMA_SCOPES.values() for scope in pair)
+# A private app's token has these unless a test takes some away (``HubSpotApi.scopes``);
+# ``crm.export`` is the exports API's (``pls_sync.sandbox.hubspot_exports``).
+DEFAULT_SCOPES = frozenset(scope for pair in SCHEMA_SCOPES.values() for scope in pair) | {
+    "crm.export"
+}
 SCOPES_LINK = "https://developers.hubspot.com/scopes"
 MISSING_SCOPES_MESSAGE = (
     "This app hasn't been granted all required scopes to make this call. "
@@ -247,6 +253,9 @@ LIFECYCLE_STAGES = (
     ("evangelist", "Evangelist"),
     ("other", "Other"),
 )
+# HubSpot stamps "Became a <stage> Date" (``hs_lifecyclestage_<stage>_date``, read-only) when a
+# contact first enters a default lifecycle stage, and keeps it when the contact moves on.
+STAGE_ENTERED = {stage: f"hs_lifecyclestage_{stage}_date" for stage, _ in LIFECYCLE_STAGES}
 LEAD_STATUSES = (
     ("NEW", "New"),
     ("OPEN", "Open"),
@@ -597,6 +606,17 @@ def default_properties(
             "checkbox",
             contact,
             read_only=True,
+        ),
+        *(
+            _prop(
+                STAGE_ENTERED[stage],
+                f"Became {'an' if label[0] in 'AEIOU' else 'a'} {label} Date",
+                "datetime",
+                "date",
+                contact,
+                read_only=True,
+            )
+            for stage, label in LIFECYCLE_STAGES
         ),
     ]
     if mql_property not in {p["name"] for p in contacts}:
@@ -1179,6 +1199,9 @@ class HubSpotApi:
         _seed_deals(self, _deals_of(companies, picture, seed, as_of), company_ids)
         # The seeded portal is fully indexed: its history is older than any lag.
         self._unindexed = {t: {} for t in OBJECT_TYPES}
+        from pls_sync.sandbox.hubspot_exports import HubSpotExports
+
+        self.exports = HubSpotExports(self)
 
     # ----------------------------------------------------------------- module contract
 
@@ -1193,6 +1216,8 @@ class HubSpotApi:
             return "hs.account_info.details"
         if request.path.startswith(ASSOCIATIONS_V4_PREFIX):
             return "hs.associations.batch_read"
+        if self.exports.handles(request.path):
+            return self.exports.endpoint(request)
         route = _route(request.path)
         method = request.method.upper()
         if route.kind == "objects":
@@ -1229,6 +1254,8 @@ class HubSpotApi:
     def handle(self, request: Request) -> Response:
         """Authenticate, apply the rate limits, then answer the request."""
         with self._lock:
+            if self.exports.serves_file(request.path):  # a pre-signed URL: no token, no limits
+                return self.exports.download(request)
             if not self._authorised(request):
                 return self._respond(HubSpotError(401, "INVALID_AUTHENTICATION", AUTH_MESSAGE))
             if self._is_search(request):
@@ -1563,6 +1590,8 @@ class HubSpotApi:
             return self._account_info(method, request.path)
         if request.path.startswith(ASSOCIATIONS_V4_PREFIX):
             return self._read_associations(method, request)
+        if self.exports.handles(request.path):
+            return self.exports.dispatch(request)
         route = _route(request.path)
         if route.kind == "unknown":
             raise HubSpotError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}")
@@ -1834,6 +1863,8 @@ class HubSpotApi:
                 stored["hs_email_domain"] = email.rsplit("@", 1)[1].lower()
             else:
                 stored.pop("hs_email_domain", None)
+        if object_type == "contacts" and values.get("lifecyclestage") in STAGE_ENTERED:
+            stored.setdefault(STAGE_ENTERED[values["lifecyclestage"]], stamp)
         if object_type == "deals":
             self._derive_deal(stored)
         stored[_LASTMODIFIED[object_type]] = stamp
@@ -3060,6 +3091,8 @@ def _seed_portal(api: HubSpotApi, picture: Sequence[dict[str, Any]], seed: int) 
         if api.mql_property != "lifecyclestage":
             values[api.mql_property] = "yes" if stage == "marketingqualifiedlead" else "no"
         created = _SEED_EPOCH - timedelta(days=rng.uniform(1, 700))
+        if stage in STAGE_ENTERED:
+            values[STAGE_ENTERED[stage]] = iso_ms(created)
         add("contacts", values, created, created + timedelta(days=rng.uniform(0, 60)))
 
     for item in picture:

@@ -360,8 +360,8 @@ def test_a_body_that_is_not_json_is_retriable() -> None:
     with pytest.raises(RetriableError):
         hubspot_connector.read_json(lambda: raw)
     assert raw.released
-    assert hubspot_connector._next_after({"paging": {"next": {"after": "300"}}}) == "300"
-    assert hubspot_connector._next_after({"results": []}) is None
+    assert hubspot_connector.next_after({"paging": {"next": {"after": "300"}}}) == "300"
+    assert hubspot_connector.next_after({"results": []}) is None
 
 
 # --------------------------------------------------------------------------- writing

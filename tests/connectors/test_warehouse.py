@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import sqlalchemy as sa
 
@@ -927,3 +928,26 @@ def test_recreated_user_records_do_not_make_an_established_team_young(
     assert accounts["acme.com"].first_seen == AS_OF - 63 * DAY
     # Where the sign-up is earlier than every event, it stays the evidence.
     assert accounts["beta.io"].first_seen == datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def test_a_duckdb_memory_limit_bounds_the_read_and_leaves_the_accounts_alike(
+    tmp_path: Path,
+) -> None:
+    url = f"duckdb:///{tmp_path / 'limited.duckdb'}"
+    engine = sa.create_engine(url)
+    load_warehouse(engine)
+    engine.dispose()
+    limited = SqlUsageSource(url, taxonomy=TAXONOMY, duckdb_memory_limit=" 64MB ")
+    limited_engine, owned = limited.connect_engine()
+    try:
+        with limited_engine.connect() as conn:
+            setting = conn.exec_driver_sql("SELECT current_setting('memory_limit')").scalar()
+    finally:
+        limited_engine.dispose()
+    expected = duckdb.connect(config={"memory_limit": "64MB"})
+    try:
+        assert setting == expected.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    finally:
+        expected.close()
+    assert owned
+    assert read(limited) == read(SqlUsageSource(url, taxonomy=TAXONOMY))

@@ -929,3 +929,20 @@ def test_crm_labels_name_a_configured_destination_and_won_stages_only_for_hubspo
     repo_copy.write_text(text[:start] + text[end:])
     issue = only_issue(repo_copy)
     assert issue.key == "labels.source" and "destinations.hubspot" in issue.message
+
+
+def test_a_duckdb_memory_limit_is_read_and_a_bad_one_named_at_its_line(repo_copy: Path) -> None:
+    edit(repo_copy, "  duckdb_memory_limit: 256MB", "  duckdb_memory_limit: 1.5GB")
+    assert load_settings(repo_copy).warehouse.duckdb_memory_limit == "1.5GB"
+    edit(repo_copy, "  duckdb_memory_limit: 1.5GB", "  duckdb_memory_limit: lots")
+    issue = only_issue(repo_copy)
+    assert issue.line == line_of(repo_copy, "duckdb_memory_limit: lots")
+    assert issue.key == "warehouse.duckdb_memory_limit"
+
+
+def test_the_hubspot_export_threshold_is_read_and_can_be_turned_off(repo_copy: Path) -> None:
+    assert load_settings(repo_copy).destinations["hubspot"].export_threshold == 20_000
+    edit(repo_copy, "    export_threshold: 20000", "    export_threshold: null")
+    assert load_settings(repo_copy).destinations["hubspot"].export_threshold is None
+    edit(repo_copy, "    export_threshold: null", "    export_threshold: 0")
+    assert only_issue(repo_copy).key == "destinations.hubspot.export_threshold"

@@ -514,3 +514,18 @@ def test_a_firmographic_field_the_crm_lacks_keeps_the_destination_from_running()
     assert entry["status"] == "invalid"
     assert any("firmographics.employees" in issue for issue in entry["issues"]), entry["issues"]
     assert all(record.fields == {} for record in sf.records.values())
+
+
+def test_where_alerts_are_sent_the_run_keeps_every_record_they_may_need() -> None:
+    """Alerts go to any matched record (an earlier run's queued ones too), so a destination
+    with an alert sink keeps its whole CRM picture; one without keeps the changed records."""
+    with_alerts, _ = setup()
+    result = run_sync(with_alerts, MODEL, RunOptions(as_of=AS_OF), channels=ALERTS_ON)
+    assert len(result.outcomes["salesforce"].records) == 6
+    without, _ = setup()
+    result = run_sync(without, MODEL, RunOptions(as_of=AS_OF), channels=ChannelSettings())
+    outcome = result.outcomes["salesforce"]
+    assert outcome.plan is not None
+    assert set(outcome.records) == {change.record_id for change in outcome.plan.changes}
+    assert len(outcome.records) < 6
+    assert result.summary["destinations"]["salesforce"]["crm_records"] == 6

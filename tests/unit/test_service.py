@@ -375,3 +375,17 @@ def test_a_write_budget_caps_the_run_and_leaves_the_rest_for_the_next() -> None:
         adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF, api_budget_share=0.5)
     )
     assert second.summary["destinations"]["salesforce"]["records_written"] == 3
+
+
+def test_a_planned_destination_keeps_only_its_changed_records_for_the_write() -> None:
+    """A big CRM's whole picture is not held while the next destination is prepared: the
+    write phase needs the changed records only, and the summary still counts every record."""
+    usage = FakeUsage(accounts({"co0.com": 9, "co1.com": 7}))
+    state, sf = FakeState(), crm(5)
+    result = run_sync(adapters(usage, state, sf), MODEL, RunOptions(as_of=AS_OF))
+    outcome = result.outcomes["salesforce"]
+    assert (
+        set(outcome.records) == {"001000", "001001"} == {c.record_id for c in outcome.plan.changes}
+    )
+    assert result.summary["destinations"]["salesforce"]["crm_records"] == 5
+    assert sf.records["001001"].fields["PQA_Tier__c"] == "success"
