@@ -389,3 +389,19 @@ def test_a_planned_destination_keeps_only_its_changed_records_for_the_write() ->
     )
     assert result.summary["destinations"]["salesforce"]["crm_records"] == 5
     assert sf.records["001001"].fields["PQA_Tier__c"] == "success"
+
+
+def test_a_record_restamped_for_matching_keeps_every_other_field() -> None:
+    from dataclasses import fields
+
+    from pls_sync.models import OwnedRecord
+    from pls_sync.service import human_stamped
+
+    ours = AS_OF - timedelta(hours=1)
+    record = CrmRecord("001", ("a.com",), {"X": 1}, "A", ours, "000P", "005O")
+    person = AS_OF - timedelta(days=3)
+    restamped = human_stamped(record, OwnedRecord("001", "a.com", {}, {}, person, ours))
+    assert restamped.last_modified == person
+    for spec in fields(CrmRecord):
+        if spec.name != "last_modified":
+            assert getattr(restamped, spec.name) == getattr(record, spec.name), spec.name
