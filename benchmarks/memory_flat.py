@@ -269,9 +269,9 @@ def ledger_row(i: int, result: AccountResult, desired: Mapping[str, Any]) -> Own
 def generate(url: str, start: int, stop: int, chunk: int) -> dict[str, Any]:
     """Extend the store at ``url`` with accounts ``start``..``stop - 1`` as the last run left
     them: account states, CRM snapshot, domain index, ownership ledger, snapshot metadata."""
-    from sqlalchemy import insert
+    from sqlalchemy import event, insert
 
-    from connectors.crm_snapshot import _encode, crm_snapshot, mapping_fingerprint
+    from connectors.crm_snapshot import crm_snapshot, encode_record, mapping_fingerprint
     from connectors.state import SqlStateStore
     from pls_sync.planning import desired_fields
     from pls_sync.service import record_domains
@@ -280,6 +280,10 @@ def generate(url: str, start: int, stop: int, chunk: int) -> dict[str, Any]:
     world = load_world()
     store = SqlStateStore.open(url)
     engine = store.engine
+    # Inserts at scattered record ids: a bigger page cache for generation only (it is not
+    # measured; the measured runs keep SQLite's default 2 MiB).
+    event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA cache_size=-262144"))
+    engine.dispose()
     crm_snapshot.create(engine, checkfirst=True)
     with engine.begin() as conn:
         conn.exec_driver_sql(
@@ -296,7 +300,7 @@ def generate(url: str, start: int, stop: int, chunk: int) -> dict[str, Any]:
             conn.execute(
                 insert(crm_snapshot),
                 [
-                    {"destination": DESTINATION, "record_id": r.id, "data": _encode(r)}
+                    {"destination": DESTINATION, "record_id": r.id, "data": encode_record(r)}
                     for r in records
                 ],
             )
@@ -716,14 +720,14 @@ def plan_rows_back(
 ) -> tuple[list[tuple[str, float, str]], list[tuple[str, str]], Counter[str]]:
     """Plan the records that came back with the real ``plan_changes``: their changes, their
     ledger rows and the changed fields' counts."""
-    from connectors.crm_snapshot import _decode
+    from connectors.crm_snapshot import decode_record
     from pls_sync.matching import MATCHED, Match, MatchReport
     from pls_sync.planning import plan_changes
     from pls_sync.service import record_domains
 
     records, owned, matches = {}, {}, {}
     for key, rid, data, owner, ledger in rows:
-        records[rid] = _decode(rid, data)
+        records[rid] = decode_record(rid, data)
         if ledger is not None:
             owned[rid] = ledger_record(rid, owner, ledger)
         matches[key] = Match(key, results[key].account.domain, MATCHED, rid, (rid,))

@@ -80,7 +80,7 @@ def _encode_other(value: Any) -> Any:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=_encode_other)
 
 
-def _encode(record: CrmRecord) -> str:
+def encode_record(record: CrmRecord) -> str:
     """A record as the JSON text of the snapshot's ``data`` column (the id is its own column)."""
     modified = record.last_modified
     return _ENCODER.encode(
@@ -95,7 +95,7 @@ def _encode(record: CrmRecord) -> str:
     )
 
 
-def _decode(record_id: str, data: str | Mapping[str, Any]) -> CrmRecord:
+def decode_record(record_id: str, data: str | Mapping[str, Any]) -> CrmRecord:
     """The record stored as ``data``; a PostgreSQL json column hands back a dict already."""
     row: Mapping[str, Any] = json.loads(data) if isinstance(data, (str, bytes)) else data
     return _record(record_id, row)
@@ -109,7 +109,7 @@ def decode_rows(rows: Sequence[tuple[str, Any]]) -> list[CrmRecord]:
     if texts and all(isinstance(text, str) for text in texts):
         parsed: list[Any] = json.loads("[" + ",".join(texts) + "]")
         return [_record(rid, row) for (rid, _), row in zip(rows, parsed, strict=True)]
-    return [_decode(rid, data) for rid, data in rows]
+    return [decode_record(rid, data) for rid, data in rows]
 
 
 def _record(record_id: str, row: Mapping[str, Any]) -> CrmRecord:
@@ -436,7 +436,7 @@ class SnapshottingDestination:
         statement = crm_snapshot.insert() if statement is None else statement
         for start in range(0, len(records), INSERT_BATCH):
             rows = [
-                {"destination": name, "record_id": r.id, "data": _encode(r)}
+                {"destination": name, "record_id": r.id, "data": encode_record(r)}
                 for r in records[start : start + INSERT_BATCH]
             ]
             if rows:

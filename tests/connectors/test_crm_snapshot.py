@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from connectors.crm_snapshot import SnapshottingDestination, _decode, crm_snapshot
+from connectors.crm_snapshot import SnapshottingDestination, crm_snapshot, decode_record
 from connectors.hubspot import HubSpotDestination
 from connectors.salesforce import SalesforceDestination
 from connectors.state import SqlStateStore
@@ -297,7 +297,7 @@ def test_rows_stored_by_the_json_column_type_still_load(store: SqlStateStore) ->
         "001A", ("a.com",), {"PQA_Score__c": 3.0}, "A", datetime(2026, 1, 1, tzinfo=UTC)
     )
     # a PostgreSQL json column hands the driver's dict back, not text
-    assert _decode("001A", legacy) == record
+    assert decode_record("001A", legacy) == record
 
 
 class _ListingPortal:
