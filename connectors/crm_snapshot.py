@@ -49,6 +49,11 @@ INSERT_BATCH = 10_000
 LOAD_BATCH = 2_000
 DELETE_BATCH = 500
 
+# Kept in the meta after a read by export, passed to later change reads that accept them.
+EXPORT_SPEED_KEYS = ("export_rows_per_second", "export_overhead_seconds")
+# Change reads that read every live record whole (the snapshot is then replaced).
+WHOLE_READ_PATHS = ("list", "export")
+
 GONE_CODES = frozenset(
     {"ENTITY_IS_DELETED", "NOT_FOUND", "OBJECT_NOT_FOUND", "INVALID_CROSS_REFERENCE_KEY"}
 )
@@ -209,7 +214,7 @@ class SnapshottingDestination:
                 reason = "the CRM cannot list the records deleted since the last read"
         if reason is None:
             assert deleted is not None
-            changed, listed = self._read_changed(mapping, since)
+            changed, whole = self._read_changed(mapping, since, meta)
             if self._reads_lag:
                 # The changes come from a search that lags the CRM's writes, the deletions
                 # from a list that does not: a record in both was deleted after the change
@@ -220,7 +225,7 @@ class SnapshottingDestination:
             # list says: it was restored, or deleted before a change we read.
             alive = {record.id for record in changed}
             dropped = [record_id for record_id in dict.fromkeys(deleted) if record_id not in alive]
-            if listed:  # every live record, read whole: the snapshot is this list
+            if whole:  # every live record, read whole: the snapshot is this list
                 self._replace(changed)
             else:
                 self._upsert(changed)
@@ -228,20 +233,26 @@ class SnapshottingDestination:
             records = self._load()
             self.last_read = {
                 "mode": "incremental",
-                "path": "list" if listed else "changes",
+                "path": whole or "changes",
                 "changed": len(changed),
                 "deleted": len(dropped),
                 "since": since.isoformat(),
             }
             meta["watermark"] = started.isoformat()
+            measured = self._export_speed() if whole == "export" else {}
+            if measured:
+                meta = {k: v for k, v in meta.items() if k not in EXPORT_SPEED_KEYS} | measured
         else:
             records = list(self._read_all(mapping, meta, identity))
             self._replace(records)
             self.last_read = {"mode": "full", "reason": reason, "records": len(records)}
+            kept = {k: meta[k] for k in EXPORT_SPEED_KEYS if k in meta}
             meta = {
                 "fingerprint": mapping_fingerprint(mapping),
                 "full_at": started.isoformat(),
                 "watermark": started.isoformat(),
+                # The last speed measured stays while the portal does; another CRM's does not.
+                **(self._export_speed() or (kept if meta.get("identity") == identity else {})),
             }
         meta["identity"] = identity
         self.last_read["crm"] = identity
@@ -266,17 +277,34 @@ class SnapshottingDestination:
         return reader(mapping)
 
     def _read_changed(
-        self, mapping: DestinationMapping, since: datetime
-    ) -> tuple[list[CrmRecord], bool]:
-        """The records changed since ``since``, and whether the CRM listed every live record
-        instead (HubSpot does when its full list costs less than searching the changes: it is
-        told how many records the snapshot holds)."""
+        self, mapping: DestinationMapping, since: datetime, meta: Mapping[str, Any]
+    ) -> tuple[list[CrmRecord], str | None]:
+        """The records changed since ``since``, and how the CRM read every live record instead
+        (``"list"`` or ``"export"``; None when it read the changes): HubSpot does when that
+        costs less than searching the changes, told how many records the snapshot holds and
+        how fast its last export went."""
         reader = self.inner.read_records_modified_since  # type: ignore[attr-defined]
-        if "known_records" not in inspect.signature(reader).parameters:
-            return list(reader(mapping, since)), False
-        changed = list(reader(mapping, since, known_records=self._count()))
+        accepted = inspect.signature(reader).parameters
+        if "known_records" not in accepted:
+            return list(reader(mapping, since)), None
+        options: dict[str, Any] = {"known_records": self._count()}
+        options.update((k, meta[k]) for k in EXPORT_SPEED_KEYS if k in accepted and k in meta)
+        changed = list(reader(mapping, since, **options))
         choice = getattr(self.inner, "last_read_path", None)
-        return changed, getattr(choice, "path", None) == "list"
+        path = getattr(choice, "path", None)
+        return changed, path if path in WHOLE_READ_PATHS else None
+
+    def _export_speed(self) -> dict[str, float]:
+        """The speed the CRM's last read by export measured (empty when it did not export)."""
+        speed = getattr(self.inner, "last_export_speed", None)
+        rate = getattr(speed, "rows_per_second", None)
+        if not isinstance(rate, (int, float)) or not rate > 0:
+            return {}
+        measured = {"export_rows_per_second": float(rate)}
+        overhead = getattr(speed, "overhead_seconds", None)
+        if isinstance(overhead, (int, float)):
+            measured["export_overhead_seconds"] = float(overhead)
+        return measured
 
     @property
     def _reads_lag(self) -> bool:

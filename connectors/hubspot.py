@@ -20,7 +20,8 @@ cleanly; what was not written is reported as ``not_attempted`` for the next run.
 
 An incremental read may be told how many companies the portal holds: it then compares the
 search (200 a page at the search pace) with the list (100 a page at the burst pace) from the
-search's first page ``total`` and reads by the cheaper path (``estimate_read_paths``).
+search's first page ``total`` and reads by the cheaper path (``estimate_read_paths``); told
+how fast the portal's last export went, it prices one export of every company too.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import urllib3
@@ -80,6 +81,9 @@ from pls_sync.models import (
 )
 from pls_sync.planning import truncate
 
+if TYPE_CHECKING:
+    from connectors.hubspot_export import ExportSpeed
+
 T = TypeVar("T")
 
 log = structlog.get_logger("pls_sync.hubspot")
@@ -115,6 +119,10 @@ ACCOUNT_DETAILS_PATH = "/account-info/v3/details"
 # the archived list cannot tell what was deleted before that.
 ARCHIVE_RETENTION = timedelta(days=90)
 MERGED_IDS_PROPERTY = "hs_merged_object_ids"
+# HubSpot documents no export processing time. Before an export measured its own overhead, an
+# export is priced this much besides its rows: the start, PENDING, and the first polls (1 s,
+# 1.5 s, 2.25 s, 3.4 s at the default schedule).
+EXPORT_OVERHEAD_SECONDS = 10.0
 
 _API_EXCEPTIONS: tuple[type[Exception], ...] = (CompaniesApiException, PropertiesApiException)
 _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
@@ -740,10 +748,12 @@ def _burst_seconds(calls: int, requests_per_10s: int) -> float:
 
 @dataclass(frozen=True)
 class ReadPathEstimate:
-    """What reading the modified companies would cost by search and by the full list.
+    """What reading the modified companies would cost by search, by the full list and, when
+    the last export's speed is known, by one export of every company.
 
-    ``path`` is the cheaper: the faster one, fewer calls breaking a tie; the list only when its
-    calls fit in the daily allowance left (``daily_remaining``, when known).
+    ``path`` is the cheapest: the fastest one, fewer calls breaking a tie (search before list
+    before export when both are equal); the list or the export only when its calls fit in the
+    daily allowance left (``daily_remaining``, when known).
     """
 
     modified: int
@@ -753,14 +763,22 @@ class ReadPathEstimate:
     list_calls: int
     list_seconds: float
     daily_remaining: int | None = None
+    export_calls: int | None = None
+    export_seconds: float | None = None
 
     @property
     def path(self) -> str:
-        """``"search"`` or ``"list"``."""
-        if self.daily_remaining is not None and self.list_calls > self.daily_remaining:
-            return "search"
-        search = (self.search_seconds, self.search_calls)
-        return "list" if (self.list_seconds, self.list_calls) < search else "search"
+        """``"search"``, ``"list"`` or ``"export"``."""
+        best = ("search", (self.search_seconds, self.search_calls))
+        legs = [("list", self.list_seconds, self.list_calls)]
+        if self.export_seconds is not None and self.export_calls is not None:
+            legs.append(("export", self.export_seconds, self.export_calls))
+        for name, seconds, calls in legs:
+            if self.daily_remaining is not None and calls > self.daily_remaining:
+                continue
+            if (seconds, calls) < best[1]:
+                best = (name, (seconds, calls))
+        return best[0]
 
 
 def estimate_read_paths(
@@ -771,13 +789,23 @@ def estimate_read_paths(
     searches_per_second: float = SEARCH_REQUESTS_PER_SECOND,
     seconds_per_request: float = 0.0,
     daily_remaining: int | None = None,
+    export_rows_per_second: float | None = None,
+    export_overhead_seconds: float | None = None,
 ) -> ReadPathEstimate:
-    """Calls and seconds to read ``modified`` companies by search or all ``records`` by list.
+    """Calls and seconds to read ``modified`` companies by search or all ``records`` by list,
+    and by one export when ``export_rows_per_second`` (the last export's measured speed) is
+    given.
 
     Search: ``ceil(modified / 200)`` pages (windows past the 10,000-result cap cost none
     extra), no faster than ``searches_per_second`` nor the ten-second allowance. List:
     ``ceil(records / 100)`` pages in bursts of ``requests_per_10s``. Either way each request
     takes at least ``seconds_per_request`` (its round trip): calls go one after the other.
+    Export (HubSpot documents no processing speed, so only a measured one prices it): its
+    fixed part (``export_overhead_seconds`` as measured, else ``EXPORT_OVERHEAD_SECONDS``) plus
+    ``records / export_rows_per_second``, rounded up to the poll that finds it complete
+    (``poll_schedule``), plus a round trip per call (a start, the polls, a download). The
+    caller leaves the rate out when exports are off or the portal is at or under the export
+    threshold: no export leg then.
     """
     search_calls = max(1, math.ceil(max(0, modified) / SEARCH_PAGE_SIZE))
     list_calls = max(1, math.ceil(max(0, records) / PAGE_SIZE))
@@ -788,6 +816,7 @@ def estimate_read_paths(
         _burst_seconds(search_calls, requests_per_10s),
     )
     list_seconds = max(list_calls * trip, _burst_seconds(list_calls, requests_per_10s))
+    export = _export_leg(records, export_rows_per_second, export_overhead_seconds, trip)
     return ReadPathEstimate(
         modified=max(0, modified),
         records=max(0, records),
@@ -796,7 +825,23 @@ def estimate_read_paths(
         list_calls=list_calls,
         list_seconds=round(list_seconds, 3),
         daily_remaining=daily_remaining,
+        export_calls=export[0] if export else None,
+        export_seconds=round(export[1], 3) if export else None,
     )
+
+
+def _export_leg(
+    records: int, rows_per_second: float | None, overhead: float | None, trip: float
+) -> tuple[int, float] | None:
+    """Calls and seconds of one export of ``records`` companies at a measured speed."""
+    if rows_per_second is None or not rows_per_second > 0 or not math.isfinite(rows_per_second):
+        return None
+    from connectors.hubspot_export import poll_schedule
+
+    fixed = EXPORT_OVERHEAD_SECONDS if overhead is None else max(0.0, overhead)
+    polls, waited = poll_schedule(fixed + max(0, records) / rows_per_second)
+    calls = 2 + polls  # the start, the polls, the download
+    return calls, waited + calls * trip
 
 
 def _is_search(api: Any) -> bool:
@@ -879,6 +924,8 @@ class HubSpotDestination:
         )
         # How the last full read went: path (list | export), companies, and why it listed.
         self.last_full_read: dict[str, Any] = {}
+        # What the last full read's export measured (None: that read did not export).
+        self.last_export_speed: ExportSpeed | None = None
         options: dict[str, Any] = {"access_token": access_token, "retry": False}
         if base_url:
             options["host"] = base_url.rstrip("/")
@@ -962,6 +1009,7 @@ class HubSpotDestination:
         companies: Iterator[Any]
         if self.export_options.threshold is None:
             self.last_full_read = {"path": "list"}
+            self.last_export_speed = None
             companies = self._list_companies(properties, archived=False)
         else:
             companies = self._exported_or_listed(properties, known_records)
@@ -987,6 +1035,7 @@ class HubSpotDestination:
         options = self.export_options
         total = known_records if known_records is not None else self._count_companies()
         self.last_full_read = {"path": "list", "companies": total}
+        self.last_export_speed = None
         if total is None or options.threshold is None or total <= options.threshold:
             yield from self._list_companies(properties, archived=False)
             return
@@ -1012,6 +1061,7 @@ class HubSpotDestination:
             )
         else:
             self.last_full_read.update(path="export", task_id=export.run.task_id)
+            self.last_export_speed = export.run.speed()
             log.info(
                 "hubspot_export_read",
                 companies=export.run.rows,
@@ -1074,6 +1124,8 @@ class HubSpotDestination:
         since: datetime,
         *,
         known_records: int | None = None,
+        export_rows_per_second: float | None = None,
+        export_overhead_seconds: float | None = None,
     ) -> Iterator[CrmRecord]:
         """Companies modified at or after ``since``, by search (200 a page), in id order.
 
@@ -1085,8 +1137,12 @@ class HubSpotDestination:
         With ``known_records`` (about how many companies the portal holds: the caller's
         snapshot knows), the first search page's ``total`` tells what the search would cost;
         when the full list is cheaper (``estimate_read_paths``), every live company is read
-        from the list instead: a superset of the modified ones, each as it is now. The choice
-        is logged (``hubspot_read_path``) and kept in ``last_read_path``.
+        from the list instead: a superset of the modified ones, each as it is now. Given the
+        speed the portal's last export had (``export_rows_per_second``, and its measured
+        ``export_overhead_seconds``), exports on and ``known_records`` above the export
+        threshold, one export is priced too and, when cheapest, reads every live company
+        (falling back to the list as a full read does). The choice is logged
+        (``hubspot_read_path``) and kept in ``last_read_path``.
         """
         self._check_object(mapping.object)
         properties = self._read_properties(mapping)
@@ -1098,18 +1154,42 @@ class HubSpotDestination:
         if known_records is not None:
             started = self._clock()
             first = fetch(None, None)
-            estimate = self._estimate(first, known_records, self._clock() - started)
+            speed = self._export_speed(known_records, export_rows_per_second)
+            estimate = self._estimate(
+                first,
+                known_records,
+                self._clock() - started,
+                export_rows_per_second=speed,
+                export_overhead_seconds=export_overhead_seconds if speed else None,
+            )
             if estimate.path == "list":
                 yield from self._list_records(mapping)  # the list the estimate priced
+                return
+            if estimate.path == "export":
+                for result in self._exported_or_listed(properties, known_records):
+                    yield self._record(result, mapping, read_fields)
                 return
             fetch = _replaying_first_page(fetch, first)
         for result in search_in_id_windows(fetch, object_name="companies"):
             yield self._record(result, mapping, read_fields)
 
+    def _export_speed(self, known_records: int, rows_per_second: float | None) -> float | None:
+        """The measured export rate, when an export would serve a read of ``known_records``."""
+        threshold = self.export_options.threshold
+        if threshold is None or known_records <= threshold:
+            return None
+        return rows_per_second
+
     def _estimate(
-        self, first_page: Mapping[str, Any], known_records: int, round_trip: float
+        self,
+        first_page: Mapping[str, Any],
+        known_records: int,
+        round_trip: float,
+        *,
+        export_rows_per_second: float | None = None,
+        export_overhead_seconds: float | None = None,
     ) -> ReadPathEstimate:
-        """Search or list, from a first search page and the portal's company count; logged."""
+        """Search, list or export, from a first search page and the portal's company count."""
         total = first_page.get("total")
         modified = total if isinstance(total, int) else len(_dicts(first_page.get("results")))
         estimate = estimate_read_paths(
@@ -1119,6 +1199,8 @@ class HubSpotDestination:
             searches_per_second=self.search_pacer.rate,
             seconds_per_request=round_trip,
             daily_remaining=self._daily_remaining,
+            export_rows_per_second=export_rows_per_second,
+            export_overhead_seconds=export_overhead_seconds,
         )
         self.last_read_path = estimate
         log.info(
@@ -1130,6 +1212,9 @@ class HubSpotDestination:
             search_seconds=estimate.search_seconds,
             list_calls=estimate.list_calls,
             list_seconds=estimate.list_seconds,
+            export_calls=estimate.export_calls,
+            export_seconds=estimate.export_seconds,
+            export_rows_per_second=export_rows_per_second,
         )
         return estimate
 

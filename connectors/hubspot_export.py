@@ -122,6 +122,40 @@ class ExportRun:
     rows: int = 0
     processing: dict[str, Any] = field(default_factory=dict)
 
+    def _stamped(self, start: str, end: str) -> float | None:
+        """Seconds between two of HubSpot's stamps in the status answer (its one clock)."""
+        first = _iso_moment(self.processing.get(start))
+        last = _iso_moment(self.processing.get(end))
+        if first is None or last is None:
+            return None
+        return max(0.0, (last - first).total_seconds())
+
+    def speed(self) -> ExportSpeed | None:
+        """How fast this export went, once every row was read (None before, or for no rows).
+
+        From HubSpot's stamps: the rate is rows over ``completedAt - startedAt``, the overhead
+        ``startedAt - requestedAt`` (queued and PENDING). Without them the whole wait between
+        polls is priced by the row and the overhead is unknown.
+        """
+        if self.rows <= 0:
+            return None
+        processing = self._stamped("startedAt", "completedAt")
+        if processing is None or processing <= 0:
+            if self.waited <= 0:
+                return None
+            return ExportSpeed(rows_per_second=self.rows / self.waited, overhead_seconds=None)
+        overhead = self._stamped("requestedAt", "startedAt")
+        return ExportSpeed(rows_per_second=self.rows / processing, overhead_seconds=overhead)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSpeed:
+    """What one finished export measured: rows processed a second, and the seconds it spent
+    besides processing them (None: not measured)."""
+
+    rows_per_second: float
+    overhead_seconds: float | None
+
 
 def default_timeout(companies: int, requests_per_10s: int) -> float:
     """Twice what listing ``companies`` takes at the burst limit, at least ``MIN_EXPORT_WAIT``."""
@@ -129,6 +163,19 @@ def default_timeout(companies: int, requests_per_10s: int) -> float:
 
     listing = estimate_read_paths(0, companies, requests_per_10s=requests_per_10s).list_seconds
     return max(MIN_EXPORT_WAIT, 2 * listing)
+
+
+def poll_schedule(seconds: float, options: ExportOptions | None = None) -> tuple[int, float]:
+    """The polls ``_wait`` sends for an export finishing after ``seconds``, and how long it
+    waits until the poll that finds it COMPLETE."""
+    options = options or ExportOptions()
+    delay = max(options.poll_interval, 0.001)
+    polls, waited = 1, delay
+    while waited < seconds:
+        delay = min(delay * POLL_GROWTH, max(options.max_poll_interval, delay))
+        waited += delay
+        polls += 1
+    return polls, waited
 
 
 class CompanyExport:
@@ -476,6 +523,17 @@ def _rows(
                 "properties": properties,
                 "updatedAt": properties.get("hs_lastmodifieddate"),
             }
+
+
+def _iso_moment(text: Any) -> datetime | None:
+    """An ISO 8601 stamp of the status answer (``2023-11-07T05:31:56Z``), None if it is not one."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _from_millis(text: str) -> datetime | None:
