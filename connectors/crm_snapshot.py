@@ -220,7 +220,10 @@ class SnapshottingDestination:
                 # from a list that does not: a record in both was deleted after the change
                 # the search still shows (a restored one leaves the deletion list).
                 gone = set(deleted)
-                changed = self._newer_than_known([r for r in changed if r.id not in gone])
+                current = [r for r in changed if r.id not in gone]
+                # A stale copy must not replace what is known: a change read skips it, and a
+                # whole read (which replaces the snapshot) keeps the known copy in its place.
+                changed = self._with_known(current) if whole else self._newer_than_known(current)
             # A record read by the (non-deleted) query exists now, whatever the deletion
             # list says: it was restored, or deleted before a change we read.
             alive = {record.id for record in changed}
@@ -322,6 +325,23 @@ class SnapshottingDestination:
             if stamp is None or record.last_modified is None or record.last_modified >= stamp:
                 fresh.append(record)
         return fresh
+
+    def _with_known(self, records: list[CrmRecord]) -> list[CrmRecord]:
+        """``records``, each older than the snapshot's copy replaced by that copy: an export
+        (or a list) read whole can still show a record as it was before a write this
+        snapshot recorded, and dropping it would take a live record out of the snapshot."""
+        known = {r.id: r for r in self._load(dict.fromkeys(r.id for r in records))}
+        kept = []
+        for record in records:
+            copy = known.get(record.id)
+            stale = (
+                copy is not None
+                and copy.last_modified is not None
+                and record.last_modified is not None
+                and record.last_modified < copy.last_modified
+            )
+            kept.append(copy if stale and copy is not None else record)
+        return kept
 
     def _count(self) -> int:
         query = select(func.count()).where(crm_snapshot.c.destination == self.name)

@@ -7,6 +7,7 @@ connector's pacing and polling and the sandbox's stamps and export lifecycle.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from connectors.hubspot_export import ExportRun, ExportSpeed, poll_schedule
 from connectors.state import SqlStateStore
 from pls_sync.demo_companies import demo_companies
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
-from pls_sync.models import CrmRecord, RecordChange
+from pls_sync.models import CrmRecord, RecordChange, WriteResult
 from pls_sync.sandbox.server import Sandbox
 from tests.connectors.test_hubspot_export import count, destination
 from tests.fakes import FakeTime
@@ -315,3 +316,61 @@ def test_the_speed_is_passed_to_change_reads_and_dropped_for_another_portal(
     assert "export_rows_per_second" not in store.get_value(SNAPSHOT_KEY)
     list(snap.read_records(MAPPING))
     assert portal.seen[-1] == {"rate": None, "overhead": None}
+
+
+class _LaggingPortal(_Portal):
+    """A portal whose whole reads (an export) show the records as the search index has them:
+    a write not indexed yet is not in them."""
+
+    change_reads_lag = True
+
+    def __init__(self) -> None:
+        super().__init__("hubspot:1", None)
+        old = datetime(2026, 11, 1, tzinfo=UTC)
+        self.indexed = {
+            i: CrmRecord(i, (f"{i}.io",), {"pqa_tier": "self_serve"}, None, old)
+            for i in ("1", "2", "3")
+        }
+
+    def read_records(self, mapping: object) -> Iterator[CrmRecord]:
+        return iter(self.indexed.values())
+
+    def read_records_modified_since(
+        self,
+        mapping: object,
+        since: datetime,
+        *,
+        known_records: int | None = None,
+        export_rows_per_second: float | None = None,
+        export_overhead_seconds: float | None = None,
+    ) -> Iterator[CrmRecord]:
+        self.last_read_path = types.SimpleNamespace(path="export")
+        return iter(self.indexed.values())  # every live record, whole, as indexed
+
+    def write(self, object_name: str, changes: Any, specs: Any, **_: Any) -> WriteResult:
+        ids = [c.record_id for c in changes]
+        return WriteResult(written=ids, server_time=datetime(2026, 12, 5, 9, 0, tzinfo=UTC))
+
+
+def test_a_whole_read_within_the_search_lag_keeps_what_the_snapshot_wrote(
+    store: SqlStateStore,
+) -> None:
+    """An export shows the records as HubSpot's search index had them: a write seconds before
+    it is not in the file yet. The snapshot keeps its own copy of those records: not the
+    stale one (the next plan would write them again), and not none (a live record would
+    leave the CRM picture)."""
+    portal = _LaggingPortal()
+    snap = SnapshottingDestination(portal, store.engine, store)  # type: ignore[arg-type]
+    list(snap.read_records(MAPPING))
+    written = snap.write("companies", [RecordChange("2", {"pqa_tier": "sales"}, "2.io")], {})
+    assert written.written == ["2"]
+    records = {r.id: r for r in snap.read_records(MAPPING)}  # by export, "2" not indexed yet
+    assert snap.last_read["path"] == "export"
+    assert set(records) == {"1", "2", "3"}
+    assert records["2"].fields["pqa_tier"] == "sales"
+    assert records["1"].fields["pqa_tier"] == "self_serve"
+    assert {r.id: r.fields["pqa_tier"] for r in snap._load()} == {
+        "1": "self_serve",
+        "2": "sales",
+        "3": "self_serve",
+    }
