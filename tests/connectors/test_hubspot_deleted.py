@@ -19,9 +19,7 @@ HubSpot behaviour relied on (see also tests/sandbox/test_hubspot_api.py):
 
 from __future__ import annotations
 
-import json
 import math
-import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +31,7 @@ from connectors.hubspot import HubSpotDestination
 from pls_sync.errors import AuthError, FatalError, QuotaExhaustedError
 from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.sandbox.hubspot import PORTAL_ID
+from tests.connectors.test_hubspot import http
 from tests.fakes import FakeTime
 
 MAPPING = DestinationMapping(
@@ -87,20 +86,6 @@ def destination(box: Any, clock: FakeTime, wall: WallClock, **options: Any) -> H
 
 def count(box: Any, endpoint: str) -> int:
     return int(box.counts().get(endpoint, 0))
-
-
-def http(box: Any, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        box.url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={
-            "Authorization": f"Bearer {box.hubspot_token}",
-            "Content-Type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
 
 
 def archive(box: Any, ids: Sequence[str]) -> None:

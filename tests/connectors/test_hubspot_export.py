@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from pls_sync.mapping import DestinationMapping, FieldMapping, MatchRule
 from pls_sync.models import CrmRecord, RecordChange
 from pls_sync.sandbox.hubspot import default_properties
 from pls_sync.sandbox.server import Sandbox
+from tests.connectors.test_hubspot import http
 from tests.fakes import FakeTime
 
 MAPPING = DestinationMapping(
@@ -95,20 +95,6 @@ def destination(box: Sandbox, clock: FakeTime, **options: Any) -> HubSpotDestina
         wall_clock=lambda: datetime.fromtimestamp(clock(), UTC),
         **options,
     )
-
-
-def http(box: Sandbox, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        box.url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={
-            "Authorization": f"Bearer {box.hubspot_token}",
-            "Content-Type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
 
 
 def _add_custom_properties(box: Sandbox) -> None:

@@ -16,8 +16,6 @@ create may have been sent, the task is looked up only past the search lag.
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from pls_sync.alerts import send_alerts
 from pls_sync.errors import FatalError, RetriableError
 from pls_sync.matching import MatchReport
 from pls_sync.models import CrmRecord
+from tests.connectors.test_hubspot import http
 from tests.fakes import FakeTime
 
 MQL = "marketingqualifiedlead"
@@ -75,20 +74,6 @@ def destination(box: Any, clock: FakeTime, **options: Any) -> HubSpotDestination
     return HubSpotDestination(
         box.hubspot_token, base_url=box.url, sleep=clock.sleep, clock=clock, **options
     )
-
-
-def http(box: Any, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        box.url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={
-            "Authorization": f"Bearer {box.hubspot_token}",
-            "Content-Type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
 
 
 def contacts(box: Any) -> dict[str, dict[str, str]]:

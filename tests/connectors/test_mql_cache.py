@@ -14,7 +14,6 @@ each filter group" (HubSpot developer changelog, August 2024); the sandbox refus
 
 from __future__ import annotations
 
-import json
 import os
 import urllib.error
 import urllib.request
@@ -48,6 +47,7 @@ from pls_sync.demo_companies import demo_companies
 from pls_sync.errors import AuthError, PlsSyncError
 from pls_sync.sandbox.server import Sandbox
 from pls_sync.service import Adapters
+from tests.connectors.test_hubspot import http
 from tests.fakes import FakeTime, FakeUsage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,20 +132,6 @@ def reader(
 
 def full_read(box: Sandbox, clock: FakeTime, **definition: Any) -> set[tuple[str, str, str]]:
     return set(read_hubspot_mqls(destination(box, clock), **definition))
-
-
-def http(box: Sandbox, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        box.url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={
-            "Authorization": f"Bearer {box.hubspot_token}",
-            "Content-Type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
 
 
 def update(box: Sandbox, contact_id: str, **properties: str) -> None:
