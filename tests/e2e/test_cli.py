@@ -729,8 +729,16 @@ def test_records_the_crm_rejects_are_reported_and_kept(workdir: Workdir, crm: Sa
     saved = json.loads(Path(plan["plan_file"]).read_text())
     sf_plan = next(p for p in saved["destinations"] if p["destination"] == "salesforce")
     doomed = sorted(change["record_id"] for change in sf_plan["changes"][:2])
-    for record_id in doomed:
-        crm.salesforce.delete("Account", record_id)
+    # Deleted after the run has read: Salesforce's getDeleted window ends at the last whole
+    # minute, so a deletion stamped later is the next run's to see, whatever the clock says now.
+    clock = crm.salesforce.clock
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    crm.salesforce.clock = lambda: later
+    try:
+        for record_id in doomed:
+            crm.salesforce.delete("Account", record_id)
+    finally:
+        crm.salesforce.clock = clock
     crm.reset_counts()
 
     result, summary = workdir.sync("run", summary="run.json")
