@@ -28,7 +28,7 @@ import structlog
 from sqlalchemy import Column, MetaData, String, Table, Text, delete, func, select
 from sqlalchemy.engine import Engine
 
-from connectors.state import NATIVE_UPSERT_DIALECTS, dialect_insert
+from connectors.state import NATIVE_UPSERT_DIALECTS, dialect_insert, parse_json_column
 from pls_sync.mapping import DestinationMapping
 from pls_sync.models import CrmRecord, FieldSpec, RecordChange, WriteResult
 from pls_sync.ports import CrmDestination
@@ -107,14 +107,9 @@ def decode_record(record_id: str, data: str | Mapping[str, Any]) -> CrmRecord:
 
 
 def decode_rows(rows: Sequence[tuple[str, Any]]) -> list[CrmRecord]:
-    """Records from ``(record_id, data)`` rows, their JSON texts parsed in one call: at 100k
-    records a snapshot load would otherwise spend more in ``json.loads``' per-call work than in
-    parsing."""
-    texts = [data for _, data in rows]
-    if texts and all(isinstance(text, str) for text in texts):
-        parsed: list[Any] = json.loads("[" + ",".join(texts) + "]")
-        return [_record(rid, row) for (rid, _), row in zip(rows, parsed, strict=True)]
-    return [decode_record(rid, data) for rid, data in rows]
+    """Records from ``(record_id, data)`` rows, their JSON texts parsed in one call."""
+    parsed = parse_json_column(rows)
+    return [_record(rid, row) for (rid, _), row in zip(rows, parsed, strict=True)]
 
 
 def _record(record_id: str, row: Mapping[str, Any]) -> CrmRecord:
@@ -127,6 +122,16 @@ def _record(record_id: str, row: Mapping[str, Any]) -> CrmRecord:
         last_modified=datetime.fromisoformat(modified) if modified else None,
         parent_id=row.get("parent_id"),
         owner_id=row.get("owner_id"),
+    )
+
+
+def _older(record: CrmRecord, copy: CrmRecord | None) -> bool:
+    """Whether ``record`` is stamped before the snapshot's ``copy`` of it (both stamped)."""
+    return (
+        copy is not None
+        and copy.last_modified is not None
+        and record.last_modified is not None
+        and record.last_modified < copy.last_modified
     )
 
 
@@ -318,30 +323,23 @@ class SnapshottingDestination:
         """The read records not older than the snapshot's copy: a lagging search can still
         show a record as it was before a write this snapshot recorded (stamped with the CRM's
         time of that write), and that stale copy must not replace what is known."""
-        known = {r.id: r.last_modified for r in self._load(dict.fromkeys(r.id for r in changed))}
-        fresh = []
-        for record in changed:
-            stamp = known.get(record.id)
-            if stamp is None or record.last_modified is None or record.last_modified >= stamp:
-                fresh.append(record)
-        return fresh
+        known = self._known_copies(changed)
+        return [record for record in changed if not _older(record, known.get(record.id))]
 
     def _with_known(self, records: list[CrmRecord]) -> list[CrmRecord]:
         """``records``, each older than the snapshot's copy replaced by that copy: an export
         (or a list) read whole can still show a record as it was before a write this
         snapshot recorded, and dropping it would take a live record out of the snapshot."""
-        known = {r.id: r for r in self._load(dict.fromkeys(r.id for r in records))}
+        known = self._known_copies(records)
         kept = []
         for record in records:
             copy = known.get(record.id)
-            stale = (
-                copy is not None
-                and copy.last_modified is not None
-                and record.last_modified is not None
-                and record.last_modified < copy.last_modified
-            )
-            kept.append(copy if stale and copy is not None else record)
+            kept.append(copy if copy is not None and _older(record, copy) else record)
         return kept
+
+    def _known_copies(self, records: list[CrmRecord]) -> dict[str, CrmRecord]:
+        """The snapshot's copies of ``records``, by id."""
+        return {copy.id: copy for copy in self._load(dict.fromkeys(r.id for r in records))}
 
     def _count(self) -> int:
         query = select(func.count()).where(crm_snapshot.c.destination == self.name)
