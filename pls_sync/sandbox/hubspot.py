@@ -972,6 +972,22 @@ class HubSpotError(Exception):
         return body
 
 
+def missing_scope(scope: str) -> HubSpotError:
+    """HubSpot's 403 MISSING_SCOPES for a token without ``scope``."""
+    return HubSpotError(
+        403,
+        "MISSING_SCOPES",
+        MISSING_SCOPES_MESSAGE,
+        errors=[
+            {
+                "message": "One or more of the following scopes are required.",
+                "context": {"requiredGranularScopes": [scope]},
+            }
+        ],
+        links={"scopes": SCOPES_LINK},
+    )
+
+
 def _validation_failure(errors: Sequence[PropertyValueError], portal_id: int = PORTAL_ID) -> str:
     return "Property values were not valid: " + json.dumps(
         [error.detail(portal_id) for error in errors], separators=(",", ":")
@@ -1613,20 +1629,8 @@ class HubSpotApi:
         """HubSpot's 403 MISSING_SCOPES when the token lacks the properties scope needed."""
         read_scope, write_scope = SCHEMA_SCOPES[object_type]
         needed = write_scope if write else read_scope
-        if needed in self.scopes:
-            return
-        raise HubSpotError(
-            403,
-            "MISSING_SCOPES",
-            MISSING_SCOPES_MESSAGE,
-            errors=[
-                {
-                    "message": "One or more of the following scopes are required.",
-                    "context": {"requiredGranularScopes": [needed]},
-                }
-            ],
-            links={"scopes": SCOPES_LINK},
-        )
+        if needed not in self.scopes:
+            raise missing_scope(needed)
 
     @staticmethod
     def _not_allowed(method: str) -> HubSpotError:

@@ -58,11 +58,10 @@ from typing import Any
 
 from pls_sync.sandbox.http import Request, Response
 from pls_sync.sandbox.hubspot import (
-    MISSING_SCOPES_MESSAGE,
-    SCOPES_LINK,
     HubSpotApi,
     HubSpotError,
     iso_ms,
+    missing_scope,
     parse_moment,
 )
 
@@ -224,20 +223,8 @@ class HubSpotExports:
     # ----------------------------------------------------------------- starting
 
     def _check_scope(self) -> None:
-        if EXPORT_SCOPE in self.api.scopes:
-            return
-        raise HubSpotError(
-            403,
-            "MISSING_SCOPES",
-            MISSING_SCOPES_MESSAGE,
-            errors=[
-                {
-                    "message": "One or more of the following scopes are required.",
-                    "context": {"requiredGranularScopes": [EXPORT_SCOPE]},
-                }
-            ],
-            links={"scopes": SCOPES_LINK},
-        )
+        if EXPORT_SCOPE not in self.api.scopes:
+            raise missing_scope(EXPORT_SCOPE)
 
     def _start(self, request: Request) -> dict[str, Any]:
         body = self._body(request)
