@@ -414,6 +414,10 @@ class LeadContext:
     )
     alerts_backfill: bool = False  # at go-live, alert accounts already in the tier too
 
+    def sends_alerts(self, destination: str) -> bool:
+        """Whether this run sends rep alerts to ``destination``."""
+        return self.alerts_tier is not None and destination in self.sinks
+
 
 def record_domains(record: CrmRecord) -> set[str]:
     """The company domains a CRM record's domain fields name, as matching reads them
@@ -718,7 +722,7 @@ def prepare_destination(
             # the next destination is prepared. Alerts read any matched record: kept whole.
             changed = [c.record_id for c in outcome.plan.changes]
             outcome.owned = {rid: owned[rid] for rid in changed if rid in owned}
-            if leads is None or leads.alerts_tier is None or name not in leads.sinks:
+            if leads is None or not leads.sends_alerts(name):
                 records = outcome.records
                 outcome.records = {rid: records[rid] for rid in changed if rid in records}
                 matched.records = {}
@@ -780,12 +784,7 @@ def write_destination(
         stopping = stop.is_set()
         if leads is not None and not stopping:
             outcome.stale = stale_pqas(name, leads, scored, outcome, options.as_of)
-        if (
-            leads is not None
-            and leads.alerts_tier is not None
-            and name in leads.sinks
-            and not stopping
-        ):
+        if leads is not None and leads.sends_alerts(name) and not stopping:
             with timer.stage(f"{name}.alerts"):
                 outcome.alerts = run_alerts(name, leads, scored, outcome, state)
         log.info(
