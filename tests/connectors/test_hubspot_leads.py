@@ -136,13 +136,14 @@ def test_mqls_are_searched_with_the_lifecycle_filter(box: Any, clock: FakeTime) 
     ]
 
 
-def test_a_configured_property_is_ored_in_a_second_filter_group(box: Any, clock: FakeTime) -> None:
+def create_mql_property(box: Any, name: str = "pqa_mql") -> None:
+    """A contact checkbox property ``name`` on the sandbox portal (an MQL flag)."""
     http(
         box,
         "POST",
         "/crm/v3/properties/contacts",
         {
-            "name": "pqa_mql",
+            "name": name,
             "label": "MQL (pls-sync)",
             "type": "enumeration",
             "fieldType": "booleancheckbox",
@@ -153,6 +154,10 @@ def test_a_configured_property_is_ored_in_a_second_filter_group(box: Any, clock:
             ],
         },
     )
+
+
+def test_a_configured_property_is_ored_in_a_second_filter_group(box: Any, clock: FakeTime) -> None:
+    create_mql_property(box)
     others = [k for k, p in contacts(box).items() if p.get("lifecyclestage") != MQL][:3]
     for key in others:
         box.hubspot.objects["contacts"][key]["properties"]["pqa_mql"] = "true"

@@ -48,6 +48,7 @@ from pls_sync.errors import AuthError, PlsSyncError
 from pls_sync.sandbox.server import Sandbox
 from pls_sync.service import Adapters
 from tests.connectors.test_hubspot import http
+from tests.connectors.test_hubspot_leads import create_mql_property
 from tests.fakes import FakeTime, FakeUsage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,25 +166,6 @@ def add_mql_contacts(box: Sandbox, count: int) -> None:
         record["properties"].update(
             {"email": f"bulk{n}@bulk{n % 7}.io", "lifecyclestage": MQL, ENTERED: "2025-01-01"}
         )
-
-
-def create_mql_property(box: Sandbox) -> None:
-    http(
-        box,
-        "POST",
-        "/crm/v3/properties/contacts",
-        {
-            "name": "pqa_mql",
-            "label": "MQL (pls-sync)",
-            "type": "enumeration",
-            "fieldType": "booleancheckbox",
-            "groupName": "contactinformation",
-            "options": [
-                {"label": "Yes", "value": "true", "displayOrder": 0, "hidden": False},
-                {"label": "No", "value": "false", "displayOrder": 1, "hidden": False},
-            ],
-        },
-    )
 
 
 # --------------------------------------------------------------------------- steady state

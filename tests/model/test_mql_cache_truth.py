@@ -20,10 +20,8 @@ client's pacing, the cache's watermark.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import tempfile
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +36,8 @@ from connectors.mql_cache import MqlCache, RefreshPolicy
 from connectors.state import SqlStateStore
 from pls_sync.demo_companies import demo_companies
 from pls_sync.sandbox.server import Sandbox
+from tests.connectors.test_hubspot import http
+from tests.connectors.test_hubspot_leads import create_mql_property
 from tests.fakes import FakeTime
 
 EXAMPLES = int(os.environ.get("PLS_SYNC_MODEL_EXAMPLES", "30"))
@@ -64,7 +64,7 @@ class MqlCacheTruth(RuleBasedStateMachine):
         self.cache = MqlCache(self.store.engine, self.store)
         self.serial = itertools.count()
         if self.mql_property:
-            self._http("POST", "/crm/v3/properties/contacts", _checkbox(self.mql_property))
+            create_mql_property(self.box, self.mql_property)
         self.checked_reads = 0
 
     def teardown(self) -> None:
@@ -75,17 +75,7 @@ class MqlCacheTruth(RuleBasedStateMachine):
     # --- plumbing -----------------------------------------------------------------------------
 
     def _http(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            self.box.url + path,
-            data=json.dumps(body).encode() if body is not None else None,
-            method=method,
-            headers={
-                "Authorization": f"Bearer {self.box.hubspot_token}",
-                "Content-Type": "application/json",
-            },
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"null")
+        return http(self.box, method, path, body)
 
     def _live(self) -> list[str]:
         assert self.box.hubspot is not None
@@ -203,20 +193,6 @@ class MqlCacheTruthByStage(MqlCacheTruth):
     """The lifecycle stage alone decides."""
 
     mql_property = None
-
-
-def _checkbox(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": "MQL (pls-sync)",
-        "type": "enumeration",
-        "fieldType": "booleancheckbox",
-        "groupName": "contactinformation",
-        "options": [
-            {"label": "Yes", "value": "true", "displayOrder": 0, "hidden": False},
-            {"label": "No", "value": "false", "displayOrder": 1, "hidden": False},
-        ],
-    }
 
 
 def _settings() -> Any:
